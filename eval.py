@@ -1,0 +1,79 @@
+"""Evaluation of a checkpoint on held-out data: metrics, `eval_report.json`, PNG plots and a summary table."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+
+from inferer import ModelInferer
+from utils.config import Config
+from utils.data import LabeledTexts
+from utils.metrics import compute_metrics
+from utils.plots import plot_confusion_matrix, plot_curves
+from utils.prepare import read_test_set
+
+REPORT_FILE = "eval_report.json"
+
+
+def evaluate(inferer: ModelInferer, data: LabeledTexts, batch_size: int = 128) -> dict[str, Any]:
+    """Metrics of the inferer's scores on `data`, with the checkpoint's thresholds."""
+    started = time.time()
+    scores, truncated = inferer.score_batch(data.texts, batch_size=batch_size)
+    metrics = compute_metrics(inferer.task, data.labels, scores, inferer.label_names, inferer.thresholds)
+    metrics["seconds"] = round(time.time() - started, 2)
+    metrics["truncated_texts"] = int(sum(truncated))
+    return {"metrics": metrics, "scores": scores}
+
+
+def summary_table(task: str, metrics: dict[str, Any]) -> str:
+    """A few readable lines: headline figures, then one row per label."""
+    if task == "multiclass":
+        lines = [f"accuracy {metrics['accuracy']:.4f}   macro-F1 {metrics['macro_f1']:.4f}   "
+                 f"weighted-F1 {metrics['weighted_f1']:.4f}   ({metrics['examples']} texts)",
+                 f"{'class':<20}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}"]
+        for name, row in metrics["per_class"].items():
+            if isinstance(row, dict) and name not in ("macro avg", "weighted avg"):
+                lines.append(f"{name:<20}{row['precision']:>10.3f}{row['recall']:>10.3f}{row['f1-score']:>10.3f}"
+                             f"{int(row['support']):>10}")
+        return "\n".join(lines)
+    tuned, half = metrics["at_tuned"], metrics["at_0.5"]
+    lines = [f"mean ROC AUC {metrics['mean_roc_auc']:.4f}   mean PR AUC {metrics['mean_pr_auc']:.4f}   "
+             f"({metrics['examples']} texts)",
+             f"macro-F1 {tuned['macro_f1']:.4f} (tuned thresholds) / {half['macro_f1']:.4f} (0.5)   "
+             f"micro-F1 {tuned['micro_f1']:.4f} / {half['micro_f1']:.4f}",
+             f"{'label':<16}{'ROC AUC':>9}{'PR AUC':>9}{'F1':>8}{'thresh':>8}{'pos':>7}"]
+    for name, row in metrics["per_label"].items():
+        roc = f"{row['roc_auc']:.4f}" if row["roc_auc"] is not None else "-"
+        pr = f"{row['pr_auc']:.4f}" if row["pr_auc"] is not None else "-"
+        lines.append(f"{name:<16}{roc:>9}{pr:>9}{row['f1_at_tuned']:>8.3f}{row['threshold']:>8.3f}"
+                     f"{row['positives']:>7}")
+    return "\n".join(lines)
+
+
+def run(config: Config, checkpoint: str | Path) -> dict[str, Any]:
+    """Evaluate `checkpoint` on the test data the config names; write the report and plots beside it."""
+    inferer = ModelInferer(checkpoint, quantize=config.quantize, precision="fp32")
+    data = read_test_set(config, inferer.label_names)
+    result = evaluate(inferer, data, config.eval_batch_size)
+    metrics = result["metrics"]
+    out_dir = Path(config.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    suffix = "_int8" if config.quantize else ""
+    if inferer.task == "multilabel":
+        plots = [plot_curves(data.labels, result["scores"], inferer.label_names, out_dir / f"curves{suffix}.png")]
+    else:
+        plots = [plot_confusion_matrix(metrics["confusion_matrix"], inferer.label_names,
+                                       out_dir / f"confusion_matrix{suffix}.png")]
+    report = {"checkpoint": str(checkpoint), "data": data.source, "quantized": config.quantize,
+              "metrics": metrics, "plots": [str(p) for p in plots]}
+    report_path = out_dir / REPORT_FILE.replace(".json", f"{suffix}.json")
+    report_path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nevaluation on {data.source} ({len(data)} texts{', int8' if config.quantize else ''}):")
+    print(summary_table(inferer.task, metrics))
+    print(f"report: {report_path}")
+    return report
+
+

@@ -1,0 +1,155 @@
+"""ModelInferer: loads a checkpoint folder once and predicts labels and scores for texts.
+
+    from inferer import ModelInferer
+    inferer = ModelInferer("outputs/run/checkpoint")
+    inferer.predict("you are wonderful")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import AutoTokenizer
+
+from models import load_classifier
+from utils.batching import sorted_batches
+from utils.checkpoint import METRICS_FILE, read_classifier_info, read_json_file
+from utils.precision import resolve_precision
+from utils.scoring import scores_from_logits
+from utils.tokenize import TRUNCATIONS, encode
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class ModelInferer:
+    """Predicts with a trained checkpoint: labels, a score per label and whether the text was cut.
+
+    `config`, when given (the original project's call), must agree with the checkpoint: its task, labels
+    and max length are checked, never silently used instead of the checkpoint's.
+    """
+
+    def __init__(self, checkpoint_path: str | Path, quantize: bool = False, device: str | None = None,
+                 precision: str = "fp32", threshold: float | Sequence[float] | None = None,
+                 truncation: str | None = None, max_length: int | None = None, config: Any = None,
+                 num_threads: int | None = None) -> None:
+        self.checkpoint_path = Path(checkpoint_path)
+        self.info = read_classifier_info(self.checkpoint_path)
+        self.task: str = self.info["task"]
+        self.label_names: list[str] = list(self.info["labels"])
+        self.max_length = max_length or self.info["max_length"]
+        self.truncation = truncation or self.info["truncation"]
+        if self.truncation not in TRUNCATIONS:
+            raise ValueError(f"truncation must be one of {TRUNCATIONS}, got {self.truncation!r}")
+        if config is not None:
+            self._check_config(config)
+        if num_threads:
+            torch.set_num_threads(num_threads)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.quantized = quantize
+        self.precision = "fp32" if quantize else resolve_precision(precision, on_gpu=self.device.type == "cuda")
+        self.thresholds = self._resolve_thresholds(threshold)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.checkpoint_path)
+        self.model = self._load_model()
+        self.training_metrics = read_json_file(self.checkpoint_path, METRICS_FILE)
+
+    def _check_config(self, config: Any) -> None:
+        for field, expected in (("task", self.task), ("max_length", self.info["max_length"])):
+            value = getattr(config, field, None)
+            if value is not None and value != expected:
+                raise ValueError(f"config.{field} is {value!r} but the checkpoint {self.checkpoint_path} has "
+                                 f"{expected!r}; the checkpoint decides, so drop or correct the config")
+        labels = getattr(config, "label_columns", None) or getattr(config, "labels", None)
+        if labels and list(labels) != self.label_names:
+            raise ValueError(f"config labels {list(labels)} differ from the checkpoint's {self.label_names}")
+
+    def _resolve_thresholds(self, threshold: float | Sequence[float] | None) -> np.ndarray | None:
+        if self.task != "multilabel":
+            return None
+        if threshold is None:
+            saved = self.info.get("thresholds")
+            return np.array(saved if saved else [0.5] * len(self.label_names), dtype=np.float64)
+        values = np.broadcast_to(np.asarray(threshold, dtype=np.float64), (len(self.label_names),)).copy() \
+            if np.ndim(threshold) == 0 else np.asarray(threshold, dtype=np.float64)
+        if values.shape != (len(self.label_names),) or not ((values >= 0) & (values <= 1)).all():
+            raise ValueError(f"threshold must be one number or {len(self.label_names)} numbers in [0, 1]")
+        return values
+
+    def _load_model(self) -> torch.nn.Module:
+        """The float checkpoint, then (if asked) dynamic int8 Linear layers or bf16 weights kept resident."""
+        model = load_classifier(self.checkpoint_path).eval()
+        if self.quantized:
+            if self.device.type != "cpu":
+                raise ValueError("dynamic int8 quantization runs on the CPU only")
+            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        elif self.precision in DTYPES:
+            model = model.to(DTYPES[self.precision])
+        return model.to(self.device)
+
+    @torch.inference_mode()
+    def score_batch(self, texts: Sequence[str], batch_size: int = 64) -> tuple[np.ndarray, list[bool]]:
+        """Scores (N, labels) in input order and truncation flags; texts are batched by length."""
+        texts = self._validate(texts)
+        if not texts:
+            return np.zeros((0, len(self.label_names))), []
+        encoded = encode(self.tokenizer, texts, self.max_length, self.truncation)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        logits = np.zeros((len(texts), len(self.label_names)), dtype=np.float32)
+        for rows in sorted_batches(encoded.lengths, batch_size):
+            longest = max(encoded.lengths[i] for i in rows)
+            input_ids = torch.full((len(rows), longest), pad, dtype=torch.long)
+            mask = torch.zeros((len(rows), longest), dtype=torch.long)
+            for r, i in enumerate(rows):
+                ids = encoded.input_ids[i]
+                input_ids[r, : len(ids)] = torch.tensor(ids)
+                mask[r, : len(ids)] = 1
+            output = self.model(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device))
+            logits[rows] = output.logits.float().cpu().numpy()
+        return scores_from_logits(self.task, logits), encoded.truncated
+
+    def _validate(self, texts: Sequence[str]) -> list[str]:
+        if isinstance(texts, str) or not isinstance(texts, Sequence):
+            raise TypeError(f"texts must be a list of strings, got {type(texts).__name__}")
+        for i, text in enumerate(texts):
+            if text is None:
+                raise ValueError(f"text {i} is None; pass a string (an empty string is allowed)")
+            if not isinstance(text, str):
+                raise TypeError(f"text {i} must be a string, got {type(text).__name__}")
+        return list(texts)
+
+    def result(self, scores: np.ndarray, truncated: bool, top_k: int | None = None) -> dict[str, Any]:
+        """One text's answer: predicted labels, every label's score (checkpoint order), truncation."""
+        score_map = {name: float(s) for name, s in zip(self.label_names, scores, strict=True)}
+        if self.task == "multilabel":
+            labels = [n for n, s, t in zip(self.label_names, scores, self.thresholds, strict=True) if s >= t]
+            return {"labels": labels, "scores": score_map, "truncated": truncated}
+        order = np.argsort(-scores)
+        answer = {"labels": [self.label_names[order[0]]], "scores": score_map, "truncated": truncated}
+        if top_k:
+            answer["top_k"] = [{"label": self.label_names[i], "score": float(scores[i])} for i in order[:top_k]]
+        return answer
+
+    def predict(self, text: str, top_k: int | None = None) -> dict[str, Any]:
+        """Labels and scores for one text."""
+        if text is None:
+            raise ValueError("text is None; pass a string (an empty string is allowed)")
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a string, got {type(text).__name__}")
+        return self.predict_batch([text], top_k=top_k)[0]
+
+    def predict_batch(self, texts: Sequence[str], batch_size: int = 64,
+                      top_k: int | None = None) -> list[dict[str, Any]]:
+        """Labels and scores for each text, in input order."""
+        scores, truncated = self.score_batch(texts, batch_size)
+        return [self.result(s, t, top_k) for s, t in zip(scores, truncated, strict=True)]
+
+    def metadata(self) -> dict[str, Any]:
+        return {"task": self.task, "labels": self.label_names,
+                "thresholds": self.thresholds.tolist() if self.thresholds is not None else None,
+                "backbone": self.info.get("backbone"), "model_type": self.info.get("model_type"),
+                "pooling": self.info.get("pooling"), "max_length": self.max_length,
+                "truncation": self.truncation, "quantized": self.quantized, "precision": self.precision,
+                "checkpoint": str(self.checkpoint_path)}

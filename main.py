@@ -1,0 +1,48 @@
+"""Command line: `python main.py --task multilabel|multiclass --mode train|eval|predict`."""
+
+from __future__ import annotations
+
+import sys
+
+from transformers.utils import logging as hf_logging
+
+from utils.config import parse_config
+from utils.data import DataError
+from utils.profiles import DATASET_PROFILES
+
+
+def main(argv: list[str] | None = None) -> int:
+    hf_logging.set_verbosity_error()
+    try:
+        config = parse_config(argv, DATASET_PROFILES)
+        if config.mode == "train":
+            import eval as evaluation
+            import train
+
+            result = train.run(config)
+            if result.checkpoint.is_dir():
+                evaluation.run(config, result.checkpoint)
+        elif config.mode == "eval":
+            import eval as evaluation
+
+            evaluation.run(config, require_checkpoint(config))
+        elif config.mode == "predict":
+            import predict
+
+            predict.run(config, require_checkpoint(config))
+        else:
+            raise ValueError(f"mode {config.mode!r} is not available yet")
+    except (DataError, ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def require_checkpoint(config) -> str:
+    if not config.checkpoint:
+        raise ValueError(f"--mode {config.mode} needs --checkpoint DIR (a folder written by training)")
+    return config.checkpoint
+
+
+if __name__ == "__main__":
+    sys.exit(main())

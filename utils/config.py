@@ -1,0 +1,192 @@
+"""Every setting of the toolkit in one dataclass, filled from defaults, a JSON/YAML file and the command line."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+TASKS = ("multilabel", "multiclass")
+MODES = ("train", "eval", "predict", "export")
+
+
+def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    metadata = {"help": help}
+    if choices:
+        metadata["choices"] = choices
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass
+class Config:
+    """Hyperparameters and paths; every field is a command-line flag (`max_length` -> `--max-length`)."""
+
+    # what to do
+    task: str = _opt("multilabel", "Multi-label (sigmoid per label) or multi-class (softmax).", TASKS)
+    mode: str = _opt("train", "train (then evaluate), eval, predict or export.", MODES)
+    config: str | None = _opt(None, "JSON or YAML file with any of these fields; flags override it.")
+    # data
+    data: str | None = _opt(
+        None, "Built-in dataset (toxic, goemotions, conference) or a CSV/TSV/JSONL file. "
+        "Default: toxic for multilabel, conference for multiclass.")
+    test_data: str | None = _opt(None, "Held-out file to report on; default: the dataset's own test split.")
+    data_dir: str | None = _opt(
+        None, "Folder holding built-in datasets (else $BERT_CLASSIFIER_DATA_DIR, then ../shared/data, "
+        "then a download into ~/.cache/bert-classifier).")
+    text_column: str | None = _opt(None, "Column holding the text.")
+    label_columns: list[str] = _opt([], "One 0/1 column per label (Jigsaw layout).")
+    label_column: str | None = _opt(None, "One column of label names or ids (GoEmotions layout).")
+    label_delimiter: str | None = _opt(
+        None, "Separator of several labels inside --label-column (multilabel; default ',').")
+    labels_file: str | None = _opt(None, "Text file of label names, one per line; ids in the data index it.")
+    val_split: float = _opt(0.15, "Fraction of the training rows held out (stratified) for validation.")
+    test_split: float | None = _opt(
+        None, "Fraction of rows held out (stratified, before the validation split) as the test set when "
+        "there is no --test-data; default: 0.15 for toxic, 0.2 for conference, none for other files.")
+    max_train_samples: int | None = _opt(None, "Use at most this many training rows (stratified sample).")
+    # model
+    model_type: str = _opt("bert", "Backbone family.", ("bert", "roberta", "distilbert"))
+    model_name_or_path: str | None = _opt(
+        None, "Hub name or local folder of the pretrained encoder; default: the shipped all-MiniLM-L6-v2.")
+    pooling: str = _opt("mean", "Sentence vector for the head: mean of tokens, or the stock [CLS] head.",
+                        ("mean", "cls"))
+    max_length: int = _opt(128, "Tokens per text after truncation.")
+    truncation: str = _opt("head_tail", "Keep the head of long texts, or head and tail.", ("head", "head_tail"))
+    freeze_encoder: bool = _opt(False, "Train only the classification head.")
+    freeze_embeddings: bool = _opt(True, "Keep the word embeddings fixed (faster; they barely move).")
+    # optimisation
+    epochs: float = _opt(2.0, "Passes over the training rows (fractions allowed).")
+    batch_size: int = _opt(32, "Texts per optimizer step and process, before accumulation.")
+    eval_batch_size: int = _opt(128, "Texts per forward pass in evaluation.")
+    learning_rate: float = _opt(1e-4, "Peak AdamW learning rate of the encoder's top layer.")
+    head_learning_rate: float | None = _opt(None, "Learning rate of the head; default: --learning-rate.")
+    layer_decay: float = _opt(0.9, "Layer-wise learning-rate decay (1.0: the same rate for every layer).")
+    warmup_ratio: float = _opt(0.06, "Fraction of steps with linear warm-up.")
+    weight_decay: float = _opt(0.01, "AdamW weight decay (not on biases and LayerNorm).")
+    gradient_accumulation_steps: int = _opt(1, "Batches per optimizer step.")
+    max_grad_norm: float = _opt(1.0, "Gradient clipping norm (0 disables).")
+    seed: int = _opt(42, "Seed for splits, initialisation and batch order.")
+    precision: str = _opt("auto", "auto: bf16 on AMX CPUs and bf16 GPUs, fp32 elsewhere.",
+                          ("auto", "fp32", "bf16", "fp16"))
+    # loss
+    loss: str = _opt("bce", "Multi-label loss.", ("bce", "focal"))
+    focal_gamma: float = _opt(2.0, "Focusing parameter of the focal loss.")
+    pos_weight: str = _opt("auto", "Multi-label positive weights: auto ((N-pos)/pos, capped), none, or v1,v2,..")
+    pos_weight_cap: float = _opt(10.0, "Upper bound of an automatic pos_weight.")
+    class_weights: str = _opt("none", "Multi-class weights: auto (balanced), none, or v1,v2,..")
+    label_smoothing: float = _opt(0.0, "Multi-class label smoothing.")
+    # evaluation and checkpoints
+    eval_every: int = _opt(0, "Evaluate every N optimizer steps (0: once per epoch).")
+    early_stopping_patience: int = _opt(0, "Stop after N evaluations without improvement (0: never).")
+    threshold_strategy: str = _opt("per_label", "Multi-label thresholds tuned on validation for F1.",
+                                   ("per_label", "global", "fixed"))
+    output_dir: str = _opt("outputs/run", "Folder for the checkpoint, logs and reports.")
+    checkpoint: str | None = _opt(None, "Checkpoint folder to evaluate or predict with.")
+    num_workers: int = _opt(0, "DataLoader worker processes.")
+    # predict / export
+    text: list[str] = _opt([], "Text to classify in predict mode (repeat for several).")
+    input: str | None = _opt(None, "CSV/JSONL file to score in predict mode.")
+    output: str | None = _opt(None, "Where predict mode writes the scored file.")
+    quantize: bool = _opt(False, "Dynamic int8 quantization of Linear layers for eval/predict.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _is_bool(tp: Any) -> bool:
+    return tp is bool or tp == "bool"
+
+
+def _base_type(annotation: str) -> type:
+    """The scalar type behind a field annotation written as a string ("float | None" -> float)."""
+    name = annotation.replace(" | None", "").strip()
+    return {"int": int, "float": float, "str": str, "bool": bool}.get(name, str)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Fine-tune, evaluate and run BERT-family text classifiers.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for f in dataclasses.fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f.metadata["help"]
+        annotation = str(f.type)
+        if annotation == "bool":
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif annotation.startswith("list"):
+            parser.add_argument(flag, action="append", default=None, help=help_text + " Repeatable; "
+                                "comma-separated values are split for label columns.")
+        else:
+            parser.add_argument(flag, type=_base_type(annotation), default=None, help=help_text,
+                                choices=f.metadata.get("choices"))
+    return parser
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Fields from a JSON or YAML file, keys with hyphens or underscores; unknown keys are an error."""
+    path = Path(path)
+    text = path.read_text()
+    values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a mapping of settings, got {type(values).__name__}")
+    known = {f.name for f in dataclasses.fields(Config)}
+    values = {k.replace("-", "_"): v for k, v in values.items()}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown setting(s) {', '.join(unknown)}")
+    return values
+
+
+def parse_config(argv: list[str] | None = None,
+                 profiles: dict[str, dict[str, Any]] | None = None) -> Config:
+    """Defaults, then the built-in dataset's tuned profile, then --config FILE, then the flags given."""
+    args = {k: v for k, v in vars(build_parser().parse_args(argv)).items() if v is not None}
+    explicit: dict[str, Any] = read_config_file(args["config"]) if args.get("config") else {}
+    explicit.update(args)
+    task = explicit.get("task", Config.task)
+    dataset = explicit.get("data") or default_dataset(task)
+    values = dict((profiles or {}).get(dataset, {})) if explicit.get("mode", "train") == "train" else {}
+    values.update(explicit)
+    if "label_columns" in values:
+        values["label_columns"] = _split_commas(values["label_columns"])
+    return make_config(**values)
+
+
+def default_dataset(task: str) -> str:
+    return "toxic" if task == "multilabel" else "conference"
+
+
+def _split_commas(items: list[str] | str) -> list[str]:
+    items = [items] if isinstance(items, str) else items
+    return [part.strip() for item in items for part in item.split(",") if part.strip()]
+
+
+def make_config(**values: Any) -> Config:
+    """A Config from keyword values, type-checked so that a config file cannot smuggle in a wrong type."""
+    config = Config(**values)
+    config.data = config.data or default_dataset(config.task)
+    for f in dataclasses.fields(Config):
+        value = getattr(config, f.name)
+        choices = f.metadata.get("choices")
+        if choices and value not in choices:
+            raise ValueError(f"--{f.name.replace('_', '-')}: {value!r} is not one of {', '.join(choices)}")
+        annotation = str(f.type)
+        if value is None or annotation.startswith("list"):
+            continue
+        expected = _base_type(annotation)
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            setattr(config, f.name, float(value))
+        elif not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
+            raise ValueError(f"setting {f.name}: expected {expected.__name__}, got {value!r}")
+    if not 0.0 <= config.val_split < 1.0 or not 0.0 <= (config.test_split or 0.0) < 1.0:
+        raise ValueError("--val-split and --test-split must lie in [0, 1)")
+    if config.batch_size < 1 or config.max_length < 8 or config.gradient_accumulation_steps < 1:
+        raise ValueError("--batch-size and --gradient-accumulation-steps must be >= 1, --max-length >= 8")
+    return config

@@ -1,0 +1,122 @@
+"""Evaluation metrics (scikit-learn underneath) and F1-maximising thresholds for multi-label outputs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    classification_report,
+    confusion_matrix,
+    f1_score,
+    hamming_loss,
+    label_ranking_average_precision_score,
+    precision_recall_curve,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+)
+
+PRIMARY_METRIC = {"multilabel": "mean_roc_auc", "multiclass": "macro_f1"}
+
+
+def _defined(values: list[float | None]) -> list[float]:
+    return [v for v in values if v is not None]
+
+
+def per_label_auc(y_true: np.ndarray, probs: np.ndarray) -> tuple[list[float | None], list[float | None]]:
+    """ROC AUC and PR AUC per label; None where the label has only one class in y_true."""
+    roc, pr = [], []
+    for j in range(y_true.shape[1]):
+        if len(np.unique(y_true[:, j])) < 2:
+            roc.append(None)
+            pr.append(None)
+        else:
+            roc.append(float(roc_auc_score(y_true[:, j], probs[:, j])))
+            pr.append(float(average_precision_score(y_true[:, j], probs[:, j])))
+    return roc, pr
+
+
+def threshold_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    """Metrics of 0/1 multi-label predictions."""
+    kwargs = {"zero_division": 0}
+    return {
+        "micro_f1": float(f1_score(y_true, y_pred, average="micro", **kwargs)),
+        "macro_f1": float(f1_score(y_true, y_pred, average="macro", **kwargs)),
+        "micro_precision": float(precision_score(y_true, y_pred, average="micro", **kwargs)),
+        "micro_recall": float(recall_score(y_true, y_pred, average="micro", **kwargs)),
+        "macro_precision": float(precision_score(y_true, y_pred, average="macro", **kwargs)),
+        "macro_recall": float(recall_score(y_true, y_pred, average="macro", **kwargs)),
+        "hamming_loss": float(hamming_loss(y_true, y_pred)),
+        "subset_accuracy": float(accuracy_score(y_true, y_pred)),
+    }
+
+
+def multilabel_metrics(y_true: np.ndarray, probs: np.ndarray, label_names: list[str],
+                       thresholds: np.ndarray) -> dict[str, Any]:
+    """Ranking metrics, and threshold metrics at 0.5 and at the given (tuned) thresholds."""
+    roc, pr = per_label_auc(y_true, probs)
+    at_half = (probs >= 0.5).astype(int)
+    at_tuned = (probs >= thresholds).astype(int)
+    f1_half = f1_score(y_true, at_half, average=None, zero_division=0)
+    f1_tuned = f1_score(y_true, at_tuned, average=None, zero_division=0)
+    has_positives = y_true.sum(axis=1) > 0
+    return {
+        "mean_roc_auc": float(np.mean(_defined(roc))) if _defined(roc) else None,
+        "mean_pr_auc": float(np.mean(_defined(pr))) if _defined(pr) else None,
+        "label_ranking_average_precision": (
+            float(label_ranking_average_precision_score(y_true[has_positives], probs[has_positives]))
+            if has_positives.any() else None),
+        "at_0.5": threshold_metrics(y_true, at_half),
+        "at_tuned": threshold_metrics(y_true, at_tuned),
+        "per_label": {
+            name: {"roc_auc": roc[j], "pr_auc": pr[j], "f1_at_0.5": float(f1_half[j]),
+                   "f1_at_tuned": float(f1_tuned[j]), "threshold": float(thresholds[j]),
+                   "positives": int(y_true[:, j].sum())}
+            for j, name in enumerate(label_names)},
+        "examples": int(len(y_true)),
+    }
+
+
+def best_f1_threshold(y_true: np.ndarray, scores: np.ndarray) -> float:
+    """The score threshold that maximises F1 on these examples (0.5 when there are no positives)."""
+    if y_true.sum() == 0:
+        return 0.5
+    precision, recall, thresholds = precision_recall_curve(y_true, scores)
+    f1 = 2 * precision[:-1] * recall[:-1] / np.maximum(precision[:-1] + recall[:-1], 1e-12)
+    return float(thresholds[int(np.argmax(f1))])
+
+
+def tune_thresholds(y_true: np.ndarray, probs: np.ndarray, strategy: str = "per_label") -> np.ndarray:
+    """Thresholds per label: tuned for each label's F1, one global value tuned for micro-F1, or 0.5."""
+    num_labels = y_true.shape[1]
+    if strategy == "fixed":
+        return np.full(num_labels, 0.5)
+    if strategy == "global":
+        return np.full(num_labels, best_f1_threshold(y_true.ravel(), probs.ravel()))
+    return np.array([best_f1_threshold(y_true[:, j], probs[:, j]) for j in range(num_labels)])
+
+
+def multiclass_metrics(y_true: np.ndarray, probs: np.ndarray, label_names: list[str]) -> dict[str, Any]:
+    y_pred = probs.argmax(axis=1)
+    labels = list(range(len(label_names)))
+    return {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "macro_f1": float(f1_score(y_true, y_pred, average="macro", labels=labels, zero_division=0)),
+        "weighted_f1": float(f1_score(y_true, y_pred, average="weighted", labels=labels, zero_division=0)),
+        "per_class": classification_report(y_true, y_pred, labels=labels, target_names=label_names,
+                                           output_dict=True, zero_division=0),
+        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+        "examples": int(len(y_true)),
+    }
+
+
+def compute_metrics(task: str, y_true: np.ndarray, probs: np.ndarray, label_names: list[str],
+                    thresholds: np.ndarray | None = None) -> dict[str, Any]:
+    if task == "multilabel":
+        if thresholds is None:
+            thresholds = np.full(len(label_names), 0.5)
+        return multilabel_metrics(y_true, probs, label_names, thresholds)
+    return multiclass_metrics(y_true, probs, label_names)

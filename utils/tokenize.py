@@ -1,0 +1,62 @@
+"""Turning texts into token ids with explicit truncation: the head of a long text, or its head and tail."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from transformers import PreTrainedTokenizerBase
+
+TRUNCATIONS = ("head", "head_tail")
+
+
+@dataclass
+class Encoded:
+    """Token ids per text (special tokens included) and whether each text was cut."""
+
+    input_ids: list[list[int]]
+    truncated: list[bool]
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(ids) for ids in self.input_ids]
+
+
+def cut(ids: list[int], budget: int, truncation: str) -> list[int]:
+    """At most `budget` ids: the first ones, or the first quarter and the last three quarters of the budget.
+
+    Head plus tail follows Sun et al. (2019), who found the end of a long review as telling as its start.
+    """
+    if len(ids) <= budget:
+        return ids
+    if truncation == "head":
+        return ids[:budget]
+    head = budget // 4
+    return ids[:head] + ids[len(ids) - (budget - head):]
+
+
+def split_specials(ids: list[int], special_mask: list[int]) -> tuple[list[int], list[int], list[int]]:
+    """(leading special tokens, content, trailing special tokens) of one encoded text."""
+    start = 0
+    while start < len(ids) and special_mask[start]:
+        start += 1
+    end = len(ids)
+    while end > start and special_mask[end - 1]:
+        end -= 1
+    return ids[:start], ids[start:end], ids[end:]
+
+
+def encode(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int,
+           truncation: str = "head_tail") -> Encoded:
+    """Token ids with the tokenizer's own special tokens, the content cut to fit `max_length`."""
+    if truncation not in TRUNCATIONS:
+        raise ValueError(f"truncation must be one of {TRUNCATIONS}, got {truncation!r}")
+    encoded = tokenizer(texts, add_special_tokens=True, truncation=False, verbose=False,
+                        return_special_tokens_mask=True, return_attention_mask=False,
+                        return_token_type_ids=False)
+    input_ids, truncated = [], []
+    for ids, mask in zip(encoded["input_ids"], encoded["special_tokens_mask"], strict=True):
+        lead, content, trail = split_specials(ids, mask)
+        budget = max_length - len(lead) - len(trail)
+        input_ids.append(lead + cut(content, budget, truncation) + trail)
+        truncated.append(len(content) > budget)
+    return Encoded(input_ids, truncated)
