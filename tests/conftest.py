@@ -1,0 +1,124 @@
+"""Shared fixtures: real data rows, small randomly initialised backbones with real tokenizers, and
+checkpoints trained by the real training loop on them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from tokenizers import ByteLevelBPETokenizer
+from tokenizers.processors import RobertaProcessing
+from transformers import (
+    AutoTokenizer,
+    BertConfig,
+    BertModel,
+    DistilBertConfig,
+    DistilBertModel,
+    RobertaConfig,
+    RobertaModel,
+    RobertaTokenizerFast,
+)
+from transformers.utils import logging as hf_logging
+
+import train
+from models import default_backbone_path
+from utils.config import make_config
+from utils.datasets import SHARED_DATA_DIR
+
+hf_logging.set_verbosity_error()
+TOXIC_LABELS = ["toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate"]
+
+
+@pytest.fixture(scope="session")
+def toxic_csv(tmp_path_factory) -> Path:
+    """400 real Jigsaw rows, enough of every label for a stratified split."""
+    frame = pd.read_csv(SHARED_DATA_DIR / "toxic" / "train.csv")
+    rare = frame[(frame.threat == 1) | (frame.identity_hate == 1) | (frame.severe_toxic == 1)].head(60)
+    rows = pd.concat([rare, frame.drop(rare.index).head(340)]).sample(frac=1.0, random_state=0)
+    path = tmp_path_factory.mktemp("data") / "toxic_small.csv"
+    rows.to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def conference_csv(tmp_path_factory) -> Path:
+    """300 real paper titles, stratified by conference."""
+    frame = pd.read_csv(SHARED_DATA_DIR / "conference" / "title_conference.csv")
+    rows = frame.groupby("Conference").head(60)
+    path = tmp_path_factory.mktemp("data") / "conference_small.csv"
+    rows.sample(frac=1.0, random_state=0).to_csv(path, index=False)
+    return path
+
+
+def _tiny_sizes() -> dict:
+    return {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    """A 2-layer BERT with random weights and the real MiniLM WordPiece tokenizer."""
+    folder = tmp_path_factory.mktemp("tiny_bert")
+    tokenizer = AutoTokenizer.from_pretrained(default_backbone_path())
+    BertModel(BertConfig(vocab_size=tokenizer.vocab_size, max_position_embeddings=128, **_tiny_sizes())
+              ).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_distilbert(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("tiny_distilbert")
+    tokenizer = AutoTokenizer.from_pretrained(default_backbone_path())
+    DistilBertModel(DistilBertConfig(vocab_size=tokenizer.vocab_size, dim=32, n_layers=2, n_heads=2,
+                                     hidden_dim=64, max_position_embeddings=128)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_roberta(tmp_path_factory, toxic_csv, conference_csv) -> Path:
+    """A 2-layer RoBERTa with a byte-level BPE tokenizer trained here on the test rows."""
+    folder = tmp_path_factory.mktemp("tiny_roberta")
+    texts = (pd.read_csv(toxic_csv).comment_text.tolist() + pd.read_csv(conference_csv).Title.tolist())
+    bpe = ByteLevelBPETokenizer()
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    bpe.train_from_iterator(texts, vocab_size=1000, min_frequency=2, special_tokens=specials)
+    bpe.post_processor = RobertaProcessing(("</s>", bpe.token_to_id("</s>")), ("<s>", bpe.token_to_id("<s>")))
+    tokenizer = RobertaTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", sep_token="</s>",
+                                     cls_token="<s>", unk_token="<unk>", pad_token="<pad>", mask_token="<mask>")
+    tokenizer.save_pretrained(folder)
+    config = RobertaConfig(vocab_size=tokenizer.vocab_size, max_position_embeddings=130, pad_token_id=1,
+                           bos_token_id=0, eos_token_id=2, **_tiny_sizes())
+    RobertaModel(config).save_pretrained(folder)
+    return folder
+
+
+def train_tiny(output_dir: Path, backbone: Path, model_type: str, task: str, data: Path, **overrides):
+    """Train a tiny model for a few steps through the real loop; returns train.TrainResult."""
+    layout = ({"text_column": "comment_text", "label_columns": TOXIC_LABELS} if task == "multilabel"
+              else {"text_column": "Title", "label_column": "Conference"})
+    settings = {"task": task, "data": str(data), "model_type": model_type,
+                "model_name_or_path": str(backbone), "output_dir": str(output_dir), "epochs": 1.0,
+                "batch_size": 16, "max_length": 64, "learning_rate": 1e-3, "test_split": 0.2,
+                "val_split": 0.2, "pooling": "cls", "freeze_embeddings": False, **layout, **overrides}
+    return train.run(make_config(**settings))
+
+
+@pytest.fixture(scope="session")
+def multilabel_checkpoint(tmp_path_factory, tiny_bert, toxic_csv) -> Path:
+    """A tiny BERT trained on real toxic rows (stock [CLS] head)."""
+    return train_tiny(tmp_path_factory.mktemp("ml_run"), tiny_bert, "bert", "multilabel", toxic_csv).checkpoint
+
+
+@pytest.fixture(scope="session")
+def multiclass_checkpoint(tmp_path_factory, tiny_bert, conference_csv) -> Path:
+    """A tiny BERT trained on real conference titles (stock [CLS] head)."""
+    return train_tiny(tmp_path_factory.mktemp("mc_run"), tiny_bert, "bert", "multiclass",
+                      conference_csv).checkpoint
+
+
+@pytest.fixture(scope="session")
+def tiny_trainer():
+    """The `train_tiny` function, for tests that train their own variant."""
+    return train_tiny
