@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,13 +25,15 @@ from utils.scoring import scores_from_logits
 from utils.tokenize import TRUNCATIONS, encode
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+WEIGHTS_FILE = "model.safetensors"
 
 
 class ModelInferer:
     """Predicts with a trained checkpoint: labels, a score per label and whether the text was cut.
 
     `config`, when given (the original project's call), must agree with the checkpoint: its task, labels
-    and max length are checked, never silently used instead of the checkpoint's.
+    and max length are checked, never silently used instead of the checkpoint's. `threshold` replaces the
+    checkpoint's tuned multi-label thresholds: one number for every label, or one per label.
     """
 
     def __init__(self, checkpoint_path: str | Path, quantize: bool = False, device: str | None = None,
@@ -48,13 +52,16 @@ class ModelInferer:
             self._check_config(config)
         if num_threads:
             torch.set_num_threads(num_threads)
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        # int8 dynamic quantization has CPU kernels only, so quantize picks the CPU unless told otherwise
+        default_device = "cuda" if torch.cuda.is_available() and not quantize else "cpu"
+        self.device = torch.device(device or default_device)
         self.quantized = quantize
         self.precision = "fp32" if quantize else resolve_precision(precision, on_gpu=self.device.type == "cuda")
         self.thresholds = self._resolve_thresholds(threshold)
         self.tokenizer = AutoTokenizer.from_pretrained(self.checkpoint_path)
         self.model = self._load_model()
         self.training_metrics = read_json_file(self.checkpoint_path, METRICS_FILE)
+        self.checkpoint_id = weights_digest(self.checkpoint_path / WEIGHTS_FILE)[:16]
 
     def _check_config(self, config: Any) -> None:
         for field, expected in (("task", self.task), ("max_length", self.info["max_length"])):
@@ -68,12 +75,19 @@ class ModelInferer:
 
     def _resolve_thresholds(self, threshold: float | Sequence[float] | None) -> np.ndarray | None:
         if self.task != "multilabel":
+            if threshold is not None:
+                raise ValueError("threshold applies to multi-label checkpoints; a multi-class one predicts "
+                                 "its top class (ask for top_k to see the runners-up)")
             return None
         if threshold is None:
             saved = self.info.get("thresholds")
             return np.array(saved if saved else [0.5] * len(self.label_names), dtype=np.float64)
-        values = np.broadcast_to(np.asarray(threshold, dtype=np.float64), (len(self.label_names),)).copy() \
-            if np.ndim(threshold) == 0 else np.asarray(threshold, dtype=np.float64)
+        try:
+            values = np.asarray(threshold, dtype=np.float64)
+        except (TypeError, ValueError):
+            values = np.array([np.nan])
+        if values.ndim == 0:
+            values = np.full(len(self.label_names), float(values))
         if values.shape != (len(self.label_names),) or not ((values >= 0) & (values <= 1)).all():
             raise ValueError(f"threshold must be one number or {len(self.label_names)} numbers in [0, 1]")
         return values
@@ -84,7 +98,9 @@ class ModelInferer:
         if self.quantized:
             if self.device.type != "cpu":
                 raise ValueError("dynamic int8 quantization runs on the CPU only")
-            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+            with warnings.catch_warnings():  # torch announces the move of quantization to torchao
+                warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*deprecated", category=UserWarning)
+                model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
         elif self.precision in DTYPES:
             model = model.to(DTYPES[self.precision])
         return model.to(self.device)
@@ -118,33 +134,52 @@ class ModelInferer:
                 raise ValueError(f"text {i} is None; pass a string (an empty string is allowed)")
             if not isinstance(text, str):
                 raise TypeError(f"text {i} must be a string, got {type(text).__name__}")
+            if not text.isascii():
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError as error:
+                    raise ValueError(f"text {i} is not valid Unicode ({error.reason} at character "
+                                     f"{error.start})") from None
         return list(texts)
 
-    def result(self, scores: np.ndarray, truncated: bool, top_k: int | None = None) -> dict[str, Any]:
-        """One text's answer: predicted labels, every label's score (checkpoint order), truncation."""
+    def result(self, scores: np.ndarray, truncated: bool, top_k: int | None = None,
+               thresholds: np.ndarray | None = None) -> dict[str, Any]:
+        """One text's answer: predicted labels, every label's score (checkpoint order), truncation.
+
+        Multi-label: the labels whose score reaches their threshold. Multi-class: the top class. `top_k`
+        adds the k best labels with their scores, best first.
+        """
         score_map = {name: float(s) for name, s in zip(self.label_names, scores, strict=True)}
         if self.task == "multilabel":
-            labels = [n for n, s, t in zip(self.label_names, scores, self.thresholds, strict=True) if s >= t]
-            return {"labels": labels, "scores": score_map, "truncated": truncated}
-        order = np.argsort(-scores)
-        answer = {"labels": [self.label_names[order[0]]], "scores": score_map, "truncated": truncated}
+            thresholds = self.thresholds if thresholds is None else thresholds
+            labels = [n for n, s, t in zip(self.label_names, scores, thresholds, strict=True) if s >= t]
+        else:
+            labels = [self.label_names[int(np.argmax(scores))]]
+        answer = {"labels": labels, "scores": score_map, "truncated": bool(truncated)}
         if top_k:
-            answer["top_k"] = [{"label": self.label_names[i], "score": float(scores[i])} for i in order[:top_k]]
+            order = np.argsort(-scores, kind="stable")[:top_k]
+            answer["top_k"] = [{"label": self.label_names[i], "score": float(scores[i])} for i in order]
         return answer
 
-    def predict(self, text: str, top_k: int | None = None) -> dict[str, Any]:
+    def predict(self, text: str, top_k: int | None = None,
+                threshold: float | Sequence[float] | None = None) -> dict[str, Any]:
         """Labels and scores for one text."""
         if text is None:
             raise ValueError("text is None; pass a string (an empty string is allowed)")
         if not isinstance(text, str):
             raise TypeError(f"text must be a string, got {type(text).__name__}")
-        return self.predict_batch([text], top_k=top_k)[0]
+        return self.predict_batch([text], top_k=top_k, threshold=threshold)[0]
 
-    def predict_batch(self, texts: Sequence[str], batch_size: int = 64,
-                      top_k: int | None = None) -> list[dict[str, Any]]:
-        """Labels and scores for each text, in input order."""
+    def predict_batch(self, texts: Sequence[str], batch_size: int = 64, top_k: int | None = None,
+                      threshold: float | Sequence[float] | None = None) -> list[dict[str, Any]]:
+        """Labels and scores for each text, in input order; `threshold` overrides the thresholds for this call."""
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+            raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        thresholds = self._resolve_thresholds(threshold) if threshold is not None else None
         scores, truncated = self.score_batch(texts, batch_size)
-        return [self.result(s, t, top_k) for s, t in zip(scores, truncated, strict=True)]
+        return [self.result(s, t, top_k, thresholds) for s, t in zip(scores, truncated, strict=True)]
 
     def metadata(self) -> dict[str, Any]:
         return {"task": self.task, "labels": self.label_names,
@@ -152,4 +187,14 @@ class ModelInferer:
                 "backbone": self.info.get("backbone"), "model_type": self.info.get("model_type"),
                 "pooling": self.info.get("pooling"), "max_length": self.max_length,
                 "truncation": self.truncation, "quantized": self.quantized, "precision": self.precision,
-                "checkpoint": str(self.checkpoint_path)}
+                "device": str(self.device), "checkpoint": str(self.checkpoint_path),
+                "checkpoint_id": self.checkpoint_id, "training_metrics": self.training_metrics}
+
+
+def weights_digest(path: Path) -> str:
+    """sha256 of the weights file, read in blocks: identifies the exact model a server answers with."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
