@@ -1,0 +1,103 @@
+"""Config: defaults, the JSON/YAML file, flags over the file, and type checks on every value."""
+
+import dataclasses
+import json
+
+import pytest
+
+from utils.config import Config, build_parser, make_config, parse_config, read_config_file
+
+
+def test_defaults_pick_the_dataset_of_the_task():
+    assert make_config().data == "toxic"
+    assert make_config(task="multiclass").data == "conference"
+    assert make_config(data="my.csv").data == "my.csv"
+
+
+def test_every_field_is_a_flag():
+    parser = build_parser()
+    flags = {option for action in parser._actions for option in action.option_strings}
+    for f in dataclasses.fields(Config):
+        assert "--" + f.name.replace("_", "-") in flags
+    assert "--no-freeze-encoder" in flags  # booleans can be switched both ways
+
+
+def test_flags_override_the_config_file(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("task: multiclass\nbatch-size: 8\nlearning_rate: 3.0e-5\nepochs: 3\n"
+                    "label_columns: [a, b]\nfreeze_encoder: true\n")
+    config = parse_config(["--config", str(path), "--batch-size", "4", "--no-freeze-encoder"])
+    assert config.task == "multiclass"
+    assert config.batch_size == 4
+    assert config.learning_rate == 3e-5
+    assert config.epochs == 3.0 and isinstance(config.epochs, float)
+    assert config.label_columns == ["a", "b"]
+    assert config.freeze_encoder is False
+
+
+def test_json_config_file(tmp_path):
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"max_length": 64, "pooling": "cls"}))
+    config = parse_config(["--config", str(path)])
+    assert (config.max_length, config.pooling) == (64, "cls")
+
+
+def test_label_columns_flag_splits_commas_and_repeats():
+    config = parse_config(["--data", "x.csv", "--label-columns", "toxic, insult", "--label-columns", "threat"])
+    assert config.label_columns == ["toxic", "insult", "threat"]
+
+
+def test_profile_sits_under_file_and_flags_and_only_in_train_mode(tmp_path):
+    profiles = {"toxic": {"batch_size": 7, "epochs": 5.0, "max_length": 99}}
+    path = tmp_path / "run.yaml"
+    path.write_text("epochs: 1\n")
+    config = parse_config(["--config", str(path), "--max-length", "16"], profiles)
+    assert (config.batch_size, config.epochs, config.max_length) == (7, 1.0, 16)
+    assert parse_config(["--mode", "eval"], profiles).batch_size == Config.batch_size
+
+
+def test_unknown_key_in_config_file_is_an_error(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("batch_size: 8\nlearnig_rate: 0.1\n")
+    with pytest.raises(ValueError, match="learnig_rate"):
+        read_config_file(path)
+
+
+def test_config_file_must_be_a_mapping(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("- 1\n- 2\n")
+    with pytest.raises(ValueError, match="mapping"):
+        read_config_file(path)
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"batch_size": "32"}, "batch_size"),
+    ({"batch_size": True}, "batch_size"),
+    ({"learning_rate": "fast"}, "learning_rate"),
+    ({"freeze_encoder": "yes"}, "freeze_encoder"),
+    ({"pooling": "max"}, "--pooling"),
+    ({"task": "regression"}, "--task"),
+    ({"val_split": 1.0}, "--val-split"),
+    ({"test_split": -0.1}, "--test-split"),
+    ({"max_length": 4}, "--max-length"),
+    ({"batch_size": 0}, "--batch-size"),
+])
+def test_bad_values_are_rejected(values, message):
+    with pytest.raises(ValueError, match=message):
+        make_config(**values)
+
+
+def test_ints_become_floats_where_a_float_is_expected():
+    config = make_config(learning_rate=0, val_split=0)
+    assert config.learning_rate == 0.0 and isinstance(config.learning_rate, float)
+
+
+def test_bad_flag_value_exits_through_argparse():
+    with pytest.raises(SystemExit):
+        parse_config(["--batch-size", "many"])
+
+
+def test_to_dict_round_trips():
+    config = make_config(task="multiclass", label_column="y", text_column="x", data="f.csv", epochs=0.5)
+    assert make_config(**config.to_dict()) == config
+    assert json.loads(json.dumps(config.to_dict()))["epochs"] == 0.5
