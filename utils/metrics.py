@@ -39,16 +39,22 @@ def per_label_auc(y_true: np.ndarray, probs: np.ndarray) -> tuple[list[float | N
     return roc, pr
 
 
+def per_label(score: Any, y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
+    """A binary metric of each label column, one call per column: scikit-learn reads a (N, 1) matrix as
+    one binary target and would score both of its classes."""
+    return np.array([score(y_true[:, j], y_pred[:, j], zero_division=0) for j in range(y_true.shape[1])])
+
+
 def threshold_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
-    """Metrics of 0/1 multi-label predictions."""
-    kwargs = {"zero_division": 0}
+    """Metrics of 0/1 multi-label predictions: micro pools every label's decisions, macro averages labels."""
+    pooled = (y_true.ravel(), y_pred.ravel())
     return {
-        "micro_f1": float(f1_score(y_true, y_pred, average="micro", **kwargs)),
-        "macro_f1": float(f1_score(y_true, y_pred, average="macro", **kwargs)),
-        "micro_precision": float(precision_score(y_true, y_pred, average="micro", **kwargs)),
-        "micro_recall": float(recall_score(y_true, y_pred, average="micro", **kwargs)),
-        "macro_precision": float(precision_score(y_true, y_pred, average="macro", **kwargs)),
-        "macro_recall": float(recall_score(y_true, y_pred, average="macro", **kwargs)),
+        "micro_f1": float(f1_score(*pooled, zero_division=0)),
+        "macro_f1": float(per_label(f1_score, y_true, y_pred).mean()),
+        "micro_precision": float(precision_score(*pooled, zero_division=0)),
+        "micro_recall": float(recall_score(*pooled, zero_division=0)),
+        "macro_precision": float(per_label(precision_score, y_true, y_pred).mean()),
+        "macro_recall": float(per_label(recall_score, y_true, y_pred).mean()),
         "hamming_loss": float(hamming_loss(y_true, y_pred)),
         "subset_accuracy": float(accuracy_score(y_true, y_pred)),
     }
@@ -60,8 +66,8 @@ def multilabel_metrics(y_true: np.ndarray, probs: np.ndarray, label_names: list[
     roc, pr = per_label_auc(y_true, probs)
     at_half = (probs >= 0.5).astype(int)
     at_tuned = (probs >= thresholds).astype(int)
-    f1_half = f1_score(y_true, at_half, average=None, zero_division=0)
-    f1_tuned = f1_score(y_true, at_tuned, average=None, zero_division=0)
+    f1_half = per_label(f1_score, y_true, at_half)
+    f1_tuned = per_label(f1_score, y_true, at_tuned)
     has_positives = y_true.sum(axis=1) > 0
     return {
         "mean_roc_auc": float(np.mean(_defined(roc))) if _defined(roc) else None,
