@@ -108,7 +108,7 @@ class ModelInferer:
     @torch.inference_mode()
     def score_batch(self, texts: Sequence[str], batch_size: int = 64) -> tuple[np.ndarray, list[bool]]:
         """Scores (N, labels) in input order and truncation flags; texts are batched by length."""
-        texts = self._validate(texts)
+        texts = validate_texts(texts)
         if not texts:
             return np.zeros((0, len(self.label_names))), []
         encoded = encode(self.tokenizer, texts, self.max_length, self.truncation)
@@ -125,22 +125,6 @@ class ModelInferer:
             output = self.model(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device))
             logits[rows] = output.logits.float().cpu().numpy()
         return scores_from_logits(self.task, logits), encoded.truncated
-
-    def _validate(self, texts: Sequence[str]) -> list[str]:
-        if isinstance(texts, str) or not isinstance(texts, Sequence):
-            raise TypeError(f"texts must be a list of strings, got {type(texts).__name__}")
-        for i, text in enumerate(texts):
-            if text is None:
-                raise ValueError(f"text {i} is None; pass a string (an empty string is allowed)")
-            if not isinstance(text, str):
-                raise TypeError(f"text {i} must be a string, got {type(text).__name__}")
-            if not text.isascii():
-                try:
-                    text.encode("utf-8")
-                except UnicodeEncodeError as error:
-                    raise ValueError(f"text {i} is not valid Unicode ({error.reason} at character "
-                                     f"{error.start})") from None
-        return list(texts)
 
     def result(self, scores: np.ndarray, truncated: bool, top_k: int | None = None,
                thresholds: np.ndarray | None = None) -> dict[str, Any]:
@@ -189,6 +173,24 @@ class ModelInferer:
                 "truncation": self.truncation, "quantized": self.quantized, "precision": self.precision,
                 "device": str(self.device), "checkpoint": str(self.checkpoint_path),
                 "checkpoint_id": self.checkpoint_id, "training_metrics": self.training_metrics}
+
+
+def validate_texts(texts: Sequence[str]) -> list[str]:
+    """The texts as a list; anything but a sequence of valid Unicode strings is refused, naming the culprit."""
+    if isinstance(texts, str) or not isinstance(texts, Sequence):
+        raise TypeError(f"texts must be a list of strings, got {type(texts).__name__}")
+    for i, text in enumerate(texts):
+        if text is None:
+            raise ValueError(f"text {i} is None; pass a string (an empty string is allowed)")
+        if not isinstance(text, str):
+            raise TypeError(f"text {i} must be a string, got {type(text).__name__}")
+        if not text.isascii():
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as error:  # lone surrogates, which the tokenizer cannot take
+                raise ValueError(f"text {i} is not valid Unicode ({error.reason} at character {error.start})"
+                                 ) from None
+    return list(texts)
 
 
 def weights_digest(path: Path) -> str:

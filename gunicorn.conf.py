@@ -1,0 +1,47 @@
+"""gunicorn settings for `gunicorn -c gunicorn.conf.py "app:create_app()"`, all derived from the environment.
+
+Each worker loads its own model after the fork (preload_app = False: torch and fork do not mix well) and runs
+TORCH_THREADS torch threads; workers = cores // TORCH_THREADS, so together they do not oversubscribe the cores.
+Threads within a worker only let /health, /metrics and queued requests be answered; the app runs one forward
+pass at a time per worker.
+"""
+
+import os
+
+from utils.serving_settings import ServingSettings
+
+settings = ServingSettings.from_env()
+# Before any worker imports torch: OpenMP/MKL pools size themselves from these at start.
+os.environ.setdefault("OMP_NUM_THREADS", str(settings.torch_threads))
+os.environ.setdefault("MKL_NUM_THREADS", str(settings.torch_threads))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # serving reads the checkpoint folder only, never a hub
+
+bind = f"{settings.host}:{settings.port}"
+workers = settings.worker_count()
+worker_class = "gthread"
+threads = 4
+preload_app = False
+timeout = 120  # a worker silent this long is restarted; loading the model counts
+graceful_timeout = 30  # on SIGTERM, requests in flight get this long to finish
+keepalive = 5
+control_socket_disable = True  # no runtime control needed; avoids a socket file in $HOME shared by servers
+accesslog = "-"
+errorlog = "-"
+loglevel = "info"
+access_log_format = '%(h)s "%(r)s" %(s)s %(B)s %(M)sms'
+
+
+def on_starting(server) -> None:
+    print(settings.describe(), f"\n  workers         {workers} x {threads} threads", flush=True)
+
+
+def post_fork(server, worker) -> None:
+    import logging
+
+    import torch
+
+    torch.set_num_threads(settings.torch_threads)
+    app_log = logging.getLogger("classifier")  # the app's messages go where gunicorn's own go
+    app_log.handlers, app_log.propagate = server.log.error_log.handlers, False
+    app_log.setLevel(logging.INFO)
