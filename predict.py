@@ -1,0 +1,119 @@
+"""Predicting from the command line: `--text` strings to JSON lines, or a CSV/TSV/JSONL file scored in chunks.
+
+    python main.py --mode predict --checkpoint DIR --text "first text" --text "second"
+    python main.py --mode predict --checkpoint DIR --input comments.csv --output scored.csv
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from inferer import ModelInferer
+from utils.checkpoint import TRAINING_CONFIG_FILE, read_json_file
+from utils.config import Config
+from utils.data import DataError, iter_frames, require_columns
+
+CHUNK_ROWS = 4096  # rows read, scored and written at a time: memory stays flat whatever the file's size
+OUTPUT_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+LABEL_SEPARATOR = "|"
+
+
+def run(config: Config, checkpoint: str | Path) -> None:
+    if bool(config.text) == bool(config.input):
+        raise ValueError("--mode predict needs --text (repeatable) or --input FILE --output FILE, one of the two")
+    if config.input and not config.output:
+        raise ValueError("--input needs --output FILE (.csv or .jsonl) for the scored rows")
+    if config.output:
+        output_format(Path(config.output))
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    inferer = ModelInferer(checkpoint, quantize=config.quantize)
+    if config.text:
+        for text, prediction in zip(config.text, inferer.predict_batch(config.text), strict=True):
+            print(json.dumps({"text": text} | prediction, ensure_ascii=False))
+        return
+    column = config.text_column or default_text_column(checkpoint)
+    rows = predict_file(inferer, Path(config.input), Path(config.output), column,
+                        batch_size=config.eval_batch_size)
+    print(f"scored {rows} rows of {config.input} (text column '{column}') into {config.output}", file=sys.stderr)
+
+
+def default_text_column(checkpoint: str | Path) -> str:
+    """The text column the checkpoint was trained on, else "text"."""
+    return read_json_file(checkpoint, TRAINING_CONFIG_FILE).get("text_column") or "text"
+
+
+def output_format(path: Path) -> str:
+    fmt = OUTPUT_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise ValueError(f"{path}: unknown output type '{path.suffix}' (expected .csv or .jsonl)")
+    return fmt
+
+
+def predict_file(inferer: ModelInferer, source: Path, target: Path, text_column: str,
+                 chunk_rows: int = CHUNK_ROWS, batch_size: int = 64) -> int:
+    """Score every row of `source` into `target`: the input columns, a `score_<label>` column per label and
+    `labels` (CSV: joined with "|"; JSONL: a list). Written to a temporary file, renamed when complete."""
+    fmt = output_format(target)
+    if source.resolve() == target.resolve():
+        raise ValueError(f"{target}: the output would overwrite the input")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.partial")
+    rows = 0
+    try:
+        with partial.open("w", encoding="utf-8", newline="") as out, tqdm(unit=" rows", desc="predict") as bar:
+            for frame in read_chunks(source, chunk_rows):
+                texts = chunk_texts(frame, text_column, source, first_row=rows + 1)
+                scored = scored_frame(frame, inferer.predict_batch(texts, batch_size=batch_size), inferer)
+                write_chunk(scored, out, fmt, header=rows == 0)
+                rows += len(frame)
+                bar.update(len(frame))
+        if rows == 0:
+            raise DataError(f"{source}: no rows")
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+    return rows
+
+
+def read_chunks(source: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    for frame in iter_frames(source, chunksize=chunk_rows):
+        if len(frame):
+            yield frame
+
+
+def chunk_texts(frame: pd.DataFrame, column: str, path: Path, first_row: int) -> list[str]:
+    """The text column of one chunk; a value that is not text names its row (1 = first data row)."""
+    require_columns(frame, [column], path)
+    texts = frame[column].tolist()
+    for offset, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise DataError(f"{path}: row {first_row + offset}, column '{column}': expected text, got {text!r}")
+    return texts
+
+
+def scored_frame(frame: pd.DataFrame, predictions: list[dict], inferer: ModelInferer) -> pd.DataFrame:
+    """The chunk with the prediction columns added; an input column of the same name is kept as `<name>_input`."""
+    added = {f"score_{name}": [p["scores"][name] for p in predictions] for name in inferer.label_names}
+    added["labels"] = [p["labels"] for p in predictions]
+    added["truncated"] = [p["truncated"] for p in predictions]
+    clashes = {c: f"{c}_input" for c in frame.columns if c in added}
+    return pd.concat([frame.rename(columns=clashes).reset_index(drop=True), pd.DataFrame(added)], axis=1)
+
+
+def write_chunk(frame: pd.DataFrame, out, fmt: str, header: bool) -> None:
+    if fmt == "csv":
+        frame = frame.assign(labels=[LABEL_SEPARATOR.join(labels) for labels in frame["labels"]])
+        frame.to_csv(out, header=header, index=False)
+    else:
+        frame = frame.astype(object).where(frame.notna(), None)  # a key missing from some input rows: null
+        for record in frame.to_dict(orient="records"):
+            out.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
