@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from transformers.utils import logging as hf_logging
@@ -19,8 +20,12 @@ def main(argv: list[str] | None = None) -> int:
             import eval as evaluation
             import train
 
-            result = train.run(config)
-            if result.checkpoint.is_dir():
+            try:
+                result = train.run(config)
+            except train.TrainingInterrupted as interrupted:
+                print(interrupted, file=sys.stderr)
+                return interrupted.exit_code
+            if is_main_process() and result.checkpoint.is_dir():
                 evaluation.run(config, result.checkpoint)
         elif config.mode == "eval":
             import eval as evaluation
@@ -32,10 +37,15 @@ def main(argv: list[str] | None = None) -> int:
             predict.run(config, require_checkpoint(config))
         else:
             raise ValueError(f"mode {config.mode!r} is not available yet")
-    except (DataError, ValueError, FileNotFoundError) as error:
+    except (DataError, ValueError, FileNotFoundError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+def is_main_process() -> bool:
+    """False on the other ranks of a torchrun / accelerate launch run, which leave reporting to rank 0."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def require_checkpoint(config) -> str:

@@ -5,9 +5,9 @@ Runs unchanged on one CPU, one GPU or many processes (`torchrun` / `accelerate l
 
 from __future__ import annotations
 
-import copy
 import json
 import re
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +30,15 @@ from utils.precision import accelerate_mixed_precision, resolve_precision
 from utils.prepare import DataSplits, prepare_splits
 from utils.scoring import scores_from_logits
 from utils.tokenize import encode
+from utils.train_state import (
+    Progress,
+    check_writable,
+    find_resume_dir,
+    load_training_state,
+    restore_random_states,
+    run_identity,
+    save_training_state,
+)
 
 NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "_layer_norm.weight")
 LAYER_PATTERN = re.compile(r"\.layer\.(\d+)\.")
@@ -131,6 +140,42 @@ class EarlyStopping:
         return self.patience > 0 and self.bad_evaluations >= self.patience
 
 
+class StopRequest:
+    """Records SIGTERM / Ctrl-C so the loop can save a resumable state at the next step and stop."""
+
+    def __init__(self) -> None:
+        self.signal_number: int | None = None
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def _handle(self, signal_number: int, _frame: Any) -> None:
+        self.signal_number = signal_number
+
+    def agreed(self, accelerator: Accelerator) -> bool:
+        """True on every process as soon as any process was asked to stop."""
+        flag = torch.tensor([1.0 if self.signal_number is not None else 0.0], device=accelerator.device)
+        return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on a signal after saving a state it can resume from."""
+
+    def __init__(self, state_dir: Path, exit_code: int) -> None:
+        super().__init__(f"training interrupted; a resumable state is in {state_dir}. Resume with the same "
+                         "command and --resume-from-checkpoint auto")
+        self.state_dir = state_dir
+        self.exit_code = exit_code
+
+
+def bytes_needed(model: PreTrainedModel, keep_last: int) -> int:
+    """Rough disk need: the checkpoint, and per kept state the model, the best model and two Adam moments."""
+    weights = sum(p.numel() for p in model.parameters()) * 4
+    return weights * (1 + 4 * max(keep_last, 1) + 1)
+
+
 def run(config: Config) -> TrainResult:
     """Train, keep the best model by the validation metric, tune thresholds, write the checkpoint."""
     started = time.time()
@@ -141,8 +186,6 @@ def run(config: Config) -> TrainResult:
     say = accelerator.print
     set_seed(config.seed)
     output_dir = Path(config.output_dir)
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
     backbone = config.model_name_or_path or default_backbone_path()
     say(f"precision: {precision} (asked: {config.precision}); processes: {accelerator.num_processes}; "
         f"device: {accelerator.device}; backbone: {backbone}")
@@ -159,17 +202,36 @@ def run(config: Config) -> TrainResult:
     val_set = EncodedDataset(val_encoded.input_ids)
 
     model = build_classifier(config.model_type, config.task, backbone, splits.label_names, config.pooling)
+    if accelerator.is_main_process:
+        check_writable(output_dir, bytes_needed(model, config.keep_last))
     freeze(model, config)
     weights = loss_weights(config, splits)
     model.loss_fn = build_loss(config.task, config.loss, weights, config.focal_gamma, config.label_smoothing)
     if weights is not None:
         say("loss weights: " + ", ".join(f"{n}={w:.2f}" for n, w in zip(splits.label_names, weights, strict=True)))
 
-    loader = training_loader(train_set, tokenizer, config.batch_size, config.seed, config.num_workers)
+    generator = torch.Generator()
+    loader = training_loader(train_set, tokenizer, config.batch_size, generator, config.num_workers)
     optimizer = torch.optim.AdamW(parameter_groups(model, config), lr=config.learning_rate)
     steps_per_epoch = int(np.ceil(len(loader) / accelerator.num_processes / config.gradient_accumulation_steps))
     total_steps = max(1, int(np.ceil(steps_per_epoch * config.epochs)))
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
+
+    identity = run_identity(config.task, splits.label_names, backbone, config.model_type, config.pooling,
+                            config.max_length)
+    progress = Progress(identity=identity)
+    best_state: dict[str, torch.Tensor] | None = None
+    resumed = None
+    resume_dir = find_resume_dir(config.resume_from_checkpoint, output_dir) if config.resume_from_checkpoint else None
+    if resume_dir is not None:
+        resumed = load_training_state(resume_dir, identity)
+        model.load_state_dict(resumed.model_state)
+        optimizer.load_state_dict(resumed.optimizer_state)
+        scheduler.load_state_dict(resumed.scheduler_state)
+        progress, best_state = resumed.progress, resumed.best_state
+        say(f"resuming from {resume_dir} at step {progress.step}")
+    elif config.resume_from_checkpoint:
+        say(f"no training state in {output_dir}; starting from the beginning")
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     eval_every = config.eval_every or steps_per_epoch
     say(f"training {total_steps} steps ({config.epochs} epochs of {steps_per_epoch}), evaluating every "
@@ -177,58 +239,91 @@ def run(config: Config) -> TrainResult:
 
     metric_name = PRIMARY_METRIC[config.task]
     stopper = EarlyStopping(config.early_stopping_patience)
-    best_state: dict[str, torch.Tensor] | None = None
-    best_probs: np.ndarray | None = None
-    best_metrics: dict[str, Any] = {}
+    stopper.best, stopper.bad_evaluations = progress.best_value, progress.bad_evaluations
     log_path = output_dir / "metrics.jsonl"
-    step, epoch = 0, 0
-    progress = tqdm(total=total_steps, desc="train", disable=not accelerator.is_main_process)
+    stop_request = StopRequest()
+
+    def save_state() -> Path:
+        progress.best_value, progress.bad_evaluations = stopper.best, stopper.bad_evaluations
+        state_dir = output_dir / "states"
+        if accelerator.is_main_process:
+            state_dir = save_training_state(output_dir, progress, accelerator.unwrap_model(model).state_dict(),
+                                            best_state, optimizer, scheduler, config.keep_last)
+        accelerator.wait_for_everyone()
+        return state_dir
+
+    progress_bar = tqdm(total=total_steps, initial=progress.step, desc="train",
+                        disable=not accelerator.is_main_process)
     model.train()
-    while step < total_steps and not stopper.should_stop:
-        for batch in loader:
-            with accelerator.accumulate(model):
-                outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                labels=batch["labels"])
-                accelerator.backward(outputs.loss)
-                if accelerator.sync_gradients and config.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-            if not accelerator.sync_gradients:
-                continue
-            step += 1
-            progress.update(1)
-            progress.set_postfix(loss=f"{outputs.loss.item():.4f}", lr=f"{scheduler.get_last_lr()[-1]:.2e}")
-            if step % eval_every == 0 or step == total_steps:
-                logits = predict_logits(model, val_set, tokenizer, config.eval_batch_size, accelerator)
-                probs = scores_from_logits(config.task, logits)
-                metrics = compute_metrics(config.task, splits.validation.labels, probs, splits.label_names)
-                value = metrics[metric_name]
-                improved = stopper.update(value)
-                record = {"step": step, "epoch": round(step / steps_per_epoch, 3), "loss": outputs.loss.item(),
-                          f"val_{metric_name}": value, "best": improved, "seconds": round(time.time() - started, 1)}
-                if accelerator.is_main_process:
-                    with log_path.open("a") as handle:
-                        handle.write(json.dumps(record) + "\n")
-                say(f"\nstep {step}: validation {metric_name} {value:.4f}" + (" (best)" if improved else ""))
-                if improved:
-                    best_state = copy.deepcopy(accelerator.unwrap_model(model).state_dict())
-                    best_probs, best_metrics = probs, metrics
-                if stopper.should_stop:
-                    say(f"early stopping: no gain in {stopper.patience} evaluations")
-            if step >= total_steps or stopper.should_stop:
-                break
-        epoch += 1
-    progress.close()
+    try:
+        while progress.step < total_steps and not stopper.should_stop:
+            generator.manual_seed(config.seed + progress.epoch)
+            batches = (accelerator.skip_first_batches(loader, progress.batch_in_epoch)
+                       if progress.batch_in_epoch else loader)
+            finished_epoch = True
+            for batch in batches:
+                if resumed is not None:  # once the loader has drawn its seed, as the interrupted run had
+                    restore_random_states(resumed.rng_tensors, resumed.rng_meta)
+                    resumed = None
+                with accelerator.accumulate(model):
+                    outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                    labels=batch["labels"])
+                    accelerator.backward(outputs.loss)
+                    if accelerator.sync_gradients and config.max_grad_norm > 0:
+                        accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad()
+                progress.batch_in_epoch += 1
+                if not accelerator.sync_gradients:
+                    continue
+                progress.step += 1
+                progress_bar.update(1)
+                progress_bar.set_postfix(loss=f"{outputs.loss.item():.4f}", lr=f"{scheduler.get_last_lr()[-1]:.2e}")
+                evaluated = progress.step % eval_every == 0 or progress.step == total_steps
+                if evaluated:
+                    logits = predict_logits(model, val_set, tokenizer, config.eval_batch_size, accelerator)
+                    probs = scores_from_logits(config.task, logits)
+                    metrics = compute_metrics(config.task, splits.validation.labels, probs, splits.label_names)
+                    value = metrics[metric_name]
+                    improved = stopper.update(value)
+                    record = {"step": progress.step, "epoch": round(progress.step / steps_per_epoch, 3),
+                              "loss": outputs.loss.item(), f"val_{metric_name}": value, "best": improved,
+                              "seconds": round(time.time() - started, 1)}
+                    if accelerator.is_main_process:
+                        with log_path.open("a") as handle:
+                            handle.write(json.dumps(record) + "\n")
+                    say(f"\nstep {progress.step}: validation {metric_name} {value:.4f}{' (best)' if improved else ''}")
+                    if improved:
+                        best_state = {k: v.detach().clone() for k, v in
+                                      accelerator.unwrap_model(model).state_dict().items()}
+                    if stopper.should_stop:
+                        say(f"early stopping: no gain in {stopper.patience} evaluations")
+                done = progress.step >= total_steps or stopper.should_stop
+                due = (progress.step % config.save_every == 0) if config.save_every else evaluated
+                if stop_request.agreed(accelerator):
+                    state_dir = save_state()
+                    raise TrainingInterrupted(state_dir, 128 + (stop_request.signal_number or signal.SIGTERM))
+                if due and not done:
+                    save_state()
+                if done:
+                    finished_epoch = False
+                    break
+            if finished_epoch:
+                progress.epoch += 1
+                progress.batch_in_epoch = 0
+    finally:
+        stop_request.restore()
+        progress_bar.close()
 
     model = accelerator.unwrap_model(model)
     model.load_state_dict(best_state)
     thresholds = None
+    best_probs = scores_from_logits(config.task, predict_logits(model, val_set, tokenizer, config.eval_batch_size,
+                                                                accelerator))
     if config.task == "multilabel":
         thresholds = tune_thresholds(splits.validation.labels, best_probs, config.threshold_strategy)
-        best_metrics = compute_metrics(config.task, splits.validation.labels, best_probs, splits.label_names,
-                                       thresholds)
+    best_metrics = compute_metrics(config.task, splits.validation.labels, best_probs, splits.label_names, thresholds)
     checkpoint = output_dir / "checkpoint"
     if accelerator.is_main_process:
         classifier = {
@@ -237,7 +332,8 @@ def run(config: Config) -> TrainResult:
             "max_length": config.max_length, "truncation": config.truncation, "pooling": config.pooling,
             "model_type": config.model_type, "backbone": backbone, "precision": precision,
         }
-        summary = {"validation": best_metrics, "steps": step, "train_seconds": round(time.time() - started, 1),
+        summary = {"validation": best_metrics, "steps": progress.step,
+                   "train_seconds": round(time.time() - started, 1),
                    "train_rows": len(splits.train), "validation_rows": len(splits.validation),
                    "data_notes": splits.notes}
         save_checkpoint(checkpoint, model, tokenizer, classifier, config.to_dict() | {"precision": precision,
@@ -245,4 +341,4 @@ def run(config: Config) -> TrainResult:
         say(f"checkpoint written to {checkpoint}")
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    return TrainResult(checkpoint, best_metrics, step, time.time() - started)
+    return TrainResult(checkpoint, best_metrics, progress.step, time.time() - started)

@@ -55,9 +55,11 @@ def pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
 
 
 def training_loader(dataset: EncodedDataset, tokenizer: PreTrainedTokenizerBase, batch_size: int,
-                    seed: int, num_workers: int = 0) -> DataLoader:
-    """Shuffled batches of similar lengths (megabatches of 50 batches sorted by length, as in transformers)."""
-    generator = torch.Generator().manual_seed(seed)
+                    generator: torch.Generator, num_workers: int = 0) -> DataLoader:
+    """Shuffled batches of similar lengths (megabatches of 50 batches sorted by length, as in transformers).
+
+    The order follows `generator`; seeding it per epoch makes any epoch's order reproducible on resume.
+    """
     sampler = LengthGroupedSampler(batch_size, lengths=[len(ids) for ids in dataset.input_ids],
                                    generator=generator)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=PaddingCollator(pad_id(tokenizer)),

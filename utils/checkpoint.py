@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
-
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -48,15 +48,29 @@ def save_checkpoint(target: str | Path, model: PreTrainedModel, tokenizer: PreTr
     return target
 
 
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap two folders in one atomic step (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, bytes(first), at_fdcwd, bytes(second), rename_exchange) == 0
+
+
 def replace_folder(new: Path, target: Path) -> None:
-    """Put `new` at `target`; an existing `target` is moved aside first and removed only afterwards."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
+    """Put `new` at `target` so that `target` is at every moment either the old folder or the new one."""
+    if not target.exists():
+        os.replace(new, target)
+        return
+    if _exchange(new, target):
+        shutil.rmtree(new, ignore_errors=True)  # `new` now holds the previous checkpoint
+        return
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    os.replace(target, old)
     os.replace(new, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def read_classifier_info(checkpoint: str | Path) -> dict[str, Any]:

@@ -88,6 +88,10 @@ class Config:
     threshold_strategy: str = _opt("per_label", "Multi-label thresholds tuned on validation for F1.",
                                    ("per_label", "global", "fixed"))
     output_dir: str = _opt("outputs/run", "Folder for the checkpoint, logs and reports.")
+    resume_from_checkpoint: str | None = _opt(
+        None, "Training state folder to resume from, or 'auto' for the latest one in --output-dir.")
+    save_every: int = _opt(0, "Save a resumable training state every N optimizer steps (0: at evaluations).")
+    keep_last: int = _opt(2, "How many training states to keep.")
     checkpoint: str | None = _opt(None, "Checkpoint folder to evaluate or predict with.")
     num_workers: int = _opt(0, "DataLoader worker processes.")
     # predict / export
