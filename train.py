@@ -16,13 +16,13 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, PreTrainedModel, get_linear_schedule_with_warmup
 
 from models import build_classifier, default_backbone_path
 from models.losses import auto_pos_weight, balanced_class_weights, build_loss, parse_weights
-from utils.batching import EncodedDataset, inference_loader, training_loader
+from utils.batching import EncodedDataset, PaddingCollator, pad_id, sorted_batches, training_loader
 from utils.checkpoint import save_checkpoint
 from utils.config import Config
 from utils.metrics import PRIMARY_METRIC, compute_metrics, tune_thresholds
@@ -98,24 +98,24 @@ def freeze(model: PreTrainedModel, config: Config) -> None:
 
 
 @torch.no_grad()
-def predict_logits(model: PreTrainedModel, dataset: EncodedDataset, tokenizer, batch_size: int,
+def predict_logits(model: PreTrainedModel, dataset: EncodedDataset, collate: PaddingCollator, batch_size: int,
                    accelerator: Accelerator) -> np.ndarray:
-    """Logits for every example in input order, each counted once even when processes share the work."""
+    """Logits for every example in input order; each process scores a disjoint shard, so none is counted twice."""
     model.eval()
-    loader = accelerator.prepare(inference_loader(dataset, tokenizer, batch_size))
-    outputs, indices = [], []
-    for batch in loader:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
-        logits, index = accelerator.gather_for_metrics((logits, batch["index"]))
-        outputs.append(logits.cpu())
-        indices.append(index.cpu())
+    shard = list(range(accelerator.process_index, len(dataset), accelerator.num_processes))
+    local: list[tuple[list[int], np.ndarray]] = []
+    for rows in sorted_batches([len(dataset.input_ids[i]) for i in shard], batch_size):
+        batch = collate([dataset[shard[r]] for r in rows])
+        logits = model(input_ids=batch["input_ids"].to(accelerator.device),
+                       attention_mask=batch["attention_mask"].to(accelerator.device)).logits
+        local.append((batch["index"].tolist(), logits.float().cpu().numpy()))
     model.train()
-    logits = torch.cat(outputs).numpy()
-    index = torch.cat(indices).numpy()
-    if sorted(index.tolist()) != list(range(len(dataset))):
+    pieces = gather_object(local) if accelerator.num_processes > 1 else local
+    index = [i for indices, _ in pieces for i in indices]
+    if sorted(index) != list(range(len(dataset))):
         raise RuntimeError(f"evaluation saw {len(index)} rows for {len(dataset)} examples")
-    result = np.empty_like(logits)
-    result[index] = logits
+    result = np.empty((len(dataset), pieces[0][1].shape[1]), dtype=np.float32)
+    result[index] = np.concatenate([logits for _, logits in pieces])
     return result
 
 
@@ -200,6 +200,7 @@ def run(config: Config) -> TrainResult:
         f"{config.max_length} tokens and were cut ({config.truncation})")
     train_set = EncodedDataset(train_encoded.input_ids, splits.train.labels)
     val_set = EncodedDataset(val_encoded.input_ids)
+    collate = PaddingCollator(pad_id(tokenizer))
 
     model = build_classifier(config.model_type, config.task, backbone, splits.label_names, config.pooling)
     if accelerator.is_main_process:
@@ -282,7 +283,7 @@ def run(config: Config) -> TrainResult:
                 progress_bar.set_postfix(loss=f"{outputs.loss.item():.4f}", lr=f"{scheduler.get_last_lr()[-1]:.2e}")
                 evaluated = progress.step % eval_every == 0 or progress.step == total_steps
                 if evaluated:
-                    logits = predict_logits(model, val_set, tokenizer, config.eval_batch_size, accelerator)
+                    logits = predict_logits(model, val_set, collate, config.eval_batch_size, accelerator)
                     probs = scores_from_logits(config.task, logits)
                     metrics = compute_metrics(config.task, splits.validation.labels, probs, splits.label_names)
                     value = metrics[metric_name]
@@ -319,7 +320,7 @@ def run(config: Config) -> TrainResult:
     model = accelerator.unwrap_model(model)
     model.load_state_dict(best_state)
     thresholds = None
-    best_probs = scores_from_logits(config.task, predict_logits(model, val_set, tokenizer, config.eval_batch_size,
+    best_probs = scores_from_logits(config.task, predict_logits(model, val_set, collate, config.eval_batch_size,
                                                                 accelerator))
     if config.task == "multilabel":
         thresholds = tune_thresholds(splits.validation.labels, best_probs, config.threshold_strategy)

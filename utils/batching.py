@@ -71,9 +71,3 @@ def sorted_batches(lengths: list[int], batch_size: int) -> Iterator[list[int]]:
     order = np.argsort(lengths, kind="stable")
     for start in range(0, len(order), batch_size):
         yield order[start:start + batch_size].tolist()
-
-
-def inference_loader(dataset: EncodedDataset, tokenizer: PreTrainedTokenizerBase, batch_size: int) -> DataLoader:
-    """Batches sorted by length, each example once; the `index` key maps rows back to input order."""
-    batches = list(sorted_batches([len(ids) for ids in dataset.input_ids], batch_size))
-    return DataLoader(dataset, batch_sampler=batches, collate_fn=PaddingCollator(pad_id(tokenizer)))
