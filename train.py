@@ -5,6 +5,7 @@ Runs unchanged on one CPU, one GPU or many processes (`torchrun` / `accelerate l
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import signal
@@ -180,12 +181,14 @@ def run(config: Config) -> TrainResult:
     """Train, keep the best model by the validation metric, tune thresholds, write the checkpoint."""
     started = time.time()
     precision = resolve_precision(config.precision)
+    output_dir = Path(config.output_dir)
+    tensorboard = importlib.util.find_spec("tensorboard") is not None
     accelerator = Accelerator(mixed_precision=accelerate_mixed_precision(precision),
                               gradient_accumulation_steps=config.gradient_accumulation_steps,
-                              cpu=not torch.cuda.is_available())
+                              cpu=not torch.cuda.is_available(), log_with="tensorboard" if tensorboard else None,
+                              project_dir=str(output_dir))
     say = accelerator.print
     set_seed(config.seed)
-    output_dir = Path(config.output_dir)
     backbone = config.model_name_or_path or default_backbone_path()
     say(f"precision: {precision} (asked: {config.precision}); processes: {accelerator.num_processes}; "
         f"device: {accelerator.device}; backbone: {backbone}")
@@ -234,6 +237,8 @@ def run(config: Config) -> TrainResult:
     elif config.resume_from_checkpoint:
         say(f"no training state in {output_dir}; starting from the beginning")
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    if tensorboard:
+        accelerator.init_trackers("tensorboard")
     eval_every = config.eval_every or steps_per_epoch
     say(f"training {total_steps} steps ({config.epochs} epochs of {steps_per_epoch}), evaluating every "
         f"{eval_every}")
@@ -294,6 +299,8 @@ def run(config: Config) -> TrainResult:
                     if accelerator.is_main_process:
                         with log_path.open("a") as handle:
                             handle.write(json.dumps(record) + "\n")
+                    if tensorboard:
+                        accelerator.log({k: v for k, v in record.items() if k != "best"}, step=progress.step)
                     say(f"\nstep {progress.step}: validation {metric_name} {value:.4f}{' (best)' if improved else ''}")
                     if improved:
                         best_state = {k: v.detach().clone() for k, v in
