@@ -98,8 +98,9 @@ class ModelInferer:
         if self.quantized:
             if self.device.type != "cpu":
                 raise ValueError("dynamic int8 quantization runs on the CPU only")
-            with warnings.catch_warnings():  # torch announces the move of quantization to torchao
-                warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*deprecated", category=UserWarning)
+            with warnings.catch_warnings():  # torch announces the move of quantization to torchao, at length
+                warnings.filterwarnings("ignore", message=".*deprecated", category=UserWarning)
+                warnings.filterwarnings("ignore", message="torch.ao.quantization is deprecated")
                 model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
         elif self.precision in DTYPES:
             model = model.to(DTYPES[self.precision])
