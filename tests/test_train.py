@@ -1,0 +1,232 @@
+"""Training end to end on real rows: checkpoints that load with plain transformers, determinism, frozen
+encoders, early stopping, the metrics log, float32 weights, and one run on the real MiniLM backbone."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+import train
+from inferer import ModelInferer
+from models import build_classifier, default_backbone_path, load_classifier
+from utils.checkpoint import METRICS_FILE, read_classifier_info, save_checkpoint
+from utils.config import make_config
+from utils.data import LabeledTexts
+from utils.metrics import PRIMARY_METRIC, compute_metrics
+from utils.prepare import DataSplits, prepare_splits
+
+TOXIC_LABELS = ["toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate"]
+CONFERENCES = ["INFOCOM", "ISCAS", "SIGGRAPH", "VLDB", "WWW"]
+SHORT = {"max_length": 32, "max_train_samples": 64}  # a few steps on short inputs for the tests' own runs
+PROBLEM_TYPES = {"multilabel": "multi_label_classification", "multiclass": "single_label_classification"}
+
+
+def texts_of(data: Path, count: int = 8) -> list[str]:
+    frame = pd.read_csv(data)
+    return frame["comment_text" if "comment_text" in frame else "Title"].head(count).tolist()
+
+
+def logits(model, tokenizer, texts, max_length=32) -> torch.Tensor:
+    batch = tokenizer(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        return model.eval()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+
+def log_records(checkpoint: Path) -> list[dict]:
+    return [json.loads(line) for line in (checkpoint.parent / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def data_of(toxic_csv, conference_csv):
+    return {"multilabel": toxic_csv, "multiclass": conference_csv}
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory, tiny_trainer, data_of, request):
+    """Train (once per module) a tiny backbone for a few steps: `short_run(model_type, task)` -> checkpoint."""
+    done = {}
+
+    def get(model_type: str, task: str) -> Path:
+        if (model_type, task) not in done:
+            backbone = request.getfixturevalue(f"tiny_{model_type}")
+            done[model_type, task] = tiny_trainer(tmp_path_factory.mktemp(f"{model_type}_{task}"), backbone,
+                                                  model_type, task, data_of[task], **SHORT).checkpoint
+        return done[model_type, task]
+
+    return get
+
+
+@pytest.fixture(scope="module", params=[(m, t) for m in ("bert", "roberta", "distilbert")
+                                        for t in ("multilabel", "multiclass")], ids=lambda p: "-".join(p))
+def cls_checkpoint(request, short_run):
+    """A checkpoint with the stock [CLS] head per backbone and task (tiny BERT ones come from conftest)."""
+    model_type, task = request.param
+    if model_type == "bert":
+        return request.getfixturevalue(f"{task}_checkpoint"), model_type, task
+    return short_run(model_type, task), model_type, task
+
+
+def test_cls_checkpoint_loads_with_plain_transformers(cls_checkpoint, data_of):
+    checkpoint, model_type, task = cls_checkpoint
+    labels = TOXIC_LABELS if task == "multilabel" else CONFERENCES
+    plain = AutoModelForSequenceClassification.from_pretrained(checkpoint)
+    ours = load_classifier(checkpoint)
+    assert type(plain).__name__ == {"bert": "BertForSequenceClassification", "roberta":
+                                    "RobertaForSequenceClassification", "distilbert":
+                                    "DistilBertForSequenceClassification"}[model_type]
+    assert plain.config.problem_type == PROBLEM_TYPES[task]
+    assert plain.config.id2label == dict(enumerate(labels))
+    assert plain.config.label2id == {name: i for i, name in enumerate(labels)}
+    assert plain.config.classifier_pooling == "cls"
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    texts = texts_of(data_of[task])
+    expected = logits(ours, tokenizer, texts)
+    assert expected.shape == (len(texts), len(labels))
+    torch.testing.assert_close(logits(plain, tokenizer, texts), expected, rtol=0, atol=1e-5)
+    assert read_classifier_info(checkpoint)["labels"] == labels
+
+
+def test_weights_are_float32_and_the_metrics_log_is_written(cls_checkpoint):
+    checkpoint, _, task = cls_checkpoint
+    weights = load_file(str(checkpoint / "model.safetensors"))
+    assert {t.dtype for t in weights.values() if t.is_floating_point()} == {torch.float32}
+    records = log_records(checkpoint)
+    summary = json.loads((checkpoint / METRICS_FILE).read_text())
+    metric = f"val_{PRIMARY_METRIC[task]}"
+    assert records and all(metric in r and "loss" in r for r in records)
+    assert records[-1]["step"] == summary["steps"]
+    assert max(r[metric] for r in records) == pytest.approx(summary["validation"][PRIMARY_METRIC[task]])
+
+
+@pytest.mark.parametrize("model_type", ["bert", "roberta", "distilbert"])
+def test_mean_pooling_checkpoint_reloads_with_the_same_logits(model_type, request, tmp_path, conference_csv):
+    backbone = request.getfixturevalue(f"tiny_{model_type}")
+    model = build_classifier(model_type, "multiclass", str(backbone), CONFERENCES, "mean").eval()
+    tokenizer = AutoTokenizer.from_pretrained(backbone)
+    checkpoint = save_checkpoint(tmp_path / "checkpoint", model, tokenizer, {}, {}, {})
+    texts = texts_of(conference_csv)
+    expected = logits(model, tokenizer, texts)
+    first, second = load_classifier(checkpoint), load_classifier(checkpoint)
+    assert first.config.classifier_pooling == "mean"
+    torch.testing.assert_close(logits(first, tokenizer, texts), expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(logits(second, tokenizer, texts), expected, rtol=0, atol=1e-6)
+    # the stock head reads the first token only, so mean pooling really is a different model
+    plain = AutoModelForSequenceClassification.from_pretrained(checkpoint)
+    assert not torch.allclose(logits(plain, tokenizer, texts), expected, atol=1e-3)
+
+
+def test_trained_mean_pooling_checkpoint_scores_as_in_training(tmp_path, tiny_trainer, tiny_roberta,
+                                                               conference_csv):
+    result = tiny_trainer(tmp_path, tiny_roberta, "roberta", "multiclass", conference_csv, pooling="mean", seed=3,
+                          **SHORT)
+    assert read_classifier_info(result.checkpoint)["pooling"] == "mean"
+    config = make_config(task="multiclass", data=str(conference_csv), text_column="Title", label_column="Conference",
+                         test_split=0.2, val_split=0.2, seed=3, max_train_samples=SHORT["max_train_samples"])
+    validation = prepare_splits(config).validation
+    scores, _ = ModelInferer(result.checkpoint).score_batch(validation.texts)
+    macro_f1 = compute_metrics("multiclass", validation.labels, scores, CONFERENCES)["macro_f1"]
+    assert macro_f1 == pytest.approx(result.best_metrics["macro_f1"], abs=1e-9)
+
+
+def test_same_seed_gives_the_same_metrics_and_weights(tmp_path, tiny_trainer, tiny_distilbert, conference_csv,
+                                                      short_run):
+    first = short_run("distilbert", "multiclass")
+    again = tiny_trainer(tmp_path, tiny_distilbert, "distilbert", "multiclass", conference_csv, **SHORT).checkpoint
+    assert json.loads((again / METRICS_FILE).read_text())["validation"] == json.loads(
+        (first / METRICS_FILE).read_text())["validation"]
+    assert [r["val_macro_f1"] for r in log_records(first)] == [r["val_macro_f1"] for r in log_records(again)]
+    a, b = load_file(str(first / "model.safetensors")), load_file(str(again / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_freeze_encoder_trains_only_the_head(tmp_path, tiny_trainer, tiny_bert, conference_csv,
+                                             multiclass_checkpoint):
+    result = tiny_trainer(tmp_path, tiny_bert, "bert", "multiclass", conference_csv, freeze_encoder=True, **SHORT)
+    backbone = load_file(str(tiny_bert / "model.safetensors"))
+    trained = load_file(str(result.checkpoint / "model.safetensors"))
+    encoder = {key: value for key, value in trained.items() if key.startswith("bert.")}
+    assert len(encoder) == len(backbone)
+    for key, value in encoder.items():
+        assert torch.equal(value, backbone[key.removeprefix("bert.")]), key
+    assert {"classifier.weight", "classifier.bias"} <= trained.keys()
+    # without freezing, the same backbone does move
+    unfrozen = load_file(str(multiclass_checkpoint / "model.safetensors"))
+    key = "bert.encoder.layer.0.attention.self.query.weight"
+    assert not torch.equal(unfrozen[key], backbone[key.removeprefix("bert.")])
+
+
+def test_early_stopping_stops_when_nothing_improves(tmp_path, tiny_trainer, tiny_bert, conference_csv):
+    result = tiny_trainer(tmp_path, tiny_bert, "bert", "multiclass", conference_csv, learning_rate=0.0,
+                          eval_every=1, early_stopping_patience=1, **SHORT)
+    records = log_records(result.checkpoint)
+    assert result.steps == 2  # of the 4 an epoch of 64 rows in batches of 16 would take
+    assert [r["step"] for r in records] == [1, 2]
+    assert [r["best"] for r in records] == [True, False]
+    assert records[0]["val_macro_f1"] == records[1]["val_macro_f1"]
+
+
+def test_real_minilm_backbone_learns(tmp_path, tiny_trainer, toxic_csv):
+    backbone = default_backbone_path()
+    result = tiny_trainer(tmp_path, backbone, "bert", "multilabel", toxic_csv, max_length=32,
+                          max_train_samples=64, pooling="mean", freeze_embeddings=True, learning_rate=1e-4,
+                          head_learning_rate=3e-3)
+    pretrained = load_file(str(Path(backbone) / "model.safetensors"))
+    trained = load_file(str(result.checkpoint / "model.safetensors"))
+    # the pretrained encoder was loaded: frozen embeddings equal the package's, trained layers stay close
+    assert torch.equal(trained["bert.embeddings.word_embeddings.weight"],
+                       pretrained["embeddings.word_embeddings.weight"])
+    key = "encoder.layer.3.attention.self.query.weight"
+    assert (trained["bert." + key] - pretrained[key]).abs().max() < 0.01
+    assert result.best_metrics["mean_roc_auc"] > 0.5
+    assert read_classifier_info(result.checkpoint)["backbone"] == backbone
+
+
+# --- pieces of the loop -------------------------------------------------------------------------------------
+
+def splits_with(labels: np.ndarray, names: list[str]) -> DataSplits:
+    data = LabeledTexts(["x"] * len(labels), labels, names, "memory")
+    return DataSplits(data, data, None, [])
+
+
+def test_loss_weights_follow_the_config():
+    multilabel = splits_with(np.array([[1, 0], [0, 0], [0, 0], [1, 1]], dtype=np.float32), ["a", "b"])
+    np.testing.assert_allclose(train.loss_weights(make_config(pos_weight_cap=2.5), multilabel), [1.0, 2.5])
+    np.testing.assert_allclose(train.loss_weights(make_config(pos_weight="2,3"), multilabel), [2.0, 3.0])
+    assert train.loss_weights(make_config(pos_weight="none"), multilabel) is None
+    multiclass = splits_with(np.array([0, 0, 0, 1]), ["a", "b"])
+    assert train.loss_weights(make_config(task="multiclass"), multiclass) is None
+    np.testing.assert_allclose(train.loss_weights(make_config(task="multiclass", class_weights="auto"), multiclass),
+                               [4 / 6, 2.0])
+
+
+def test_layer_wise_learning_rates_and_no_decay_groups(tiny_bert):
+    model = build_classifier("bert", "multilabel", str(tiny_bert), ["a", "b"], "cls")
+    config = make_config(learning_rate=1e-3, head_learning_rate=5e-3, layer_decay=0.5, weight_decay=0.1)
+    groups = train.parameter_groups(model, config)
+    lr_of, decay_of = {}, {}
+    for group in groups:
+        for param in group["params"]:
+            lr_of[id(param)], decay_of[id(param)] = group["lr"], group["weight_decay"]
+    named = dict(model.named_parameters())
+    assert len(lr_of) == len(named)  # every trainable parameter in exactly one group
+    assert lr_of[id(named["bert.embeddings.word_embeddings.weight"])] == pytest.approx(1e-3 * 0.25)
+    assert lr_of[id(named["bert.encoder.layer.0.attention.self.query.weight"])] == pytest.approx(1e-3 * 0.5)
+    assert lr_of[id(named["bert.encoder.layer.1.attention.self.query.weight"])] == pytest.approx(1e-3)
+    assert lr_of[id(named["classifier.weight"])] == pytest.approx(5e-3)
+    assert decay_of[id(named["classifier.weight"])] == 0.1
+    assert decay_of[id(named["classifier.bias"])] == 0.0
+    assert decay_of[id(named["bert.encoder.layer.0.output.LayerNorm.weight"])] == 0.0
+
+
+def test_early_stopping_counter():
+    stopper = train.EarlyStopping(patience=2)
+    assert [stopper.update(v) for v in (0.5, 0.6, 0.6, 0.55)] == [True, True, False, False]
+    assert stopper.should_stop and stopper.best == 0.6
+    assert not train.EarlyStopping(patience=0).should_stop
