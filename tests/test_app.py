@@ -1,0 +1,460 @@
+"""The HTTP API through Flask's test client, around the tiny trained checkpoints: every route, every error
+path, the API key, the metrics, the OpenAPI document checked against real answers, and fuzzed bodies."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import TOXIC_LABELS
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
+
+from app import create_app
+from inferer import ModelInferer
+from utils.serving_settings import ServingSettings, available_cores
+
+LIMITS = {"max_texts": 3, "max_chars": 100, "max_body_bytes": 4096}
+KEY = "test-key-0123456789"
+
+
+@pytest.fixture(scope="module")
+def inferer(multilabel_checkpoint) -> ModelInferer:
+    return ModelInferer(multilabel_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def multiclass_inferer(multiclass_checkpoint) -> ModelInferer:
+    return ModelInferer(multiclass_checkpoint)
+
+
+@pytest.fixture
+def client(inferer):
+    return create_app(inferer, ServingSettings(**LIMITS)).test_client()
+
+
+@pytest.fixture
+def keyed(inferer):
+    return create_app(inferer, ServingSettings(api_key=KEY, **LIMITS)).test_client()
+
+
+def error_of(response) -> str:
+    assert response.mimetype == "application/json", response.data[:200]
+    body = response.get_json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"} and body["error"]["message"]
+    return body["error"]["code"]
+
+
+def metric_values(client, headers=None) -> dict[tuple[str, tuple], float]:
+    text = client.get("/metrics", headers=headers).get_data(as_text=True)
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+# --- /predict ----------------------------------------------------------------------------------------------
+
+
+def test_predict_one_text_answers_labels_scores_and_model(client, inferer):
+    response = client.post("/predict", json={"text": "You are a complete idiot."})
+    assert response.status_code == 200
+    body = response.get_json()
+    assert list(body) == ["predictions", "model"] and len(body["predictions"]) == 1
+    prediction = body["predictions"][0]
+    expected = inferer.predict("You are a complete idiot.")
+    assert list(prediction["scores"]) == TOXIC_LABELS  # label order survives JSON (no key sorting)
+    np.testing.assert_allclose(list(prediction["scores"].values()), list(expected["scores"].values()), atol=1e-6)
+    assert prediction["labels"] == expected["labels"] and prediction["truncated"] is False
+    assert body["model"] == {"task": "multilabel", "checkpoint_id": inferer.checkpoint_id,
+                             "backbone": inferer.info["backbone"], "quantized": False, "precision": "fp32"}
+
+
+def test_predict_texts_keeps_input_order(client, inferer):
+    texts = ["a much longer comment about the article and its many references", "", "short"]
+    body = client.post("/predict", json={"texts": texts}).get_json()
+    for text, prediction in zip(texts, body["predictions"], strict=True):
+        single = inferer.predict(text)["scores"]
+        np.testing.assert_allclose(list(prediction["scores"].values()), list(single.values()), atol=1e-6)
+
+
+def test_predict_long_text_reports_truncation(inferer):
+    client = create_app(inferer, ServingSettings(max_chars=1000)).test_client()
+    texts = ["word " * 90, "word " * 5]  # 90 words are more than the checkpoint's 64 tokens
+    predictions = client.post("/predict", json={"texts": texts}).get_json()["predictions"]
+    assert [p["truncated"] for p in predictions] == [True, False]
+
+
+def test_original_form_field_data_is_accepted(client, inferer):
+    form = client.post("/predict", data={"data": "thank you for the edit"})
+    multipart = client.post("/predict", data={"data": "thank you for the edit"}, content_type="multipart/form-data")
+    expected = inferer.predict("thank you for the edit")["scores"]
+    for response in (form, multipart):
+        assert response.status_code == 200
+        scores = response.get_json()["predictions"][0]["scores"]
+        np.testing.assert_allclose(list(scores.values()), list(expected.values()), atol=1e-6)
+    two = client.post("/predict", data="data=one&data=two", content_type="application/x-www-form-urlencoded")
+    assert len(two.get_json()["predictions"]) == 2
+
+
+def test_multiclass_top_k(multiclass_inferer):
+    client = create_app(multiclass_inferer, ServingSettings()).test_client()
+    body = client.post("/predict", json={"text": "Query optimization in databases", "top_k": 2}).get_json()
+    prediction = body["predictions"][0]
+    assert body["model"]["task"] == "multiclass" and len(prediction["labels"]) == 1
+    assert [t["label"] for t in prediction["top_k"]][0] == prediction["labels"][0] and len(prediction["top_k"]) == 2
+    assert sum(prediction["scores"].values()) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(("request_kwargs", "status", "code"), [
+    ({"data": "hello"}, 415, "unsupported_media_type"),
+    ({"data": "hello", "content_type": "text/plain"}, 415, "unsupported_media_type"),
+    ({"data": "{", "content_type": "application/json"}, 400, "invalid_json"),
+    ({"data": b"", "content_type": "application/json"}, 400, "invalid_json"),
+    ({"data": b'{"text": "\xff"}', "content_type": "application/json"}, 400, "invalid_json"),
+    ({"data": "[" * 2000, "content_type": "application/json"}, 400, "invalid_json"),
+    ({"json": ["a list"]}, 422, "invalid_request"),
+    ({"json": "a string"}, 422, "invalid_request"),
+    ({"json": {}}, 422, "invalid_request"),
+    ({"json": {"text": "a", "texts": ["b"]}}, 422, "invalid_request"),
+    ({"json": {"text": "a", "lang": "en"}}, 422, "invalid_request"),
+    ({"json": {"text": None}}, 422, "invalid_text"),
+    ({"json": {"text": 5}}, 422, "invalid_text"),
+    ({"json": {"texts": "abc"}}, 422, "invalid_request"),
+    ({"json": {"texts": []}}, 422, "empty_texts"),
+    ({"json": {"texts": ["a", 1]}}, 422, "invalid_text"),
+    ({"json": {"texts": ["a", None]}}, 422, "invalid_text"),
+    ({"data": '{"text": "lone \\ud800"}', "content_type": "application/json"}, 422, "invalid_text"),
+    ({"json": {"text": "a", "top_k": 0}}, 422, "invalid_request"),
+    ({"json": {"text": "a", "top_k": True}}, 422, "invalid_request"),
+    ({"json": {"text": "a", "top_k": 7}}, 422, "invalid_request"),
+    ({"json": {"texts": ["a"] * 4}}, 413, "too_many_texts"),
+    ({"json": {"text": "a" * 101}}, 413, "text_too_long"),
+    ({"json": {"texts": ["ok", "a" * 101]}}, 413, "text_too_long"),
+    ({"json": {"text": "a" * 5000}}, 413, "body_too_large"),
+    ({"data": {"other": "x"}}, 422, "missing_text"),
+])
+def test_predict_errors_are_json_with_the_right_status(client, request_kwargs, status, code):
+    response = client.post("/predict", **request_kwargs)
+    assert response.status_code == status
+    assert error_of(response) == code
+
+
+def test_limits_at_the_edge_are_accepted(client):
+    assert client.post("/predict", json={"texts": ["a" * 100] * 3}).status_code == 200
+
+
+def test_body_size_is_checked_before_parsing(client):
+    response = client.post("/predict", data=b"x" * 10_000, content_type="application/json")
+    assert response.status_code == 413 and "4096 bytes" in response.get_json()["error"]["message"]
+
+
+@pytest.mark.parametrize(("method", "path", "status", "code"), [
+    ("GET", "/predict", 405, "method_not_allowed"),
+    ("PUT", "/predict", 405, "method_not_allowed"),
+    ("OPTIONS", "/predict", 405, "method_not_allowed"),
+    ("POST", "/health", 405, "method_not_allowed"),
+    ("GET", "/nowhere", 404, "not_found"),
+    ("POST", "/predict/extra", 404, "not_found"),
+])
+def test_routing_errors_are_json(client, method, path, status, code):
+    response = client.open(path, method=method)
+    assert response.status_code == status and error_of(response) == code
+    if status == 405:
+        assert "Allow" in response.headers
+
+
+def test_unexpected_errors_are_json_500_without_details(inferer):
+    app = create_app(inferer, ServingSettings())
+
+    def broken():
+        raise RuntimeError("secret internals")
+
+    app.add_url_rule("/broken", view_func=broken)
+    response = app.test_client().get("/broken")
+    assert response.status_code == 500 and error_of(response) == "internal_error"
+    assert "secret" not in response.get_data(as_text=True)
+
+
+# --- the other routes --------------------------------------------------------------------------------------
+
+
+def test_health_and_ready(client, inferer):
+    assert client.get("/health").get_json() == {"status": "ok"}
+    assert client.get("/ready").get_json() == {"status": "ready", "checkpoint_id": inferer.checkpoint_id}
+    client.application.extensions["classifier"].ready = False
+    response = client.get("/ready")
+    assert response.status_code == 503 and error_of(response) == "not_ready"
+
+
+def test_metadata_tells_what_is_served(client, multilabel_checkpoint):
+    meta = client.get("/metadata").get_json()
+    info = json.loads((multilabel_checkpoint / "classifier.json").read_text())
+    assert meta["task"] == "multilabel" and meta["labels"] == TOXIC_LABELS
+    assert meta["thresholds"] == info["thresholds"] and meta["backbone"] == info["backbone"]
+    assert meta["quantized"] is False and meta["precision"] == "fp32"
+    assert meta["training_metrics"] == json.loads((multilabel_checkpoint / "metrics.json").read_text())
+    digest = hashlib.sha256((multilabel_checkpoint / "model.safetensors").read_bytes()).hexdigest()
+    assert meta["checkpoint_id"] == digest[:16]
+    assert meta["limits"] == LIMITS
+
+
+def test_metrics_count_requests_latency_texts_and_errors(client):
+    client.post("/predict", json={"texts": ["one", "two"]})
+    client.post("/predict", json={"text": "three"})
+    client.post("/predict", json={"texts": []})
+    client.get("/nowhere/1")
+    client.get("/nowhere/2")
+    values = metric_values(client)
+    requests = "http_requests_total"
+    assert values[(requests, (("endpoint", "/predict"), ("method", "POST"), ("status", "200")))] == 2
+    assert values[(requests, (("endpoint", "/predict"), ("method", "POST"), ("status", "422")))] == 1
+    assert values[(requests, (("endpoint", "unmatched"), ("method", "GET"), ("status", "404")))] == 2
+    assert values[("predict_texts_per_request_count", ())] == 2
+    assert values[("predict_texts_per_request_sum", ())] == 3
+    assert values[("http_errors_total", (("code", "empty_texts"),))] == 1
+    assert values[("http_errors_total", (("code", "not_found"),))] == 2
+    assert values[("http_request_duration_seconds_count", (("endpoint", "/predict"),))] == 3
+    assert values[("model_info", (("checkpoint_id", client.application.extensions["classifier"].inferer.checkpoint_id),
+                                  ("quantized", "false"), ("task", "multilabel")))] == 1
+
+
+def test_each_app_counts_in_its_own_registry(inferer):
+    first = create_app(inferer, ServingSettings()).test_client()
+    second = create_app(inferer, ServingSettings()).test_client()
+    first.post("/predict", json={"text": "x"})
+    key = ("http_requests_total", (("endpoint", "/predict"), ("method", "POST"), ("status", "200")))
+    assert metric_values(first)[key] == 1 and key not in metric_values(second)
+
+
+def test_create_app_loads_the_checkpoint_the_settings_name(multilabel_checkpoint, inferer):
+    settings = ServingSettings(checkpoint_path=str(multilabel_checkpoint), torch_threads=torch.get_num_threads())
+    client = create_app(settings=settings).test_client()
+    assert client.get("/metadata").get_json()["checkpoint_id"] == inferer.checkpoint_id
+    quantized = create_app(settings=ServingSettings(checkpoint_path=str(multilabel_checkpoint), quantize=True,
+                                                    torch_threads=torch.get_num_threads())).test_client()
+    assert quantized.get("/metadata").get_json()["quantized"] is True
+    assert quantized.post("/predict", json={"text": "x"}).get_json()["model"]["quantized"] is True
+    with pytest.raises(ValueError, match="CHECKPOINT_PATH"):
+        create_app(settings=ServingSettings())
+
+
+# --- the API key -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("credentials", [
+    {"headers": {"Authorization": f"Bearer {KEY}"}},
+    {"headers": {"Authorization": f"bearer {KEY}"}},
+    {"headers": {"X-API-Key": KEY}},
+    {"query_string": {"key": KEY}},
+])
+def test_api_key_accepted_in_every_documented_place(keyed, credentials):
+    assert keyed.post("/predict", json={"text": "hi"}, **credentials).status_code == 200
+    for path in ("/ready", "/metadata", "/metrics", "/openapi.json"):
+        assert keyed.get(path, **credentials).status_code == 200
+
+
+@pytest.mark.parametrize("credentials", [
+    {},
+    {"headers": {"Authorization": "Bearer wrong"}},
+    {"headers": {"Authorization": KEY}},
+    {"headers": {"Authorization": f"Basic {KEY}"}},
+    {"headers": {"X-API-Key": KEY[:-1]}},
+    {"headers": {"X-API-Key": KEY + "x"}},
+    {"query_string": {"key": "é"}},
+])
+def test_requests_without_the_key_get_401(keyed, credentials):
+    for method, path in (("POST", "/predict"), ("GET", "/metadata"), ("GET", "/metrics"), ("GET", "/ready"),
+                         ("GET", "/openapi.json"), ("GET", "/nowhere")):
+        response = keyed.open(path, method=method, json={"text": "hi"}, **credentials)
+        assert response.status_code == 401 and error_of(response) == "unauthorized"
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_health_stays_open_with_a_key(keyed):
+    assert keyed.get("/health").get_json() == {"status": "ok"}
+
+
+def test_no_key_configured_means_open(client):
+    assert client.post("/predict", json={"text": "hi"}, headers={"Authorization": "Bearer anything"}).status_code == 200
+
+
+# --- OpenAPI: the document against the server's real answers ----------------------------------------------
+
+
+def check_schema(value, schema: dict, document: dict, where: str = "$") -> None:
+    """The subset of OpenAPI 3.0 schema rules the document uses; fails naming where the value disagrees."""
+    if "$ref" in schema:
+        return check_schema(value, document["components"]["schemas"][schema["$ref"].split("/")[-1]], document, where)
+    if value is None:
+        assert schema.get("nullable"), f"{where}: null is not allowed"
+        return
+    kinds = {"object": dict, "array": list, "string": str, "boolean": bool, "number": (int, float), "integer": int}
+    kind = schema.get("type")
+    if kind:
+        assert isinstance(value, kinds[kind]), f"{where}: {value!r} is not {kind}"
+        assert not (kind in ("number", "integer") and isinstance(value, bool)), f"{where}: boolean is not {kind}"
+    if "enum" in schema:
+        assert value in schema["enum"], f"{where}: {value!r} not in {schema['enum']}"
+    if kind == "object":
+        missing = set(schema.get("required", [])) - set(value)
+        assert not missing, f"{where}: missing {missing}"
+        properties = schema.get("properties", {})
+        if schema.get("additionalProperties") is False:
+            assert set(value) <= set(properties), f"{where}: undocumented {set(value) - set(properties)}"
+        for name, sub in properties.items():
+            if name in value:
+                check_schema(value[name], sub, document, f"{where}.{name}")
+    if kind == "array":
+        assert schema.get("minItems", 0) <= len(value) <= schema.get("maxItems", len(value)), f"{where}: length"
+        for i, item in enumerate(value):
+            check_schema(item, schema.get("items", {}), document, f"{where}[{i}]")
+    if kind == "string" and "maxLength" in schema:
+        assert len(value) <= schema["maxLength"], f"{where}: longer than {schema['maxLength']}"
+    if kind in ("integer", "number"):
+        assert schema.get("minimum", value) <= value <= schema.get("maximum", value), f"{where}: out of range"
+
+
+EXCHANGES = [  # (method, path, request kwargs): together they produce every documented answer
+    ("POST", "/predict", {"json": {"text": "hello"}}),
+    ("POST", "/predict", {"json": {"texts": ["a", "b"], "top_k": 2}}),
+    ("POST", "/predict", {"data": {"data": "hello"}}),
+    ("POST", "/predict", {"data": "{", "content_type": "application/json"}),
+    ("POST", "/predict", {"json": {"texts": ["a"] * 4}}),
+    ("POST", "/predict", {"data": "x", "content_type": "text/plain"}),
+    ("POST", "/predict", {"json": {"texts": []}}),
+    ("GET", "/health", {}),
+    ("GET", "/ready", {}),
+    ("GET", "/metadata", {}),
+    ("GET", "/metrics", {}),
+    ("GET", "/openapi.json", {}),
+]
+
+
+@pytest.mark.parametrize("api_key", [None, KEY])
+def test_openapi_document_matches_what_the_server_does(inferer, api_key):
+    app = create_app(inferer, ServingSettings(api_key=api_key, **LIMITS))
+    client = app.test_client()
+    auth = {"X-API-Key": KEY}
+    document = client.get("/openapi.json", headers=auth).get_json()
+    assert document["openapi"].startswith("3.")
+    routes = {(rule.rule, method.lower()) for rule in app.url_map.iter_rules()
+              for method in rule.methods - {"HEAD", "OPTIONS"}}
+    assert routes == {(path, method) for path, item in document["paths"].items() for method in item}
+    seen = set()
+    for method, path, kwargs in EXCHANGES:
+        response = client.open(path, method=method, headers=auth, **kwargs)
+        documented = document["paths"][path][method.lower()]["responses"]
+        status = str(response.status_code)
+        assert status in documented, f"{method} {path} answered {status}, undocumented"
+        media, = documented[status]["content"]
+        assert response.mimetype == media
+        if media == "application/json":
+            check_schema(response.get_json(), documented[status]["content"][media]["schema"], document,
+                         f"{method} {path} {status}")
+        if "json" in kwargs and status == "200":
+            check_schema(kwargs["json"], {"$ref": "#/components/schemas/PredictRequest"}, document)
+        seen.add((path, method.lower(), status))
+    if api_key:
+        for path, item in document["paths"].items():
+            response = client.open(path, method=next(iter(item)).upper())
+            assert str(response.status_code) in item[next(iter(item))]["responses"]
+            seen.add((path, next(iter(item)), str(response.status_code)))
+    documented_answers = {(path, method, status) for path, item in document["paths"].items()
+                          for method, operation in item.items() for status in operation["responses"]}
+    assert documented_answers - seen <= {("/ready", "get", "503")}  # not ready: only while a worker starts
+    assert document["components"]["schemas"]["PredictRequest"]["properties"]["texts"]["maxItems"] == 3
+
+
+# --- fuzzing /predict --------------------------------------------------------------------------------------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=8), inner, max_size=5),
+    max_leaves=20)
+top_k = {"top_k": json_values | st.integers(-2, 8)}
+request_like = (  # well-formed requests (some over the limits), then anything shaped like one
+    st.fixed_dictionaries({"text": st.text(max_size=120)}, optional=top_k)
+    | st.fixed_dictionaries({"texts": st.lists(st.text(max_size=60), max_size=4)}, optional=top_k)
+    | st.fixed_dictionaries({}, optional={"text": json_values, "texts": st.lists(json_values) | json_values, **top_k}))
+content_types = st.sampled_from([None, "application/json", "application/json; charset=utf-8", "text/plain",
+                                 "application/x-www-form-urlencoded", "multipart/form-data",
+                                 "multipart/form-data; boundary=xyz", "application/vnd.api+json", "*/*", "", "json"])
+
+
+@st.composite
+def bodies(draw) -> tuple[bytes, str | None]:
+    """A body and a content type: mostly the type that fits the body, sometimes any of them."""
+    kind = draw(st.sampled_from(["json", "request", "request", "bytes", "form"]))
+    if kind == "json":
+        body = json.dumps(draw(json_values)).encode()
+    elif kind == "request":
+        body = json.dumps(draw(request_like), ensure_ascii=draw(st.booleans())).encode("utf-8", "surrogatepass")
+    elif kind == "form":
+        body = ("data=" + draw(st.text(max_size=60))).encode("utf-8", "surrogatepass")
+    else:
+        body = draw(st.binary(max_size=300))
+    fitting = "application/x-www-form-urlencoded" if kind == "form" else "application/json"
+    return body, draw(st.just(fitting) | content_types)
+
+
+@pytest.fixture(scope="module")
+def fuzz_client(inferer):
+    return create_app(inferer, ServingSettings(**LIMITS)).test_client()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(bodies())
+def test_fuzzed_predict_bodies_never_give_500_and_always_json(fuzz_client, body_and_type):
+    body, content_type = body_and_type
+    headers = {"Content-Type": content_type} if content_type is not None else {}
+    response = fuzz_client.post("/predict", data=body, headers=headers)
+    assert response.status_code in (200, 400, 413, 415, 422), response.data[:300]
+    assert response.mimetype == "application/json"
+    payload = response.get_json()
+    if response.status_code == 200:
+        assert payload["predictions"] and all(set(p["scores"]) == set(TOXIC_LABELS) for p in payload["predictions"])
+    else:
+        error_of(response)
+
+
+# --- settings from the environment -------------------------------------------------------------------------
+
+
+def test_settings_come_from_environment_variables():
+    settings = ServingSettings.from_env({
+        "CHECKPOINT_PATH": "/model", "QUANTIZE": "true", "MAX_BODY_BYTES": "2048", "MAX_TEXTS": "8",
+        "MAX_CHARS": "500", "TORCH_THREADS": "2", "PORT": "9000", "PRECISION": "bf16", "APP_APIKEY": KEY,
+        "UNRELATED": "x"})
+    assert settings == ServingSettings(checkpoint_path="/model", quantize=True, max_body_bytes=2048, max_texts=8,
+                                       max_chars=500, torch_threads=2, port=9000, precision="bf16", api_key=KEY)
+    assert ServingSettings.from_env({}) == ServingSettings()
+    assert ServingSettings.from_env({"QUANTIZE": "0", "PORT": ""}) == ServingSettings()
+    assert KEY not in settings.describe() and KEY not in repr(settings)
+    assert "QUANTIZE        True" in settings.describe()
+
+
+@pytest.mark.parametrize(("environ", "message"), [
+    ({"PORT": "http"}, "PORT must be an integer"),
+    ({"MAX_TEXTS": "0"}, "MAX_TEXTS must be a positive integer"),
+    ({"QUANTIZE": "maybe"}, "QUANTIZE must be one of"),
+    ({"PRECISION": "int4"}, "PRECISION must be one of"),
+    ({"APP_APIKEY": "clé"}, "APP_APIKEY must be printable ASCII"),
+])
+def test_bad_settings_are_refused_naming_the_variable(environ, message):
+    with pytest.raises(ValueError, match=message):
+        ServingSettings.from_env(environ)
+
+
+def test_workers_times_threads_fit_the_cores(tmp_path):
+    assert ServingSettings(torch_threads=1).worker_count(cores=8) == 8
+    assert ServingSettings(torch_threads=3).worker_count(cores=8) == 2
+    assert ServingSettings(torch_threads=16).worker_count(cores=8) == 1
+    assert ServingSettings(workers=3).worker_count(cores=8) == 3
+    quota = tmp_path / "cpu.max"
+    quota.write_text("150000 100000\n")  # a container limited to 1.5 CPUs
+    assert available_cores(quota) == 1
+    quota.write_text("max 100000\n")
+    assert available_cores(quota) >= 1
