@@ -1,0 +1,121 @@
+"""Evaluation of a checkpoint: the report's metrics (per label, at 0.5 and at the tuned thresholds) and real
+PNG plots."""
+
+import json
+
+import matplotlib.image
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import f1_score, roc_auc_score
+
+import eval as evaluation
+from inferer import ModelInferer
+from utils.checkpoint import read_classifier_info
+from utils.config import make_config
+from utils.data import DataError
+from utils.prepare import read_test_set
+
+TOXIC_LABELS = ["toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate"]
+CONFERENCES = ["INFOCOM", "ISCAS", "SIGGRAPH", "VLDB", "WWW"]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def toxic_config(toxic_csv, output_dir, **extra):
+    """The data settings conftest trained with, so the test split is the one training held out."""
+    return make_config(task="multilabel", data=str(toxic_csv), text_column="comment_text",
+                       label_columns=TOXIC_LABELS, test_split=0.2, val_split=0.2, output_dir=str(output_dir),
+                       **extra)
+
+
+def conference_config(conference_csv, output_dir):
+    return make_config(task="multiclass", data=str(conference_csv), text_column="Title", label_column="Conference",
+                       test_split=0.2, val_split=0.2, output_dir=str(output_dir))
+
+
+def assert_png(path):
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC and len(data) > 1000
+    height, width = matplotlib.image.imread(path).shape[:2]
+    assert height > 100 and width > 100
+
+
+@pytest.fixture(scope="module")
+def multilabel_report(tmp_path_factory, multilabel_checkpoint, toxic_csv):
+    output_dir = tmp_path_factory.mktemp("eval_ml")
+    return evaluation.run(toxic_config(toxic_csv, output_dir), multilabel_checkpoint), output_dir
+
+
+def test_evaluate_matches_scores_computed_apart(multilabel_checkpoint, toxic_csv, tmp_path):
+    inferer = ModelInferer(multilabel_checkpoint)
+    data = read_test_set(toxic_config(toxic_csv, tmp_path), inferer.label_names)
+    result = evaluation.evaluate(inferer, data, batch_size=16)
+    metrics, scores = result["metrics"], result["scores"]
+    assert scores.shape == (80, 6)
+    thresholds = np.array(read_classifier_info(multilabel_checkpoint)["thresholds"])
+    assert metrics["examples"] == 80
+    assert metrics["at_tuned"]["micro_f1"] == pytest.approx(f1_score(data.labels.ravel(),
+                                                                     (scores >= thresholds).ravel()))
+    assert metrics["at_0.5"]["micro_f1"] == pytest.approx(f1_score(data.labels.ravel(), (scores >= 0.5).ravel()))
+    for j, name in enumerate(TOXIC_LABELS):
+        row = metrics["per_label"][name]
+        assert row["threshold"] == pytest.approx(thresholds[j])
+        assert row["positives"] == int(data.labels[:, j].sum())
+        if row["positives"]:
+            assert row["roc_auc"] == pytest.approx(roc_auc_score(data.labels[:, j], scores[:, j]))
+    lengths = [len(ids) for ids in inferer.tokenizer(data.texts)["input_ids"]]
+    assert metrics["truncated_texts"] == sum(n > 64 for n in lengths) > 0
+
+
+def test_multilabel_report_and_plot(multilabel_report, multilabel_checkpoint, toxic_csv):
+    report, output_dir = multilabel_report
+    saved = json.loads((output_dir / "eval_report.json").read_text())
+    assert saved == json.loads(json.dumps(report))
+    assert saved["checkpoint"] == str(multilabel_checkpoint)
+    assert saved["data"] == str(toxic_csv) and saved["quantized"] is False
+    metrics = saved["metrics"]
+    assert set(metrics["per_label"]) == set(TOXIC_LABELS)
+    for block in ("at_0.5", "at_tuned"):
+        assert {"micro_f1", "macro_f1", "micro_precision", "micro_recall", "hamming_loss"} <= metrics[block].keys()
+    assert 0 <= metrics["mean_roc_auc"] <= 1 and 0 <= metrics["mean_pr_auc"] <= 1
+    assert metrics["examples"] == 80
+    assert saved["plots"] == [str(output_dir / "curves.png")]
+    assert_png(output_dir / "curves.png")
+
+
+def test_multiclass_report_and_confusion_matrix(multiclass_checkpoint, conference_csv, tmp_path):
+    report = evaluation.run(conference_config(conference_csv, tmp_path), multiclass_checkpoint)
+    metrics = json.loads((tmp_path / "eval_report.json").read_text())["metrics"]
+    matrix = np.array(metrics["confusion_matrix"])
+    assert matrix.shape == (5, 5) and matrix.sum() == metrics["examples"] == 60
+    assert metrics["accuracy"] == pytest.approx(np.trace(matrix) / 60)
+    assert set(CONFERENCES) <= set(metrics["per_class"])
+    assert report["plots"] == [str(tmp_path / "confusion_matrix.png")]
+    assert_png(tmp_path / "confusion_matrix.png")
+
+
+def test_quantized_evaluation_writes_its_own_report(multilabel_checkpoint, toxic_csv, tmp_path):
+    # the tiny model's scores differ by ~1e-5 between texts, so int8 noise says nothing of accuracy here
+    report = evaluation.run(toxic_config(toxic_csv, tmp_path, quantize=True), multilabel_checkpoint)
+    assert report["quantized"] is True and report["metrics"]["examples"] == 80
+    assert json.loads((tmp_path / "eval_report_int8.json").read_text())["quantized"] is True
+    assert not (tmp_path / "eval_report.json").exists()
+    assert_png(tmp_path / "curves_int8.png")
+
+
+def test_evaluation_on_a_given_test_file(multilabel_checkpoint, toxic_csv, tmp_path):
+    test = tmp_path / "test.csv"
+    pd.read_csv(toxic_csv).head(25).to_csv(test, index=False)
+    report = evaluation.run(toxic_config(toxic_csv, tmp_path, test_data=str(test)), multilabel_checkpoint)
+    assert report["data"] == str(test) and report["metrics"]["examples"] == 25
+
+
+def test_summary_table_lists_every_label(multilabel_report):
+    table = evaluation.summary_table("multilabel", multilabel_report[0]["metrics"])
+    assert "mean ROC AUC" in table
+    assert all(name in table for name in TOXIC_LABELS)
+
+
+def test_test_data_with_other_labels_than_the_checkpoint(conference_csv, tmp_path):
+    with pytest.raises(DataError, match="differ"):
+        read_test_set(conference_config(conference_csv, tmp_path), ["INFOCOM", "ISCAS"])
