@@ -116,11 +116,13 @@ def _base_type(annotation: str) -> type:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Fine-tune, evaluate and run BERT-family text classifiers.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        description="Fine-tune, evaluate and run BERT-family text classifiers. Every flag can also be set in "
+                    "a --config file; built-in datasets bring tuned defaults (utils/profiles.py) under both.")
+    defaults = Config()
     for f in dataclasses.fields(Config):
         flag = "--" + f.name.replace("_", "-")
-        help_text = f.metadata["help"]
+        default = getattr(defaults, f.name)
+        help_text = f.metadata["help"] + (f" (default: {default})" if default not in (None, []) else "")
         annotation = str(f.type)
         if annotation == "bool":
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
