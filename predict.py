@@ -67,11 +67,14 @@ def predict_file(inferer: ModelInferer, source: Path, target: Path, text_column:
         raise ValueError(f"{target}: the output would overwrite the input")
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.partial")
-    rows = 0
+    rows, columns = 0, None
     try:
         with partial.open("w", encoding="utf-8", newline="") as out, tqdm(unit=" rows", desc="predict") as bar:
             for frame in read_chunks(source, chunk_rows):
                 texts = chunk_texts(frame, text_column, source, first_row=rows + 1)
+                if fmt == "csv":  # one header for the whole file: JSONL input may bring new keys later
+                    columns = list(frame.columns) if columns is None else columns
+                    frame = same_columns(frame, columns, source, first_row=rows + 1)
                 scored = scored_frame(frame, inferer.predict_batch(texts, batch_size=batch_size), inferer)
                 write_chunk(scored, out, fmt, header=rows == 0)
                 rows += len(frame)
@@ -100,6 +103,16 @@ def chunk_texts(frame: pd.DataFrame, column: str, path: Path, first_row: int) ->
     return texts
 
 
+def same_columns(frame: pd.DataFrame, columns: list[str], path: Path, first_row: int) -> pd.DataFrame:
+    """The chunk with the first chunk's columns (absent ones empty); a column first seen later is an error."""
+    for column in frame.columns:
+        if column not in columns:
+            row = first_row + int(frame[column].notna().to_numpy().argmax())
+            raise DataError(f"{path}: row {row}, column '{column}': not in the earlier rows, so a CSV output has no "
+                            "column for it; write .jsonl instead (each record keeps its own keys)")
+    return frame.reindex(columns=columns)
+
+
 def scored_frame(frame: pd.DataFrame, predictions: list[dict], inferer: ModelInferer) -> pd.DataFrame:
     """The chunk with the prediction columns added; an input column of the same name is kept as `<name>_input`."""
     added = {f"score_{name}": [p["scores"][name] for p in predictions] for name in inferer.label_names}
@@ -114,6 +127,7 @@ def write_chunk(frame: pd.DataFrame, out, fmt: str, header: bool) -> None:
         frame = frame.assign(labels=[LABEL_SEPARATOR.join(labels) for labels in frame["labels"]])
         frame.to_csv(out, header=header, index=False)
     else:
-        frame = frame.astype(object).where(frame.notna(), None)  # a key missing from some input rows: null
         for record in frame.to_dict(orient="records"):
+            # A key another row has but this one lacks comes back as NaN: leave it out, as in the input.
+            record = {k: v for k, v in record.items() if not (isinstance(v, float) and v != v)}
             out.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
