@@ -1,0 +1,98 @@
+"""The command line, run as a user runs it: `python main.py ...` in a subprocess."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from utils.config import Config
+
+ROOT = Path(__file__).resolve().parents[1]
+TOXIC_LABELS = ["toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate"]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "main.py", *map(str, args)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def run_config(tmp_path_factory, tiny_bert, toxic_csv) -> Path:
+    path = tmp_path_factory.mktemp("cli") / "run.yaml"
+    path.write_text(yaml.safe_dump({
+        "task": "multilabel", "data": str(toxic_csv), "text-column": "comment_text", "label_columns": TOXIC_LABELS,
+        "model_name_or_path": str(tiny_bert), "epochs": 3, "batch_size": 16, "max_length": 32,
+        "max_train_samples": 64, "test_split": 0.2, "val_split": 0.2, "learning_rate": 1e-3}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, run_config):
+    output_dir = tmp_path_factory.mktemp("cli_run")
+    result = cli("--config", run_config, "--epochs", "1", "--output-dir", output_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return output_dir, result
+
+
+def test_help_documents_every_setting():
+    result = cli("--help", timeout=120)
+    assert result.returncode == 0
+    for f in dataclasses.fields(Config):
+        assert "--" + f.name.replace("_", "-") in result.stdout, f.name
+    assert "--no-freeze-encoder" in result.stdout
+    assert "Layer-wise learning-rate decay" in result.stdout  # the help text, not only the flag
+
+
+def test_train_writes_checkpoint_report_and_plot(trained):
+    output_dir, result = trained
+    checkpoint = output_dir / "checkpoint"
+    assert {"model.safetensors", "config.json", "tokenizer.json", "classifier.json", "training_config.json",
+            "metrics.json"} <= {p.name for p in checkpoint.iterdir()}
+    assert json.loads((checkpoint / "training_config.json").read_text())["epochs"] == 1.0  # the flag beat the file
+    assert (output_dir / "metrics.jsonl").read_text().strip()
+    report = json.loads((output_dir / "eval_report.json").read_text())
+    assert report["checkpoint"] == str(checkpoint)
+    assert report["metrics"]["examples"] == 80 and set(report["metrics"]["per_label"]) == set(TOXIC_LABELS)
+    plot = output_dir / "curves.png"
+    assert plot.read_bytes()[:8] == PNG_MAGIC and plot.stat().st_size > 1000
+    assert "mean ROC AUC" in result.stdout
+
+
+def test_eval_mode_re_evaluates_a_checkpoint(trained, run_config, tmp_path):
+    output_dir, _ = trained
+    result = cli("--config", run_config, "--mode", "eval", "--checkpoint", output_dir / "checkpoint",
+                 "--output-dir", tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    again = json.loads((tmp_path / "eval_report.json").read_text())["metrics"]
+    first = json.loads((output_dir / "eval_report.json").read_text())["metrics"]
+    for metrics in (again, first):
+        metrics.pop("seconds")
+    assert again == first  # same checkpoint, same held-out rows, same numbers
+    assert (tmp_path / "curves.png").read_bytes()[:8] == PNG_MAGIC
+    assert not (tmp_path / "checkpoint").exists()  # evaluation trains nothing
+
+
+def test_bad_data_exits_2_naming_file_row_and_column(tmp_path, tiny_bert):
+    data = tmp_path / "bad.csv"
+    data.write_text("comment_text,toxic,insult\nfine words,0,0\nrude words,1,1\nodd words,0,maybe\n")
+    result = cli("--data", data, "--text-column", "comment_text", "--label-columns", "toxic,insult",
+                 "--model-name-or-path", tiny_bert, "--output-dir", tmp_path / "out")
+    assert result.returncode == 2
+    assert f"{data}: row 3, column 'insult'" in result.stderr
+    assert "'maybe'" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_unknown_setting_in_the_config_file_exits_2(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("epochs: 1\nlearnig_rate: 0.1\n")
+    result = cli("--config", path, timeout=120)
+    assert result.returncode == 2
+    assert "learnig_rate" in result.stderr and "Traceback" not in result.stderr
