@@ -128,7 +128,7 @@ def test_trained_mean_pooling_checkpoint_scores_as_in_training(tmp_path, tiny_tr
     config = make_config(task="multiclass", data=str(conference_csv), text_column="Title", label_column="Conference",
                          test_split=0.2, val_split=0.2, seed=3, max_train_samples=SHORT["max_train_samples"])
     validation = prepare_splits(config).validation
-    scores, _ = ModelInferer(result.checkpoint).score_batch(validation.texts)
+    scores, _ = ModelInferer(result.checkpoint).score_batch(validation.texts, batch_size=128)  # as in training
     macro_f1 = compute_metrics("multiclass", validation.labels, scores, CONFERENCES)["macro_f1"]
     assert macro_f1 == pytest.approx(result.best_metrics["macro_f1"], abs=1e-9)
 
