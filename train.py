@@ -26,6 +26,7 @@ from models.losses import auto_pos_weight, balanced_class_weights, build_loss, p
 from utils.batching import EncodedDataset, PaddingCollator, pad_id, sorted_batches, training_loader
 from utils.checkpoint import save_checkpoint
 from utils.config import Config
+from utils.data import DataError
 from utils.metrics import PRIMARY_METRIC, compute_metrics, tune_thresholds
 from utils.precision import accelerate_mixed_precision, resolve_precision
 from utils.prepare import DataSplits, prepare_splits
@@ -292,6 +293,9 @@ def run(config: Config) -> TrainResult:
                     probs = scores_from_logits(config.task, logits)
                     metrics = compute_metrics(config.task, splits.validation.labels, probs, splits.label_names)
                     value = metrics[metric_name]
+                    if value is None:
+                        raise DataError(f"validation split: no label has both positive and negative rows, so "
+                                        f"{metric_name} is undefined; use more data or a larger --val-split")
                     improved = stopper.update(value)
                     record = {"step": progress.step, "epoch": round(progress.step / steps_per_epoch, 3),
                               "loss": outputs.loss.item(), f"val_{metric_name}": value, "best": improved,
