@@ -9,16 +9,26 @@ Routes: POST /predict, GET /health, /ready, /metadata, /metrics, /openapi.json. 
 from __future__ import annotations
 
 import hmac
+import io
 import json
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from flask import Flask, Response, current_app, g, jsonify, request
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from werkzeug.exceptions import HTTPException
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from inferer import ModelInferer, validate_texts
 from utils.serving_settings import ServingSettings
@@ -55,7 +65,7 @@ class ServingMetrics:
                                  registry=self.registry)
         self.errors = Counter("http_errors_total", "Error answers by error code.", ["code"], registry=self.registry)
         self.model = Gauge("model_info", "The served checkpoint (always 1).", ["checkpoint_id", "task", "quantized"],
-                           registry=self.registry)
+                           registry=self.registry, multiprocess_mode="max")
 
 
 @dataclass
@@ -98,6 +108,7 @@ def create_app(inferer: ModelInferer | None = None, settings: ServingSettings | 
     app.extensions["classifier"] = state
     app.before_request(start_timer)
     app.before_request(check_api_key)
+    app.before_request(buffer_chunked_body)
     app.after_request(record_metrics)
     app.register_error_handler(ApiError, api_error)
     app.register_error_handler(HTTPException, http_error)
@@ -130,6 +141,19 @@ def check_api_key() -> None:
     if not any(hmac.compare_digest(o.encode("utf-8", "surrogatepass"), wanted) for o in offered if o):
         raise ApiError(401, "unauthorized", "missing or wrong API key: send `Authorization: Bearer KEY` or "
                                             "`X-API-Key: KEY`")
+
+
+def buffer_chunked_body() -> None:
+    """Read a chunked body here, refusing one byte over MAX_BODY_BYTES: it has no Content-Length to check, and
+    werkzeug would cut it at the limit without an error (a truncated text would then be scored)."""
+    if request.headers.get("Transfer-Encoding", "").lower() != "chunked" or request.content_length is not None:
+        return
+    limit = serving().settings.max_body_bytes
+    data = request.environ["wsgi.input"].read(limit + 1)
+    if len(data) > limit:
+        raise RequestEntityTooLarge()
+    request.environ["wsgi.input"] = io.BytesIO(data)
+    request.environ["CONTENT_LENGTH"] = str(len(data))
 
 
 def record_metrics(response: Response) -> Response:
@@ -209,7 +233,11 @@ def metadata() -> Response:
 
 
 def metrics() -> Response:
-    return Response(generate_latest(serving().metrics.registry), content_type=CONTENT_TYPE_LATEST)
+    registry = serving().metrics.registry
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # under gunicorn: the values of all its workers, added up
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
 
 
 def openapi() -> Response:

@@ -7,10 +7,17 @@ pass at a time per worker.
 """
 
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 from utils.serving_settings import ServingSettings
 
 settings = ServingSettings.from_env()
+# Prometheus values of every worker go to files here, and /metrics adds them up (prometheus-client's
+# multiprocess mode): a scrape then counts the whole server, whichever worker answers it.
+metrics_dir_is_ours = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+metrics_dir = os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="classifier-metrics-"))
 # Before any worker imports torch: OpenMP/MKL pools size themselves from these at start.
 os.environ.setdefault("OMP_NUM_THREADS", str(settings.torch_threads))
 os.environ.setdefault("MKL_NUM_THREADS", str(settings.torch_threads))
@@ -29,11 +36,25 @@ control_socket_disable = True  # no runtime control needed; avoids a socket file
 accesslog = "-"
 errorlog = "-"
 loglevel = "info"
-access_log_format = '%(h)s "%(r)s" %(s)s %(B)s %(M)sms'
+# The path without its query string: the original API's ?key= must not end up in the logs.
+access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms'
 
 
 def on_starting(server) -> None:
+    for stale in Path(metrics_dir).glob("*.db"):  # values of an earlier run
+        stale.unlink()
     print(settings.describe(), f"\n  workers         {workers} x {threads} threads", flush=True)
+
+
+def child_exit(server, worker) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server) -> None:
+    if metrics_dir_is_ours:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def post_fork(server, worker) -> None:

@@ -4,6 +4,7 @@ path, the API key, the metrics, the OpenAPI document checked against real answer
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 
 import numpy as np
@@ -149,6 +150,18 @@ def test_limits_at_the_edge_are_accepted(client):
 def test_body_size_is_checked_before_parsing(client):
     response = client.post("/predict", data=b"x" * 10_000, content_type="application/json")
     assert response.status_code == 413 and "4096 bytes" in response.get_json()["error"]["message"]
+
+
+@pytest.mark.parametrize(("size", "status"), [(4096, 200), (4097, 413)])
+def test_chunked_bodies_are_held_to_the_same_limit(client, size, status):
+    """Without Content-Length (Transfer-Encoding: chunked, as gunicorn passes it on), one byte over is refused
+    instead of being cut to the limit."""
+    body = json.dumps({"text": "padding"}).encode().ljust(size)
+    response = client.post("/predict", input_stream=io.BytesIO(body), content_type="application/json",
+                           headers={"Transfer-Encoding": "chunked"}, environ_overrides={"wsgi.input_terminated": True})
+    assert response.status_code == status
+    if status == 413:
+        assert error_of(response) == "body_too_large"
 
 
 @pytest.mark.parametrize(("method", "path", "status", "code"), [

@@ -1,0 +1,286 @@
+"""The API as it is deployed: the Dockerfile, .dockerignore and gunicorn.conf.py read as files, then (marked
+slow) a real gunicorn server started with the Dockerfile's own command in an environment that holds only
+requirements_inference.txt, from a folder that holds only what the Dockerfile copies."""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import os
+import runpy
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import TOXIC_LABELS
+from packaging.utils import canonicalize_name
+from prometheus_client.parser import text_string_to_metric_families
+
+from inferer import ModelInferer
+from utils.serving_settings import available_cores
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCKERFILE = ROOT / "Dockerfile"
+REQUIREMENTS = ROOT / "requirements_inference.txt"
+INFERENCE_VENV = ROOT / ".venv-inference"  # cached between runs, rebuilt when the requirements change
+KEY = "server-test-key"
+START_SECONDS = 240  # two workers importing torch at once on a 2-core machine, after a fresh install
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    text = DOCKERFILE.read_text().replace("\\\n", " ")
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in lines]
+
+
+def instruction_args(name: str) -> list[str]:
+    return [args for instruction, args in dockerfile_instructions() if instruction == name]
+
+
+def served_sources() -> list[str]:
+    """What the Dockerfile copies from the build context, but for the requirements and the checkpoint."""
+    sources = []
+    for args in instruction_args("COPY"):
+        parts = [p for p in shlex.split(args) if not p.startswith("--")]
+        sources += [p.rstrip("/") for p in parts[:-1] if p != "requirements_inference.txt" and "$" not in p]
+    return sources
+
+
+def server_command() -> list[str]:
+    (cmd,) = instruction_args("CMD")
+    return json.loads(cmd)
+
+
+# --- the files, read -----------------------------------------------------------------------------------------
+
+
+def test_dockerfile_builds_a_slim_non_root_image_that_serves_with_gunicorn():
+    assert instruction_args("FROM") == ["python:3.11-slim"]
+    assert server_command() == ["gunicorn", "-c", "gunicorn.conf.py", "app:create_app()"]
+    assert sorted(served_sources()) == ["app.py", "gunicorn.conf.py", "inferer.py", "models", "utils"]
+    for source in served_sources():
+        assert (ROOT / source).exists(), source
+    (user,) = instruction_args("USER")
+    assert user not in ("root", "0")
+    assert instruction_args("EXPOSE") == ["8080"]
+    (healthcheck,) = instruction_args("HEALTHCHECK")
+    assert "/health" in healthcheck and "urllib" in healthcheck and "curl" not in healthcheck
+    environment = " ".join(instruction_args("ENV"))
+    assert "CHECKPOINT_PATH=/model" in environment and "PORT=8080" in environment
+    assert any("requirements_inference.txt" in run for run in instruction_args("RUN"))
+    text = DOCKERFILE.read_text()
+    assert "APP_APIKEY" not in text and not any(".env" in copy for copy in instruction_args("COPY"))
+    assert "COPY ${CHECKPOINT_DIR}/ /model/" in text and "ARG CHECKPOINT_DIR=docker/model" in text
+
+
+def dockerignored(path: str) -> bool:
+    """Whether `docker build` leaves `path` out: the last matching .dockerignore line decides, and a line that
+    matches a folder leaves out everything below it."""
+    ignored = False
+    for line in (ROOT / ".dockerignore").read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        negate, pattern = line.startswith("!"), line.lstrip("!").strip("/")
+        parts = path.split("/")
+        prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+        if any(fnmatch.fnmatchcase(p, pattern) or fnmatch.fnmatchcase(p, pattern.replace("**/", "")) for p in prefixes):
+            ignored = not negate
+    return ignored
+
+
+def test_dockerignore_keeps_data_and_secrets_out_and_lets_the_served_files_in():
+    for path in ("data/toxic/train.csv", "outputs/run/checkpoint/model.safetensors", ".venv/bin/python",
+                 ".venv-inference/bin/python", "checkpoints/a/model.safetensors", ".env", "tests/test_app.py",
+                 ".git/HEAD", "utils/__pycache__/data.cpython-311.pyc"):
+        assert dockerignored(path), path
+    for path in ("app.py", "inferer.py", "gunicorn.conf.py", "models/classifiers.py", "utils/serving_settings.py",
+                 "requirements_inference.txt", "docker/model/model.safetensors", "docker/model/config.json"):
+        assert not dockerignored(path), path
+
+
+def test_serving_command_is_documented():
+    docs = (ROOT / "docs" / "SERVING.md").read_text()
+    assert 'gunicorn -c gunicorn.conf.py "app:create_app()"' in docs and "CHECKPOINT_PATH=" in docs
+
+
+def load_gunicorn_config(environ: dict[str, str]) -> dict:
+    saved = dict(os.environ)
+    try:
+        os.environ.update(environ)
+        config = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    config["on_exit"](None)  # removes the metrics folder it made
+    return config
+
+
+def test_gunicorn_config_fits_workers_and_threads_to_the_cores():
+    config = load_gunicorn_config({"PORT": "9123", "TORCH_THREADS": "2"})
+    assert config["bind"] == "0.0.0.0:9123"
+    assert config["workers"] == max(1, available_cores() // 2)
+    assert config["preload_app"] is False  # each worker loads the model after the fork
+    assert config["graceful_timeout"] > 0 and config["timeout"] >= config["graceful_timeout"]
+    assert config["accesslog"] == "-" and callable(config["post_fork"])
+    assert load_gunicorn_config({"WORKERS": "3", "HOST": "127.0.0.1"})["workers"] == 3
+    assert load_gunicorn_config({})["bind"] == "0.0.0.0:8080"
+
+
+# --- a real server ---------------------------------------------------------------------------------------------
+
+
+def read_pins(path: Path) -> dict[str, str]:
+    lines = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
+    return {canonicalize_name(name): version for name, version in
+            (line.split("==") for line in lines if line)}
+
+
+def inference_venv() -> Path:
+    """A virtual environment with requirements_inference.txt and nothing else (pip itself aside)."""
+    key = hashlib.sha256(REQUIREMENTS.read_bytes() + sys.version.encode()).hexdigest()
+    stamp = INFERENCE_VENV / ".requirements-sha256"
+    if stamp.is_file() and stamp.read_text() == key:
+        return INFERENCE_VENV
+    shutil.rmtree(INFERENCE_VENV, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "venv", str(INFERENCE_VENV)], check=True)
+    python = str(INFERENCE_VENV / "bin" / "python")
+    # --no-deps, then `pip check`: a dependency missing from the file fails here instead of being fetched.
+    # --no-compile: three times faster on a slow disk; the first server start writes the bytecode it needs.
+    install = subprocess.run([python, "-m", "pip", "install", "--quiet", "--no-deps", "--no-compile",
+                              "--disable-pip-version-check", "-r", str(REQUIREMENTS)],
+                             capture_output=True, text=True, timeout=900)
+    assert install.returncode == 0, install.stdout[-3000:] + install.stderr[-3000:]
+    check = subprocess.run([python, "-m", "pip", "check"], capture_output=True, text=True, timeout=120)
+    assert check.returncode == 0, check.stdout + check.stderr
+    stamp.write_text(key)
+    return INFERENCE_VENV
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def call(url: str, data: bytes | None = None, headers: dict | None = None, method: str | None = None):
+    """(status, parsed JSON or text body, headers) of one request; HTTP errors are answers too."""
+    request = urllib.request.Request(url, data=data, headers=headers or {}, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            status, body, answer_headers = response.status, response.read(), response.headers
+    except urllib.error.HTTPError as error:
+        status, body, answer_headers = error.code, error.read(), error.headers
+    if answer_headers.get_content_type() == "application/json":
+        return status, json.loads(body), answer_headers
+    return status, body.decode(), answer_headers
+
+
+def wait_until_ready(base: str, process: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + START_SECONDS
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"gunicorn exited with {process.returncode}:\n{log.read_text()[-4000:]}"
+        try:
+            if call(f"{base}/ready", headers={"X-API-Key": KEY})[0] == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(1)
+    raise AssertionError(f"no answer on /ready after {START_SECONDS} s:\n{log.read_text()[-4000:]}")
+
+
+@pytest.mark.slow
+def test_real_server_from_the_inference_environment(multilabel_checkpoint, tmp_path):
+    venv = inference_venv()
+    listed = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "list", "--format=json"],
+                            capture_output=True, text=True, check=True).stdout
+    installed = {canonicalize_name(p["name"]): p["version"] for p in json.loads(listed)}
+    installed.pop("pip")
+    pins = read_pins(REQUIREMENTS)
+    assert set(installed) == set(pins)
+    assert all(installed[name].split("+")[0] == version for name, version in pins.items())
+
+    site = tmp_path / "app"  # what the image's /app holds
+    site.mkdir()
+    for source in served_sources():
+        copy = shutil.copytree if (ROOT / source).is_dir() else shutil.copy2
+        copy(ROOT / source, site / source)
+    shutil.copytree(multilabel_checkpoint, tmp_path / "model")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path), "LANG": "C.UTF-8",
+           "CHECKPOINT_PATH": str(tmp_path / "model"), "HOST": "127.0.0.1", "PORT": str(port),
+           "APP_APIKEY": KEY, "MAX_TEXTS": "4", "MAX_BODY_BYTES": "65536", "HF_HUB_OFFLINE": "1"}
+    log = tmp_path / "server.log"
+    with log.open("w") as log_file:
+        process = subprocess.Popen(server_command(), cwd=site, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+    try:
+        wait_until_ready(base, process, log)
+        exercise_server(base, multilabel_checkpoint)
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+        try:
+            returncode = process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+    output = log.read_text()
+    assert returncode == 0, output[-4000:]
+    assert "Shutting down: Master" in output and "Traceback" not in output, output[-4000:]
+    assert output.count("serving settings:") == 1 and KEY not in output  # printed once, the key masked
+    assert f"127.0.0.1:{port}" in output and '"POST /predict HTTP/1.1" 200' in output
+
+
+def exercise_server(base: str, checkpoint: Path) -> None:
+    bearer = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    texts = ["You are a complete idiot.", "Thanks for fixing the references!", ""]
+    status, body, _ = call(f"{base}/predict", json.dumps({"texts": texts}).encode(), bearer)
+    assert status == 200
+    expected = ModelInferer(checkpoint).predict_batch(texts)  # here, in the full environment
+    for served, local in zip(body["predictions"], expected, strict=True):
+        assert list(served["scores"]) == TOXIC_LABELS and served["labels"] == local["labels"]
+        np.testing.assert_allclose(list(served["scores"].values()), list(local["scores"].values()), atol=1e-5)
+
+    status, body, _ = call(f"{base}/predict?key={KEY}", b"data=hello+there",
+                           {"Content-Type": "application/x-www-form-urlencoded"})
+    assert status == 200 and len(body["predictions"]) == 1
+    assert call(f"{base}/health")[:2] == (200, {"status": "ok"})
+    status, body, headers = call(f"{base}/predict", json.dumps({"text": "x"}).encode(),
+                                 {"Content-Type": "application/json"})
+    assert status == 401 and body["error"]["code"] == "unauthorized" and "Bearer" in headers["WWW-Authenticate"]
+    status, body, _ = call(f"{base}/predict", json.dumps({"texts": ["a"] * 5}).encode(), bearer)
+    assert status == 413 and body["error"]["code"] == "too_many_texts"
+    status, body, _ = call(f"{base}/predict", b"plain words", {**bearer, "Content-Type": "text/plain"})
+    assert status == 415 and body["error"]["code"] == "unsupported_media_type"
+    # A chunked body (no Content-Length) over MAX_BODY_BYTES is cut off while it is read.
+    chunks = iter([b'{"text": "'] + [b"a" * 8192] * 10 + [b'"}'])
+    status, body, _ = call(f"{base}/predict", chunks, bearer)  # type: ignore[arg-type]
+    assert status == 413 and body["error"]["code"] == "body_too_large"
+    status, body, _ = call(f"{base}/nowhere", headers=bearer)
+    assert status == 404 and body["error"]["code"] == "not_found"
+    status, meta, _ = call(f"{base}/metadata", headers=bearer)
+    digest = hashlib.sha256((checkpoint / "model.safetensors").read_bytes()).hexdigest()
+    assert status == 200 and meta["checkpoint_id"] == digest[:16] and meta["labels"] == TOXIC_LABELS
+    status, document, _ = call(f"{base}/openapi.json", headers=bearer)
+    assert status == 200 and set(document["paths"]) >= {"/predict", "/health", "/metrics"}
+    # Whichever worker answers, /metrics counts the requests of all of them.
+    for _ in range(3):
+        status, metrics, headers = call(f"{base}/metrics", headers=bearer)
+        assert status == 200 and headers.get_content_type() == "text/plain"
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for family in text_string_to_metric_families(metrics) for s in family.samples}
+        assert samples[("http_requests_total", (("endpoint", "/predict"), ("method", "POST"), ("status", "200")))] == 2
+        assert samples[("http_errors_total", (("code", "unauthorized"),))] == 1
+        assert samples[("predict_texts_per_request_sum", ())] == 4
