@@ -415,6 +415,9 @@ def openapi_document(settings: ServingSettings, inferer: ModelInferer) -> dict[s
         },
         "components": {"schemas": schemas},
     }
+    for item in document["paths"].values():  # 405 (other methods) and 500 can come from any route
+        for operation in item.values():
+            operation["responses"]["default"] = answer("Any other error: 405 wrong method, 500 unexpected.", "Error")
     if settings.api_key:
         document["components"]["securitySchemes"] = {
             "bearer": {"type": "http", "scheme": "bearer"},

@@ -376,7 +376,14 @@ def test_openapi_document_matches_what_the_server_does(inferer, api_key):
             assert str(response.status_code) in item[next(iter(item))]["responses"]
             seen.add((path, next(iter(item)), str(response.status_code)))
     documented_answers = {(path, method, status) for path, item in document["paths"].items()
-                          for method, operation in item.items() for status in operation["responses"]}
+                          for method, operation in item.items() for status in operation["responses"]
+                          if status != "default"}
+    for path, item in document["paths"].items():  # any other method: 405, as the catch-all answer says
+        other = ({"get", "post"} - set(item)).pop()
+        response = client.open(path, method=other.upper(), headers=auth)
+        assert response.status_code == 405
+        check_schema(response.get_json(), item[next(iter(item))]["responses"]["default"]["content"]
+                     ["application/json"]["schema"], document)
     assert documented_answers - seen <= {("/ready", "get", "503")}  # not ready: only while a worker starts
     assert document["components"]["schemas"]["PredictRequest"]["properties"]["texts"]["maxItems"] == 3
 
