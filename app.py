@@ -88,7 +88,7 @@ def load_inferer(settings: ServingSettings) -> ModelInferer:
                            precision=settings.precision, num_threads=settings.torch_threads)
     inferer.predict_batch(["warm up"])  # first forward pass allocates; do it before taking traffic
     log.info("model %s (%s) loaded in %.1f s", inferer.checkpoint_id, settings.checkpoint_path,
-                time.time() - started)
+             time.time() - started)
     return inferer
 
 

@@ -4,6 +4,7 @@ requirements_inference.txt, from a folder that holds only what the Dockerfile co
 
 from __future__ import annotations
 
+import fcntl
 import fnmatch
 import hashlib
 import json
@@ -15,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -149,6 +151,14 @@ def read_pins(path: Path) -> dict[str, str]:
 
 def inference_venv() -> Path:
     """A virtual environment with requirements_inference.txt and nothing else (pip itself aside)."""
+    # Other test runs in the same tree wait for one build instead of building over each other.
+    lock_path = Path(tempfile.gettempdir()) / f"venv-inference-{hashlib.sha256(bytes(ROOT)).hexdigest()[:12]}.lock"
+    with lock_path.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return build_inference_venv()
+
+
+def build_inference_venv() -> Path:
     key = hashlib.sha256(REQUIREMENTS.read_bytes() + sys.version.encode()).hexdigest()
     stamp = INFERENCE_VENV / ".requirements-sha256"
     if stamp.is_file() and stamp.read_text() == key:
