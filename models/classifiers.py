@@ -100,11 +100,15 @@ class RobertaForMultiClassSequenceClassification(MultiClassMixin, RobertaHead, R
     """Roberta encoder, softmax over classes."""
 
 
-class DistilBertForMultiLabelSequenceClassification(MultiLabelMixin, DistilBertHead, DistilBertForSequenceClassification):
+class DistilBertForMultiLabelSequenceClassification(
+    MultiLabelMixin, DistilBertHead, DistilBertForSequenceClassification
+):
     """DistilBert encoder, sigmoid per label."""
 
 
-class DistilBertForMultiClassSequenceClassification(MultiClassMixin, DistilBertHead, DistilBertForSequenceClassification):
+class DistilBertForMultiClassSequenceClassification(
+    MultiClassMixin, DistilBertHead, DistilBertForSequenceClassification
+):
     """DistilBert encoder, softmax over classes."""
 
 
