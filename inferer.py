@@ -26,6 +26,8 @@ from utils.tokenize import TRUNCATIONS, encode
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 WEIGHTS_FILE = "model.safetensors"
+BACKENDS = ("torch", "onnx", "onnx-int8")
+ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}  # written by export.py
 
 
 class ModelInferer:
@@ -33,13 +35,14 @@ class ModelInferer:
 
     `config`, when given (the original project's call), must agree with the checkpoint: its task, labels
     and max length are checked, never silently used instead of the checkpoint's. `threshold` replaces the
-    checkpoint's tuned multi-label thresholds: one number for every label, or one per label.
+    checkpoint's tuned multi-label thresholds: one number for every label, or one per label. `backend` "onnx" or
+    "onnx-int8" runs the checkpoint's exported graph (`main.py --mode export`) in ONNX Runtime on the CPU instead.
     """
 
     def __init__(self, checkpoint_path: str | Path, quantize: bool = False, device: str | None = None,
                  precision: str = "fp32", threshold: float | Sequence[float] | None = None,
                  truncation: str | None = None, max_length: int | None = None, config: Any = None,
-                 num_threads: int | None = None) -> None:
+                 num_threads: int | None = None, backend: str = "torch") -> None:
         self.checkpoint_path = Path(checkpoint_path)
         self.info = read_classifier_info(self.checkpoint_path)
         self.task: str = self.info["task"]
@@ -50,16 +53,24 @@ class ModelInferer:
             raise ValueError(f"truncation must be one of {TRUNCATIONS}, got {self.truncation!r}")
         if config is not None:
             self._check_config(config)
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if backend != "torch" and (quantize or precision not in ("auto", "fp32")):
+            raise ValueError(f"backend {backend!r} runs the exported graph as it is: no quantize, precision fp32")
+        self.backend = backend
+        self.num_threads = num_threads
         if num_threads:
             torch.set_num_threads(num_threads)
         # int8 dynamic quantization has CPU kernels only, so quantize picks the CPU unless told otherwise
-        default_device = "cuda" if torch.cuda.is_available() and not quantize else "cpu"
+        default_device = "cuda" if torch.cuda.is_available() and not quantize and backend == "torch" else "cpu"
         self.device = torch.device(device or default_device)
-        self.quantized = quantize
-        self.precision = "fp32" if quantize else resolve_precision(precision, on_gpu=self.device.type == "cuda")
+        self.quantized = quantize or backend == "onnx-int8"
+        self.precision = ("fp32" if self.quantized or backend != "torch"
+                          else resolve_precision(precision, on_gpu=self.device.type == "cuda"))
         self.thresholds = self._resolve_thresholds(threshold)
         self.tokenizer = AutoTokenizer.from_pretrained(self.checkpoint_path)
-        self.model = self._load_model()
+        self.model = self._load_model() if backend == "torch" else None
+        self.session = self._load_onnx_session() if backend != "torch" else None
         self.training_metrics = read_json_file(self.checkpoint_path, METRICS_FILE)
         self.checkpoint_id = weights_digest(self.checkpoint_path / WEIGHTS_FILE)[:16]
 
@@ -106,6 +117,30 @@ class ModelInferer:
             model = model.to(DTYPES[self.precision])
         return model.to(self.device)
 
+    def _load_onnx_session(self) -> Any:
+        if self.device.type != "cpu":
+            raise ValueError("the ONNX backends run on the CPU only")
+        path = self.checkpoint_path / ONNX_FILES[self.backend]
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: export it with `python main.py --mode export "
+                                    f"--checkpoint {self.checkpoint_path}`")
+        try:
+            import onnxruntime
+        except ImportError as error:
+            raise ImportError("the ONNX backends need onnxruntime: pip install -r requirements_onnx.txt") from error
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = self.num_threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def _logits(self, input_ids: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
+        """One padded batch through the model, logits as float32 numpy."""
+        if self.session is not None:
+            feeds = {"input_ids": input_ids.numpy(), "attention_mask": mask.numpy()}
+            return self.session.run(["logits"], feeds)[0].astype(np.float32, copy=False)
+        output = self.model(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device))
+        return output.logits.float().cpu().numpy()
+
     @torch.inference_mode()
     def score_batch(self, texts: Sequence[str], batch_size: int = 64) -> tuple[np.ndarray, list[bool]]:
         """Scores (N, labels) in input order and truncation flags; texts are batched by length."""
@@ -123,8 +158,7 @@ class ModelInferer:
                 ids = encoded.input_ids[i]
                 input_ids[r, : len(ids)] = torch.tensor(ids)
                 mask[r, : len(ids)] = 1
-            output = self.model(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device))
-            logits[rows] = output.logits.float().cpu().numpy()
+            logits[rows] = self._logits(input_ids, mask)
         return scores_from_logits(self.task, logits), encoded.truncated
 
     def result(self, scores: np.ndarray, truncated: bool, top_k: int | None = None,
@@ -172,6 +206,7 @@ class ModelInferer:
                 "backbone": self.info.get("backbone"), "model_type": self.info.get("model_type"),
                 "pooling": self.info.get("pooling"), "max_length": self.max_length,
                 "truncation": self.truncation, "quantized": self.quantized, "precision": self.precision,
+                "backend": self.backend,
                 "device": str(self.device), "checkpoint": str(self.checkpoint_path),
                 "checkpoint_id": self.checkpoint_id, "training_metrics": self.training_metrics}
 

@@ -1,4 +1,4 @@
-"""Command line: `python main.py --task multilabel|multiclass --mode train|eval|predict`."""
+"""Command line: `python main.py --task multilabel|multiclass --mode train|eval|predict|export`."""
 
 from __future__ import annotations
 
@@ -35,6 +35,10 @@ def main(argv: list[str] | None = None) -> int:
             import predict
 
             predict.run(config, require_checkpoint(config))
+        elif config.mode == "export":
+            import export
+
+            export.run(require_checkpoint(config), config.output)
         else:
             raise ValueError(f"mode {config.mode!r} is not available yet")
     except (DataError, ValueError, FileNotFoundError, OSError) as error:
