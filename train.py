@@ -121,6 +121,32 @@ def predict_logits(model: PreTrainedModel, dataset: EncodedDataset, collate: Pad
     return result
 
 
+def validate(model: PreTrainedModel, val_set: EncodedDataset, collate: PaddingCollator, splits: DataSplits,
+             config: Config, accelerator: Accelerator) -> float:
+    """The primary validation metric (mean ROC AUC or macro-F1) of the model as it is now."""
+    metric_name = PRIMARY_METRIC[config.task]
+    probs = scores_from_logits(config.task, predict_logits(model, val_set, collate, config.eval_batch_size,
+                                                           accelerator))
+    value = compute_metrics(config.task, splits.validation.labels, probs, splits.label_names)[metric_name]
+    if value is None:
+        raise DataError(f"validation split: no label has both positive and negative rows, so {metric_name} is "
+                        "undefined; use more data or a larger --val-split")
+    return value
+
+
+def write_checkpoint(folder: Path, model: PreTrainedModel, tokenizer, config: Config, label_names: list[str],
+                     thresholds: np.ndarray | None, backbone: str, precision: str, summary: dict[str, Any]) -> None:
+    """The checkpoint folder: weights, tokenizer, what serving needs (classifier.json), settings and metrics."""
+    classifier = {
+        "task": config.task, "labels": label_names,
+        "thresholds": thresholds.tolist() if thresholds is not None else None,
+        "max_length": config.max_length, "truncation": config.truncation, "pooling": config.pooling,
+        "model_type": config.model_type, "backbone": backbone, "precision": precision,
+    }
+    save_checkpoint(folder, model, tokenizer, classifier, config.to_dict() | {"precision": precision,
+                    "backbone": backbone}, summary)
+
+
 class EarlyStopping:
     """Tracks the best value of the validation metric and how many evaluations passed without a gain."""
 
@@ -289,13 +315,7 @@ def run(config: Config) -> TrainResult:
                 progress_bar.set_postfix(loss=f"{outputs.loss.item():.4f}", lr=f"{scheduler.get_last_lr()[-1]:.2e}")
                 evaluated = progress.step % eval_every == 0 or progress.step == total_steps
                 if evaluated:
-                    logits = predict_logits(model, val_set, collate, config.eval_batch_size, accelerator)
-                    probs = scores_from_logits(config.task, logits)
-                    metrics = compute_metrics(config.task, splits.validation.labels, probs, splits.label_names)
-                    value = metrics[metric_name]
-                    if value is None:
-                        raise DataError(f"validation split: no label has both positive and negative rows, so "
-                                        f"{metric_name} is undefined; use more data or a larger --val-split")
+                    value = validate(model, val_set, collate, splits, config, accelerator)
                     improved = stopper.update(value)
                     record = {"step": progress.step, "epoch": round(progress.step / steps_per_epoch, 3),
                               "loss": outputs.loss.item(), f"val_{metric_name}": value, "best": improved,
@@ -330,26 +350,19 @@ def run(config: Config) -> TrainResult:
 
     model = accelerator.unwrap_model(model)
     model.load_state_dict(best_state)
-    thresholds = None
     best_probs = scores_from_logits(config.task, predict_logits(model, val_set, collate, config.eval_batch_size,
                                                                 accelerator))
-    if config.task == "multilabel":
-        thresholds = tune_thresholds(splits.validation.labels, best_probs, config.threshold_strategy)
+    thresholds = (tune_thresholds(splits.validation.labels, best_probs, config.threshold_strategy)
+                  if config.task == "multilabel" else None)
     best_metrics = compute_metrics(config.task, splits.validation.labels, best_probs, splits.label_names, thresholds)
     checkpoint = output_dir / "checkpoint"
     if accelerator.is_main_process:
-        classifier = {
-            "task": config.task, "labels": splits.label_names,
-            "thresholds": thresholds.tolist() if thresholds is not None else None,
-            "max_length": config.max_length, "truncation": config.truncation, "pooling": config.pooling,
-            "model_type": config.model_type, "backbone": backbone, "precision": precision,
-        }
         summary = {"validation": best_metrics, "steps": progress.step,
                    "train_seconds": round(time.time() - started, 1),
                    "train_rows": len(splits.train), "validation_rows": len(splits.validation),
                    "data_notes": splits.notes}
-        save_checkpoint(checkpoint, model, tokenizer, classifier, config.to_dict() | {"precision": precision,
-                        "backbone": backbone}, summary)
+        write_checkpoint(checkpoint, model, tokenizer, config, splits.label_names, thresholds, backbone, precision,
+                         summary)
         say(f"checkpoint written to {checkpoint}")
     accelerator.wait_for_everyone()
     accelerator.end_training()
