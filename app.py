@@ -31,10 +31,12 @@ from prometheus_client import (
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from inferer import ModelInferer, validate_texts
+from microbatch import MicroBatcher, QueueFull
 from utils.serving_settings import ServingSettings
 
 log = logging.getLogger("classifier.api")
 PREDICT_BATCH_SIZE = 32
+RETRY_AFTER_SECONDS = 1  # told to clients turned away by a full micro-batch queue
 REQUEST_FIELDS = ("text", "texts", "top_k")
 FORM_FIELD = "data"  # the original API's form field
 OPEN_PATHS = ("/health",)  # answered without the API key, for load balancers and container health checks
@@ -64,6 +66,8 @@ class ServingMetrics:
         self.truncated = Counter("predict_truncated_texts_total", "Texts cut to the model's max length.",
                                  registry=self.registry)
         self.errors = Counter("http_errors_total", "Error answers by error code.", ["code"], registry=self.registry)
+        self.batch_texts = Histogram("microbatch_texts", "Texts in one shared forward pass (MICROBATCH=1).",
+                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=self.registry)
         self.model = Gauge("model_info", "The served checkpoint (always 1).", ["checkpoint_id", "task", "quantized"],
                            registry=self.registry, multiprocess_mode="max")
 
@@ -71,13 +75,15 @@ class ServingMetrics:
 @dataclass
 class ServingState:
     """What one app serves: the inferer, its settings and metrics; the lock keeps one forward pass at a time
-    per worker, so torch threads x workers stays within the cores however many requests arrive."""
+    per worker, so torch threads x workers stays within the cores however many requests arrive. With
+    micro-batching, the batcher's one thread runs every forward pass instead."""
 
     inferer: ModelInferer
     settings: ServingSettings
     metrics: ServingMetrics = field(default_factory=ServingMetrics)
     lock: threading.Lock = field(default_factory=threading.Lock)
     ready: bool = True
+    batcher: MicroBatcher | None = None
 
 
 def load_inferer(settings: ServingSettings) -> ModelInferer:
@@ -85,7 +91,7 @@ def load_inferer(settings: ServingSettings) -> ModelInferer:
         raise ValueError("set CHECKPOINT_PATH to a checkpoint folder written by training")
     started = time.time()
     inferer = ModelInferer(settings.checkpoint_path, quantize=settings.quantize, device="cpu",
-                           precision=settings.precision, num_threads=settings.torch_threads)
+                           precision=settings.precision, num_threads=settings.torch_threads, backend=settings.backend)
     inferer.predict_batch(["warm up"])  # first forward pass allocates; do it before taking traffic
     log.info("model %s (%s) loaded in %.1f s", inferer.checkpoint_id, settings.checkpoint_path,
              time.time() - started)
@@ -104,6 +110,11 @@ def create_app(inferer: ModelInferer | None = None, settings: ServingSettings | 
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # scores keep the checkpoint's label order
     state = ServingState(inferer, settings)
+    if settings.microbatch:  # its thread starts here, in the worker process (gunicorn forks before create_app)
+        state.batcher = MicroBatcher(inferer, settings.microbatch_wait_ms, settings.microbatch_max_size,
+                                     settings.microbatch_queue_size, PREDICT_BATCH_SIZE,
+                                     on_batch=lambda requests, texts: state.metrics.batch_texts.observe(texts),
+                                     lock=state.lock)
     state.metrics.model.labels(inferer.checkpoint_id, inferer.task, str(inferer.quantized).lower()).set(1)
     app.extensions["classifier"] = state
     app.before_request(start_timer)
@@ -164,6 +175,8 @@ def record_metrics(response: Response) -> Response:
     metrics.latency.labels(endpoint).observe(time.perf_counter() - g.get("started", time.perf_counter()))
     if response.status_code == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="classifier"'
+    if response.status_code == 503 and request.url_rule is not None and request.url_rule.rule == "/predict":
+        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
     return response
 
 
@@ -204,13 +217,20 @@ def unexpected_error(error: Exception) -> tuple[Response, int]:
 def predict() -> Response:
     state = serving()
     texts, top_k = read_predict_request(state)
-    with state.lock:
-        predictions = state.inferer.predict_batch(texts, batch_size=PREDICT_BATCH_SIZE, top_k=top_k)
+    if state.batcher is not None:
+        try:
+            predictions = state.batcher.predict(texts, top_k)
+        except QueueFull:
+            raise ApiError(503, "overloaded", f"{state.settings.microbatch_queue_size} requests are already "
+                                              "waiting (MICROBATCH_QUEUE_SIZE); retry shortly") from None
+    else:
+        with state.lock:
+            predictions = state.inferer.predict_batch(texts, batch_size=PREDICT_BATCH_SIZE, top_k=top_k)
     state.metrics.texts.observe(len(texts))
     state.metrics.truncated.inc(sum(p["truncated"] for p in predictions))
     inferer = state.inferer
     model = {"task": inferer.task, "checkpoint_id": inferer.checkpoint_id, "backbone": inferer.info.get("backbone"),
-             "quantized": inferer.quantized, "precision": inferer.precision}
+             "quantized": inferer.quantized, "precision": inferer.precision, "backend": inferer.backend}
     return jsonify(predictions=predictions, model=model)
 
 
@@ -229,7 +249,9 @@ def metadata() -> Response:
     state = serving()
     limits = {"max_body_bytes": state.settings.max_body_bytes, "max_texts": state.settings.max_texts,
               "max_chars": state.settings.max_chars}
-    return jsonify(state.inferer.metadata() | {"limits": limits})
+    microbatch = ({"wait_ms": state.settings.microbatch_wait_ms, "max_size": state.settings.microbatch_max_size,
+                   "queue_size": state.settings.microbatch_queue_size} if state.batcher is not None else None)
+    return jsonify(state.inferer.metadata() | {"limits": limits, "microbatch": microbatch})
 
 
 def metrics() -> Response:
@@ -359,7 +381,8 @@ def openapi_document(settings: ServingSettings, inferer: ModelInferer) -> dict[s
                                      "properties": {"task": {"type": "string"}, "checkpoint_id": {"type": "string"},
                                                     "backbone": {"type": "string", "nullable": True},
                                                     "quantized": {"type": "boolean"},
-                                                    "precision": {"type": "string"}}}}},
+                                                    "precision": {"type": "string"},
+                                                    "backend": {"type": "string"}}}}},
         "Error": {"type": "object", "required": ["error"], "additionalProperties": False,
                   "properties": {"error": {"type": "object", "required": ["code", "message"],
                                            "properties": {"code": {"type": "string"},
@@ -371,6 +394,8 @@ def openapi_document(settings: ServingSettings, inferer: ModelInferer) -> dict[s
                                     "thresholds": {"type": "array", "items": {"type": "number"},
                                                    "nullable": True},
                                     "quantized": {"type": "boolean"}, "precision": {"type": "string"},
+                                    "backend": {"type": "string", "enum": ["torch", "onnx", "onnx-int8"]},
+                                    "microbatch": {"type": "object", "nullable": True},
                                     "checkpoint_id": {"type": "string"},
                                     "training_metrics": {"type": "object"}, "limits": {"type": "object"}}},
     }
@@ -387,6 +412,9 @@ def openapi_document(settings: ServingSettings, inferer: ModelInferer) -> dict[s
         "415": answer("Neither JSON nor a form.", "Error"),
         "422": answer("Wrong field, type, or an empty list of texts.", "Error"),
     }
+    if settings.microbatch:
+        predict_errors["503"] = answer("Too many requests waiting for a micro-batch; retry after Retry-After "
+                                       "seconds.", "Error")
 
     def get(summary: str, ok: dict, secured: bool = True) -> dict:
         return {"get": {"summary": summary, "responses": {"200": ok, **(errors if secured else {})}}}

@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-
 from inferer import ModelInferer
 from utils.config import Config
 from utils.data import LabeledTexts
@@ -55,23 +54,24 @@ def summary_table(task: str, metrics: dict[str, Any]) -> str:
 
 def run(config: Config, checkpoint: str | Path) -> dict[str, Any]:
     """Evaluate `checkpoint` on the test data the config names; write the report and plots beside it."""
-    inferer = ModelInferer(checkpoint, quantize=config.quantize, precision="fp32")
+    inferer = ModelInferer(checkpoint, quantize=config.quantize, precision=config.precision)
     data = read_test_set(config, inferer.label_names)
     result = evaluate(inferer, data, config.eval_batch_size)
     metrics = result["metrics"]
     out_dir = Path(config.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    suffix = "_int8" if config.quantize else ""
+    suffix = "_int8" if config.quantize else ("" if inferer.precision == "fp32" else f"_{inferer.precision}")
     if inferer.task == "multilabel":
         plots = [plot_curves(data.labels, result["scores"], inferer.label_names, out_dir / f"curves{suffix}.png")]
     else:
         plots = [plot_confusion_matrix(metrics["confusion_matrix"], inferer.label_names,
                                        out_dir / f"confusion_matrix{suffix}.png")]
     report = {"checkpoint": str(checkpoint), "data": data.source, "quantized": config.quantize,
-              "metrics": metrics, "plots": [str(p) for p in plots]}
+              "precision": inferer.precision, "metrics": metrics, "plots": [str(p) for p in plots]}
     report_path = out_dir / REPORT_FILE.replace(".json", f"{suffix}.json")
     report_path.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nevaluation on {data.source} ({len(data)} texts{', int8' if config.quantize else ''}):")
+    numbers = "int8" if config.quantize else inferer.precision
+    print(f"\nevaluation on {data.source} ({len(data)} texts, {numbers}):")
     print(summary_table(inferer.task, metrics))
     print(f"report: {report_path}")
     return report

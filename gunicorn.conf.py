@@ -2,8 +2,9 @@
 
 Each worker loads its own model after the fork (preload_app = False: torch and fork do not mix well) and runs
 TORCH_THREADS torch threads; workers = cores // TORCH_THREADS, so together they do not oversubscribe the cores.
-Threads within a worker only let /health, /metrics and queued requests be answered; the app runs one forward
-pass at a time per worker.
+Threads within a worker let /health, /metrics and queued requests be answered; the app runs one forward pass at
+a time per worker. With MICROBATCH=1 the requests waiting in those threads share that forward pass, so the
+threads (THREADS, default 32 then, else 4) bound how many requests one batch can gather.
 """
 
 import os
@@ -27,7 +28,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # serving reads the checkpoint fol
 bind = f"{settings.host}:{settings.port}"
 workers = settings.worker_count()
 worker_class = "gthread"
-threads = 4
+threads = settings.thread_count()
 preload_app = False
 timeout = 120  # a worker silent this long is restarted; loading the model counts
 graceful_timeout = 30  # on SIGTERM, requests in flight get this long to finish

@@ -35,7 +35,7 @@ def run(config: Config, checkpoint: str | Path) -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    inferer = ModelInferer(checkpoint, quantize=config.quantize)
+    inferer = ModelInferer(checkpoint, quantize=config.quantize, precision=config.precision)
     if config.text:
         for text, prediction in zip(config.text, inferer.predict_batch(config.text), strict=True):
             print(json.dumps({"text": text} | prediction, ensure_ascii=False))

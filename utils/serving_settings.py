@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+BACKENDS = ("torch", "onnx", "onnx-int8")  # inferer.BACKENDS, named here without importing torch
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off", "")
 
@@ -20,11 +21,21 @@ class ServingSettings:
     checkpoint_path: str | None = field(default=None, metadata={"help": "Checkpoint folder written by training."})
     quantize: bool = field(default=False, metadata={"help": "Dynamic int8 Linear layers (CPU)."})
     precision: str = field(default="fp32", metadata={"help": "fp32, bf16, fp16 or auto (ignored when quantized)."})
+    backend: str = field(default="torch", metadata={"help": "torch, or onnx / onnx-int8 (main.py --mode export)."})
     max_body_bytes: int = field(default=1 << 20, metadata={"help": "Largest request body; larger gets 413."})
     max_texts: int = field(default=64, metadata={"help": "Most texts in one request; more gets 413."})
     max_chars: int = field(default=20_000, metadata={"help": "Most characters in one text; more gets 413."})
     torch_threads: int = field(default=1, metadata={"help": "torch intra-op threads per worker process."})
     workers: int | None = field(default=None, metadata={"help": "Worker processes; default cores // threads."})
+    threads: int | None = field(default=None, metadata={
+        "help": "Request threads per worker; default 4, or 32 with MICROBATCH (requests to batch together)."})
+    microbatch: bool = field(default=False, metadata={
+        "help": "Concurrent requests share one forward pass per worker (microbatch.py)."})
+    microbatch_wait_ms: int = field(default=5, metadata={
+        "help": "How long the first waiting request waits for others to join its batch."})
+    microbatch_max_size: int = field(default=64, metadata={"help": "Most texts in one shared forward pass."})
+    microbatch_queue_size: int = field(default=128, metadata={
+        "help": "Most requests waiting per worker; more get 503 with Retry-After."})
     host: str = field(default="0.0.0.0", metadata={"help": "Interface gunicorn binds to."})
     port: int = field(default=8080, metadata={"help": "Port gunicorn binds to."})
     api_key: str | None = field(default=None, repr=False,
@@ -33,14 +44,20 @@ class ServingSettings:
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ValueError(f"PRECISION must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        for name in ("max_body_bytes", "max_texts", "max_chars", "torch_threads", "port"):
+        if self.backend not in BACKENDS:
+            raise ValueError(f"BACKEND must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        for name in ("max_body_bytes", "max_texts", "max_chars", "torch_threads", "port", "microbatch_max_size",
+                     "microbatch_queue_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{env_name(name)} must be a positive integer, got {getattr(self, name)}")
         if self.api_key is not None and not (self.api_key.isascii() and self.api_key.isprintable()):
             raise ValueError("APP_APIKEY must be printable ASCII (e.g. python -c 'import secrets; "
                              "print(secrets.token_urlsafe(32))')")
-        if self.workers is not None and self.workers < 1:
-            raise ValueError(f"WORKERS must be a positive integer, got {self.workers}")
+        for name in ("workers", "threads"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{env_name(name)} must be a positive integer, got {getattr(self, name)}")
+        if self.microbatch_wait_ms < 0:
+            raise ValueError(f"MICROBATCH_WAIT_MS must be 0 or more, got {self.microbatch_wait_ms}")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServingSettings:
@@ -59,6 +76,12 @@ class ServingSettings:
         if self.workers is not None:
             return self.workers
         return max(1, (cores or available_cores()) // self.torch_threads)
+
+    def thread_count(self) -> int:
+        """gunicorn threads per worker: with micro-batching, enough for concurrent requests to meet in a batch."""
+        if self.threads is not None:
+            return self.threads
+        return 32 if self.microbatch else 4
 
     def describe(self) -> str:
         """One line per setting, the API key masked."""
