@@ -20,7 +20,7 @@ RUN pip install --extra-index-url "$TORCH_INDEX_URL" -r requirements_inference.t
     && useradd --create-home --uid 10001 --shell /usr/sbin/nologin app
 
 # Only what serving runs; code stays root-owned and read-only for the app user.
-COPY app.py inferer.py gunicorn.conf.py ./
+COPY app.py inferer.py microbatch.py gunicorn.conf.py ./
 COPY models/ ./models/
 COPY utils/ ./utils/
 

@@ -45,9 +45,18 @@ def test_onnx_scores_match_pytorch(exported, real_texts, task, backend, toleranc
     scores, truncated = onnx.score_batch(texts, batch_size=16)
     assert truncated == ref_truncated
     assert np.abs(scores - reference).max() <= tolerance
-    if backend == "onnx":  # the same thresholds and label order, so the same labels
-        labels = [p["labels"] for p in onnx.predict_batch(texts)]
-        assert labels == [p["labels"] for p in ModelInferer(exported[task]).predict_batch(texts)]
+    if backend == "onnx":  # same thresholds and label order: the same labels, except for a score within
+        # the tolerance of its threshold, which rounding may put on either side
+        labels = [set(p["labels"]) for p in onnx.predict_batch(texts)]
+        reference_inferer = ModelInferer(exported[task])
+        expected = [set(p["labels"]) for p in reference_inferer.predict_batch(texts)]
+        names = reference_inferer.label_names
+        cut = (reference_inferer.thresholds if reference_inferer.thresholds is not None
+               else reference.max(axis=1, keepdims=True))
+        clear = np.abs(reference - cut) > tolerance
+        for row, (got, want) in enumerate(zip(labels, expected, strict=True)):
+            decided = {names[j] for j in range(len(names)) if clear[row, j]}
+            assert got & decided == want & decided
 
 
 def test_onnx_batch_size_and_order_do_not_change_scores(exported, real_texts):

@@ -70,7 +70,8 @@ def server_command() -> list[str]:
 def test_dockerfile_builds_a_slim_non_root_image_that_serves_with_gunicorn():
     assert instruction_args("FROM") == ["python:3.11-slim"]
     assert server_command() == ["gunicorn", "-c", "gunicorn.conf.py", "app:create_app()"]
-    assert sorted(served_sources()) == ["app.py", "gunicorn.conf.py", "inferer.py", "models", "utils"]
+    assert sorted(served_sources()) == ["app.py", "gunicorn.conf.py", "inferer.py", "microbatch.py", "models",
+                                        "utils"]
     for source in served_sources():
         assert (ROOT / source).exists(), source
     (user,) = instruction_args("USER")
