@@ -51,9 +51,13 @@ def test_concurrent_requests_each_get_their_own_answer(inferer, texts):
         assert len(body["predictions"]) == len(own)
         for text, prediction in zip(own, body["predictions"], strict=True):
             expected = inferer.predict(text)
-            assert prediction["labels"] == expected["labels"]
-            np.testing.assert_allclose(list(prediction["scores"].values()), list(expected["scores"].values()),
-                                       atol=SCORE_TOLERANCE)
+            scores = np.array(list(expected["scores"].values()))
+            np.testing.assert_allclose(list(prediction["scores"].values()), scores, atol=SCORE_TOLERANCE)
+            # the same labels, but for a score within the tolerance of its threshold (the tiny model's scores
+            # crowd around theirs), which the last float bits may put on either side
+            decided = {name for name, score, cut in zip(inferer.label_names, scores, inferer.thresholds, strict=True)
+                       if abs(score - cut) > SCORE_TOLERANCE}
+            assert set(prediction["labels"]) & decided == set(expected["labels"]) & decided
     passes, texts_scored = batch_counts(app)
     assert texts_scored == sum(2 if i % 3 == 0 else 1 for i, _ in answers)
     assert passes < len(answers)  # requests really shared forward passes
@@ -85,17 +89,23 @@ def test_a_full_queue_answers_503_with_retry_after(inferer, texts):
     with state.lock:  # the model is busy: the batcher holds the first request, the queue the second
         first = threading.Thread(target=ask, args=("first",))
         first.start()
-        wait_until(lambda: state.batcher.jobs.qsize() == 0 and "first" not in results)
-        time.sleep(0.05)
+        wait_until(lambda: taken_and_waiting(state.batcher, taken=1, waiting=0))
         second = threading.Thread(target=ask, args=("second",))
         second.start()
-        wait_until(lambda: state.batcher.jobs.qsize() == 1)
+        wait_until(lambda: taken_and_waiting(state.batcher, taken=1, waiting=1))
         response = app.test_client().post("/predict", json={"text": texts[1]})
         assert response.status_code == 503 and response.headers["Retry-After"] == "1"
         assert response.get_json()["error"]["code"] == "overloaded"
     first.join(30)
     second.join(30)
     assert results == {"first": 200, "second": 200}
+
+
+def taken_and_waiting(batcher: MicroBatcher, taken: int, waiting: int) -> bool:
+    """`taken` requests picked up by the batcher thread, `waiting` still in its queue (unfinished_tasks counts
+    every put, since the batcher never calls task_done)."""
+    queued = batcher.jobs.qsize()
+    return queued == waiting and batcher.jobs.unfinished_tasks - queued == taken
 
 
 def wait_until(condition, seconds: float = 10.0) -> None:
@@ -110,10 +120,9 @@ def test_batcher_raises_queue_full_and_passes_errors_back(inferer):
     with batcher.lock:
         waiting = [threading.Thread(target=batcher.predict, args=(["a"],)) for _ in range(2)]
         waiting[0].start()
-        wait_until(lambda: batcher.jobs.qsize() == 0)
-        time.sleep(0.05)
+        wait_until(lambda: taken_and_waiting(batcher, taken=1, waiting=0))
         waiting[1].start()
-        wait_until(lambda: batcher.jobs.qsize() == 1)
+        wait_until(lambda: taken_and_waiting(batcher, taken=1, waiting=1))
         with pytest.raises(QueueFull):
             batcher.predict(["b"])
     for thread in waiting:
