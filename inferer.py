@@ -40,7 +40,7 @@ class ModelInferer:
     """
 
     def __init__(self, checkpoint_path: str | Path, quantize: bool = False, device: str | None = None,
-                 precision: str = "fp32", threshold: float | Sequence[float] | None = None,
+                 precision: str = "auto", threshold: float | Sequence[float] | None = None,
                  truncation: str | None = None, max_length: int | None = None, config: Any = None,
                  num_threads: int | None = None, backend: str = "torch") -> None:
         self.checkpoint_path = Path(checkpoint_path)

@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app import create_app
 from inferer import ModelInferer
+from utils.precision import resolve_precision
 from utils.serving_settings import ServingSettings, available_cores
 
 LIMITS = {"max_texts": 3, "max_chars": 100, "max_body_bytes": 4096}
@@ -70,7 +71,7 @@ def test_predict_one_text_answers_labels_scores_and_model(client, inferer):
     np.testing.assert_allclose(list(prediction["scores"].values()), list(expected["scores"].values()), atol=1e-6)
     assert prediction["labels"] == expected["labels"] and prediction["truncated"] is False
     assert body["model"] == {"task": "multilabel", "checkpoint_id": inferer.checkpoint_id,
-                             "backbone": inferer.info["backbone"], "quantized": False, "precision": "fp32",
+                             "backbone": inferer.info["backbone"], "quantized": False, "precision": inferer.precision,
                              "backend": "torch"}
 
 
@@ -208,7 +209,7 @@ def test_metadata_tells_what_is_served(client, multilabel_checkpoint):
     info = json.loads((multilabel_checkpoint / "classifier.json").read_text())
     assert meta["task"] == "multilabel" and meta["labels"] == TOXIC_LABELS
     assert meta["thresholds"] == info["thresholds"] and meta["backbone"] == info["backbone"]
-    assert meta["quantized"] is False and meta["precision"] == "fp32"
+    assert meta["quantized"] is False and meta["precision"] == resolve_precision("auto", on_gpu=False)
     assert meta["training_metrics"] == json.loads((multilabel_checkpoint / "metrics.json").read_text())
     digest = hashlib.sha256((multilabel_checkpoint / "model.safetensors").read_bytes()).hexdigest()
     assert meta["checkpoint_id"] == digest[:16]

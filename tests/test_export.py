@@ -40,7 +40,7 @@ def real_texts(toxic_csv, conference_csv) -> dict[str, list[str]]:
 @pytest.mark.parametrize("backend, tolerance", [("onnx", ONNX_FP32_TOLERANCE), ("onnx-int8", ONNX_INT8_TOLERANCE)])
 def test_onnx_scores_match_pytorch(exported, real_texts, task, backend, tolerance):
     texts = real_texts[task]
-    reference, ref_truncated = ModelInferer(exported[task]).score_batch(texts, batch_size=16)
+    reference, ref_truncated = ModelInferer(exported[task], precision="fp32").score_batch(texts, batch_size=16)
     onnx = ModelInferer(exported[task], backend=backend)
     scores, truncated = onnx.score_batch(texts, batch_size=16)
     assert truncated == ref_truncated
@@ -48,7 +48,7 @@ def test_onnx_scores_match_pytorch(exported, real_texts, task, backend, toleranc
     if backend == "onnx":  # same thresholds and label order: the same labels, except for a score within
         # the tolerance of its threshold, which rounding may put on either side
         labels = [set(p["labels"]) for p in onnx.predict_batch(texts)]
-        reference_inferer = ModelInferer(exported[task])
+        reference_inferer = ModelInferer(exported[task], precision="fp32")
         expected = [set(p["labels"]) for p in reference_inferer.predict_batch(texts)]
         names = reference_inferer.label_names
         cut = (reference_inferer.thresholds if reference_inferer.thresholds is not None

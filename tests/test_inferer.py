@@ -28,12 +28,12 @@ INT8_TOLERANCE = 0.01
 
 @pytest.fixture(scope="module")
 def multilabel(multilabel_checkpoint) -> ModelInferer:
-    return ModelInferer(multilabel_checkpoint)
+    return ModelInferer(multilabel_checkpoint, precision="fp32")  # compared with float32 references
 
 
 @pytest.fixture(scope="module")
 def multiclass(multiclass_checkpoint) -> ModelInferer:
-    return ModelInferer(multiclass_checkpoint)
+    return ModelInferer(multiclass_checkpoint, precision="fp32")
 
 
 @pytest.fixture(scope="module")

@@ -85,3 +85,45 @@ def test_predict_and_eval_honour_precision(multilabel_checkpoint, toxic_csv, tmp
     assert "bf16" in capsys.readouterr().out
     report = json.loads((tmp_path / "eval_report_bf16.json").read_text())
     assert report["precision"] == "bf16"
+
+
+def test_serving_defaults_to_auto(multilabel_checkpoint):
+    from app import create_app
+    from inferer import ModelInferer
+    from utils.serving_settings import ServingSettings
+
+    settings = ServingSettings.from_env({"CHECKPOINT_PATH": str(multilabel_checkpoint)})
+    assert settings.precision == "auto"
+    app = create_app(settings=settings)
+    machine_choice = resolve_precision("auto", on_gpu=False)
+    assert app.test_client().get("/metadata").get_json()["precision"] == machine_choice
+    assert ModelInferer(multilabel_checkpoint).precision == machine_choice
+
+
+def test_a_bf16_trained_checkpoint_is_float32_and_loads_anywhere(tiny_bert, toxic_csv, tmp_path):
+    """Trained in its own process: Accelerate fixes the mixed precision once per process."""
+    import json
+    import subprocess
+    import sys
+
+    import torch
+    from conftest import TOXIC_LABELS
+    from safetensors.torch import load_file
+    from transformers import AutoModelForSequenceClassification
+
+    from inferer import ModelInferer
+
+    subprocess.run([sys.executable, "main.py", "--task", "multilabel", "--data", str(toxic_csv),
+                    "--text-column", "comment_text", "--label-columns", ",".join(TOXIC_LABELS),
+                    "--model-name-or-path", str(tiny_bert), "--pooling", "cls", "--max-train-samples", "64",
+                    "--epochs", "1", "--batch-size", "16", "--max-length", "32", "--precision", "bf16",
+                    "--test-split", "0.2", "--output-dir", str(tmp_path)], check=True, capture_output=True)
+    checkpoint = tmp_path / "checkpoint"
+    assert json.loads((checkpoint / "classifier.json").read_text())["precision"] == "bf16"
+    assert {tensor.dtype for tensor in load_file(checkpoint / "model.safetensors").values()} == {torch.float32}
+    plain = AutoModelForSequenceClassification.from_pretrained(checkpoint).eval()
+    inferer = ModelInferer(checkpoint, precision="fp32")
+    batch = inferer.tokenizer(["you are kind", "go away, idiot"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        plain_scores = torch.sigmoid(plain(**batch).logits).numpy()
+    assert abs(inferer.score_batch(["you are kind", "go away, idiot"])[0] - plain_scores).max() < 1e-5

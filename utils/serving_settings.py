@@ -20,7 +20,8 @@ class ServingSettings:
 
     checkpoint_path: str | None = field(default=None, metadata={"help": "Checkpoint folder written by training."})
     quantize: bool = field(default=False, metadata={"help": "Dynamic int8 Linear layers (CPU)."})
-    precision: str = field(default="fp32", metadata={"help": "fp32, bf16, fp16 or auto (ignored when quantized)."})
+    precision: str = field(default="auto", metadata={
+        "help": "auto (bf16 on AMX CPUs and bf16 GPUs, fp32 elsewhere), fp32, bf16 or fp16; ignored when quantized."})
     backend: str = field(default="torch", metadata={"help": "torch, or onnx / onnx-int8 (main.py --mode export)."})
     max_body_bytes: int = field(default=1 << 20, metadata={"help": "Largest request body; larger gets 413."})
     max_texts: int = field(default=64, metadata={"help": "Most texts in one request; more gets 413."})
