@@ -40,15 +40,18 @@ RUNS = [("train.py", "fp32"), ("hf Trainer", "fp32"), ("train.py", "bf16"), ("hf
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=6)
-    parser.add_argument("--bf16-steps", type=int, default=4, help="Fewer: bf16 is emulated (slow) without AMX.")
+    parser.add_argument("--steps", type=int, default=16)
+    parser.add_argument("--bf16-steps", type=int, default=3, help="Fewer: bf16 is emulated (slow) without AMX.")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--val-split", type=float, default=0.015, help="Validation rows (fraction of training).")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--one", nargs=2, metavar=("SIDE", "PRECISION"), help=argparse.SUPPRESS)
-    return parser.parse_args()
+    args = parser.parse_args()
+    if min(args.steps, args.bf16_steps) < 3:  # the steady state is timed from the second step to the last
+        parser.error("--steps and --bf16-steps must be at least 3")
+    return args
 
 
 class StepClock:
