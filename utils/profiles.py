@@ -10,5 +10,6 @@ DATASET_PROFILES: dict[str, dict[str, Any]] = {
     "toxic": {"epochs": 1.0, "max_length": 64},
     # GoEmotions comments are short (99% under 40 tokens); 36,880 training rows make one epoch enough
     "goemotions": {"epochs": 1.0, "max_length": 64},
-    "conference": {},
+    # about 1,360 training titles: label smoothing 0.1 had the best validation macro-F1 of a dozen one-change runs
+    "conference": {"label_smoothing": 0.1},
 }
