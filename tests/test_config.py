@@ -101,3 +101,14 @@ def test_to_dict_round_trips():
     config = make_config(task="multiclass", label_column="y", text_column="x", data="f.csv", epochs=0.5)
     assert make_config(**config.to_dict()) == config
     assert json.loads(json.dumps(config.to_dict()))["epochs"] == 0.5
+
+
+def test_the_shipped_toxic_recipe_sets_its_documented_fields():
+    from pathlib import Path
+
+    from utils.profiles import DATASET_PROFILES
+
+    recipe = Path(__file__).resolve().parents[1] / "configs" / "toxic_30min.yaml"
+    config = parse_config(["--config", str(recipe)], DATASET_PROFILES)
+    assert (config.task, config.data, config.epochs, config.max_length) == ("multilabel", "toxic", 3.0, 64)
+    assert parse_config(["--config", str(recipe), "--epochs", "2"], DATASET_PROFILES).epochs == 2.0
