@@ -15,10 +15,9 @@ from pathlib import Path
 
 import torch
 
+from inferer import ONNX_FILES
 from models import load_classifier
 
-ONNX_FILE = "model.onnx"
-ONNX_INT8_FILE = "model.int8.onnx"
 OPSET = 17
 INPUT_NAMES = ("input_ids", "attention_mask")
 
@@ -36,7 +35,7 @@ class LogitsOnly(torch.nn.Module):
 
 def onnx_paths(checkpoint: str | Path, output: str | Path | None = None) -> tuple[Path, Path]:
     """Where the fp32 and int8 files go: beside the weights in the checkpoint, or `output` and its int8 twin."""
-    fp32 = Path(output) if output else Path(checkpoint) / ONNX_FILE
+    fp32 = Path(output) if output else Path(checkpoint) / ONNX_FILES["onnx"]
     return fp32, fp32.with_name(fp32.name.removesuffix(".onnx") + ".int8.onnx")
 
 

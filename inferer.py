@@ -22,12 +22,12 @@ from utils.batching import sorted_batches
 from utils.checkpoint import METRICS_FILE, read_classifier_info, read_json_file
 from utils.precision import resolve_precision
 from utils.scoring import scores_from_logits
+from utils.serving_settings import BACKENDS
 from utils.tokenize import TRUNCATIONS, encode
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 WEIGHTS_FILE = "model.safetensors"
-BACKENDS = ("torch", "onnx", "onnx-int8")
-ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}  # written by export.py
+ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}  # the default names export.py writes
 
 
 class ModelInferer:

@@ -15,7 +15,6 @@ import argparse
 import http.client
 import json
 import os
-import platform
 import subprocess
 import sys
 import threading
@@ -27,6 +26,11 @@ import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # so that `python bench/api.py` finds the project's modules
+    sys.path.insert(0, str(ROOT))
+
+from bench.records import append_record, machine, new_record, save_figure  # noqa: E402
+
 RESULTS = ROOT / "docs" / "results" / "bench_api.json"
 PLOT = ROOT / "docs" / "bench_api.png"
 DATA = ROOT.parent / "shared" / "data" / "toxic" / "train.csv"
@@ -124,29 +128,20 @@ def main() -> None:
         finally:
             server.terminate()
             server.wait(60)
-    record = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "command": " ".join(sys.argv),
-              "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version()},
-              "checkpoint": checkpoint, "seconds_per_level": args.seconds, "server": server_shape(), "rows": rows}
+    record = new_record(machine=machine(), checkpoint=checkpoint, seconds_per_level=args.seconds,
+                        server=server_shape(), rows=rows)
     print_table(record)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    history = json.loads(RESULTS.read_text()) if RESULTS.is_file() else []
-    RESULTS.write_text(json.dumps(history + [record], indent=2) + "\n")
+    append_record(RESULTS, record)
     plot(record)
 
 
 def server_shape() -> dict[str, Any]:
-    sys.path.insert(0, str(ROOT))
     from utils.serving_settings import ServingSettings
 
     plain, batched = ServingSettings(), ServingSettings(microbatch=True)
     return {"workers": plain.worker_count(), "torch_threads": plain.torch_threads,
             "threads_per_worker": {"per-request": plain.thread_count(), "micro-batching": batched.thread_count()},
             "microbatch_wait_ms": batched.microbatch_wait_ms, "microbatch_max_size": batched.microbatch_max_size}
-
-
-def cpu_model() -> str:
-    return next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                 if line.startswith("model name")), platform.processor())
 
 
 def print_table(record: dict[str, Any]) -> None:
@@ -181,10 +176,7 @@ def plot(record: dict[str, Any]) -> None:
         axis.set_xlabel("concurrent clients")
         axis.set_ylabel(label)
         axis.legend()
-    fig.suptitle(f"/predict, one text per request ({record['when']})")
-    fig.tight_layout()
-    fig.savefig(PLOT, dpi=110)
-    plt.close(fig)
+    save_figure(fig, f"/predict, one text per request ({record['when']})", PLOT)
 
 
 if __name__ == "__main__":

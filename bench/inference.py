@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -32,6 +30,7 @@ import torch  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 import export  # noqa: E402
+from bench.records import append_record, machine, new_record, save_figure  # noqa: E402
 from eval import evaluate  # noqa: E402
 from inferer import ONNX_FILES, ModelInferer  # noqa: E402
 from utils.config import make_config  # noqa: E402
@@ -58,12 +57,9 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def machine() -> dict[str, Any]:
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor())
+def machine_with_flags() -> dict[str, Any]:
     flags = Path("/proc/cpuinfo").read_text()
-    return {"cpu": model, "cores": os.cpu_count(), "avx512": "avx512f" in flags, "amx": "amx_bf16" in flags,
-            "torch": torch.__version__, "python": platform.python_version()}
+    return machine(avx512="avx512f" in flags, amx="amx_bf16" in flags, torch=torch.__version__)
 
 
 def matmul_gflops(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
@@ -177,12 +173,11 @@ def main() -> None:
     for row in rows:
         row["gflops"] = row["texts_per_s"] * flops / 1e9
         row["fraction_of_fp32_peak"] = row["gflops"] / peak["fp32"]
-    record = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "command": " ".join(sys.argv),
-              "machine": machine(), "checkpoint": str(checkpoint), "texts": len(data), "threads": args.threads,
-              "batch_size": args.batch_size, "max_length": fp32.max_length, "mean_tokens_per_text": tokens,
-              "gflop_per_text": flops / 1e9, "matmul_gflops_2048": peak, "rows": rows}
+    record = new_record(machine=machine_with_flags(), checkpoint=str(checkpoint), texts=len(data),
+                        threads=args.threads, batch_size=args.batch_size, max_length=fp32.max_length,
+                        mean_tokens_per_text=tokens, gflop_per_text=flops / 1e9, matmul_gflops_2048=peak, rows=rows)
     print_table(record)
-    append_record(record)
+    append_record(RESULTS, record)
     plot(record)
 
 
@@ -205,12 +200,6 @@ def print_table(record: dict[str, Any]) -> None:
               f"{r['mean_roc_auc']:.4f} | {r['macro_f1']:8.4f} | {100 * r['fraction_of_fp32_peak']:10.1f}% |")
 
 
-def append_record(record: dict[str, Any]) -> None:
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    history = json.loads(RESULTS.read_text()) if RESULTS.is_file() else []
-    RESULTS.write_text(json.dumps(history + [record], indent=2) + "\n")
-
-
 def plot(record: dict[str, Any]) -> None:
     import matplotlib
 
@@ -229,10 +218,7 @@ def plot(record: dict[str, Any]) -> None:
     right.set_xlabel("single-text latency (ms)")
     right.invert_yaxis()
     right.legend()
-    fig.suptitle(f"Inference on {record['machine']['cpu']} ({record['when']})")
-    fig.tight_layout()
-    fig.savefig(PLOT, dpi=110)
-    plt.close(fig)
+    save_figure(fig, f"Inference on {record['machine']['cpu']} ({record['when']})", PLOT)
 
 
 if __name__ == "__main__":

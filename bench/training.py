@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import subprocess
 import sys
@@ -32,6 +30,8 @@ if str(ROOT) not in sys.path:  # so that `python bench/training.py` finds the pr
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+
+from bench.records import append_record, machine, new_record, save_figure  # noqa: E402
 
 RESULTS = ROOT / "docs" / "results" / "bench_training.json"
 PLOT = ROOT / "docs" / "bench_training.png"
@@ -162,22 +162,13 @@ def main() -> None:
         row = json.loads(done.stdout.strip().splitlines()[-1]) | {"wall_s": time.time() - started}
         print(f"  {side} {precision}: {row['samples_per_s']:.2f} samples/s", file=sys.stderr)
         rows.append(row)
-    record = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "command": " ".join(sys.argv),
-              "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
-                          "python": platform.python_version()},
-              "steps": {"fp32": args.steps, "bf16": args.bf16_steps}, "batch_size": args.batch_size,
-              "max_length": args.max_length,
-              "learning_rate": args.learning_rate, "threads": args.threads, "rows": rows}
+    record = new_record(machine=machine(torch=torch.__version__),
+                        steps={"fp32": args.steps, "bf16": args.bf16_steps}, batch_size=args.batch_size,
+                        max_length=args.max_length, learning_rate=args.learning_rate, threads=args.threads,
+                        rows=rows)
     print_table(record)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    history = json.loads(RESULTS.read_text()) if RESULTS.is_file() else []
-    RESULTS.write_text(json.dumps(history + [record], indent=2) + "\n")
+    append_record(RESULTS, record)
     plot(record)
-
-
-def cpu_model() -> str:
-    return next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                 if line.startswith("model name")), platform.processor())
 
 
 def print_table(record: dict[str, Any]) -> None:
@@ -207,11 +198,8 @@ def plot(record: dict[str, Any]) -> None:
     left.set_ylabel("training samples/s")
     right.bar(names, [r["peak_rss_mb"] for r in rows], color="tab:gray")
     right.set_ylabel("peak RSS (MB)")
-    fig.suptitle(f"Fine-tuning MiniLM, batch {record['batch_size']}, max_length {record['max_length']} "
-                 f"({record['when']})")
-    fig.tight_layout()
-    fig.savefig(PLOT, dpi=110)
-    plt.close(fig)
+    save_figure(fig, f"Fine-tuning MiniLM, batch {record['batch_size']}, max_length {record['max_length']} "
+                f"({record['when']})", PLOT)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-BACKENDS = ("torch", "onnx", "onnx-int8")  # inferer.BACKENDS, named here without importing torch
+BACKENDS = ("torch", "onnx", "onnx-int8")  # how ModelInferer runs a checkpoint; kept here, free of torch
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off", "")
 

@@ -1,0 +1,43 @@
+"""What every benchmark keeps of a run: the machine it ran on, a timestamped record appended to its JSON
+history in docs/results, and its plot."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def cpu_model() -> str:
+    return next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")), platform.processor())
+
+
+def machine(**extra: Any) -> dict[str, Any]:
+    """CPU model, core count and Python version, plus what a benchmark adds (library versions, CPU flags)."""
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(), **extra}
+
+
+def new_record(**fields: Any) -> dict[str, Any]:
+    """A run's record: when it ran (UTC), the command line, then its own fields."""
+    return {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "command": " ".join(sys.argv), **fields}
+
+
+def append_record(path: Path, record: dict[str, Any]) -> None:
+    """Add the record to the JSON list at `path`, keeping every earlier run."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    history = json.loads(path.read_text()) if path.is_file() else []
+    path.write_text(json.dumps(history + [record], indent=2) + "\n")
+
+
+def save_figure(fig: Any, title: str, path: Path) -> None:
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
