@@ -20,9 +20,11 @@ RUN pip install --extra-index-url "$TORCH_INDEX_URL" -r requirements_inference.t
     && useradd --create-home --uid 10001 --shell /usr/sbin/nologin app
 
 # Only what serving runs; code stays root-owned and read-only for the app user.
-COPY app.py inferer.py microbatch.py gunicorn.conf.py ./
+COPY app.py inferer.py gunicorn.conf.py ./
+COPY serving/ ./serving/
 COPY models/ ./models/
-COPY utils/ ./utils/
+COPY utils/__init__.py utils/atomic.py utils/checkpoint.py utils/encoding.py utils/precision.py utils/runners.py \
+     utils/scoring.py ./utils/
 
 # The checkpoint: a folder of the build context (default docker/model/, see its README), or a volume on /model.
 ARG CHECKPOINT_DIR=docker/model

@@ -9,10 +9,10 @@ from typing import Any
 
 from inferer import ModelInferer
 from utils.config import Config
-from utils.data import LabeledTexts
-from utils.metrics import compute_metrics
-from utils.plots import plot_confusion_matrix, plot_curves
-from utils.prepare import read_test_set
+from utils.data.prepare import read_test_set
+from utils.data.readers import LabeledTexts
+from utils.evaluation.metrics import compute_metrics
+from utils.evaluation.plots import plot_confusion_matrix, plot_curves
 
 REPORT_FILE = "eval_report.json"
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from inferer import ONNX_FILES
 from models import load_classifier
+from utils.checkpoint import ONNX_FILES
 
 OPSET = 17
 INPUT_NAMES = ("input_ids", "attention_mask")

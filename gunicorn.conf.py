@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from utils.serving_settings import ServingSettings
+from serving.settings import ServingSettings
 
 settings = ServingSettings.from_env()
 # Prometheus values of every worker go to files here, and /metrics adds them up (prometheus-client's

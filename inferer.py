@@ -7,27 +7,17 @@
 
 from __future__ import annotations
 
-import hashlib
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from transformers import AutoTokenizer
 
-from models import load_classifier
-from utils.batching import sorted_batches
-from utils.checkpoint import METRICS_FILE, read_classifier_info, read_json_file
-from utils.precision import resolve_precision
+from utils.checkpoint import CheckpointFolder
+from utils.encoding import TRUNCATIONS, encode, pad_batch, pad_token_id, sorted_batches
+from utils.runners import build_runner
 from utils.scoring import scores_from_logits
-from utils.serving_settings import BACKENDS
-from utils.tokenize import TRUNCATIONS, encode
-
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-WEIGHTS_FILE = "model.safetensors"
-ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}  # the default names export.py writes
 
 
 class ModelInferer:
@@ -44,38 +34,29 @@ class ModelInferer:
                  truncation: str | None = None, max_length: int | None = None, config: Any = None,
                  num_threads: int | None = None, backend: str = "torch") -> None:
         self.checkpoint_path = Path(checkpoint_path)
-        self.info = read_classifier_info(self.checkpoint_path)
-        self.task: str = self.info["task"]
-        self.label_names: list[str] = list(self.info["labels"])
-        self.max_length = max_length or self.info["max_length"]
-        self.truncation = truncation or self.info["truncation"]
+        self.checkpoint = CheckpointFolder(self.checkpoint_path)
+        self.info = self.checkpoint.info
+        self.task: str = self.info.task
+        self.label_names: list[str] = list(self.info.labels)
+        self.max_length = max_length or self.info.max_length
+        self.truncation = truncation or self.info.truncation
         if self.truncation not in TRUNCATIONS:
             raise ValueError(f"truncation must be one of {TRUNCATIONS}, got {self.truncation!r}")
         if config is not None:
             self._check_config(config)
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        if backend != "torch" and (quantize or precision not in ("auto", "fp32")):
-            raise ValueError(f"backend {backend!r} runs the exported graph as it is: no quantize, precision fp32")
-        self.backend = backend
-        self.num_threads = num_threads
-        if num_threads:
-            torch.set_num_threads(num_threads)
-        # int8 dynamic quantization has CPU kernels only, so quantize picks the CPU unless told otherwise
-        default_device = "cuda" if torch.cuda.is_available() and not quantize and backend == "torch" else "cpu"
-        self.device = torch.device(device or default_device)
-        self.quantized = quantize or backend == "onnx-int8"
-        self.precision = ("fp32" if self.quantized or backend != "torch"
-                          else resolve_precision(precision, on_gpu=self.device.type == "cuda"))
         self.thresholds = self._resolve_thresholds(threshold)
+        self.runner = build_runner(self.checkpoint, backend, device, quantize, precision, num_threads)
+        self.backend = backend
+        self.device = self.runner.device
+        self.quantized = self.runner.quantized
+        self.precision = self.runner.precision
         self.tokenizer = AutoTokenizer.from_pretrained(self.checkpoint_path)
-        self.model = self._load_model() if backend == "torch" else None
-        self.session = self._load_onnx_session() if backend != "torch" else None
-        self.training_metrics = read_json_file(self.checkpoint_path, METRICS_FILE)
-        self.checkpoint_id = weights_digest(self.checkpoint_path / WEIGHTS_FILE)[:16]
+        self.pad_id = pad_token_id(self.tokenizer)
+        self.training_metrics = self.checkpoint.metrics()
+        self.checkpoint_id = self.checkpoint.checkpoint_id()
 
     def _check_config(self, config: Any) -> None:
-        for field, expected in (("task", self.task), ("max_length", self.info["max_length"])):
+        for field, expected in (("task", self.task), ("max_length", self.info.max_length)):
             value = getattr(config, field, None)
             if value is not None and value != expected:
                 raise ValueError(f"config.{field} is {value!r} but the checkpoint {self.checkpoint_path} has "
@@ -91,7 +72,7 @@ class ModelInferer:
                                  "its top class (ask for top_k to see the runners-up)")
             return None
         if threshold is None:
-            saved = self.info.get("thresholds")
+            saved = self.info.thresholds
             return np.array(saved if saved else [0.5] * len(self.label_names), dtype=np.float64)
         try:
             values = np.asarray(threshold, dtype=np.float64)
@@ -103,62 +84,16 @@ class ModelInferer:
             raise ValueError(f"threshold must be one number or {len(self.label_names)} numbers in [0, 1]")
         return values
 
-    def _load_model(self) -> torch.nn.Module:
-        """The float checkpoint, then (if asked) dynamic int8 Linear layers or bf16 weights kept resident."""
-        model = load_classifier(self.checkpoint_path).eval()
-        if self.quantized:
-            if self.device.type != "cpu":
-                raise ValueError("dynamic int8 quantization runs on the CPU only")
-            with warnings.catch_warnings():  # torch announces the move of quantization to torchao, at length
-                warnings.filterwarnings("ignore", message=".*deprecated", category=UserWarning)
-                warnings.filterwarnings("ignore", message="torch.ao.quantization is deprecated")
-                model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
-        elif self.precision in DTYPES:
-            model = model.to(DTYPES[self.precision])
-        return model.to(self.device)
-
-    def _load_onnx_session(self) -> Any:
-        if self.device.type != "cpu":
-            raise ValueError("the ONNX backends run on the CPU only")
-        path = self.checkpoint_path / ONNX_FILES[self.backend]
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing: export it with `python main.py --mode export "
-                                    f"--checkpoint {self.checkpoint_path}`")
-        try:
-            import onnxruntime
-        except ImportError as error:
-            raise ImportError("the ONNX backends need onnxruntime: pip install -r requirements_onnx.txt") from error
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = self.num_threads or torch.get_num_threads()
-        options.inter_op_num_threads = 1
-        return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-    def _logits(self, input_ids: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
-        """One padded batch through the model, logits as float32 numpy."""
-        if self.session is not None:
-            feeds = {"input_ids": input_ids.numpy(), "attention_mask": mask.numpy()}
-            return self.session.run(["logits"], feeds)[0].astype(np.float32, copy=False)
-        output = self.model(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device))
-        return output.logits.float().cpu().numpy()
-
-    @torch.inference_mode()
     def score_batch(self, texts: Sequence[str], batch_size: int = 64) -> tuple[np.ndarray, list[bool]]:
         """Scores (N, labels) in input order and truncation flags; texts are batched by length."""
         texts = validate_texts(texts)
         if not texts:
             return np.zeros((0, len(self.label_names))), []
         encoded = encode(self.tokenizer, texts, self.max_length, self.truncation)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         logits = np.zeros((len(texts), len(self.label_names)), dtype=np.float32)
         for rows in sorted_batches(encoded.lengths, batch_size):
-            longest = max(encoded.lengths[i] for i in rows)
-            input_ids = torch.full((len(rows), longest), pad, dtype=torch.long)
-            mask = torch.zeros((len(rows), longest), dtype=torch.long)
-            for r, i in enumerate(rows):
-                ids = encoded.input_ids[i]
-                input_ids[r, : len(ids)] = torch.tensor(ids)
-                mask[r, : len(ids)] = 1
-            logits[rows] = self._logits(input_ids, mask)
+            input_ids, attention_mask = pad_batch([encoded.input_ids[i] for i in rows], self.pad_id)
+            logits[rows] = self.runner.logits(input_ids, attention_mask)
         return scores_from_logits(self.task, logits), encoded.truncated
 
     def result(self, scores: np.ndarray, truncated: bool, top_k: int | None = None,
@@ -203,8 +138,8 @@ class ModelInferer:
     def metadata(self) -> dict[str, Any]:
         return {"task": self.task, "labels": self.label_names,
                 "thresholds": self.thresholds.tolist() if self.thresholds is not None else None,
-                "backbone": self.info.get("backbone"), "model_type": self.info.get("model_type"),
-                "pooling": self.info.get("pooling"), "max_length": self.max_length,
+                "backbone": self.info.backbone, "model_type": self.info.model_type,
+                "pooling": self.info.pooling, "max_length": self.max_length,
                 "truncation": self.truncation, "quantized": self.quantized, "precision": self.precision,
                 "backend": self.backend,
                 "device": str(self.device), "checkpoint": str(self.checkpoint_path),
@@ -228,11 +163,3 @@ def validate_texts(texts: Sequence[str]) -> list[str]:
                                  ) from None
     return list(texts)
 
-
-def weights_digest(path: Path) -> str:
-    """sha256 of the weights file, read in blocks: identifies the exact model a server answers with."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -8,7 +8,7 @@ import sys
 from transformers.utils import logging as hf_logging
 
 from utils.config import parse_config
-from utils.data import DataError
+from utils.data.readers import DataError
 from utils.profiles import DATASET_PROFILES
 
 

@@ -16,9 +16,8 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from inferer import ModelInferer
-from utils.checkpoint import TRAINING_CONFIG_FILE, read_json_file
 from utils.config import Config
-from utils.data import DataError, iter_frames, require_columns
+from utils.data.readers import DataError, iter_frames, require_columns
 
 CHUNK_ROWS = 4096  # rows read, scored and written at a time: memory stays flat whatever the file's size
 OUTPUT_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
@@ -40,15 +39,10 @@ def run(config: Config, checkpoint: str | Path) -> None:
         for text, prediction in zip(config.text, inferer.predict_batch(config.text), strict=True):
             print(json.dumps({"text": text} | prediction, ensure_ascii=False))
         return
-    column = config.text_column or default_text_column(checkpoint)
+    column = config.text_column or inferer.info.text_column or "text"
     rows = predict_file(inferer, Path(config.input), Path(config.output), column,
                         batch_size=config.eval_batch_size)
     print(f"scored {rows} rows of {config.input} (text column '{column}') into {config.output}", file=sys.stderr)
-
-
-def default_text_column(checkpoint: str | Path) -> str:
-    """The text column the checkpoint was trained on, else "text"."""
-    return read_json_file(checkpoint, TRAINING_CONFIG_FILE).get("text_column") or "text"
 
 
 def output_format(path: Path) -> str:

@@ -19,20 +19,20 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
-from transformers import AutoTokenizer, PreTrainedModel, get_linear_schedule_with_warmup
+from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 
 from models import build_classifier, default_backbone_path
 from models.losses import auto_pos_weight, balanced_class_weights, build_loss, parse_weights
-from utils.batching import EncodedDataset, PaddingCollator, pad_id, sorted_batches, training_loader
-from utils.checkpoint import save_checkpoint
+from utils.checkpoint import ClassifierInfo, write_checkpoint
 from utils.config import Config
-from utils.data import DataError
-from utils.metrics import PRIMARY_METRIC, compute_metrics, tune_thresholds
+from utils.data.prepare import DataSplits, prepare_splits
+from utils.data.readers import DataError
+from utils.encoding import encode, pad_token_id, sorted_batches
+from utils.evaluation.metrics import PRIMARY_METRIC, compute_metrics, tune_thresholds
 from utils.precision import accelerate_mixed_precision, resolve_precision
-from utils.prepare import DataSplits, prepare_splits
 from utils.scoring import scores_from_logits
-from utils.tokenize import encode
-from utils.train_state import (
+from utils.training.batching import EncodedDataset, PaddingCollator, training_loader
+from utils.training.state import (
     Progress,
     check_writable,
     find_resume_dir,
@@ -134,17 +134,17 @@ def validate(model: PreTrainedModel, val_set: EncodedDataset, collate: PaddingCo
     return value
 
 
-def write_checkpoint(folder: Path, model: PreTrainedModel, tokenizer, config: Config, label_names: list[str],
-                     thresholds: np.ndarray | None, backbone: str, precision: str, summary: dict[str, Any]) -> None:
-    """The checkpoint folder: weights, tokenizer, what serving needs (classifier.json), settings and metrics."""
-    classifier = {
-        "task": config.task, "labels": label_names,
-        "thresholds": thresholds.tolist() if thresholds is not None else None,
-        "max_length": config.max_length, "truncation": config.truncation, "pooling": config.pooling,
-        "model_type": config.model_type, "backbone": backbone, "precision": precision,
-    }
-    save_checkpoint(folder, model, tokenizer, classifier, config.to_dict() | {"precision": precision,
-                    "backbone": backbone}, summary)
+def write_model_checkpoint(folder: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                           config: Config, label_names: list[str], thresholds: np.ndarray | None, backbone: str,
+                           precision: str, summary: dict[str, Any]) -> None:
+    """The checkpoint folder: weights, tokenizer, what readers need (ClassifierInfo), settings and metrics."""
+    info = ClassifierInfo(task=config.task, labels=label_names,
+                          thresholds=thresholds.tolist() if thresholds is not None else None,
+                          max_length=config.max_length, truncation=config.truncation, pooling=config.pooling,
+                          model_type=config.model_type, backbone=backbone, precision=precision,
+                          text_column=config.text_column)
+    write_checkpoint(folder, model, tokenizer, info, config.to_dict() | {"precision": precision,
+                     "backbone": backbone}, summary)
 
 
 class EarlyStopping:
@@ -230,7 +230,7 @@ def run(config: Config) -> TrainResult:
         f"{config.max_length} tokens and were cut ({config.truncation})")
     train_set = EncodedDataset(train_encoded.input_ids, splits.train.labels)
     val_set = EncodedDataset(val_encoded.input_ids)
-    collate = PaddingCollator(pad_id(tokenizer))
+    collate = PaddingCollator(pad_token_id(tokenizer))
 
     model = build_classifier(config.model_type, config.task, backbone, splits.label_names, config.pooling)
     if accelerator.is_main_process:
@@ -361,8 +361,8 @@ def run(config: Config) -> TrainResult:
                    "train_seconds": round(time.time() - started, 1),
                    "train_rows": len(splits.train), "validation_rows": len(splits.validation),
                    "data_notes": splits.notes}
-        write_checkpoint(checkpoint, model, tokenizer, config, splits.label_names, thresholds, backbone, precision,
-                         summary)
+        write_model_checkpoint(checkpoint, model, tokenizer, config, splits.label_names, thresholds, backbone,
+                               precision, summary)
         say(f"checkpoint written to {checkpoint}")
     accelerator.wait_for_everyone()
     accelerator.end_training()

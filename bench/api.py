@@ -29,10 +29,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # so that `python bench/api.py` finds the project's modules
     sys.path.insert(0, str(ROOT))
 
-from bench.records import append_record, machine, new_record, save_figure  # noqa: E402
+from bench.records import append_record, figure_path, machine, new_record, results_path, save_figure  # noqa: E402
 
-RESULTS = ROOT / "docs" / "results" / "bench_api.json"
-PLOT = ROOT / "docs" / "bench_api.png"
+RESULTS = results_path("bench_api.json")
+PLOT = figure_path("bench_api.png")
 DATA = ROOT.parent / "shared" / "data" / "toxic" / "train.csv"
 MODES = {"per-request": {}, "micro-batching": {"MICROBATCH": "1"}}
 
@@ -136,7 +136,7 @@ def main() -> None:
 
 
 def server_shape() -> dict[str, Any]:
-    from utils.serving_settings import ServingSettings
+    from serving.settings import ServingSettings
 
     plain, batched = ServingSettings(), ServingSettings(microbatch=True)
     return {"workers": plain.worker_count(), "torch_threads": plain.torch_threads,

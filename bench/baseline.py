@@ -30,13 +30,12 @@ from sklearn.linear_model import LogisticRegression  # noqa: E402
 from sklearn.multiclass import OneVsRestClassifier  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
+from bench.records import results_path  # noqa: E402
 from utils.config import Config, parse_config  # noqa: E402
-from utils.datasets import BUILTIN_DATASETS  # noqa: E402
-from utils.metrics import PRIMARY_METRIC, compute_metrics, tune_thresholds  # noqa: E402
-from utils.prepare import DataSplits, prepare_splits  # noqa: E402
+from utils.data.datasets import BUILTIN_DATASETS  # noqa: E402
+from utils.data.prepare import DataSplits, prepare_splits  # noqa: E402
+from utils.evaluation.metrics import PRIMARY_METRIC, compute_metrics, tune_thresholds  # noqa: E402
 from utils.profiles import DATASET_PROFILES  # noqa: E402
-
-RESULTS_DIR = ROOT / "docs" / "results"
 
 
 @dataclass
@@ -217,12 +216,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default="all", choices=[*BUILTIN_DATASETS, "all"],
                         help="Built-in dataset to run the baseline on, or all of them.")
     args = parser.parse_args(argv)
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     for data in list(BUILTIN_DATASETS) if args.data == "all" else [args.data]:
         result = run_baseline(data)
-        path = RESULTS_DIR / f"baseline_{data}.json"
+        path = results_path(f"baseline_{data}.json")
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=2) + "\n")
-        print(summary_table(result) + f"\nwrote {path.relative_to(ROOT)}\n", flush=True)
+        print(summary_table(result) + f"\nwrote {path}\n", flush=True)
     return 0
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import sys
 import time
 from pathlib import Path
@@ -30,16 +29,17 @@ import torch  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 import export  # noqa: E402
-from bench.records import append_record, machine, new_record, save_figure  # noqa: E402
+from bench.records import append_record, figure_path, machine, new_record, results_path, save_figure  # noqa: E402
 from eval import evaluate  # noqa: E402
-from inferer import ONNX_FILES, ModelInferer  # noqa: E402
+from inferer import ModelInferer  # noqa: E402
+from utils.checkpoint import CheckpointFolder  # noqa: E402
 from utils.config import make_config  # noqa: E402
-from utils.data import LabeledTexts  # noqa: E402
-from utils.metrics import compute_metrics  # noqa: E402
-from utils.prepare import read_test_set  # noqa: E402
+from utils.data.prepare import read_test_set  # noqa: E402
+from utils.data.readers import LabeledTexts  # noqa: E402
+from utils.evaluation.metrics import compute_metrics  # noqa: E402
 
-RESULTS = ROOT / "docs" / "results" / "bench_inference.json"
-PLOT = ROOT / "docs" / "bench_inference.png"
+RESULTS = results_path("bench_inference.json")
+PLOT = figure_path("bench_inference.png")
 VARIANTS = {  # name: ModelInferer arguments
     "torch fp32": {}, "torch bf16": {"precision": "bf16"}, "torch int8 (dynamic)": {"quantize": True},
     "onnx fp32": {"backend": "onnx"}, "onnx int8": {"backend": "onnx-int8"},
@@ -93,7 +93,7 @@ def latencies(predict_one, texts: list[str]) -> tuple[float, float]:
 
 def file_size_mb(inferer: ModelInferer, name: str, checkpoint: Path) -> float:
     if name.startswith("onnx"):
-        return (checkpoint / ONNX_FILES[inferer.backend]).stat().st_size / 1e6
+        return CheckpointFolder(checkpoint).onnx_file(inferer.backend).stat().st_size / 1e6
     if name == "pipeline":
         return (checkpoint / "model.safetensors").stat().st_size / 1e6
     buffer = io.BytesIO()  # what this variant's weights take when saved as they sit in memory
@@ -142,7 +142,7 @@ def run_pipeline(checkpoint: Path, data: LabeledTexts, reference: ModelInferer, 
 
 def held_out_texts(checkpoint: Path, count: int) -> LabeledTexts:
     """The toxic test split (rows training never saw), first `count` rows of a seeded shuffle."""
-    labels = json.loads((checkpoint / "classifier.json").read_text())["labels"]
+    labels = CheckpointFolder(checkpoint).info.labels
     data = read_test_set(make_config(task="multilabel", data="toxic"), labels)
     return data.subset(np.random.default_rng(0).permutation(len(data))[:count])
 
@@ -153,7 +153,7 @@ def main() -> None:
     hf_logging.disable_progress_bar()
     torch.set_num_threads(args.threads)
     checkpoint = Path(args.checkpoint)
-    if not (checkpoint / export.ONNX_INT8_FILE).is_file():
+    if not CheckpointFolder(checkpoint).onnx_file("onnx-int8").is_file():
         _, seconds = timed(lambda: export.export_onnx(checkpoint))
         print(f"exported ONNX in {seconds:.0f} s", file=sys.stderr)
     data = held_out_texts(checkpoint, args.texts)

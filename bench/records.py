@@ -11,6 +11,21 @@ import time
 from pathlib import Path
 from typing import Any
 
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+OUTPUT_DIR_ENV = "BENCH_OUTPUT_DIR"  # set by the tests, which run every benchmark at its smallest size
+
+
+def results_path(name: str) -> Path:
+    """Where a benchmark's JSON history lives: docs/results, or $BENCH_OUTPUT_DIR."""
+    override = os.environ.get(OUTPUT_DIR_ENV)
+    return Path(override) / name if override else DOCS / "results" / name
+
+
+def figure_path(name: str) -> Path:
+    """Where a benchmark's plot goes: docs/, or $BENCH_OUTPUT_DIR."""
+    override = os.environ.get(OUTPUT_DIR_ENV)
+    return Path(override) / name if override else DOCS / name
+
 
 def cpu_model() -> str:
     return next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()

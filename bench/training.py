@@ -31,10 +31,10 @@ if str(ROOT) not in sys.path:  # so that `python bench/training.py` finds the pr
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bench.records import append_record, machine, new_record, save_figure  # noqa: E402
+from bench.records import append_record, figure_path, machine, new_record, results_path, save_figure  # noqa: E402
 
-RESULTS = ROOT / "docs" / "results" / "bench_training.json"
-PLOT = ROOT / "docs" / "bench_training.png"
+RESULTS = results_path("bench_training.json")
+PLOT = figure_path("bench_training.png")
 RUNS = [("train.py", "fp32"), ("hf Trainer", "fp32"), ("train.py", "bf16"), ("hf Trainer", "bf16")]
 
 
@@ -94,8 +94,8 @@ def run_trainer(args, precision: str, output_dir: str) -> dict[str, Any]:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainingArguments
 
     from models import default_backbone_path
-    from utils.metrics import compute_metrics
-    from utils.prepare import prepare_splits
+    from utils.data.prepare import prepare_splits
+    from utils.evaluation.metrics import compute_metrics
 
     splits = prepare_splits(config_for(args, precision, output_dir))
     backbone = default_backbone_path()

@@ -24,7 +24,7 @@ from transformers.utils import logging as hf_logging
 import train
 from models import default_backbone_path
 from utils.config import make_config
-from utils.datasets import SHARED_DATA_DIR
+from utils.data.datasets import SHARED_DATA_DIR
 
 hf_logging.set_verbosity_error()
 TOXIC_LABELS = ["toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate"]
@@ -49,6 +49,16 @@ def conference_csv(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("data") / "conference_small.csv"
     rows.sample(frac=1.0, random_state=0).to_csv(path, index=False)
     return path
+
+
+def set_environment(monkeypatch, environ: dict[str, str]) -> None:
+    """Exactly `environ` as the serving variables of this process (ServingSettings reads the environment)."""
+    from serving.settings import ServingSettings
+
+    for name in [*ServingSettings.model_fields, "APP_APIKEY"]:
+        monkeypatch.delenv(name.upper(), raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
 
 
 def _tiny_sizes() -> dict:

@@ -10,11 +10,14 @@ from transformers import AutoTokenizer
 from models import build_classifier, load_classifier
 from utils.checkpoint import (
     CLASSIFIER_FILE,
+    FORMAT_VERSION,
     METRICS_FILE,
-    TRAINING_CONFIG_FILE,
-    read_classifier_info,
-    read_json_file,
-    save_checkpoint,
+        TRAINING_CONFIG_FILE,
+    CheckpointError,
+    CheckpointFolder,
+    ClassifierInfo,
+    read_info,
+    write_checkpoint,
 )
 
 LABELS = ["toxic", "insult"]
@@ -41,9 +44,15 @@ class BrokenTokenizer:
         raise self.error
 
 
+def info(max_length: int) -> ClassifierInfo:
+    return ClassifierInfo(task="multilabel", labels=LABELS, max_length=max_length, truncation="head",
+                          model_type="bert", backbone="tiny")
+
+
 def save(target, model, tokenizer, version, metrics=None):
-    return save_checkpoint(target, model, tokenizer, {"task": "multilabel", "labels": LABELS, "version": version},
-                           {"seed": version}, metrics if metrics is not None else {"val": 0.5})
+    """A checkpoint whose max_length tells the saves apart."""
+    return write_checkpoint(target, model, tokenizer, info(8 + version), {"seed": version},
+                            metrics if metrics is not None else {"val": 0.5})
 
 
 def folder_state(path):
@@ -56,9 +65,10 @@ def test_folder_holds_weights_config_tokenizer_and_json(tmp_path, model, tokeniz
     names = {p.name for p in target.iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
             CLASSIFIER_FILE, TRAINING_CONFIG_FILE, METRICS_FILE} <= names
-    assert read_classifier_info(target) == {"task": "multilabel", "labels": LABELS, "version": 1}
-    assert read_json_file(target, TRAINING_CONFIG_FILE) == {"seed": 1}
-    assert read_json_file(target, METRICS_FILE) == {"validation": {"mean_roc_auc": 0.7}}
+    folder = CheckpointFolder(target)
+    assert folder.info == info(9) and folder.info.format_version == FORMAT_VERSION
+    assert folder.training_config() == {"seed": 1}
+    assert folder.metrics() == {"validation": {"mean_roc_auc": 0.7}}
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint"]  # no staging folder left beside it
     reloaded = load_classifier(target)
     for key, value in model.state_dict().items():
@@ -82,7 +92,7 @@ def test_a_new_save_replaces_the_whole_folder(tmp_path, model, tokenizer):
     target = save(tmp_path / "checkpoint", model, tokenizer, 1)
     (target / "stale.txt").write_text("from an older run")
     save(target, model, tokenizer, 2)
-    assert read_classifier_info(target)["version"] == 2
+    assert read_info(target).max_length == 10
     assert not (target / "stale.txt").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint"]
 
@@ -113,19 +123,47 @@ def test_a_failed_first_save_leaves_nothing(tmp_path, model, tokenizer):
 
 
 def test_reading_a_folder_that_is_not_a_checkpoint(tmp_path):
-    with pytest.raises(FileNotFoundError, match=CLASSIFIER_FILE):
-        read_classifier_info(tmp_path)
-    assert read_json_file(tmp_path, METRICS_FILE) == {}
+    with pytest.raises(CheckpointError, match=CLASSIFIER_FILE):
+        read_info(tmp_path)
+
+
+FIRST_FORMAT = {"task": "multilabel", "labels": LABELS, "thresholds": [0.3, 0.6], "max_length": 64,
+                "truncation": "head_tail", "pooling": "mean", "model_type": "bert", "backbone": "/models/minilm",
+                "precision": "fp32"}  # classifier.json as the previous main wrote it, without a format version
+
+
+def test_a_checkpoint_of_the_first_format_still_loads(tmp_path, model, tokenizer):
+    target = save(tmp_path / "checkpoint", model, tokenizer, 1)
+    (target / CLASSIFIER_FILE).write_text(json.dumps(FIRST_FORMAT))
+    (target / TRAINING_CONFIG_FILE).write_text(json.dumps({"text_column": "comment_text"}))
+    loaded = read_info(target)
+    assert loaded.format_version == FORMAT_VERSION and loaded.text_column == "comment_text"
+    assert loaded.model_dump(exclude={"format_version", "text_column", "members"}) == FIRST_FORMAT
+    assert loaded.members == ["transformer"]
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ({**FIRST_FORMAT, "format_version": FORMAT_VERSION + 1}, "newer than this toolkit reads"),
+    ({**FIRST_FORMAT, "format_version": FORMAT_VERSION, "task": "regression"}, "task"),
+    ({**FIRST_FORMAT, "format_version": FORMAT_VERSION, "colour": "blue"}, "colour"),
+    ({k: v for k, v in FIRST_FORMAT.items() if k != "labels"}, "labels"),
+    ("{not json", "not valid JSON"),
+])
+def test_unreadable_descriptions_are_refused_naming_the_problem(tmp_path, content, message):
+    (tmp_path / CLASSIFIER_FILE).write_text(content if isinstance(content, str) else json.dumps(content))
+    with pytest.raises(CheckpointError, match=message):
+        read_info(tmp_path)
 
 
 def test_trained_checkpoint_describes_itself(multilabel_checkpoint):
-    info = read_classifier_info(multilabel_checkpoint)
-    assert info["task"] == "multilabel" and info["labels"] == ["toxic", "severe_toxic", "obscene", "threat",
-                                                                 "insult", "identity_hate"]
-    assert len(info["thresholds"]) == 6 and all(0 <= t <= 1 for t in info["thresholds"])
-    assert (info["max_length"], info["truncation"], info["pooling"], info["model_type"]) == (64, "head_tail", "cls",
-                                                                                             "bert")
+    described = read_info(multilabel_checkpoint)
+    assert described.task == "multilabel" and described.labels == ["toxic", "severe_toxic", "obscene", "threat",
+                                                                     "insult", "identity_hate"]
+    assert described.thresholds is not None and len(described.thresholds) == 6
+    assert all(0 <= t <= 1 for t in described.thresholds)
+    assert (described.max_length, described.truncation, described.pooling, described.model_type,
+            described.text_column) == (64, "head_tail", "cls", "bert", "comment_text")
     training = json.loads((multilabel_checkpoint / TRAINING_CONFIG_FILE).read_text())
     assert training["seed"] == 42 and training["task"] == "multilabel"
-    metrics = read_json_file(multilabel_checkpoint, METRICS_FILE)
+    metrics = CheckpointFolder(multilabel_checkpoint).metrics()
     assert metrics["steps"] > 0 and metrics["validation"]["mean_roc_auc"] is not None

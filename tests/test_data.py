@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from utils.config import make_config
-from utils.data import ColumnLayout, DataError, read_label_names, read_labeled_texts
-from utils.datasets import BUILTIN_DATASETS, SHARED_DATA_DIR
-from utils.prepare import prepare_splits
+from utils.data.datasets import BUILTIN_DATASETS, SHARED_DATA_DIR
+from utils.data.prepare import prepare_splits
+from utils.data.readers import ColumnLayout, DataError, read_label_names, read_labeled_texts
 
 TOXIC_LABELS = list(BUILTIN_DATASETS["toxic"].label_columns)
 JIGSAW = ColumnLayout("comment_text", label_columns=tuple(TOXIC_LABELS))

@@ -11,10 +11,10 @@ from sklearn.metrics import f1_score, roc_auc_score
 
 import eval as evaluation
 from inferer import ModelInferer
-from utils.checkpoint import read_classifier_info
+from utils.checkpoint import read_info
 from utils.config import make_config
-from utils.data import DataError
-from utils.prepare import read_test_set
+from utils.data.prepare import read_test_set
+from utils.data.readers import DataError
 
 TOXIC_LABELS = ["toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate"]
 CONFERENCES = ["INFOCOM", "ISCAS", "SIGGRAPH", "VLDB", "WWW"]
@@ -52,7 +52,7 @@ def test_evaluate_matches_scores_computed_apart(multilabel_checkpoint, toxic_csv
     result = evaluation.evaluate(inferer, data, batch_size=16)
     metrics, scores = result["metrics"], result["scores"]
     assert scores.shape == (80, 6)
-    thresholds = np.array(read_classifier_info(multilabel_checkpoint)["thresholds"])
+    thresholds = np.array(read_info(multilabel_checkpoint).thresholds)
     assert metrics["examples"] == 80
     assert metrics["at_tuned"]["micro_f1"] == pytest.approx(f1_score(data.labels.ravel(),
                                                                      (scores >= thresholds).ravel()))

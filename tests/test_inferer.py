@@ -19,11 +19,11 @@ from eval import evaluate
 from inferer import ModelInferer
 from models import load_classifier
 from utils.config import Config, make_config, parse_config
-from utils.prepare import read_test_set
+from utils.data.prepare import read_test_set
 
-# int8 dynamic quantization of the tiny model moved scores by at most 2.2e-4 (multi-label) and 1.3e-4
-# (multi-class) over the test rows when measured; the bound leaves room for other CPUs' int8 kernels.
-INT8_TOLERANCE = 0.01
+# int8 dynamic quantization of the tiny model moved scores by at most 2.1e-4 (multi-label) and 8.5e-5
+# (multi-class) over the test rows when measured (AMD EPYC, AVX2); 1e-3 allows other CPUs' int8 kernels.
+INT8_TOLERANCE = 1e-3
 
 
 @pytest.fixture(scope="module")
@@ -176,9 +176,9 @@ def test_int8_quantization_stays_close_to_float(multilabel_checkpoint, multiclas
     for checkpoint, reference, texts in ((multilabel_checkpoint, multilabel, toxic_texts),
                                          (multiclass_checkpoint, multiclass, titles)):
         quantized = ModelInferer(checkpoint, quantize=True)
-        layers = [type(m) for m in quantized.model.modules()]
+        layers = [type(m) for m in quantized.runner.model.modules()]
         assert torch.ao.nn.quantized.dynamic.Linear in layers and torch.nn.Linear not in layers
-        assert quantized.metadata()["quantized"] is True and quantized.device.type == "cpu"
+        assert quantized.metadata()["quantized"] is True and quantized.device == "cpu"
         float_scores, _ = reference.score_batch(texts)
         int8_scores, _ = quantized.score_batch(texts)
         assert np.abs(float_scores - int8_scores).max() < INT8_TOLERANCE

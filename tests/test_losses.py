@@ -17,8 +17,8 @@ from models.losses import (
     build_loss,
     parse_weights,
 )
-from utils.data import ColumnLayout, read_labeled_texts
-from utils.datasets import BUILTIN_DATASETS
+from utils.data.datasets import BUILTIN_DATASETS
+from utils.data.readers import ColumnLayout, read_labeled_texts
 
 TOXIC_LABELS = list(BUILTIN_DATASETS["toxic"].label_columns)
 

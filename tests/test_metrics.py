@@ -16,7 +16,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from utils.metrics import best_f1_threshold, compute_metrics, tune_thresholds
+from utils.evaluation.metrics import best_f1_threshold, compute_metrics, tune_thresholds
 from utils.scoring import scores_from_logits
 
 LABELS = ["a", "b", "c", "d"]

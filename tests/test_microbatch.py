@@ -10,12 +10,13 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import set_environment
 from prometheus_client.parser import text_string_to_metric_families
 
 from app import create_app
 from inferer import ModelInferer
-from microbatch import MicroBatcher, QueueFull
-from utils.serving_settings import ServingSettings
+from serving.microbatch import MicroBatcher, QueueFull
+from serving.settings import ServingSettings
 
 # Texts batched with others are padded to other lengths; the scores then differ in the last float bits only.
 SCORE_TOLERANCE = 1e-5
@@ -132,17 +133,20 @@ def test_batcher_raises_queue_full_and_passes_errors_back(inferer):
     assert batcher.predict(["still serving"])[0]["labels"] == inferer.predict("still serving")["labels"]
 
 
-def test_settings_from_the_environment():
-    settings = ServingSettings.from_env({"MICROBATCH": "1", "MICROBATCH_WAIT_MS": "3", "MICROBATCH_MAX_SIZE": "16",
-                                         "MICROBATCH_QUEUE_SIZE": "8", "BACKEND": "onnx-int8"})
+def test_settings_from_the_environment(monkeypatch):
+    set_environment(monkeypatch, {"MICROBATCH": "1", "MICROBATCH_WAIT_MS": "3", "MICROBATCH_MAX_SIZE": "16",
+                                  "MICROBATCH_QUEUE_SIZE": "8", "BACKEND": "onnx-int8"})
+    settings = ServingSettings.from_env()
     assert (settings.microbatch, settings.microbatch_wait_ms, settings.microbatch_max_size,
             settings.microbatch_queue_size, settings.backend) == (True, 3, 16, 8, "onnx-int8")
-    assert settings.thread_count() == 32 and ServingSettings().thread_count() == 4
-    assert ServingSettings.from_env({"THREADS": "2", "MICROBATCH": "1"}).thread_count() == 2
+    assert settings.thread_count() == 32 and ServingSettings(microbatch=False).thread_count() == 4
+    set_environment(monkeypatch, {"THREADS": "2", "MICROBATCH": "1"})
+    assert ServingSettings.from_env().thread_count() == 2
     for bad, message in (({"MICROBATCH_QUEUE_SIZE": "0"}, "MICROBATCH_QUEUE_SIZE"), ({"THREADS": "0"}, "THREADS"),
                          ({"BACKEND": "tensorrt"}, "BACKEND"), ({"MICROBATCH_WAIT_MS": "-1"}, "MICROBATCH_WAIT_MS")):
+        set_environment(monkeypatch, bad)
         with pytest.raises(ValueError, match=message):
-            ServingSettings.from_env(bad)
+            ServingSettings.from_env()
 
 
 def test_metadata_shows_batching_and_the_precision_from_settings(multilabel_checkpoint):

@@ -32,7 +32,8 @@ def pyproject_pins() -> dict[str, str]:
     data = tomllib.loads((ROOT / "pyproject.toml").read_text())
     lines = list(data["project"]["dependencies"])
     for group in data["tool"]["poetry"].get("group", {}).values():
-        lines += [f"{name}{constraint}" for name, constraint in group["dependencies"].items()]
+        lines += [f"{name}{constraint['version'] if isinstance(constraint, dict) else constraint}"
+                  for name, constraint in group["dependencies"].items()]
     return dict(parse_pin(line, "pyproject.toml") for line in lines)
 
 

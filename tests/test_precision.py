@@ -87,12 +87,15 @@ def test_predict_and_eval_honour_precision(multilabel_checkpoint, toxic_csv, tmp
     assert report["precision"] == "bf16"
 
 
-def test_serving_defaults_to_auto(multilabel_checkpoint):
+def test_serving_defaults_to_auto(multilabel_checkpoint, monkeypatch):
+    from conftest import set_environment
+
     from app import create_app
     from inferer import ModelInferer
-    from utils.serving_settings import ServingSettings
+    from serving.settings import ServingSettings
 
-    settings = ServingSettings.from_env({"CHECKPOINT_PATH": str(multilabel_checkpoint)})
+    set_environment(monkeypatch, {"CHECKPOINT_PATH": str(multilabel_checkpoint)})
+    settings = ServingSettings.from_env()
     assert settings.precision == "auto"
     app = create_app(settings=settings)
     machine_choice = resolve_precision("auto", on_gpu=False)

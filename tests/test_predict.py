@@ -13,7 +13,8 @@ from conftest import TOXIC_LABELS
 import main
 import predict
 from inferer import ModelInferer
-from utils.data import DataError
+from utils.config import make_config
+from utils.data.readers import DataError
 
 SCORE_COLUMNS = [f"score_{name}" for name in TOXIC_LABELS]
 
@@ -125,9 +126,11 @@ def test_prediction_columns_never_overwrite_input_columns(inferer, tmp_path):
     assert scored["labels"].tolist() == ["|".join(inferer.predict(t)["labels"]) for t in ("hello", "bye")]
 
 
-def test_default_text_column_falls_back_to_text(multilabel_checkpoint, tmp_path):
-    assert predict.default_text_column(multilabel_checkpoint) == "comment_text"
-    assert predict.default_text_column(tmp_path) == "text"
+def test_the_text_column_defaults_to_the_one_training_read(multilabel_checkpoint, tmp_path):
+    source, output = tmp_path / "comments.csv", tmp_path / "scored.csv"
+    pd.DataFrame({"id": [1, 2], "comment_text": ["you are great", "you idiot"]}).to_csv(source, index=False)
+    predict.run(make_config(mode="predict", input=str(source), output=str(output)), multilabel_checkpoint)
+    assert pd.read_csv(output)["comment_text"].tolist() == ["you are great", "you idiot"]
 
 
 @pytest.mark.parametrize(("lines", "column", "message"), [

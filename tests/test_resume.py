@@ -114,12 +114,13 @@ WRITER = """
 import sys
 from models import load_classifier
 from transformers import AutoTokenizer
-from utils.checkpoint import save_checkpoint
+from utils.checkpoint import CheckpointFolder, write_checkpoint
 model = load_classifier(sys.argv[1])
 tokenizer = AutoTokenizer.from_pretrained(sys.argv[1])
+info = CheckpointFolder(sys.argv[1]).info
 print("ready", flush=True)
 for i in range(10_000):
-    save_checkpoint(sys.argv[2], model, tokenizer, {"task": "multilabel", "round": i}, {}, {})
+    write_checkpoint(sys.argv[2], model, tokenizer, info, {"round": i}, {})
 """
 
 

@@ -29,13 +29,15 @@ from packaging.utils import canonicalize_name
 from prometheus_client.parser import text_string_to_metric_families
 
 from inferer import ModelInferer
-from utils.serving_settings import available_cores
+from serving.settings import available_cores
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
 REQUIREMENTS = ROOT / "requirements_inference.txt"
 INFERENCE_VENV = ROOT / ".venv-inference"  # cached between runs, rebuilt when the requirements change
 KEY = "server-test-key"
+# The base layer that serving needs (docs/ARCHITECTURE.md): nothing of data reading, training or plotting.
+SERVING_UTILS = ("__init__", "atomic", "checkpoint", "encoding", "precision", "runners", "scoring")
 START_SECONDS = 240  # two workers importing torch at once on a 2-core machine, after a fresh install
 
 
@@ -70,8 +72,8 @@ def server_command() -> list[str]:
 def test_dockerfile_builds_a_slim_non_root_image_that_serves_with_gunicorn():
     assert instruction_args("FROM") == ["python:3.11-slim"]
     assert server_command() == ["gunicorn", "-c", "gunicorn.conf.py", "app:create_app()"]
-    assert sorted(served_sources()) == ["app.py", "gunicorn.conf.py", "inferer.py", "microbatch.py", "models",
-                                        "utils"]
+    assert sorted(served_sources()) == ["app.py", "gunicorn.conf.py", "inferer.py", "models", "serving",
+                                        *(f"utils/{name}.py" for name in SERVING_UTILS)]
     for source in served_sources():
         assert (ROOT / source).exists(), source
     (user,) = instruction_args("USER")
@@ -108,7 +110,7 @@ def test_dockerignore_keeps_data_and_secrets_out_and_lets_the_served_files_in():
                  ".venv-inference/bin/python", "checkpoints/a/model.safetensors", ".env", "tests/test_app.py",
                  ".git/HEAD", "utils/__pycache__/data.cpython-311.pyc"):
         assert dockerignored(path), path
-    for path in ("app.py", "inferer.py", "gunicorn.conf.py", "models/classifiers.py", "utils/serving_settings.py",
+    for path in ("app.py", "inferer.py", "gunicorn.conf.py", "models/classifiers.py", "serving/settings.py",
                  "requirements_inference.txt", "docker/model/model.safetensors", "docker/model/config.json"):
         assert not dockerignored(path), path
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from utils.config import make_config
-from utils.data import ColumnLayout, read_labeled_texts
-from utils.datasets import BUILTIN_DATASETS, SHARED_DATA_DIR
-from utils.prepare import prepare_splits
-from utils.splits import stratified_split
+from utils.data.datasets import BUILTIN_DATASETS, SHARED_DATA_DIR
+from utils.data.prepare import prepare_splits
+from utils.data.readers import ColumnLayout, read_labeled_texts
+from utils.data.splits import stratified_split
 
 TOXIC = BUILTIN_DATASETS["toxic"]
 CONFERENCE = BUILTIN_DATASETS["conference"]

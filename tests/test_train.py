@@ -14,11 +14,11 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 import train
 from inferer import ModelInferer
 from models import build_classifier, default_backbone_path, load_classifier
-from utils.checkpoint import METRICS_FILE, read_classifier_info, save_checkpoint
+from utils.checkpoint import METRICS_FILE, ClassifierInfo, read_info, write_checkpoint
 from utils.config import make_config
-from utils.data import LabeledTexts
-from utils.metrics import PRIMARY_METRIC, compute_metrics
-from utils.prepare import DataSplits, prepare_splits
+from utils.data.prepare import DataSplits, prepare_splits
+from utils.data.readers import LabeledTexts
+from utils.evaluation.metrics import PRIMARY_METRIC, compute_metrics
 
 TOXIC_LABELS = ["toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate"]
 CONFERENCES = ["INFOCOM", "ISCAS", "SIGGRAPH", "VLDB", "WWW"]
@@ -88,7 +88,7 @@ def test_cls_checkpoint_loads_with_plain_transformers(cls_checkpoint, data_of):
     expected = logits(ours, tokenizer, texts)
     assert expected.shape == (len(texts), len(labels))
     torch.testing.assert_close(logits(plain, tokenizer, texts), expected, rtol=0, atol=1e-5)
-    assert read_classifier_info(checkpoint)["labels"] == labels
+    assert read_info(checkpoint).labels == labels
 
 
 def test_weights_are_float32_and_the_metrics_log_is_written(cls_checkpoint):
@@ -108,7 +108,9 @@ def test_mean_pooling_checkpoint_reloads_with_the_same_logits(model_type, reques
     backbone = request.getfixturevalue(f"tiny_{model_type}")
     model = build_classifier(model_type, "multiclass", str(backbone), CONFERENCES, "mean").eval()
     tokenizer = AutoTokenizer.from_pretrained(backbone)
-    checkpoint = save_checkpoint(tmp_path / "checkpoint", model, tokenizer, {}, {}, {})
+    info = ClassifierInfo(task="multiclass", labels=CONFERENCES, max_length=64, truncation="head", pooling="mean",
+                          model_type=model_type, backbone=str(backbone))
+    checkpoint = write_checkpoint(tmp_path / "checkpoint", model, tokenizer, info, {}, {})
     texts = texts_of(conference_csv)
     expected = logits(model, tokenizer, texts)
     first, second = load_classifier(checkpoint), load_classifier(checkpoint)
@@ -124,7 +126,7 @@ def test_trained_mean_pooling_checkpoint_scores_as_in_training(tmp_path, tiny_tr
                                                                conference_csv):
     result = tiny_trainer(tmp_path, tiny_roberta, "roberta", "multiclass", conference_csv, pooling="mean", seed=3,
                           **SHORT)
-    assert read_classifier_info(result.checkpoint)["pooling"] == "mean"
+    assert read_info(result.checkpoint).pooling == "mean"
     config = make_config(task="multiclass", data=str(conference_csv), text_column="Title", label_column="Conference",
                          test_split=0.2, val_split=0.2, seed=3, max_train_samples=SHORT["max_train_samples"])
     validation = prepare_splits(config).validation
@@ -185,7 +187,7 @@ def test_real_minilm_backbone_learns(tmp_path, tiny_trainer, toxic_csv):
     key = "encoder.layer.3.attention.self.query.weight"
     assert (trained["bert." + key] - pretrained[key]).abs().max() < 0.01
     assert result.best_metrics["mean_roc_auc"] > 0.5
-    assert read_classifier_info(result.checkpoint)["backbone"] == backbone
+    assert read_info(result.checkpoint).backbone == backbone
 
 
 # --- pieces of the loop -------------------------------------------------------------------------------------

@@ -1,9 +1,15 @@
-"""Turning texts into token ids with explicit truncation: the head of a long text, or its head and tail."""
+"""Texts to model inputs, the same way for training and inference: token ids with explicit truncation (the head
+of a long text, or its head and tail), then padded batches of similar lengths.
+
+Plain numpy, no torch: the ONNX serving image runs it too.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 TRUNCATIONS = ("head", "head_tail")
@@ -60,3 +66,25 @@ def encode(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int
         input_ids.append(lead + cut(content, budget, truncation) + trail)
         truncated.append(len(content) > budget)
     return Encoded(input_ids, truncated)
+
+
+def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
+def pad_batch(sequences: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """(input_ids, attention_mask) as int64 arrays, padded on the right to the longest sequence."""
+    longest = max(len(ids) for ids in sequences)
+    input_ids = np.full((len(sequences), longest), pad_id, dtype=np.int64)
+    attention_mask = np.zeros((len(sequences), longest), dtype=np.int64)
+    for row, ids in enumerate(sequences):
+        input_ids[row, : len(ids)] = ids
+        attention_mask[row, : len(ids)] = 1
+    return input_ids, attention_mask
+
+
+def sorted_batches(lengths: list[int], batch_size: int) -> Iterator[list[int]]:
+    """Indices in batches of ascending length (for inference); callers put results back in input order."""
+    order = np.argsort(lengths, kind="stable")
+    for start in range(0, len(order), batch_size):
+        yield order[start:start + batch_size].tolist()

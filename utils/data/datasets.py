@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DATA_DIR_ENV = "BERT_CLASSIFIER_DATA_DIR"
 SHARED_DATA_DIR = PROJECT_ROOT.parent / "shared" / "data"
 DOWNLOAD_DIR = Path.home() / ".cache" / "bert-classifier"

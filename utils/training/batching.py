@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from transformers import PreTrainedTokenizerBase
 from transformers.trainer_pt_utils import LengthGroupedSampler
+
+from utils.encoding import pad_batch, pad_token_id
 
 
 class EncodedDataset(Dataset):
@@ -31,27 +31,17 @@ class EncodedDataset(Dataset):
 class PaddingCollator:
     """Pads a list of examples to the longest one and stacks labels (float for multi-label, long else)."""
 
-    def __init__(self, pad_token_id: int) -> None:
-        self.pad_token_id = pad_token_id
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        longest = max(len(e["input_ids"]) for e in examples)
-        input_ids = torch.full((len(examples), longest), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(examples), longest), dtype=torch.long)
-        for row, example in enumerate(examples):
-            ids = example["input_ids"]
-            input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-            attention_mask[row, : len(ids)] = 1
-        batch = {"input_ids": input_ids, "attention_mask": attention_mask,
+        input_ids, attention_mask = pad_batch([e["input_ids"] for e in examples], self.pad_id)
+        batch = {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(attention_mask),
                  "index": torch.tensor([e["index"] for e in examples], dtype=torch.long)}
         if "labels" in examples[0]:
             labels = np.stack([np.asarray(e["labels"]) for e in examples])
             batch["labels"] = torch.from_numpy(labels)
         return batch
-
-
-def pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
 
 def training_loader(dataset: EncodedDataset, tokenizer: PreTrainedTokenizerBase, batch_size: int,
@@ -62,12 +52,6 @@ def training_loader(dataset: EncodedDataset, tokenizer: PreTrainedTokenizerBase,
     """
     sampler = LengthGroupedSampler(batch_size, lengths=[len(ids) for ids in dataset.input_ids],
                                    generator=generator)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=PaddingCollator(pad_id(tokenizer)),
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, 
+                      collate_fn=PaddingCollator(pad_token_id(tokenizer)),
                       num_workers=num_workers, drop_last=False)
-
-
-def sorted_batches(lengths: list[int], batch_size: int) -> Iterator[list[int]]:
-    """Indices in batches of ascending length (for inference); callers put results back in input order."""
-    order = np.argsort(lengths, kind="stable")
-    for start in range(0, len(order), batch_size):
-        yield order[start:start + batch_size].tolist()

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from utils.config import Config
-from utils.data import ColumnLayout, DataError, LabeledTexts, read_label_names, read_labeled_texts
-from utils.datasets import BUILTIN_DATASETS, locate_file
-from utils.splits import stratified_split
+from utils.data.readers import ColumnLayout, DataError, LabeledTexts, read_label_names, read_labeled_texts
+from utils.data.datasets import BUILTIN_DATASETS, locate_file
+from utils.data.splits import stratified_split
 
 
 @dataclass

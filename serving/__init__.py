@@ -1,0 +1,1 @@
+"""The HTTP API around ModelInferer: settings, schemas, routes, metrics and micro-batching."""

@@ -1,0 +1,65 @@
+"""What runs around every request: the timer, the API key check, chunked-body limits and the metrics."""
+
+from __future__ import annotations
+
+import hmac
+import io
+import time
+
+from flask import Flask, Response, g, request
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from serving.errors import ApiError
+from serving.state import serving
+
+OPEN_PATHS = ("/health",)  # answered without the API key, for load balancers and container health checks
+RETRY_AFTER_SECONDS = 1  # told to clients turned away by a full micro-batch queue
+
+
+def start_timer() -> None:
+    g.started = time.perf_counter()
+
+
+def check_api_key() -> None:
+    """With APP_APIKEY set, every route but /health wants it: `Authorization: Bearer`, `X-API-Key` or `?key=`."""
+    expected = serving().settings.api_key_value
+    if not expected or request.path in OPEN_PATHS:
+        return
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    offered = [token.strip() if scheme.lower() == "bearer" else None, request.headers.get("X-API-Key"),
+               request.args.get("key")]
+    wanted = expected.encode("utf-8", "surrogatepass")
+    if not any(hmac.compare_digest(o.encode("utf-8", "surrogatepass"), wanted) for o in offered if o):
+        raise ApiError(401, "unauthorized", "missing or wrong API key: send `Authorization: Bearer KEY` or "
+                                            "`X-API-Key: KEY`")
+
+
+def buffer_chunked_body() -> None:
+    """Read a chunked body here, refusing one byte over MAX_BODY_BYTES: it has no Content-Length to check, and
+    werkzeug would cut it at the limit without an error (a truncated text would then be scored)."""
+    if request.headers.get("Transfer-Encoding", "").lower() != "chunked" or request.content_length is not None:
+        return
+    limit = serving().settings.max_body_bytes
+    data = request.environ["wsgi.input"].read(limit + 1)
+    if len(data) > limit:
+        raise RequestEntityTooLarge()
+    request.environ["wsgi.input"] = io.BytesIO(data)
+    request.environ["CONTENT_LENGTH"] = str(len(data))
+
+
+def record_metrics(response: Response) -> Response:
+    endpoint = request.url_rule.rule if request.url_rule else "unmatched"  # never the raw path: bounded labels
+    seconds = time.perf_counter() - g.get("started", time.perf_counter())
+    serving().metrics.observe_request(endpoint, request.method, response.status_code, seconds)
+    if response.status_code == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="classifier"'
+    if response.status_code == 503 and endpoint == "/predict":
+        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return response
+
+
+def register_hooks(app: Flask) -> None:
+    app.before_request(start_timer)
+    app.before_request(check_api_key)
+    app.before_request(buffer_chunked_body)
+    app.after_request(record_metrics)

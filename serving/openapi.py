@@ -1,0 +1,88 @@
+"""The OpenAPI 3.1 document of the routes, generated from the pydantic models that validate and answer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from serving.schemas import ErrorAnswer, MetadataAnswer, Schemas, StatusAnswer
+from serving.settings import ServingSettings
+
+FORM_FIELD = "data"  # the original API's form field
+REF = "#/components/schemas/{model}"
+
+
+def answer(description: str, schema: str | dict[str, Any], media: str = "application/json") -> dict[str, Any]:
+    schema = {"$ref": REF.format(model=schema)} if isinstance(schema, str) else schema
+    return {"description": description, "content": {media: {"schema": schema}}}
+
+
+def component_schemas(schemas: Schemas) -> dict[str, Any]:
+    models: list[type[BaseModel]] = [schemas.predict_request, schemas.predict_answer, ErrorAnswer, StatusAnswer,
+                                     MetadataAnswer]
+    keyed, top = models_json_schema([(m, "validation") for m in models], ref_template=REF)
+    components = dict(top.get("$defs", {}))
+    for (model, _), ref in keyed.items():
+        name = ref["$ref"].rsplit("/", 1)[-1] if "$ref" in ref else model.__name__
+        components.setdefault(name, ref)
+    return components
+
+
+def openapi_document(settings: ServingSettings, schemas: Schemas, labels: list[str], task: str,
+                     checkpoint_id: str, extra_paths: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The whole document, with this server's labels, limits and security filled in."""
+    secured = settings.api_key is not None
+    unauthorized = {"401": answer("Missing or wrong API key.", "ErrorAnswer")} if secured else {}
+    predict_errors = {
+        "400": answer("The body is not valid JSON.", "ErrorAnswer"),
+        "413": answer(f"Body over {settings.max_body_bytes} bytes, more than {settings.max_texts} texts, or a "
+                      f"text over {settings.max_chars} characters.", "ErrorAnswer"),
+        "415": answer("Neither JSON nor a form.", "ErrorAnswer"),
+        "422": answer("Wrong field, type, or an empty list of texts.", "ErrorAnswer"),
+    }
+    if settings.microbatch:
+        predict_errors["503"] = answer("Too many requests waiting for a micro-batch; retry after Retry-After "
+                                       "seconds.", "ErrorAnswer")
+    form = {"type": "object", "required": [FORM_FIELD],
+            "properties": {FORM_FIELD: {"type": "string", "maxLength": settings.max_chars}}}
+
+    def get(summary: str, ok: dict[str, Any], open_route: bool = False) -> dict[str, Any]:
+        return {"get": {"summary": summary, "responses": {"200": ok, **({} if open_route else unauthorized)}}}
+
+    paths: dict[str, Any] = {
+        "/predict": {"post": {
+            "summary": "Labels and scores for one text or a list of texts, in input order.",
+            "requestBody": {"required": True, "content": {
+                "application/json": {"schema": {"$ref": REF.format(model="PredictRequest")}},
+                "application/x-www-form-urlencoded": {"schema": form}, "multipart/form-data": {"schema": form}}},
+            "responses": {"200": answer("One prediction per text.", "PredictAnswer"), **predict_errors,
+                          **unauthorized}}},
+        "/health": get("The process is alive (never needs the API key).", answer("Alive.", "StatusAnswer"), True),
+        "/ready": get("The model is loaded and warmed up.", answer("Ready.", "StatusAnswer")),
+        "/metadata": get("What is served: task, labels, thresholds, backbone, quantization, training metrics.",
+                         answer("The served model.", "MetadataAnswer")),
+        "/metrics": get("Prometheus metrics.", answer("Prometheus text format.", {"type": "string"}, "text/plain")),
+        "/openapi.json": get("This document.", answer("OpenAPI 3.1 document.", {"type": "object"})),
+        **(extra_paths or {}),
+    }
+    for item in paths.values():  # 405 (other methods) and 500 can come from any route
+        for operation in item.values():
+            operation["responses"]["default"] = answer("Any other error: 405 wrong method, 500 unexpected.",
+                                                       "ErrorAnswer")
+    document: dict[str, Any] = {
+        "openapi": "3.1.0",
+        "info": {"title": "Text classifier", "version": checkpoint_id,
+                 "description": f"{task} classifier over labels {', '.join(labels)}."},
+        "paths": paths,
+        "components": {"schemas": component_schemas(schemas)},
+    }
+    if secured:
+        document["components"]["securitySchemes"] = {
+            "bearer": {"type": "http", "scheme": "bearer"},
+            "header": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+            "query": {"type": "apiKey", "in": "query", "name": "key"}}
+        document["security"] = [{"bearer": []}, {"header": []}, {"query": []}]
+        paths["/health"]["get"]["security"] = []
+    return document

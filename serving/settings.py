@@ -1,0 +1,108 @@
+"""Settings of the HTTP API, read from environment variables by pydantic-settings.
+
+No torch import here: gunicorn.conf.py reads these before any worker starts.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, NonNegativeInt, PositiveInt, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from utils.runners import BACKENDS
+
+Backend = Literal["torch", "onnx", "onnx-int8"]
+assert Backend.__args__ == BACKENDS  # noqa: S101 (one list of backends: the runners')
+
+
+class ServingSettings(BaseSettings):
+    """One field per environment variable: the upper-cased field name (APP_APIKEY for `api_key`)."""
+
+    model_config = SettingsConfigDict(frozen=True, env_ignore_empty=True, case_sensitive=False, extra="ignore",
+                                      populate_by_name=True)
+
+    checkpoint_path: str | None = Field(None, description="Checkpoint folder written by training.")
+    quantize: bool = Field(False, description="Dynamic int8 Linear layers (CPU).")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto (bf16 on AMX CPUs and bf16 GPUs, fp32 elsewhere); ignored when quantized.")
+    backend: Backend = Field("torch", description="torch, or onnx / onnx-int8 (main.py --mode export).")
+    max_body_bytes: PositiveInt = Field(1 << 20, description="Largest request body; larger gets 413.")
+    max_texts: PositiveInt = Field(64, description="Most texts in one request; more gets 413.")
+    max_chars: PositiveInt = Field(20_000, description="Most characters in one text; more gets 413.")
+    torch_threads: PositiveInt = Field(1, description="torch intra-op threads per worker process.")
+    workers: PositiveInt | None = Field(None, description="Worker processes; default cores // threads.")
+    threads: PositiveInt | None = Field(
+        None, description="Request threads per worker; default 4, or 32 with MICROBATCH (requests to batch).")
+    microbatch: bool = Field(False, description="Concurrent requests share one forward pass per worker.")
+    microbatch_wait_ms: NonNegativeInt = Field(5, description="How long a first request waits for others.")
+    microbatch_max_size: PositiveInt = Field(64, description="Most texts in one shared forward pass.")
+    microbatch_queue_size: PositiveInt = Field(128, description="Most requests waiting per worker; then 503.")
+    host: str = Field("0.0.0.0", description="Interface gunicorn binds to.")
+    port: PositiveInt = Field(8080, description="Port gunicorn binds to.")
+    api_key: SecretStr | None = Field(None, validation_alias=AliasChoices("app_apikey", "api_key"),
+                                      description="When set, every route but /health needs it.")
+
+    @field_validator("api_key")
+    @classmethod
+    def _printable_ascii(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not (value.get_secret_value().isascii() and value.get_secret_value().isprintable()):
+            raise ValueError("must be printable ASCII (e.g. python -c 'import secrets; "
+                             "print(secrets.token_urlsafe(32))')")
+        return value
+
+    @classmethod
+    def from_env(cls) -> ServingSettings:
+        """The settings of this process's environment; a wrong value is a ValueError naming its variable."""
+        try:
+            return cls()
+        except ValidationError as error:
+            problems = "; ".join(f"{env_name(str(e['loc'][0]))}: {e['msg']}"
+                                 + ("" if env_name(str(e["loc"][0])) == "APP_APIKEY" else f", got {e['input']!r}")
+                                 for e in error.errors(include_url=False))
+            raise ValueError(f"bad serving settings: {problems}") from None
+
+    @property
+    def api_key_value(self) -> str | None:
+        return self.api_key.get_secret_value() if self.api_key is not None else None
+
+    def worker_count(self, cores: int | None = None) -> int:
+        """Workers so that workers x torch threads stays within the cores."""
+        if self.workers is not None:
+            return self.workers
+        return max(1, (cores or available_cores()) // self.torch_threads)
+
+    def thread_count(self) -> int:
+        """gunicorn threads per worker: with micro-batching, enough for concurrent requests to meet in a batch."""
+        if self.threads is not None:
+            return self.threads
+        return 32 if self.microbatch else 4
+
+    def describe(self) -> str:
+        """One line per setting, the API key masked."""
+        lines = []
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if name == "api_key":
+                value = "set" if value else "not set (API open)"
+            lines.append(f"  {env_name(name):<22} {value}")
+        return "serving settings:\n" + "\n".join(lines)
+
+
+def available_cores(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """Cores this process may use: its CPU affinity, capped by a container's cgroup v2 CPU quota."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, int(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return cores
+
+
+def env_name(field_name: str) -> str:
+    """The environment variable of a setting."""
+    return "APP_APIKEY" if field_name in ("api_key", "app_apikey") else field_name.upper()

@@ -1,0 +1,61 @@
+"""What one app serves: the loaded inferer, its settings, schemas, metrics and the forward-pass lock."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+from flask import current_app
+
+from inferer import ModelInferer
+from serving.microbatch import MicroBatcher
+from serving.schemas import Schemas, build_schemas
+from serving.settings import ServingSettings
+from serving.telemetry import ServingMetrics
+
+log = logging.getLogger("classifier.api")
+PREDICT_BATCH_SIZE = 32
+
+
+@dataclass
+class ServingState:
+    """The lock keeps one forward pass at a time per worker, so torch threads x workers stays within the cores
+    however many requests arrive. With micro-batching, the batcher's one thread runs every forward pass."""
+
+    inferer: ModelInferer
+    settings: ServingSettings
+    schemas: Schemas
+    metrics: ServingMetrics = field(default_factory=ServingMetrics)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    batcher: MicroBatcher | None = None
+
+    @classmethod
+    def build(cls, inferer: ModelInferer, settings: ServingSettings) -> ServingState:
+        state = cls(inferer, settings, build_schemas(inferer.label_names, settings))
+        if settings.microbatch:  # its thread starts here, in the worker process (gunicorn forks before the app)
+            state.batcher = MicroBatcher(inferer, settings.microbatch_wait_ms, settings.microbatch_max_size,
+                                         settings.microbatch_queue_size, PREDICT_BATCH_SIZE,
+                                         on_batch=lambda requests, texts: state.metrics.batch_texts.observe(texts),
+                                         lock=state.lock)
+        state.metrics.model.labels(inferer.checkpoint_id, inferer.task, str(inferer.quantized).lower()).set(1)
+        return state
+
+
+def load_inferer(settings: ServingSettings) -> ModelInferer:
+    """The checkpoint CHECKPOINT_PATH names, loaded and warmed up before the worker takes traffic."""
+    if not settings.checkpoint_path:
+        raise ValueError("set CHECKPOINT_PATH to a checkpoint folder written by training")
+    started = time.time()
+    inferer = ModelInferer(settings.checkpoint_path, quantize=settings.quantize, device="cpu",
+                           precision=settings.precision, num_threads=settings.torch_threads, backend=settings.backend)
+    inferer.predict_batch(["warm up"])  # the first forward pass allocates; do it before taking traffic
+    log.info("model %s (%s) loaded in %.1f s", inferer.checkpoint_id, settings.checkpoint_path,
+             time.time() - started)
+    return inferer
+
+
+def serving() -> ServingState:
+    """The state of the app handling the current request."""
+    return current_app.extensions["classifier"]

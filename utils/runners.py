@@ -1,0 +1,104 @@
+"""Running a checkpoint's encoder on padded batches: one small interface, one runner per backend.
+
+`torch` runs the safetensors weights (float32, bf16, or dynamic int8 Linear layers); `onnx` and `onnx-int8` run
+the graphs `main.py --mode export` wrote, in ONNX Runtime. Each imports its engine only when built, so an
+environment without torch can serve an exported checkpoint.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Protocol
+
+import numpy as np
+
+from utils.checkpoint import CheckpointFolder
+
+BACKENDS = ("torch", "onnx", "onnx-int8")
+
+
+class Runner(Protocol):
+    """Turns one padded batch into logits (float32, one row per text)."""
+
+    device: str
+    precision: str
+    quantized: bool
+
+    def logits(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray: ...
+
+
+class TorchRunner:
+    """The classifier in PyTorch; `quantize` swaps its Linear layers for dynamic int8 ones (CPU only)."""
+
+    def __init__(self, folder: CheckpointFolder, device: str | None, quantize: bool, precision: str,
+                 num_threads: int | None) -> None:
+        import torch
+
+        from models import load_classifier
+        from utils.precision import DTYPES, resolve_precision
+
+        if num_threads:
+            torch.set_num_threads(num_threads)
+        # int8 dynamic quantization has CPU kernels only, so quantize picks the CPU unless told otherwise
+        self.device = device or ("cuda" if torch.cuda.is_available() and not quantize else "cpu")
+        self.quantized = quantize
+        self.precision = "fp32" if quantize else resolve_precision(precision, on_gpu=self.device.startswith("cuda"))
+        model = load_classifier(folder.path).eval()
+        if quantize:
+            if self.device != "cpu":
+                raise ValueError("dynamic int8 quantization runs on the CPU only")
+            with warnings.catch_warnings():  # torch announces the move of quantization to torchao, at length
+                warnings.filterwarnings("ignore", message=".*deprecated")
+                model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        elif self.precision in DTYPES:
+            model = model.to(DTYPES[self.precision])
+        self.model = model.to(self.device)
+        self._torch = torch
+
+    def logits(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        with torch.inference_mode():
+            output = self.model(input_ids=torch.from_numpy(input_ids).to(self.device),
+                                attention_mask=torch.from_numpy(attention_mask).to(self.device))
+        return output.logits.float().cpu().numpy()
+
+
+class OnnxRunner:
+    """An exported graph in ONNX Runtime on the CPU (float32 inputs and outputs, int8 inside for onnx-int8)."""
+
+    device = "cpu"
+    precision = "fp32"
+
+    def __init__(self, folder: CheckpointFolder, backend: str, num_threads: int | None) -> None:
+        path = folder.onnx_file(backend)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: export it with `python main.py --mode export "
+                                    f"--checkpoint {folder.path}`")
+        try:
+            import onnxruntime
+        except ImportError as error:
+            raise ImportError("the ONNX backends need onnxruntime: pip install -r requirements_onnx.txt") from error
+        options = onnxruntime.SessionOptions()
+        if num_threads:
+            options.intra_op_num_threads = num_threads
+        options.inter_op_num_threads = 1
+        self.session: Any = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.quantized = backend == "onnx-int8"
+
+    def logits(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
+        return np.asarray(self.session.run(["logits"], feeds)[0], dtype=np.float32)
+
+
+def build_runner(folder: CheckpointFolder, backend: str = "torch", device: str | None = None,
+                 quantize: bool = False, precision: str = "auto", num_threads: int | None = None) -> Runner:
+    """The runner for `backend`; the ONNX ones run the exported graph as it is (CPU, no quantize, fp32)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "torch":
+        return TorchRunner(folder, device, quantize, precision, num_threads)
+    if quantize or precision not in ("auto", "fp32"):
+        raise ValueError(f"backend {backend!r} runs the exported graph as it is: no quantize, precision fp32")
+    if device not in (None, "cpu"):
+        raise ValueError("the ONNX backends run on the CPU only")
+    return OnnxRunner(folder, backend, num_threads)

@@ -1,0 +1,1 @@
+"""Training internals: length-grouped batches and resumable training states."""
