@@ -11,7 +11,6 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-import train
 from inferer import ModelInferer
 from models import build_classifier, default_backbone_path, load_classifier
 from utils.checkpoint import METRICS_FILE, ClassifierInfo, read_info, write_checkpoint
@@ -19,6 +18,8 @@ from utils.config import make_config
 from utils.data.prepare import DataSplits, prepare_splits
 from utils.data.readers import LabeledTexts
 from utils.evaluation.metrics import PRIMARY_METRIC, compute_metrics
+from utils.training.optim import loss_weights, parameter_groups
+from utils.training.state import Progress
 
 TOXIC_LABELS = ["toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate"]
 CONFERENCES = ["INFOCOM", "ISCAS", "SIGGRAPH", "VLDB", "WWW"]
@@ -199,19 +200,19 @@ def splits_with(labels: np.ndarray, names: list[str]) -> DataSplits:
 
 def test_loss_weights_follow_the_config():
     multilabel = splits_with(np.array([[1, 0], [0, 0], [0, 0], [1, 1]], dtype=np.float32), ["a", "b"])
-    np.testing.assert_allclose(train.loss_weights(make_config(pos_weight_cap=2.5), multilabel), [1.0, 2.5])
-    np.testing.assert_allclose(train.loss_weights(make_config(pos_weight="2,3"), multilabel), [2.0, 3.0])
-    assert train.loss_weights(make_config(pos_weight="none"), multilabel) is None
+    np.testing.assert_allclose(loss_weights(make_config(pos_weight_cap=2.5), multilabel), [1.0, 2.5])
+    np.testing.assert_allclose(loss_weights(make_config(pos_weight="2,3"), multilabel), [2.0, 3.0])
+    assert loss_weights(make_config(pos_weight="none"), multilabel) is None
     multiclass = splits_with(np.array([0, 0, 0, 1]), ["a", "b"])
-    assert train.loss_weights(make_config(task="multiclass"), multiclass) is None
-    np.testing.assert_allclose(train.loss_weights(make_config(task="multiclass", class_weights="auto"), multiclass),
+    assert loss_weights(make_config(task="multiclass"), multiclass) is None
+    np.testing.assert_allclose(loss_weights(make_config(task="multiclass", class_weights="auto"), multiclass),
                                [4 / 6, 2.0])
 
 
 def test_layer_wise_learning_rates_and_no_decay_groups(tiny_bert):
     model = build_classifier("bert", "multilabel", str(tiny_bert), ["a", "b"], "cls")
     config = make_config(learning_rate=1e-3, head_learning_rate=5e-3, layer_decay=0.5, weight_decay=0.1)
-    groups = train.parameter_groups(model, config)
+    groups = parameter_groups(model, config)
     lr_of, decay_of = {}, {}
     for group in groups:
         for param in group["params"]:
@@ -228,7 +229,7 @@ def test_layer_wise_learning_rates_and_no_decay_groups(tiny_bert):
 
 
 def test_early_stopping_counter():
-    stopper = train.EarlyStopping(patience=2)
-    assert [stopper.update(v) for v in (0.5, 0.6, 0.6, 0.55)] == [True, True, False, False]
-    assert stopper.should_stop and stopper.best == 0.6
-    assert not train.EarlyStopping(patience=0).should_stop
+    progress = Progress()
+    assert [progress.record_evaluation(v) for v in (0.5, 0.6, 0.6, 0.55)] == [True, True, False, False]
+    assert progress.should_stop(patience=2) and not progress.should_stop(patience=3)
+    assert progress.best_value == 0.6 and not progress.should_stop(patience=0)

@@ -17,6 +17,7 @@ class DataSplits:
     validation: LabeledTexts
     test: LabeledTexts | None
     notes: list[str]
+    text_column: str | None = None  # where the texts came from, for scoring files of the same layout later
 
     @property
     def label_names(self) -> list[str]:
@@ -90,7 +91,7 @@ def prepare_splits(config: Config) -> DataSplits:
         train = train.subset(kept)
     if len(train) == 0 or len(validation) == 0:
         raise DataError(f"{source.train_path}: too few rows for a training and a validation set")
-    return DataSplits(train, validation, test, notes)
+    return DataSplits(train, validation, test, notes, source.layout.text_column)
 
 
 def read_test_set(config: Config, label_names: list[str]) -> LabeledTexts:

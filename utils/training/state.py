@@ -8,7 +8,6 @@ previous state whole.
 
 from __future__ import annotations
 
-import errno
 import json
 import random
 import shutil
@@ -20,6 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+
+from utils.atomic import staged_folder
 
 STATES_DIR = "states"
 PROGRESS_FILE = "progress.json"
@@ -39,6 +40,18 @@ class Progress:
     best_value: float | None = None
     bad_evaluations: int = 0
     identity: dict[str, Any] = field(default_factory=dict)
+
+    def record_evaluation(self, value: float) -> bool:
+        """Count one evaluation; True when `value` is the best so far."""
+        if self.best_value is None or value > self.best_value:
+            self.best_value, self.bad_evaluations = value, 0
+            return True
+        self.bad_evaluations += 1
+        return False
+
+    def should_stop(self, patience: int) -> bool:
+        """Early stopping: `patience` evaluations in a row without a gain (0: never)."""
+        return patience > 0 and self.bad_evaluations >= patience
 
 
 def run_identity(task: str, labels: list[str], backbone: str, model_type: str, pooling: str,
@@ -100,8 +113,7 @@ def save_training_state(output_dir: Path, progress: Progress, model_state: dict[
     parent = output_dir / STATES_DIR
     parent.mkdir(parents=True, exist_ok=True)
     target = parent / f"step-{progress.step:07d}"
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=parent))
-    try:
+    with staged_folder(target, "training state") as staging:
         save_file(_cpu_state(model_state), str(staging / "model.safetensors"))
         if best_state is not None:
             save_file(_cpu_state(best_state), str(staging / "best_model.safetensors"))
@@ -110,19 +122,7 @@ def save_training_state(output_dir: Path, progress: Progress, model_state: dict[
         rng_tensors, rng_meta = random_states()
         save_file(rng_tensors, str(staging / "random_states.safetensors"))
         (staging / "random_states.json").write_text(json.dumps(rng_meta))
-        (staging / PROGRESS_FILE).write_text(json.dumps(asdict(progress), indent=2))  # written last: marks done
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
-    except OSError as error:
-        shutil.rmtree(staging, ignore_errors=True)
-        if error.errno == errno.ENOSPC:
-            raise OSError(errno.ENOSPC, f"disk full while saving the training state to {target}; the previous "
-                                        "state is kept; free space and resume") from error
-        raise
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        (staging / PROGRESS_FILE).write_text(json.dumps(asdict(progress), indent=2))
     for old in state_dirs(output_dir)[:-keep_last] if keep_last > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return target
