@@ -29,9 +29,11 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q
 	$(RUFF) check .
+	$(VENV)/bin/pyright
 
 lint: setup
 	$(RUFF) check .
+	$(VENV)/bin/pyright
 
 # Rewrites poetry.lock after a change to pyproject.toml (keep requirements*.txt in step: tests check).
 # The tool runs poetry from a scratch folder, so it needs poetry's absolute path.

@@ -55,6 +55,11 @@ class ModelInferer:
         self.training_metrics = self.checkpoint.metrics()
         self.checkpoint_id = self.checkpoint.checkpoint_id()
 
+    @property
+    def model(self) -> Any:
+        """The PyTorch module (torch backend), e.g. to inspect its layers; None for the ONNX backends."""
+        return getattr(self.runner, "model", None)
+
     def _check_config(self, config: Any) -> None:
         for field, expected in (("task", self.task), ("max_length", self.info.max_length)):
             value = getattr(config, field, None)

@@ -35,12 +35,10 @@ def main(argv: list[str] | None = None) -> int:
             import predict
 
             predict.run(config, require_checkpoint(config))
-        elif config.mode == "export":
+        else:  # export: the modes are checked when the config is parsed
             import export
 
             export.run(require_checkpoint(config), config.output)
-        else:
-            raise ValueError(f"mode {config.mode!r} is not available yet")
     except (DataError, ValueError, FileNotFoundError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -213,7 +213,7 @@ def train_loop(state: Run, stop_request: StopRequest) -> None:
             save_state(state)
 
 
-def batches(state: Run) -> Iterator[dict[str, torch.Tensor]]:
+def batches(state: Run) -> Iterator[Any]:
     """Training batches epoch after epoch, each epoch's order seeded, resuming mid-epoch where a state stopped."""
     progress = state.progress
     while True:

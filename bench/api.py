@@ -38,7 +38,7 @@ MODES = {"per-request": {}, "micro-batching": {"MICROBATCH": "1"}}
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--checkpoint", default="outputs/bench_cls/checkpoint")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--seconds", type=float, default=20.0, help="Load time per concurrency level.")

@@ -71,7 +71,7 @@ class Features:
         return cls(word, char)
 
     def transform(self, texts: list[str]) -> csr_matrix:
-        return hstack([self.word.transform(texts), self.char.transform(texts)], format="csr")
+        return csr_matrix(hstack([self.word.transform(texts), self.char.transform(texts)], format="csr"))
 
     def sizes(self) -> dict[str, int]:
         return {"word": len(self.word.vocabulary_), "char": len(self.char.vocabulary_)}
@@ -149,6 +149,7 @@ def select_model(task: str, x_train: csr_matrix, y_train: np.ndarray, x_val: csr
         if class_weight in last and metrics[metric] <= last[class_weight]:
             stopped.add(class_weight)
         last[class_weight] = metrics[metric]
+    assert best is not None  # the grid is never empty
     best.grid = grid
     return best
 
@@ -212,7 +213,7 @@ def summary_table(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--data", default="all", choices=[*BUILTIN_DATASETS, "all"],
                         help="Built-in dataset to run the baseline on, or all of them.")
     args = parser.parse_args(argv)

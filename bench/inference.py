@@ -47,7 +47,7 @@ VARIANTS = {  # name: ModelInferer arguments
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--checkpoint", default="outputs/bench_cls/checkpoint")
     parser.add_argument("--texts", type=int, default=512, help="Held-out toxic texts scored per variant.")
     parser.add_argument("--latency-texts", type=int, default=40, help="Texts sent one at a time per variant.")

@@ -39,7 +39,7 @@ RUNS = [("train.py", "fp32"), ("hf Trainer", "fp32"), ("train.py", "bf16"), ("hf
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--bf16-steps", type=int, default=3, help="Fewer: bf16 is emulated (slow) without AMX.")
     parser.add_argument("--batch-size", type=int, default=16)
@@ -121,7 +121,7 @@ def run_trainer(args, precision: str, output_dir: str) -> dict[str, Any]:
     trainer = Trainer(model=model, args=training_args, train_dataset=dataset(splits.train))
     trainer.train()
     logits = trainer.predict(dataset(splits.validation)).predictions
-    scores = 1 / (1 + np.exp(-logits.astype(np.float64)))
+    scores = 1 / (1 + np.exp(-np.asarray(logits, dtype=np.float64)))
     metrics = compute_metrics("multilabel", splits.validation.labels, scores, splits.label_names,
                               np.full(len(splits.label_names), 0.5))
     return {"samples_per_s": clock.samples_per_s(args.batch_size), "steps": args.steps,

@@ -4,8 +4,12 @@ The weights keep the stock names, so a checkpoint trained with `pooling="cls"` a
 `AutoModelForSequenceClassification`; `pooling="mean"` (mean of the token vectors, what sentence-embedding
 backbones such as all-MiniLM-L6-v2 were trained for) needs these classes to predict the same.
 """
+# pyright: reportAttributeAccessIssue=false
+# (the mixins below use attributes of the transformers classes they are combined with)
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import nn
@@ -28,6 +32,9 @@ class PooledClassifierMixin:
     """Forward pass with `config.classifier_pooling` ("cls" stock head, or "mean") and a swappable loss."""
 
     problem_type: str
+    # provided by the transformers class this mixin is combined with
+    config: Any
+    base_model: Any
 
     def __init__(self, config) -> None:
         super().__init__(config)

@@ -63,6 +63,7 @@ class MicroBatcher:
         job.done.wait()
         if job.error is not None:
             raise job.error
+        assert job.answers is not None  # set with done unless error is
         return job.answers
 
     def _serve(self) -> None:

@@ -127,15 +127,16 @@ def error_for(error: ValidationError, body: Any) -> ApiError:
     found = [(code_of(e), e) for e in error.errors(include_url=False)]
     code, detail = min(found, key=lambda pair: CODE_PRIORITY.index(pair[0]))
     where = ".".join(map(str, detail["loc"]))
+    limit = detail.get("ctx", {}).get("max_length")
     status = 413 if code in ("too_many_texts", "text_too_long") else 422
     if detail["type"] == "model_type":
         message = 'the body must be a JSON object: {"text": "..."} or {"texts": ["...", ...]}'
     elif detail["type"] == "extra_forbidden":
         message = f"unknown field {where!r}; expected text, texts, top_k"
     elif code == "too_many_texts":
-        message = f"{len(body['texts'])} texts in one request; the limit is {detail['ctx']['max_length']} (MAX_TEXTS)"
+        message = f"{len(body['texts'])} texts in one request; the limit is {limit} (MAX_TEXTS)"
     elif code == "text_too_long":
-        message = (f"{where} has {len(detail['input'])} characters; the limit is {detail['ctx']['max_length']} "
+        message = (f"{where} has {len(detail['input'])} characters; the limit is {limit} "
                    "(MAX_CHARS)")
     else:
         message = f"{where}: {detail['msg']}" if where else detail["msg"]

@@ -253,6 +253,6 @@ def test_test_file_with_a_matching_label_set(tmp_path, toxic_csv):
     config = make_config(data=str(toxic_csv), test_data=str(test), text_column="comment_text",
                          label_columns=TOXIC_LABELS, val_split=0.25)
     splits = prepare_splits(config)
-    assert len(splits.test) == 30
+    assert splits.test is not None and len(splits.test) == 30
     assert len(splits.train) + len(splits.validation) == 400  # no test_split taken from the training file
     assert splits.test.label_names == splits.label_names == TOXIC_LABELS

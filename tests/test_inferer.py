@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import TOXIC_LABELS
+from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 from transformers import AutoTokenizer
 
 import main
@@ -176,8 +177,8 @@ def test_int8_quantization_stays_close_to_float(multilabel_checkpoint, multiclas
     for checkpoint, reference, texts in ((multilabel_checkpoint, multilabel, toxic_texts),
                                          (multiclass_checkpoint, multiclass, titles)):
         quantized = ModelInferer(checkpoint, quantize=True)
-        layers = [type(m) for m in quantized.runner.model.modules()]
-        assert torch.ao.nn.quantized.dynamic.Linear in layers and torch.nn.Linear not in layers
+        layers = [type(m) for m in quantized.model.modules()]
+        assert DynamicLinear in layers and torch.nn.Linear not in layers
         assert quantized.metadata()["quantized"] is True and quantized.device == "cpu"
         float_scores, _ = reference.score_batch(texts)
         int8_scores, _ = quantized.score_batch(texts)
@@ -207,6 +208,7 @@ def test_the_original_config_call_keeps_working(multilabel_checkpoint):
     config = training_config(multilabel_checkpoint)
     inferer = ModelInferer(config=config, checkpoint_path=multilabel_checkpoint, quantize=True)
     assert inferer.quantized and inferer.label_names == TOXIC_LABELS
+    assert inferer.thresholds is not None
     assert inferer.thresholds.tolist() == classifier_json(multilabel_checkpoint)["thresholds"]
 
 

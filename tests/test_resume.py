@@ -1,4 +1,6 @@
 """Crash safety and resuming: real training processes killed and resumed, real checkpoint writers killed."""
+# pyright: reportOptionalMemberAccess=false
+# (the processes below are started with stdout/stderr=PIPE, so those streams exist)
 
 from __future__ import annotations
 

@@ -260,7 +260,7 @@ def exercise_server(base: str, checkpoint: Path) -> None:
     bearer = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
     texts = ["You are a complete idiot.", "Thanks for fixing the references!", ""]
     status, body, _ = call(f"{base}/predict", json.dumps({"texts": texts}).encode(), bearer)
-    assert status == 200
+    assert status == 200 and isinstance(body, dict)
     expected = ModelInferer(checkpoint).predict_batch(texts)  # here, in the full environment
     for served, local in zip(body["predictions"], expected, strict=True):
         assert list(served["scores"]) == TOXIC_LABELS and served["labels"] == local["labels"]

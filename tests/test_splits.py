@@ -103,13 +103,15 @@ def test_prepared_splits_partition_the_file(toxic_csv):
     splits = prepare_splits(config)
     everything = read_labeled_texts(toxic_csv, "multilabel",
                                     ColumnLayout("comment_text", label_columns=TOXIC.label_columns))
+    assert splits.test is not None
     assert (len(splits.test), len(splits.validation), len(splits.train)) == (80, 80, 240)
     parts = splits.train.texts + splits.validation.texts + splits.test.texts
     assert Counter(parts) == Counter(everything.texts)
     for part in (splits.train, splits.validation, splits.test):
         assert (part.labels.sum(axis=0) > 0).all()  # every label, even threat, in every part
     again = prepare_splits(config)
-    assert again.test.texts == splits.test.texts and again.validation.texts == splits.validation.texts
+    assert again.test is not None and again.test.texts == splits.test.texts
+    assert again.validation.texts == splits.validation.texts
 
 
 def test_max_train_samples_takes_a_stratified_subset(conference_csv):

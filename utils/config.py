@@ -104,10 +104,6 @@ class Config:
         return dataclasses.asdict(self)
 
 
-def _is_bool(tp: Any) -> bool:
-    return tp is bool or tp == "bool"
-
-
 def _base_type(annotation: str) -> type:
     """The scalar type behind a field annotation written as a string ("float | None" -> float)."""
     name = annotation.replace(" | None", "").strip()

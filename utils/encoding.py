@@ -69,7 +69,8 @@ def encode(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int
 
 
 def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = tokenizer.pad_token_id
+    return int(pad) if isinstance(pad, int) else 0
 
 
 def pad_batch(sequences: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:

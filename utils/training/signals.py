@@ -23,7 +23,8 @@ class StopRequest:
     def agreed(self, accelerator: Accelerator) -> bool:
         """True on every process as soon as any process was asked to stop."""
         flag = torch.tensor([1.0 if self.signal_number is not None else 0.0], device=accelerator.device)
-        return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
+        total = accelerator.reduce(flag, reduction="sum")
+        return bool(torch.as_tensor(total).item() > 0)
 
     @property
     def exit_code(self) -> int:

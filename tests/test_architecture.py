@@ -1,0 +1,86 @@
+"""The layers of docs/ARCHITECTURE.md hold: no module imports from a layer above its own."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+# Lowest first. A module may import from its own layer and the layers below it.
+LAYERS = [
+    ("base", ["models", "utils/__init__.py", "utils/atomic.py", "utils/checkpoint.py", "utils/encoding.py", "utils/precision.py",
+              "utils/runners.py", "utils/scoring.py"]),
+    ("settings", ["utils/config.py", "utils/profiles.py"]),
+    ("data", ["utils/data"]),
+    ("metrics", ["utils/evaluation"]),
+    ("training", ["utils/training", "train.py"]),
+    ("inference", ["inferer.py"]),
+    ("uses of inference", ["eval.py", "predict.py", "export.py", "serving", "app.py", "gunicorn.conf.py"]),
+    ("command line", ["main.py"]),
+]
+PROJECT_PACKAGES = ("models", "utils", "serving")
+TOP_MODULES = ("train", "inferer", "eval", "predict", "export", "app", "main")
+
+
+def layer_of(relative: str) -> int | None:
+    for index, (_, members) in enumerate(LAYERS):
+        if any(relative == m or relative.startswith(m.rstrip("/") + "/") for m in members):
+            return index
+    return None
+
+
+def module_path(name: str) -> str | None:
+    """The file (or package folder) of a project module name, relative to the root."""
+    parts = name.split(".")
+    if parts[0] not in PROJECT_PACKAGES + TOP_MODULES:
+        return None
+    for end in range(len(parts), 0, -1):
+        candidate = "/".join(parts[:end])
+        if (ROOT / f"{candidate}.py").is_file():
+            return f"{candidate}.py"
+        if (ROOT / candidate).is_dir():
+            return candidate
+    return None
+
+
+def imported_modules(path: Path) -> list[str]:
+    names = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names += [f"{node.module}.{alias.name}" for alias in node.names]
+    return names
+
+
+SOURCES = sorted(p for p in ROOT.rglob("*.py") if layer_of(p.relative_to(ROOT).as_posix()) is not None)
+
+
+def test_every_source_file_has_a_layer():
+    unplaced = [p.relative_to(ROOT).as_posix() for p in ROOT.glob("**/*.py")
+                if not any(part.startswith(".") for part in p.relative_to(ROOT).parts)
+                and p.relative_to(ROOT).parts[0] not in ("tests", "bench", "docker")
+                and layer_of(p.relative_to(ROOT).as_posix()) is None]
+    assert unplaced == []
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_no_import_from_a_layer_above(path):
+    own = layer_of(path.relative_to(ROOT).as_posix())
+    assert own is not None
+    upward = []
+    for name in imported_modules(path):
+        target = module_path(name)
+        target_layer = layer_of(target) if target else None
+        if target_layer is not None and target_layer > own:
+            upward.append(f"{name} ({LAYERS[target_layer][0]})")
+    assert upward == [], f"{path.name} ({LAYERS[own][0]}) imports from above: {upward}"
+
+
+def test_the_serving_image_copies_only_base_modules_of_utils():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    copied = {word.removeprefix("utils/") for word in dockerfile.split() if word.startswith("utils/")}
+    base = {m.removeprefix("utils/") for m in LAYERS[0][1] if m.startswith("utils/")}
+    assert copied == base
