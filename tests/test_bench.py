@@ -1,0 +1,84 @@
+"""Every benchmark script runs end to end at its smallest size, so that a rename cannot silently break one.
+
+Results go to a temporary folder ($BENCH_OUTPUT_DIR), never into docs/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_bench(script: str, args: list[str], output_dir: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = os.environ | {"BENCH_OUTPUT_DIR": str(output_dir), "TOKENIZERS_PARALLELISM": "false"}
+    done = subprocess.run([sys.executable, f"bench/{script}", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def records(path: Path) -> list[dict]:
+    history = json.loads(path.read_text())
+    assert isinstance(history, list) and len(history) == 1
+    return history
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def checkpoint_copy(multilabel_checkpoint, tmp_path) -> Path:
+    """The tiny checkpoint in a folder of its own (benchmarks export ONNX graphs into it)."""
+    return Path(shutil.copytree(multilabel_checkpoint, tmp_path / "checkpoint"))
+
+
+def test_inference_benchmark(checkpoint_copy, tmp_path):
+    out = tmp_path / "out"
+    done = run_bench("inference.py", ["--checkpoint", str(checkpoint_copy), "--texts", "16", "--latency-texts", "2",
+                                      "--batch-size", "8"], out)
+    (record,) = records(out / "bench_inference.json")
+    variants = [row["variant"] for row in record["rows"]]
+    assert variants[0] == "torch fp32" and "transformers pipeline" in variants and record["texts"] == 16
+    assert all(row["texts_per_s"] > 0 and 0 <= row["mean_roc_auc"] <= 1 for row in record["rows"])
+    assert (out / "bench_inference.png").stat().st_size > 0 and "| torch fp32" in done.stdout
+
+
+def test_api_benchmark(checkpoint_copy, tmp_path):
+    out = tmp_path / "out"
+    run_bench("api.py", ["--checkpoint", str(checkpoint_copy), "--clients", "2", "--seconds", "1",
+                         "--max-requests", "10", "--port", str(free_port())], out)
+    (record,) = records(out / "bench_api.json")
+    assert {row["mode"] for row in record["rows"]} == {"per-request", "micro-batching"}
+    for row in record["rows"]:
+        assert 0 < row["requests"] <= 10 and set(row["statuses"]) == {"200"}
+    assert (out / "bench_api.png").stat().st_size > 0
+
+
+def test_training_benchmark(tmp_path):
+    out = tmp_path / "out"
+    run_bench("training.py", ["--steps", "3", "--bf16-steps", "3", "--batch-size", "2", "--max-length", "16",
+                              "--val-split", "0.005"], out)
+    (record,) = records(out / "bench_training.json")
+    assert [(row["side"], row["precision"]) for row in record["rows"]] == [
+        ("train.py", "fp32"), ("hf Trainer", "fp32"), ("train.py", "bf16"), ("hf Trainer", "bf16")]
+    assert all(row["samples_per_s"] > 0 for row in record["rows"])
+
+
+def test_baseline_benchmark(tmp_path):
+    out = tmp_path / "out"
+    done = run_bench("baseline.py", ["--data", "conference"], out)
+    result = json.loads((out / "baseline_conference.json").read_text())
+    assert result["test"]["accuracy"] > 0.6  # TF-IDF on paper titles: 0.77 when measured
+    assert "accuracy" in done.stdout
