@@ -10,8 +10,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 # Lowest first. A module may import from its own layer and the layers below it.
 LAYERS = [
-    ("base", ["models", "utils/__init__.py", "utils/atomic.py", "utils/checkpoint.py", "utils/encoding.py", "utils/precision.py",
-              "utils/runners.py", "utils/scoring.py"]),
+    ("base", ["models", "utils/__init__.py", "utils/atomic.py", "utils/checkpoint.py", "utils/encoding.py",
+              "utils/precision.py", "utils/runners.py", "utils/scoring.py"]),
     ("settings", ["utils/config.py", "utils/profiles.py"]),
     ("data", ["utils/data"]),
     ("metrics", ["utils/evaluation"]),
