@@ -2,24 +2,29 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+from transformers import HfArgumentParser
 
 TASKS = ("multilabel", "multiclass")
 MODES = ("train", "eval", "predict", "export")
 
 
 def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
-    metadata = {"help": help}
+    """A field whose metadata HfArgumentParser turns into the flag's help, choices and action."""
+    shown = f" (default: {default})" if default not in (None, []) else ""
+    metadata: dict[str, Any] = {"help": help + shown}
     if choices:
         metadata["choices"] = choices
-    if isinstance(default, list):
+    if isinstance(default, list):  # repeatable: --text a --text b
+        metadata["action"] = "extend"
         return field(default_factory=lambda: list(default), metadata=metadata)
     return field(default=default, metadata=metadata)
 
@@ -104,30 +109,29 @@ class Config:
         return dataclasses.asdict(self)
 
 
-def _base_type(annotation: str) -> type:
-    """The scalar type behind a field annotation written as a string ("float | None" -> float)."""
-    name = annotation.replace(" | None", "").strip()
-    return {"int": int, "float": float, "str": str, "bool": bool}.get(name, str)
+def field_types() -> dict[str, Any]:
+    """Each field's resolved annotation (`float | None`, `list[str]`, ...)."""
+    return typing.get_type_hints(Config)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description="Fine-tune, evaluate and run BERT-family text classifiers. Every flag can also be set in "
-                    "a --config file; built-in datasets bring tuned defaults (utils/profiles.py) under both.")
-    defaults = Config()
-    for f in dataclasses.fields(Config):
-        flag = "--" + f.name.replace("_", "-")
-        default = getattr(defaults, f.name)
-        help_text = f.metadata["help"] + (f" (default: {default})" if default not in (None, []) else "")
-        annotation = str(f.type)
-        if annotation == "bool":
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        elif annotation.startswith("list"):
-            parser.add_argument(flag, action="append", default=None, help=help_text + " Repeatable; "
-                                "comma-separated values are split for label columns.")
-        else:
-            parser.add_argument(flag, type=_base_type(annotation), default=None, help=help_text,
-                                choices=f.metadata.get("choices"))
+def scalar_type(annotation: Any) -> type:
+    """The scalar type behind an annotation: float for `float | None`, list for `list[str]`."""
+    if typing.get_origin(annotation) in (types.UnionType, typing.Union):
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    return typing.get_origin(annotation) or annotation
+
+
+def build_parser() -> HfArgumentParser:
+    """transformers' dataclass parser over Config; a flag not given stays None, so that the dataset profile and
+    --config can sit under the flags that were given."""
+    parser = HfArgumentParser(Config, description=(
+        "Fine-tune, evaluate and run BERT-family text classifiers. Every flag can also be set in a --config "
+        "file; built-in datasets bring tuned defaults (utils/profiles.py) under both."))
+    for f in dataclasses.fields(Config):  # HfArgumentParser adds --no-X only for booleans that default to True
+        if field_types()[f.name] is bool and f.default is False:
+            parser.add_argument(f"--no-{f.name.replace('_', '-')}", action="store_false", dest=f.name,
+                                help=f"Turn --{f.name.replace('_', '-')} off.")
+    parser.set_defaults(**{f.name: None for f in dataclasses.fields(Config)})
     return parser
 
 
@@ -174,15 +178,15 @@ def make_config(**values: Any) -> Config:
     """A Config from keyword values, type-checked so that a config file cannot smuggle in a wrong type."""
     config = Config(**values)
     config.data = config.data or default_dataset(config.task)
+    annotations = field_types()
     for f in dataclasses.fields(Config):
         value = getattr(config, f.name)
         choices = f.metadata.get("choices")
         if choices and value not in choices:
             raise ValueError(f"--{f.name.replace('_', '-')}: {value!r} is not one of {', '.join(choices)}")
-        annotation = str(f.type)
-        if value is None or annotation.startswith("list"):
+        expected = scalar_type(annotations[f.name])
+        if value is None or expected is list:
             continue
-        expected = _base_type(annotation)
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
             setattr(config, f.name, float(value))
         elif not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
