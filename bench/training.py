@@ -47,6 +47,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--val-split", type=float, default=0.015, help="Validation rows (fraction of training).")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"],
+                        help="Precisions to compare (bf16 is emulated, and slow, without AMX).")
     parser.add_argument("--one", nargs=2, metavar=("SIDE", "PRECISION"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if min(args.steps, args.bf16_steps) < 3:  # the steady state is timed from the second step to the last
@@ -151,7 +153,7 @@ def main() -> None:
     common = ["--batch-size", str(args.batch_size), "--max-length", str(args.max_length),
               "--learning-rate", str(args.learning_rate), "--val-split", str(args.val_split),
               "--threads", str(args.threads)]
-    for side, precision in RUNS:
+    for side, precision in [(side, precision) for side, precision in RUNS if precision in args.precisions]:
         started = time.time()
         steps = args.bf16_steps if precision == "bf16" else args.steps
         done = subprocess.run([sys.executable, __file__, *common, "--steps", str(steps), "--one", side, precision],

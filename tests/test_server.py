@@ -227,6 +227,7 @@ def test_real_server_from_the_inference_environment(multilabel_checkpoint, tmp_p
     site = tmp_path / "app"  # what the image's /app holds
     site.mkdir()
     for source in served_sources():
+        (site / source).parent.mkdir(parents=True, exist_ok=True)
         copy = shutil.copytree if (ROOT / source).is_dir() else shutil.copy2
         copy(ROOT / source, site / source)
     shutil.copytree(multilabel_checkpoint, tmp_path / "model")
