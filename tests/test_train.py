@@ -187,7 +187,8 @@ def test_real_minilm_backbone_learns(tmp_path, tiny_trainer, toxic_csv):
                        pretrained["embeddings.word_embeddings.weight"])
     key = "encoder.layer.3.attention.self.query.weight"
     assert (trained["bert." + key] - pretrained[key]).abs().max() < 0.01
-    assert result.best_metrics["mean_roc_auc"] > 0.5
+    # 0.80 measured after 64 rows (seeded; AMD EPYC); chance is 0.5, so 0.75 says the pretrained encoder learned
+    assert result.best_metrics["mean_roc_auc"] > 0.75
     assert read_info(result.checkpoint).backbone == backbone
 
 
