@@ -1,0 +1,144 @@
+"""The transformer + lexical blend: weights chosen on validation rows only, and the blended scores.
+
+A weight w is the transformer's share: 1 gives the transformer alone, 0 the lexical member alone. Both members'
+probabilities are mapped to logits (log-probabilities for classes), averaged with (w, 1 - w) and mapped back
+through the sigmoid (multi-label) or softmax (multi-class): a weighted geometric blend, which beat plain
+probability averaging on validation (docs/lexical_experiments.md).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+METHODS = ("logit", "probability")
+DEFAULT_METHOD = "logit"
+DEFAULT_STEP = 0.05  # the weight grid: 0, 0.05, ..., 1
+DEFAULT_SHRINKAGE = 30.0  # validation positives at which a label's own weight and the pooled one count equally
+EPS = 1e-12  # probabilities are clipped to [EPS, 1 - EPS] before taking logits
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, EPS, 1 - EPS)
+    return np.log(p) - np.log1p(-p)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return np.exp(-np.logaddexp(0.0, -x))
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    shifted = np.exp(x - x.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def blend_scores(task: str, weights: np.ndarray | float, transformer_scores: np.ndarray,
+                 lexical_scores: np.ndarray, method: str = DEFAULT_METHOD) -> np.ndarray:
+    """(N, L) blended probabilities; `weights` is one transformer share per label, or one for all."""
+    weights = np.broadcast_to(np.asarray(weights, dtype=np.float64), (transformer_scores.shape[1],))
+    first, second = np.asarray(transformer_scores, np.float64), np.asarray(lexical_scores, np.float64)
+    if first.shape != second.shape:
+        raise ValueError(f"member scores differ in shape: {first.shape} and {second.shape}")
+    if method == "probability":
+        return weights * first + (1 - weights) * second
+    if method != "logit":
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if task == "multilabel":
+        return _sigmoid(weights * _logit(first) + (1 - weights) * _logit(second))
+    log_first, log_second = np.log(np.clip(first, EPS, 1)), np.log(np.clip(second, EPS, 1))
+    return _softmax(weights * log_first + (1 - weights) * log_second)
+
+
+def weight_grid(step: float) -> np.ndarray:
+    count = int(round(1 / step))
+    return np.linspace(0.0, 1.0, count + 1)
+
+
+def roc_auc(y: np.ndarray, scores: np.ndarray) -> float:
+    """Binary ROC AUC by the rank-sum formula with tied scores sharing their mean rank (sklearn's value)."""
+    order = np.argsort(scores, kind="mergesort")
+    sorted_scores = scores[order]
+    ranks = np.empty(len(scores))
+    # tied runs get the mean of their 1-based positions
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_scores)) + 1]
+    ends = np.r_[starts[1:], len(scores)]
+    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
+    positives = y == 1
+    n_pos, n_neg = positives.sum(), (~positives).sum()
+    return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def label_auc_grid(labels: np.ndarray, transformer_scores: np.ndarray, lexical_scores: np.ndarray,
+                   grid: np.ndarray, method: str) -> np.ndarray:
+    """(G, L) validation ROC AUC of each label at each grid weight; NaN where a label lacks a class."""
+    aucs = np.full((len(grid), labels.shape[1]), np.nan)
+    for g, w in enumerate(grid):
+        blended = blend_scores("multilabel", w, transformer_scores, lexical_scores, method)
+        for j in range(labels.shape[1]):
+            if 0 < labels[:, j].sum() < len(labels):
+                aucs[g, j] = roc_auc(labels[:, j], blended[:, j])
+    return aucs
+
+
+def closest_to_half(grid: np.ndarray, values: np.ndarray) -> float:
+    """The grid weight of the best value; among exact ties, the one nearest an even blend."""
+    tied = np.flatnonzero(values == np.nanmax(values))
+    return float(grid[tied[np.argmin(np.abs(grid[tied] - 0.5))]])
+
+
+def choose_multilabel_weights(labels: np.ndarray, transformer_scores: np.ndarray, lexical_scores: np.ndarray,
+                              method: str = DEFAULT_METHOD, step: float = DEFAULT_STEP,
+                              shrinkage: float = DEFAULT_SHRINKAGE) -> np.ndarray:
+    """Per label, the weight maximising its ROC AUC, shrunk towards the weight that maximises the mean AUC.
+
+    w_j = (n_j * own_j + shrinkage * pooled) / (n_j + shrinkage), n_j = the label's validation positives:
+    a label with few positives (a noisy AUC) leans on the pooled weight. shrinkage=inf: one weight for all.
+    """
+    grid = weight_grid(step)
+    aucs = label_auc_grid(labels, transformer_scores, lexical_scores, grid, method)
+    defined = ~np.isnan(aucs).all(axis=0)
+    pooled = closest_to_half(grid, np.nanmean(aucs[:, defined], axis=1)) if defined.any() else 0.5
+    if np.isinf(shrinkage):
+        return np.full(labels.shape[1], pooled)
+    weights = np.full(labels.shape[1], pooled)
+    positives = labels.sum(axis=0)
+    for j in np.flatnonzero(defined):
+        own = closest_to_half(grid, aucs[:, j])
+        weights[j] = (positives[j] * own + shrinkage * pooled) / (positives[j] + shrinkage)
+    return weights
+
+
+def choose_multiclass_weight(labels: np.ndarray, transformer_scores: np.ndarray, lexical_scores: np.ndarray,
+                             method: str = DEFAULT_METHOD, step: float = DEFAULT_STEP) -> np.ndarray:
+    """One weight for all classes: the best validation macro-F1, ties broken by accuracy, then nearest 0.5."""
+    grid = weight_grid(step)
+    num_classes = transformer_scores.shape[1]
+    keys = []
+    for w in grid:
+        predicted = blend_scores("multiclass", w, transformer_scores, lexical_scores, method).argmax(axis=1)
+        keys.append((macro_f1(labels, predicted, num_classes), float(np.mean(predicted == labels))))
+    best = max(keys)
+    tied = np.array([key == best for key in keys])
+    return np.full(num_classes, closest_to_half(grid, np.where(tied, 1.0, 0.0)))
+
+
+def macro_f1(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> float:
+    """Unweighted mean over classes of F1 (0 for a class never predicted nor present)."""
+    scores = []
+    for k in range(num_classes):
+        tp = np.sum((predicted == k) & (labels == k))
+        denominator = np.sum(predicted == k) + np.sum(labels == k)
+        scores.append(2 * tp / denominator if denominator else 0.0)
+    return float(np.mean(scores))
+
+
+def choose_blend_weights(task: str, val_labels: np.ndarray, transformer_scores: np.ndarray,
+                         lexical_scores: np.ndarray, method: str = DEFAULT_METHOD, step: float = DEFAULT_STEP,
+                         shrinkage: float = DEFAULT_SHRINKAGE) -> np.ndarray:
+    """One transformer weight per label (multi-label) or the same one for every class (multi-class).
+
+    Every argument is a validation-split array: the weights see no other rows.
+    """
+    if task == "multilabel":
+        return choose_multilabel_weights(np.asarray(val_labels), transformer_scores, lexical_scores,
+                                         method, step, shrinkage)
+    return choose_multiclass_weight(np.asarray(val_labels), transformer_scores, lexical_scores, method, step)
