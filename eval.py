@@ -24,6 +24,10 @@ def evaluate(inferer: ModelInferer, data: LabeledTexts, batch_size: int = 128) -
     metrics = compute_metrics(inferer.task, data.labels, scores, inferer.label_names, inferer.thresholds)
     metrics["seconds"] = round(time.time() - started, 2)
     metrics["truncated_texts"] = int(sum(truncated))
+    if len(inferer.info.members) > 1:  # each member alone, on the same rows, beside the blend
+        members, _ = inferer.member_scores(data.texts, batch_size=batch_size)
+        metrics["members"] = {name: compute_metrics(inferer.task, data.labels, member, inferer.label_names)
+                              for name, member in members.items()}
     return {"metrics": metrics, "scores": scores}
 
 
@@ -52,6 +56,15 @@ def summary_table(task: str, metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def members_line(task: str, metrics: dict[str, Any]) -> str:
+    """One member's headline figures and per-label ROC AUC (multi-label) or accuracy and macro-F1."""
+    if task == "multiclass":
+        return f"accuracy {metrics['accuracy']:.4f}   macro-F1 {metrics['macro_f1']:.4f}"
+    per_label = "  ".join(f"{name} {row['roc_auc']:.4f}" for name, row in metrics["per_label"].items()
+                          if row["roc_auc"] is not None)
+    return f"mean ROC AUC {metrics['mean_roc_auc']:.4f}   ({per_label})"
+
+
 def run(config: Config, checkpoint: str | Path) -> dict[str, Any]:
     """Evaluate `checkpoint` on the test data the config names; write the report and plots beside it."""
     inferer = ModelInferer(checkpoint, quantize=config.quantize, precision=config.precision)
@@ -73,6 +86,8 @@ def run(config: Config, checkpoint: str | Path) -> dict[str, Any]:
     numbers = "int8" if config.quantize else inferer.precision
     print(f"\nevaluation on {data.source} ({len(data)} texts, {numbers}):")
     print(summary_table(inferer.task, metrics))
+    for name, alone in metrics.get("members", {}).items():
+        print(f"{name} alone: " + members_line(inferer.task, alone))
     print(f"report: {report_path}")
     return report
 

@@ -14,7 +14,9 @@ from typing import Any
 import numpy as np
 from transformers import AutoTokenizer
 
-from utils.checkpoint import CheckpointFolder
+from models.blend import blend_scores
+from models.lexical import LexicalModel
+from utils.checkpoint import LEXICAL, TRANSFORMER, CheckpointFolder
 from utils.encoding import TRUNCATIONS, encode, pad_batch, pad_token_id, sorted_batches
 from utils.runners import build_runner
 from utils.scoring import scores_from_logits
@@ -52,6 +54,7 @@ class ModelInferer:
         self.precision = self.runner.precision
         self.tokenizer = AutoTokenizer.from_pretrained(self.checkpoint_path)
         self.pad_id = pad_token_id(self.tokenizer)
+        self.lexical = LexicalModel.load(self.checkpoint_path) if LEXICAL in self.info.members else None
         self.training_metrics = self.checkpoint.metrics()
         self.checkpoint_id = self.checkpoint.checkpoint_id()
 
@@ -90,16 +93,29 @@ class ModelInferer:
         return values
 
     def score_batch(self, texts: Sequence[str], batch_size: int = 64) -> tuple[np.ndarray, list[bool]]:
-        """Scores (N, labels) in input order and truncation flags; texts are batched by length."""
+        """Scores (N, labels) in input order and truncation flags: the blend of the checkpoint's members."""
+        members, truncated = self.member_scores(texts, batch_size)
+        if self.lexical is None:
+            return members[TRANSFORMER], truncated
+        weights = np.asarray(self.info.blend_weights, dtype=np.float64)
+        blended = blend_scores(self.task, weights, members[TRANSFORMER], members[LEXICAL], self.info.blend_method)
+        return blended, truncated
+
+    def member_scores(self, texts: Sequence[str], batch_size: int = 64) -> tuple[dict[str, np.ndarray], list[bool]]:
+        """Each member's scores alone, in input order, and truncation flags; texts are batched by length."""
         texts = validate_texts(texts)
         if not texts:
-            return np.zeros((0, len(self.label_names))), []
+            empty = np.zeros((0, len(self.label_names)))
+            return {name: empty for name in self.info.members}, []
         encoded = encode(self.tokenizer, texts, self.max_length, self.truncation)
         logits = np.zeros((len(texts), len(self.label_names)), dtype=np.float32)
         for rows in sorted_batches(encoded.lengths, batch_size):
             input_ids, attention_mask = pad_batch([encoded.input_ids[i] for i in rows], self.pad_id)
             logits[rows] = self.runner.logits(input_ids, attention_mask)
-        return scores_from_logits(self.task, logits), encoded.truncated
+        members = {TRANSFORMER: scores_from_logits(self.task, logits)}
+        if self.lexical is not None:
+            members[LEXICAL] = self.lexical.scores(texts)
+        return members, encoded.truncated
 
     def result(self, scores: np.ndarray, truncated: bool, top_k: int | None = None,
                thresholds: np.ndarray | None = None) -> dict[str, Any]:
@@ -148,7 +164,8 @@ class ModelInferer:
                 "truncation": self.truncation, "quantized": self.quantized, "precision": self.precision,
                 "backend": self.backend,
                 "device": str(self.device), "checkpoint": str(self.checkpoint_path),
-                "checkpoint_id": self.checkpoint_id, "training_metrics": self.training_metrics}
+                "checkpoint_id": self.checkpoint_id, "members": self.info.members,
+                "blend_weights": self.info.blend_weights, "training_metrics": self.training_metrics}
 
 
 def validate_texts(texts: Sequence[str]) -> list[str]:

@@ -22,13 +22,14 @@ from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from models import build_classifier, default_backbone_path
 from models.losses import build_loss
-from utils.checkpoint import ClassifierInfo, write_checkpoint
+from utils.checkpoint import LEXICAL, TRANSFORMER, ClassifierInfo, write_checkpoint
 from utils.config import Config
 from utils.data.prepare import DataSplits, prepare_splits
 from utils.encoding import encode, pad_token_id
 from utils.evaluation.metrics import PRIMARY_METRIC, compute_metrics, tune_thresholds
 from utils.precision import accelerate_mixed_precision, resolve_precision
 from utils.training.batching import EncodedDataset, PaddingCollator, training_loader
+from utils.training.ensemble import fit_blend, member_metrics
 from utils.training.optim import bytes_needed, freeze, loss_weights, parameter_groups
 from utils.training.signals import StopRequest, TrainingInterrupted
 from utils.training.state import (
@@ -288,6 +289,13 @@ def finish(state: Run) -> TrainResult:
     model.load_state_dict(state.best_state)
     scores = validation_scores(config.task, model, state.validation_set, state.collate, config.eval_batch_size,
                                accelerator)
+    members = {TRANSFORMER: scores}
+    blend = None
+    if config.ensemble == LEXICAL:  # on every process alike: all of them report the same metrics
+        blend, members[LEXICAL] = fit_blend(config.task, splits, scores)
+        scores = blend.scores(config.task, members[TRANSFORMER], members[LEXICAL])
+        state.say(f"{LEXICAL} member fitted and blended in {blend.seconds:.0f} s; transformer share "
+                  + ", ".join(f"{w:.2f}" for w in blend.weights))
     thresholds = (tune_thresholds(splits.validation.labels, scores, config.threshold_strategy)
                   if config.task == "multilabel" else None)
     best_metrics = compute_metrics(config.task, splits.validation.labels, scores, splits.label_names, thresholds)
@@ -296,13 +304,18 @@ def finish(state: Run) -> TrainResult:
         summary = {"validation": best_metrics, "steps": state.progress.step,
                    "train_seconds": round(time.time() - state.started, 1), "train_rows": len(splits.train),
                    "validation_rows": len(splits.validation), "data_notes": splits.notes}
+        if blend is not None:
+            summary["validation_members"] = member_metrics(config.task, splits, members)
         info = ClassifierInfo(task=config.task, labels=splits.label_names,
                               thresholds=thresholds.tolist() if thresholds is not None else None,
                               max_length=config.max_length, truncation=config.truncation, pooling=config.pooling,
                               model_type=config.model_type, backbone=state.backbone, precision=state.precision,
-                              text_column=splits.text_column)
+                              text_column=splits.text_column, members=list(members),
+                              blend_weights=blend.weights.tolist() if blend is not None else None,
+                              blend_method=blend.method if blend is not None else "logit")
         write_checkpoint(checkpoint, model, state.tokenizer, info,
-                         config.to_dict() | {"precision": state.precision, "backbone": state.backbone}, summary)
+                         config.to_dict() | {"precision": state.precision, "backbone": state.backbone}, summary,
+                         write_members=blend.lexical.save if blend is not None else None)
         state.say(f"checkpoint written to {checkpoint}")
     accelerator.wait_for_everyone()
     accelerator.end_training()

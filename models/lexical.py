@@ -20,9 +20,10 @@ from typing import Any, NamedTuple
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
+from utils.checkpoint import LEXICAL_CONFIG_FILE as CONFIG_FILE  # the contract owns the names
+from utils.checkpoint import LEXICAL_WEIGHTS_FILE as WEIGHTS_FILE
+
 FORMAT_VERSION = 1
-WEIGHTS_FILE = "lexical.safetensors"
-CONFIG_FILE = "lexical.json"
 TASKS = ("multilabel", "multiclass")
 
 

@@ -7,10 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
+from utils.datasets import SHARED_DATA_DIR
 
 from models.blend import blend_scores, choose_blend_weights, roc_auc
 from models.lexical import LexicalModel, LexicalSettings
-from utils.datasets import SHARED_DATA_DIR
 
 TOXIC_LABELS = ["toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate"]
 # measured: at most 1.1e-16 between a weight-1 (or 0) logit blend and that member's probabilities here (exact

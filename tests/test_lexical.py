@@ -15,9 +15,9 @@ import pandas as pd
 import pytest
 from scipy.sparse import csr_matrix, hstack
 from sklearn.linear_model import LogisticRegression
+from utils.datasets import SHARED_DATA_DIR
 
 from models.lexical import CONFIG_FILE, WEIGHTS_FILE, LexicalModel, LexicalSettings, build_vectorizers
-from utils.datasets import SHARED_DATA_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 TOXIC_LABELS = ["toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate"]

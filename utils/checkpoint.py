@@ -23,7 +23,10 @@ CLASSIFIER_FILE = "classifier.json"
 TRAINING_CONFIG_FILE = "training_config.json"
 METRICS_FILE = "metrics.json"
 ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}  # by serving backend
+LEXICAL_WEIGHTS_FILE = "lexical.safetensors"  # the TF-IDF member's arrays
+LEXICAL_CONFIG_FILE = "lexical.json"  # the TF-IDF member's vocabularies and settings
 TRANSFORMER = "transformer"  # the name of the fine-tuned encoder among the checkpoint's members
+LEXICAL = "tfidf"  # the name of the TF-IDF + logistic regression member
 
 
 class CheckpointError(ValueError):
@@ -47,6 +50,10 @@ class ClassifierInfo(BaseModel):
     precision: str = "fp32"  # what training ran in; the weights are always stored as float32
     text_column: str | None = None  # the column training read the texts from
     members: list[str] = [TRANSFORMER]  # the models whose scores the checkpoint blends
+    # The transformer's share in the blend: one per label (multi-label) or one for every class; the lexical
+    # member has the rest. Chosen on the validation split (models/blend.py).
+    blend_weights: list[float] | None = None
+    blend_method: Literal["logit", "probability"] = "logit"
 
 
 class CheckpointFolder:

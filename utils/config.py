@@ -80,6 +80,8 @@ class Config:
     seed: int = _opt(42, "Seed for splits, initialisation and batch order.")
     precision: str = _opt("auto", "auto: bf16 on AMX CPUs and bf16 GPUs, fp32 elsewhere.",
                           ("auto", "fp32", "bf16", "fp16"))
+    ensemble: str = _opt("none", "Blend a TF-IDF + logistic regression member with the transformer, weighted "
+                              "per label on the validation split (built-in datasets: tfidf).", ("tfidf", "none"))
     # loss
     loss: str = _opt("bce", "Multi-label loss.", ("bce", "focal"))
     focal_gamma: float = _opt(2.0, "Focusing parameter of the focal loss.")
