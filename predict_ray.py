@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 import ray
 from ray.data import Datasink
 from ray.data.block import BlockAccessor
+from ray.exceptions import UserCodeException
 
 from utils.data import DataError, iter_frames, require_columns
 
@@ -80,6 +81,7 @@ def run(config: Config, checkpoint: str | Path) -> None:
         threads=config.cpus_per_actor, forward_batch_size=config.eval_batch_size,
         labels_as_text=output_format(output) == "csv")
     files = input_files(config.input)
+    check_before_start(output, settings)  # before a cluster starts, not after
     with ray_cluster(config.ray_address):
         rows = score_files(files, output, settings, num_actors=config.num_actors, batch_size=config.batch_size)
     print(f"scored {rows} rows of {len(files)} file(s) (text column '{settings.text_column}') into {output}, "
@@ -130,7 +132,8 @@ def ray_cluster(address: str | None) -> Iterator[None]:
     if address:
         ray.init(address=address, job_config=job_config)
     else:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, job_config=job_config)
+        # "local": a new cluster even where `ray start` left one running (ray.init() alone would join that one)
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, job_config=job_config)
     try:
         yield
     finally:
@@ -144,9 +147,7 @@ def score_files(files: list[Path], output: Path, settings: ScorerSettings, num_a
     The shards go to a temporary sibling folder that is renamed to `output` only when each input row is in it
     exactly once; on any error it is removed, so `output` never holds a partial result.
     """
-    if output.exists():
-        raise ValueError(f"{output}: already exists; remove it or choose another --output folder")
-    check_checkpoint(settings)
+    check_before_start(output, settings)
     cpus = int(ray.cluster_resources().get("CPU", 1))
     num_actors = num_actors or max(1, cpus // settings.threads)
     if num_actors * settings.threads > cpus:
@@ -168,11 +169,14 @@ def score_files(files: list[Path], output: Path, settings: ScorerSettings, num_a
     return rows
 
 
-def check_checkpoint(settings: ScorerSettings) -> None:
-    """Fail before starting any actor when the checkpoint (or its exported graph) is not there."""
+def check_before_start(output: Path, settings: ScorerSettings) -> None:
+    """An output folder that exists, or a checkpoint (or its exported graph) that does not, fails before any actor
+    starts; the output is never overwritten."""
     from inferer import ONNX_FILES
     from utils.checkpoint import read_classifier_info
 
+    if output.exists():
+        raise ValueError(f"{output}: already exists; remove it or choose another --output folder")
     read_classifier_info(settings.checkpoint)
     if settings.backend in ONNX_FILES and not (Path(settings.checkpoint) / ONNX_FILES[settings.backend]).is_file():
         raise FileNotFoundError(f"{settings.checkpoint}: no {ONNX_FILES[settings.backend]}; export it with "
@@ -196,20 +200,28 @@ def scored_dataset(files: list[Path], settings: ScorerSettings, num_actors: int,
                                 max_restarts=MAX_RESTARTS, max_task_retries=MAX_TASK_RETRIES)
 
 
+class InputError(UserCodeException, DataError):
+    """A DataError raised in a Ray task, marked as the user's: Ray Data would otherwise log an error raised while
+    a generator UDF runs as a bug of its own ("please open an issue"), with its whole stack."""
+
+
 def read_file(batch: dict[str, np.ndarray], text_column: str, chunk_rows: int) -> Iterator[pd.DataFrame]:
     """Each file of the batch as chunks of rows with their id; a bad row or file stops the job, named."""
     for name in batch["path"]:
         path, first_row = Path(str(name)), 1
-        for frame in file_chunks(path, chunk_rows):
-            check_texts(frame, text_column, path, first_row)
-            clashes = {c: f"{c}_input" for c in (ROW_FILE, ROW_NUMBER) if c in frame.columns}
-            frame = frame.rename(columns=clashes).reset_index(drop=True)
-            frame.insert(0, ROW_NUMBER, np.arange(first_row, first_row + len(frame), dtype=np.int64))
-            frame.insert(0, ROW_FILE, str(path))
-            first_row += len(frame)
-            yield frame
-        if first_row == 1:
-            raise DataError(f"{path}: no rows")
+        try:
+            for frame in file_chunks(path, chunk_rows):
+                check_texts(frame, text_column, path, first_row)
+                clashes = {c: f"{c}_input" for c in (ROW_FILE, ROW_NUMBER) if c in frame.columns}
+                frame = frame.rename(columns=clashes).reset_index(drop=True)
+                frame.insert(0, ROW_NUMBER, np.arange(first_row, first_row + len(frame), dtype=np.int64))
+                frame.insert(0, ROW_FILE, str(path))
+                first_row += len(frame)
+                yield frame
+            if first_row == 1:
+                raise DataError(f"{path}: no rows")
+        except DataError as error:
+            raise InputError(str(error)) from None
 
 
 def file_chunks(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
@@ -227,6 +239,8 @@ def file_chunks(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
 
 def check_texts(frame: pd.DataFrame, column: str, path: Path, first_row: int) -> None:
     """predict.chunk_texts' check (empty text allowed; anything but text names its row), without its imports."""
+    if first_row > 1 and column not in frame.columns:  # JSONL: a whole chunk of rows without the key
+        raise DataError(f"{path}: row {first_row}, column '{column}': expected text, got no value")
     require_columns(frame, [column], path)
     for offset, text in enumerate(frame[column].tolist()):
         if not isinstance(text, str):
@@ -328,12 +342,14 @@ def count_rows_once(folder: Path, files: list[Path], fmt: str) -> int:
             found[name].append(rows.to_numpy())
     total = 0
     for name, parts in found.items():
-        rows = np.sort(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
-        expected = np.arange(1, len(rows) + 1)
-        if len(rows) == 0 or not np.array_equal(rows, expected):
-            doubled = np.unique(rows[1:][rows[1:] == rows[:-1]])[:5].tolist()
-            raise RuntimeError(f"{name}: the output does not hold rows 1..n once each (none: {len(rows) == 0}, "
-                               f"repeated: {doubled}); it was not renamed into place")
+        if not parts:
+            raise RuntimeError(f"{name}: none of its rows is in the output, so it was not renamed into place")
+        rows = np.sort(np.concatenate(parts))
+        repeated = np.unique(rows[1:][rows[1:] == rows[:-1]])
+        missing = np.setdiff1d(np.arange(1, rows[-1] + 1), rows)
+        if len(repeated) or len(missing):
+            raise RuntimeError(f"{name}: rows {missing[:5].tolist()} missing and {repeated[:5].tolist()} repeated in "
+                               "the output, so it was not renamed into place")
         total += len(rows)
     return total
 
