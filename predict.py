@@ -25,6 +25,11 @@ LABEL_SEPARATOR = "|"
 
 
 def run(config: Config, checkpoint: str | Path) -> None:
+    if config.engine == "ray":  # files, globs or folders scored on a Ray cluster: predict_ray.py
+        import predict_ray
+
+        predict_ray.run(config, checkpoint)
+        return
     if bool(config.text) == bool(config.input):
         raise ValueError("--mode predict needs --text (repeatable) or --input FILE --output FILE, one of the two")
     if config.input and not config.output:

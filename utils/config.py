@@ -15,6 +15,7 @@ from transformers import HfArgumentParser
 
 TASKS = ("multilabel", "multiclass")
 MODES = ("train", "eval", "predict", "export")
+ENGINES = ("single", "ray")
 
 
 def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -106,6 +107,13 @@ class Config:
     input: str | None = _opt(None, "CSV/JSONL file to score in predict mode.")
     output: str | None = _opt(None, "Where predict mode writes the scored file.")
     quantize: bool = _opt(False, "Dynamic int8 quantization of Linear layers for eval/predict.")
+    engine: str = _opt("single", "predict --input on one process, or on Ray Data (files, globs or folders; "
+                       "a folder of Parquet or CSV shards out).", ENGINES)
+    num_actors: int | None = _opt(None, "Ray: scoring actors, each loading the model once (default: the "
+                                  "cluster's CPUs / --cpus-per-actor).")
+    cpus_per_actor: int = _opt(1, "Ray: CPUs (and torch threads) per scoring actor.")
+    ray_address: str | None = _opt(None, "Ray: address of a running cluster to join (host:port or 'auto'); "
+                                   "default: start a local one on this machine's cores.")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
