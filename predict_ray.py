@@ -30,11 +30,14 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import ray
+import ray.exceptions
+import ray.job_config
 from ray.data import Datasink
 from ray.data.block import BlockAccessor
 from ray.exceptions import UserCodeException
 
-from utils.data import DataError, iter_frames, require_columns
+from utils.checkpoint import CheckpointFolder
+from utils.data.readers import DataError, iter_frames, require_columns
 
 if TYPE_CHECKING:
     from utils.config import Config
@@ -72,11 +75,10 @@ def run(config: Config, checkpoint: str | Path) -> None:
         raise ValueError("--num-actors and --cpus-per-actor must be >= 1")
     if config.batch_size < 1 or config.eval_batch_size < 1:
         raise ValueError("--batch-size and --eval-batch-size must be >= 1")
-    from predict import default_text_column
-
     output = Path(config.output).absolute()
+    text_column = config.text_column or CheckpointFolder(checkpoint).info.text_column or "text"
     settings = ScorerSettings(
-        checkpoint=str(Path(checkpoint).absolute()), text_column=config.text_column or default_text_column(checkpoint),
+        checkpoint=str(Path(checkpoint).absolute()), text_column=text_column,
         quantize=config.quantize, precision=config.precision, backend=getattr(config, "backend", "torch"),
         threads=config.cpus_per_actor, forward_batch_size=config.eval_batch_size,
         labels_as_text=output_format(output) == "csv")
@@ -172,15 +174,12 @@ def score_files(files: list[Path], output: Path, settings: ScorerSettings, num_a
 def check_before_start(output: Path, settings: ScorerSettings) -> None:
     """An output folder that exists, or a checkpoint (or its exported graph) that does not, fails before any actor
     starts; the output is never overwritten."""
-    from inferer import ONNX_FILES
-    from utils.checkpoint import read_classifier_info
-
     if output.exists():
         raise ValueError(f"{output}: already exists; remove it or choose another --output folder")
-    read_classifier_info(settings.checkpoint)
-    if settings.backend in ONNX_FILES and not (Path(settings.checkpoint) / ONNX_FILES[settings.backend]).is_file():
-        raise FileNotFoundError(f"{settings.checkpoint}: no {ONNX_FILES[settings.backend]}; export it with "
-                                f"`python main.py --mode export --checkpoint {settings.checkpoint}`")
+    folder = CheckpointFolder(settings.checkpoint)
+    if settings.backend != "torch" and not folder.onnx_file(settings.backend).is_file():
+        raise FileNotFoundError(f"{settings.checkpoint}: no {folder.onnx_file(settings.backend).name}; export it "
+                                f"with `python main.py --mode export --checkpoint {settings.checkpoint}`")
 
 
 def scored_dataset(files: list[Path], settings: ScorerSettings, num_actors: int, batch_size: int,
@@ -326,9 +325,7 @@ def write_shards(tables: list[pa.Table], folder: Path, fmt: str, prefix: str) ->
 def worker_error(error: Exception) -> Exception:
     """The exception a Ray task raised (a DataError naming file, row and column), without Ray's wrapping."""
     cause = getattr(error, "cause", None)
-    if isinstance(cause, DataError | ValueError | OSError | ImportError):
-        return cause
-    return error
+    return cause if isinstance(cause, DataError | ValueError | OSError | ImportError) else error
 
 
 def count_rows_once(folder: Path, files: list[Path], fmt: str) -> int:

@@ -35,7 +35,7 @@ SCORE_TOLERANCE = 1e-5  # 1 torch thread in an actor against 2 in the single pro
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--checkpoint", default="outputs/bench_cls/checkpoint")
     parser.add_argument("--rows", type=int, default=10_000, help="Rows of toxic/train.csv to score (at least 1).")
     parser.add_argument("--actors", type=int, nargs="+", default=[1, 2], help="Ray actor counts to time.")

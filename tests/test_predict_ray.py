@@ -27,8 +27,8 @@ import main
 import predict_ray
 from bench import ray_predict
 from inferer import ModelInferer
-from utils.data import DataError
-from utils.datasets import SHARED_DATA_DIR
+from utils.data.datasets import SHARED_DATA_DIR
+from utils.data.readers import DataError
 
 ROOT = Path(__file__).resolve().parent.parent
 SCORE_COLUMNS = [f"score_{name}" for name in TOXIC_LABELS]
@@ -49,7 +49,8 @@ def loopback():
     """Ray's single-machine mode (its default on macOS and Windows) for this process: every cluster it starts or
     joins stays on 127.0.0.1, where Ray would otherwise swap 127.0.0.1 for the machine's network address."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(ray._private.ray_constants, "ENABLE_RAY_CLUSTER", False)  # what the variable sets at import
+        constants = ray._private.ray_constants  # pyright: ignore  # (Ray's own switch, not a public name)
+        patch.setattr(constants, "ENABLE_RAY_CLUSTER", False)  # what the variable sets at import
         yield
 
 
@@ -190,13 +191,13 @@ def test_an_actor_killed_mid_job_is_restarted_and_every_row_written_once(ray_add
     output = tmp_path / "scored.csv"  # CSV shards this time
     settings = predict_ray.ScorerSettings(checkpoint=str(multilabel_checkpoint), text_column="comment_text",
                                           labels_as_text=True)
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # actors cannot import this test module
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # pyright: ignore  # actors lack this module
     try:
         with predict_ray.ray_cluster(ray_address):
             rows = predict_ray.score_files(predict_ray.input_files(str(inputs)), output, settings, num_actors=1,
                                            batch_size=32, scorer=KillingScorer)
     finally:
-        ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+        ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])  # pyright: ignore
     killed = int(Path(KillingScorer.marker).read_text())
     with pytest.raises(ProcessLookupError):
         os.kill(killed, 0)  # that process is gone for good
