@@ -183,7 +183,7 @@ class ModelInferer:
     def metadata(self) -> dict[str, Any]:
         return {"task": self.task, "labels": self.label_names,
                 "thresholds": self.thresholds.tolist() if self.thresholds is not None else None,
-                "backbone": self.info.backbone, "model_type": self.info.model_type,
+                "backbone": self.info.backbone, "members": list(self.info.members), "model_type": self.info.model_type,
                 "pooling": self.info.pooling, "max_length": self.max_length,
                 "truncation": self.truncation, "quantized": self.quantized, "precision": self.precision,
                 "backend": self.backend,
