@@ -12,6 +12,7 @@ from serving.settings import ServingSettings
 
 FORM_FIELD = "data"  # the original API's form field
 REF = "#/components/schemas/{model}"
+STATIC_TYPES = ("text/html", "text/css", "text/javascript", "image/svg+xml")  # what serving/static holds
 
 
 def answer(description: str, schema: str | dict[str, Any], media: str = "application/json") -> dict[str, Any]:
@@ -77,7 +78,8 @@ def openapi_document(settings: ServingSettings, schemas: Schemas, labels: list[s
         "/static/{filename}": {"get": {
             "summary": "The page's script and style sheet (never need the API key).", "security": [],
             "parameters": [{"name": "filename", "in": "path", "required": True, "schema": {"type": "string"}}],
-            "responses": {"200": {"description": "The file (text/css, text/javascript, text/html)."},
+            "responses": {"200": {"description": "The file.", "content": {
+                media: {"schema": {"type": "string"}} for media in STATIC_TYPES}},
                           "404": answer("No such file.", "ErrorAnswer")}}},
         "/health": get("The process is alive (never needs the API key).", answer("Alive.", "StatusAnswer"), True),
         "/ready": get("The model is loaded and warmed up.", answer("Ready.", "StatusAnswer")),
