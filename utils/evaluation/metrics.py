@@ -12,7 +12,6 @@ from sklearn.metrics import (
     confusion_matrix,
     f1_score,
     hamming_loss,
-    jaccard_score,
     label_ranking_average_precision_score,
     precision_recall_curve,
     precision_score,
@@ -58,10 +57,18 @@ def threshold_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float
         "macro_recall": float(per_label(recall_score, y_true, y_pred).mean()),
         "hamming_loss": float(hamming_loss(y_true, y_pred)),
         "subset_accuracy": float(accuracy_score(y_true, y_pred)),
-        # |true & predicted| / |true | predicted| per text, averaged (SemEval's emotion tasks); a text with no
-        # label that gets none counts 1, as a correct answer
-        "jaccard_samples": float(jaccard_score(y_true, y_pred, average="samples", zero_division=1.0)),
+        "jaccard_samples": jaccard_samples(y_true, y_pred),
     }
+
+
+def jaccard_samples(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """|true & predicted| / |true | predicted| per text, averaged (the SemEval emotion tasks' metric); a text with
+    no label that gets none counts 1, a correct answer. scikit-learn's jaccard_score(average="samples",
+    zero_division=1) is the same but refuses a single label column, which it reads as binary."""
+    true, predicted = np.asarray(y_true) > 0, np.asarray(y_pred) > 0
+    union = (true | predicted).sum(axis=1)
+    overlap = (true & predicted).sum(axis=1)
+    return float(np.where(union == 0, 1.0, overlap / np.maximum(union, 1)).mean())
 
 
 def multilabel_metrics(y_true: np.ndarray, probs: np.ndarray, label_names: list[str],
