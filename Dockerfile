@@ -22,9 +22,11 @@ RUN pip install --extra-index-url "$TORCH_INDEX_URL" -r requirements_inference.t
 # Only what serving runs; code stays root-owned and read-only for the app user.
 COPY app.py inferer.py gunicorn.conf.py ./
 COPY serving/ ./serving/
+# the page at / (HTML, CSS, JS): served from the image itself, nothing fetched from elsewhere
+COPY serving/static/ ./serving/static/
 COPY models/ ./models/
-COPY utils/__init__.py utils/atomic.py utils/checkpoint.py utils/encoding.py utils/precision.py utils/runners.py \
-     utils/scoring.py ./utils/
+COPY utils/__init__.py utils/atomic.py utils/checkpoint.py utils/encoding.py utils/explain.py utils/precision.py \
+     utils/runners.py utils/scoring.py ./utils/
 
 # The checkpoint: a folder of the build context (default docker/model/, see its README), or a volume on /model.
 ARG CHECKPOINT_DIR=docker/model

@@ -1,4 +1,5 @@
-"""Evaluation of a checkpoint on held-out data: metrics, `eval_report.json`, PNG plots and a summary table."""
+"""Evaluation of a checkpoint on held-out data: metrics, `eval_report.json`, `eval_report.html` (one page with
+every table and figure), PNG plots and a summary table."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from inferer import ModelInferer
 from utils.config import Config
 from utils.data.prepare import read_test_set
 from utils.data.readers import LabeledTexts
-from utils.evaluation.metrics import compute_metrics
+from utils.evaluation.metrics import calibration_metrics, compute_metrics
 from utils.evaluation.plots import plot_confusion_matrix, plot_curves
+from utils.evaluation.report_html import write_html_report
 
 REPORT_FILE = "eval_report.json"
 
@@ -22,6 +24,7 @@ def evaluate(inferer: ModelInferer, data: LabeledTexts, batch_size: int = 128) -
     started = time.time()
     scores, truncated = inferer.score_batch(data.texts, batch_size=batch_size)
     metrics = compute_metrics(inferer.task, data.labels, scores, inferer.label_names, inferer.thresholds)
+    metrics["calibration"] = calibration_metrics(inferer.task, data.labels, scores, inferer.label_names)
     metrics["seconds"] = round(time.time() - started, 2)
     metrics["truncated_texts"] = int(sum(truncated))
     if len(inferer.info.members) > 1:  # each member alone, on the same rows, beside the blend
@@ -47,6 +50,8 @@ def summary_table(task: str, metrics: dict[str, Any]) -> str:
              f"({metrics['examples']} texts)",
              f"macro-F1 {tuned['macro_f1']:.4f} (tuned thresholds) / {half['macro_f1']:.4f} (0.5)   "
              f"micro-F1 {tuned['micro_f1']:.4f} / {half['micro_f1']:.4f}",
+             f"subset accuracy {tuned['subset_accuracy']:.4f} / {half['subset_accuracy']:.4f}   "
+             f"Jaccard (samples) {tuned['jaccard_samples']:.4f} / {half['jaccard_samples']:.4f}",
              f"{'label':<16}{'ROC AUC':>9}{'PR AUC':>9}{'F1':>8}{'thresh':>8}{'pos':>7}"]
     for name, row in metrics["per_label"].items():
         roc = f"{row['roc_auc']:.4f}" if row["roc_auc"] is not None else "-"
@@ -75,7 +80,8 @@ def run(config: Config, checkpoint: str | Path) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     suffix = "_int8" if config.quantize else ("" if inferer.precision == "fp32" else f"_{inferer.precision}")
     if inferer.task == "multilabel":
-        plots = [plot_curves(data.labels, result["scores"], inferer.label_names, out_dir / f"curves{suffix}.png")]
+        plots = [plot_curves(data.labels, result["scores"], inferer.label_names, out_dir / f"curves{suffix}.png",
+                             inferer.thresholds)]
     else:
         plots = [plot_confusion_matrix(metrics["confusion_matrix"], inferer.label_names,
                                        out_dir / f"confusion_matrix{suffix}.png")]
@@ -83,12 +89,15 @@ def run(config: Config, checkpoint: str | Path) -> dict[str, Any]:
               "precision": inferer.precision, "metrics": metrics, "plots": [str(p) for p in plots]}
     report_path = out_dir / REPORT_FILE.replace(".json", f"{suffix}.json")
     report_path.write_text(json.dumps(report, indent=2) + "\n")
+    page = write_html_report(report_path.with_suffix(".html"), report, inferer.task, inferer.label_names,
+                             data.labels, result["scores"], inferer.thresholds,
+                             [out_dir, Path(checkpoint).parent])
     numbers = "int8" if config.quantize else inferer.precision
     print(f"\nevaluation on {data.source} ({len(data)} texts, {numbers}):")
     print(summary_table(inferer.task, metrics))
     for name, alone in metrics.get("members", {}).items():
         print(f"{name} alone: " + members_line(inferer.task, alone))
-    print(f"report: {report_path}")
+    print(f"report: {report_path} and {page}")
     return report
 
 

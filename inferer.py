@@ -3,10 +3,12 @@
     from inferer import ModelInferer
     inferer = ModelInferer("outputs/run/checkpoint")
     inferer.predict("you are wonderful")
+    inferer.explain("you are a complete idiot")   # why: a score per word for each predicted label
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from models.blend import blend_scores
 from models.lexical import LexicalModel
 from utils.checkpoint import LEXICAL, TRANSFORMER, CheckpointFolder
 from utils.encoding import TRUNCATIONS, encode, pad_batch, pad_token_id, sorted_batches
+from utils.explain import DEFAULT_METHOD, attribute, prepare_text
 from utils.runners import build_runner
 from utils.scoring import scores_from_logits
 
@@ -25,10 +28,11 @@ from utils.scoring import scores_from_logits
 class ModelInferer:
     """Predicts with a trained checkpoint: labels, a score per label and whether the text was cut.
 
-    `config`, when given (the original project's call), must agree with the checkpoint: its task, labels
-    and max length are checked, never silently used instead of the checkpoint's. `threshold` replaces the
-    checkpoint's tuned multi-label thresholds: one number for every label, or one per label. `backend` "onnx" or
-    "onnx-int8" runs the checkpoint's exported graph (`main.py --mode export`) in ONNX Runtime on the CPU instead.
+    `config`, when given (the original project's call), must agree with the checkpoint on task and labels; input
+    settings that differ (max length, truncation) are named in a warning, and the checkpoint's are used.
+    `threshold` replaces the checkpoint's tuned multi-label thresholds: one number for every label, or one per
+    label. `backend` "onnx" or "onnx-int8" runs the checkpoint's exported graph (`main.py --mode export`) in ONNX
+    Runtime on the CPU instead.
     """
 
     def __init__(self, checkpoint_path: str | Path, quantize: bool = False, device: str | None = None,
@@ -64,11 +68,16 @@ class ModelInferer:
         return getattr(self.runner, "model", None)
 
     def _check_config(self, config: Any) -> None:
-        for field, expected in (("task", self.task), ("max_length", self.info.max_length)):
+        """Task and labels must match the checkpoint; input settings the checkpoint decides only warn."""
+        task = getattr(config, "task", None)
+        if task is not None and task != self.task:
+            raise ValueError(f"config.task is {task!r} but the checkpoint {self.checkpoint_path} is {self.task!r}; "
+                             "drop or correct the config")
+        for field, used in (("max_length", self.max_length), ("truncation", self.truncation)):
             value = getattr(config, field, None)
-            if value is not None and value != expected:
-                raise ValueError(f"config.{field} is {value!r} but the checkpoint {self.checkpoint_path} has "
-                                 f"{expected!r}; the checkpoint decides, so drop or correct the config")
+            if value is not None and value != used:
+                warnings.warn(f"config.{field} is {value!r} but the checkpoint {self.checkpoint_path} was trained "
+                              f"with {getattr(self.info, field)!r}; using {used!r}", UserWarning, stacklevel=3)
         labels = getattr(config, "label_columns", None) or getattr(config, "labels", None)
         if labels and list(labels) != self.label_names:
             raise ValueError(f"config labels {list(labels)} differ from the checkpoint's {self.label_names}")
@@ -155,6 +164,42 @@ class ModelInferer:
         thresholds = self._resolve_thresholds(threshold) if threshold is not None else None
         scores, truncated = self.score_batch(texts, batch_size)
         return [self.result(s, t, top_k, thresholds) for s, t in zip(scores, truncated, strict=True)]
+
+    def explain(self, text: str, labels: Sequence[str] | None = None,
+                method: str = DEFAULT_METHOD) -> dict[str, Any]:
+        """Why the text gets its scores: for each of `labels`, a score per word of the text.
+
+        The answer is `predict`'s (labels, scores, truncated) plus `method`, `words` (each word's text and
+        character offsets in `text`, in order) and `attributions`: label -> one number per word, how much the
+        word raises the label's log-odds (log-probability for multi-class); None for a word truncation cut away.
+        `labels` defaults to the predicted labels, or the best-scoring one when none is predicted.
+        """
+        if text is None:
+            raise ValueError("text is None; pass a string (an empty string is allowed)")
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a string, got {type(text).__name__}")
+        (text,) = validate_texts([text])
+        item = prepare_text(self.tokenizer, text, self.max_length, self.truncation)
+        logits = self.runner.logits(*pad_batch([item.input_ids.tolist()], self.pad_id))
+        scores = scores_from_logits(self.task, logits)[0]
+        answer = self.result(scores, item.truncated)
+        asked = self._labels_to_explain(labels, answer["labels"], scores)
+        values = attribute(method, self.runner, item, self.task, [self.label_names.index(n) for n in asked],
+                           self.pad_id)
+        words = [{"word": text[start:end], "start": start, "end": end} for start, end in item.words]
+        attributions = {name: [None if np.isnan(v) else round(float(v), 6) for v in row]
+                        for name, row in zip(asked, values, strict=True)}
+        return answer | {"method": method, "words": words, "attributions": attributions}
+
+    def _labels_to_explain(self, labels: Sequence[str] | None, predicted: list[str], scores: np.ndarray) -> list[str]:
+        if labels is None:
+            return predicted or [self.label_names[int(np.argmax(scores))]]
+        if isinstance(labels, str) or not isinstance(labels, Sequence) or not labels:
+            raise ValueError(f"labels must be a non-empty list of label names, got {labels!r}")
+        unknown = [name for name in labels if name not in self.label_names]
+        if unknown:
+            raise ValueError(f"unknown label(s) {unknown}; the checkpoint's labels are {self.label_names}")
+        return list(dict.fromkeys(labels))
 
     def metadata(self) -> dict[str, Any]:
         return {"task": self.task, "labels": self.label_names,

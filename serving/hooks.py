@@ -13,6 +13,7 @@ from serving.errors import ApiError
 from serving.state import serving
 
 OPEN_PATHS = ("/health",)  # answered without the API key, for load balancers and container health checks
+PAGE_PATHS = ("/", "/static/")  # the page and its files: public, the page itself asks for the key
 RETRY_AFTER_SECONDS = 1  # told to clients turned away by a full micro-batch queue
 
 
@@ -21,9 +22,10 @@ def start_timer() -> None:
 
 
 def check_api_key() -> None:
-    """With APP_APIKEY set, every route but /health wants it: `Authorization: Bearer`, `X-API-Key` or `?key=`."""
+    """With APP_APIKEY set, every route but /health and the page wants it: `Authorization: Bearer`, `X-API-Key`
+    or `?key=`."""
     expected = serving().settings.api_key_value
-    if not expected or request.path in OPEN_PATHS:
+    if not expected or request.path in OPEN_PATHS or is_page_path(request.path):
         return
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     offered = [token.strip() if scheme.lower() == "bearer" else None, request.headers.get("X-API-Key"),
@@ -32,6 +34,10 @@ def check_api_key() -> None:
     if not any(hmac.compare_digest(o.encode("utf-8", "surrogatepass"), wanted) for o in offered if o):
         raise ApiError(401, "unauthorized", "missing or wrong API key: send `Authorization: Bearer KEY` or "
                                             "`X-API-Key: KEY`")
+
+
+def is_page_path(path: str) -> bool:
+    return path == PAGE_PATHS[0] or path.startswith(PAGE_PATHS[1])
 
 
 def buffer_chunked_body() -> None:

@@ -12,6 +12,7 @@ from serving.settings import ServingSettings
 
 FORM_FIELD = "data"  # the original API's form field
 REF = "#/components/schemas/{model}"
+STATIC_TYPES = ("text/html", "text/css", "text/javascript", "image/svg+xml")  # what serving/static holds
 
 
 def answer(description: str, schema: str | dict[str, Any], media: str = "application/json") -> dict[str, Any]:
@@ -20,8 +21,8 @@ def answer(description: str, schema: str | dict[str, Any], media: str = "applica
 
 
 def component_schemas(schemas: Schemas) -> dict[str, Any]:
-    models: list[type[BaseModel]] = [schemas.predict_request, schemas.predict_answer, ErrorAnswer, StatusAnswer,
-                                     MetadataAnswer]
+    models: list[type[BaseModel]] = [schemas.predict_request, schemas.predict_answer, schemas.explain_request,
+                                     schemas.explain_answer, ErrorAnswer, StatusAnswer, MetadataAnswer]
     keyed, top = models_json_schema([(m, "validation") for m in models], ref_template=REF)
     components = dict(top.get("$defs", {}))
     for (model, _), ref in keyed.items():
@@ -47,6 +48,16 @@ def openapi_document(settings: ServingSettings, schemas: Schemas, labels: list[s
                                        "seconds.", "ErrorAnswer")
     form = {"type": "object", "required": [FORM_FIELD],
             "properties": {FORM_FIELD: {"type": "string", "maxLength": settings.max_chars}}}
+    explain_errors = predict_errors | {
+        "413": answer(f"Body over {settings.max_body_bytes} bytes, more than {settings.max_explain_texts} texts "
+                      f"(MAX_EXPLAIN_TEXTS), or a text over {settings.max_chars} characters.", "ErrorAnswer"),
+        "422": answer("Wrong field, type, unknown label, or an empty list of texts or labels.", "ErrorAnswer")}
+    explain_errors.pop("503", None)  # explanations do not queue for a micro-batch
+
+    def body(model: str) -> dict[str, Any]:
+        return {"required": True, "content": {
+            "application/json": {"schema": {"$ref": REF.format(model=model)}},
+            "application/x-www-form-urlencoded": {"schema": form}, "multipart/form-data": {"schema": form}}}
 
     def get(summary: str, ok: dict[str, Any], open_route: bool = False) -> dict[str, Any]:
         return {"get": {"summary": summary, "responses": {"200": ok, **({} if open_route else unauthorized)}}}
@@ -54,11 +65,22 @@ def openapi_document(settings: ServingSettings, schemas: Schemas, labels: list[s
     paths: dict[str, Any] = {
         "/predict": {"post": {
             "summary": "Labels and scores for one text or a list of texts, in input order.",
-            "requestBody": {"required": True, "content": {
-                "application/json": {"schema": {"$ref": REF.format(model="PredictRequest")}},
-                "application/x-www-form-urlencoded": {"schema": form}, "multipart/form-data": {"schema": form}}},
+            "requestBody": body("PredictRequest"),
             "responses": {"200": answer("One prediction per text.", "PredictAnswer"), **predict_errors,
                           **unauthorized}}},
+        "/explain": {"post": {
+            "summary": "Why: per text, a score per word for each asked label (default: the predicted ones).",
+            "requestBody": body("ExplainRequest"),
+            "responses": {"200": answer("One explanation per text.", "ExplainAnswer"), **explain_errors,
+                          **unauthorized}}},
+        "/": {"get": {"summary": "A page to try the model in a browser (never needs the API key).",
+                      "security": [], "responses": {"200": answer("The page.", {"type": "string"}, "text/html")}}},
+        "/static/{filename}": {"get": {
+            "summary": "The page's script and style sheet (never need the API key).", "security": [],
+            "parameters": [{"name": "filename", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "responses": {"200": {"description": "The file.", "content": {
+                media: {"schema": {"type": "string"}} for media in STATIC_TYPES}},
+                          "404": answer("No such file.", "ErrorAnswer")}}},
         "/health": get("The process is alive (never needs the API key).", answer("Alive.", "StatusAnswer"), True),
         "/ready": get("The model is loaded and warmed up.", answer("Ready.", "StatusAnswer")),
         "/metadata": get("What is served: task, labels, thresholds, backbone, quantization, training metrics.",

@@ -1,21 +1,32 @@
-"""The routes: /predict, /health, /ready, /metadata, /metrics and /openapi.json."""
+"""The routes: /predict, /explain, /health, /ready, /metadata, /metrics, /openapi.json, and the page at / with its
+static files (serving/static: plain HTML, CSS and JS, nothing fetched from elsewhere)."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, jsonify, request, send_from_directory
+from pydantic import BaseModel
 
-from inferer import validate_texts
+from inferer import ModelInferer, validate_texts
 from serving.errors import ApiError
 from serving.microbatch import QueueFull
 from serving.openapi import FORM_FIELD, openapi_document
-from serving.schemas import parse_predict_request
+from serving.schemas import parse_request
 from serving.state import PREDICT_BATCH_SIZE, ServingState, serving
 
 routes = Blueprint("classifier", __name__)
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+# The page runs only its own files: no inline script or style, no other origin, never framed.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+                               "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
 
 
 @routes.post("/predict", provide_automatic_options=False)
@@ -33,10 +44,39 @@ def predict() -> Response:
             predictions = state.inferer.predict_batch(texts, batch_size=PREDICT_BATCH_SIZE, top_k=top_k)
     state.metrics.texts.observe(len(texts))
     state.metrics.truncated.inc(sum(p["truncated"] for p in predictions))
-    inferer = state.inferer
-    model = {"task": inferer.task, "checkpoint_id": inferer.checkpoint_id, "backbone": inferer.info.backbone,
-             "quantized": inferer.quantized, "precision": inferer.precision, "backend": inferer.backend}
-    return jsonify(predictions=predictions, model=model)
+    return jsonify(predictions=predictions, model=model_summary(state.inferer))
+
+
+@routes.post("/explain", provide_automatic_options=False)
+def explain() -> Response:
+    """Per text, a score per word for each asked label (default: the predicted ones); one text at a time under
+    the model lock, so /predict requests get their turn between the texts of a long request."""
+    state = serving()
+    texts, parsed = read_texts(state.schemas.explain_request, "MAX_EXPLAIN_TEXTS")
+    labels = parsed.labels  # type: ignore[attr-defined]
+    explanations = []
+    for text in texts:
+        with state.lock:
+            explanations.append(state.inferer.explain(text, labels))
+    state.metrics.explain_texts.observe(len(texts))
+    for explanation in explanations:
+        state.metrics.explained_words.observe(len(explanation["words"]))
+        for label in explanation["attributions"]:
+            state.metrics.explained_labels.labels(label).inc()
+    return jsonify(explanations=explanations, model=model_summary(state.inferer))
+
+
+@routes.get("/", provide_automatic_options=False)
+def page() -> Response:
+    """The page to try the model in a browser (never needs the API key; the page asks for it)."""
+    return static_file("index.html")
+
+
+@routes.get("/static/<path:filename>", provide_automatic_options=False)
+def static_file(filename: str) -> Response:
+    response = send_from_directory(STATIC_DIR, filename)  # a path outside the folder is a 404
+    response.headers.update(PAGE_HEADERS)
+    return response
 
 
 @routes.get("/health", provide_automatic_options=False)
@@ -55,7 +95,7 @@ def metadata() -> Response:
     state = serving()
     settings = state.settings
     limits = {"max_body_bytes": settings.max_body_bytes, "max_texts": settings.max_texts,
-              "max_chars": settings.max_chars}
+              "max_chars": settings.max_chars, "max_explain_texts": settings.max_explain_texts}
     microbatch = ({"wait_ms": settings.microbatch_wait_ms, "max_size": settings.microbatch_max_size,
                    "queue_size": settings.microbatch_queue_size} if state.batcher is not None else None)
     return jsonify(state.inferer.metadata() | {"limits": limits, "microbatch": microbatch})
@@ -75,8 +115,29 @@ def openapi() -> Response:
                                     inferer.checkpoint_id))
 
 
+def model_summary(inferer: ModelInferer) -> dict[str, Any]:
+    """Which model answered, in every /predict and /explain answer."""
+    return {"task": inferer.task, "checkpoint_id": inferer.checkpoint_id, "backbone": inferer.info.backbone,
+            "quantized": inferer.quantized, "precision": inferer.precision, "backend": inferer.backend}
+
+
 def read_predict_request(state: ServingState) -> tuple[list[str], int | None]:
     """The texts (and top_k) of a /predict request: JSON {"text"} or {"texts"}, or the form field `data`."""
+    texts, parsed = read_texts(state.schemas.predict_request, "MAX_TEXTS")
+    return texts, parsed.top_k  # type: ignore[attr-defined]
+
+
+def read_texts(model: type[BaseModel], texts_limit: str) -> tuple[list[str], BaseModel]:
+    """The valid texts of a request and its validated body, by the rules every text route shares."""
+    texts, parsed = parse_request(model, read_body(), texts_limit)
+    try:
+        return validate_texts(texts), parsed
+    except (TypeError, ValueError) as error:
+        raise ApiError(422, "invalid_text", str(error)) from None
+
+
+def read_body() -> Any:
+    """The body of a text route: JSON {"text"} or {"texts"} and their options, or the form field `data`."""
     if request.is_json:
         body: Any = parse_json(request.get_data(cache=False))
     elif request.mimetype in FORM_TYPES:
@@ -86,11 +147,7 @@ def read_predict_request(state: ServingState) -> tuple[list[str], int | None]:
     else:
         raise ApiError(415, "unsupported_media_type", "send JSON (Content-Type: application/json) or a form "
                                                       f"with a `{FORM_FIELD}` field")
-    texts, top_k = parse_predict_request(state.schemas.predict_request, body)
-    try:
-        return validate_texts(texts), top_k
-    except (TypeError, ValueError) as error:
-        raise ApiError(422, "invalid_text", str(error)) from None
+    return body
 
 
 def parse_json(data: bytes) -> Any:

@@ -14,7 +14,8 @@ from serving.errors import ApiError
 from serving.settings import ServingSettings
 
 # Which problem wins when a body has several: its shape first, then its texts, then the limits.
-CODE_PRIORITY = ("invalid_request", "invalid_text", "empty_texts", "too_many_texts", "text_too_long")
+CODE_PRIORITY = ("invalid_request", "invalid_labels", "invalid_text", "empty_texts", "too_many_texts",
+                 "text_too_long")
 
 
 class ErrorDetail(BaseModel):
@@ -64,13 +65,30 @@ class Schemas:
     predict_request: type[BaseModel]
     prediction: type[BaseModel]
     predict_answer: type[BaseModel]
+    explain_request: type[BaseModel]
+    explanation: type[BaseModel]
+    explain_answer: type[BaseModel]
+
+
+class OneOfTextAndTexts(BaseModel):
+    """A request with exactly one of "text" (a string) and "texts" (a list)."""
+
+    @model_validator(mode="after")
+    def _one_of_text_and_texts(self) -> "OneOfTextAndTexts":
+        text = getattr(self, "text", None)
+        if "text" in self.model_fields_set and text is None:
+            raise PydanticCustomError("invalid_text", '"text" must be a string, got null')
+        if (text is None) == (getattr(self, "texts", None) is None):
+            raise PydanticCustomError("invalid_request", 'give exactly one of "text" (a string) or "texts" (a list)')
+        return self
 
 
 def build_schemas(labels: list[str], settings: ServingSettings) -> Schemas:
     Text = Annotated[str, StringConstraints(max_length=settings.max_chars)]  # noqa: N806 (a type)
     Label = Literal[tuple(labels)]  # type: ignore  # noqa: N806 (a type)
+    label_count = len(labels)  # a field named `labels` shadows the argument inside ExplainRequest
 
-    class PredictRequest(BaseModel):
+    class PredictRequest(OneOfTextAndTexts):
         """Exactly one of "text" and "texts"."""
 
         model_config = ConfigDict(extra="forbid", strict=True)
@@ -78,15 +96,6 @@ def build_schemas(labels: list[str], settings: ServingSettings) -> Schemas:
         texts: Annotated[list[Text], Field(min_length=1, max_length=settings.max_texts)] | None = None  # type: ignore
         top_k: Annotated[int, Field(ge=1, le=len(labels))] | None = Field(
             None, description="Also list the k best labels with their scores.")
-
-        @model_validator(mode="after")
-        def _one_of_text_and_texts(self) -> "PredictRequest":
-            if "text" in self.model_fields_set and self.text is None:
-                raise PydanticCustomError("invalid_text", '"text" must be a string, got null')
-            if (self.text is None) == (self.texts is None):
-                raise PydanticCustomError("invalid_request",
-                                          'give exactly one of "text" (a string) or "texts" (a list)')
-            return self
 
     class TopK(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -109,20 +118,55 @@ def build_schemas(labels: list[str], settings: ServingSettings) -> Schemas:
         predictions: list[Prediction]
         model: ModelSummary
 
-    return Schemas(PredictRequest, Prediction, PredictAnswer)
+    class ExplainRequest(OneOfTextAndTexts):
+        """Exactly one of "text" and "texts"; "labels" to explain, default the predicted ones."""
+
+        model_config = ConfigDict(extra="forbid", strict=True)
+        text: Text | None = None  # type: ignore
+        texts: Annotated[list[Text], Field(min_length=1, max_length=settings.max_explain_texts)] | None = None  # type: ignore
+        labels: Annotated[list[Label], Field(min_length=1, max_length=label_count)] | None = Field(  # type: ignore
+            None, description="Labels to explain; default: the predicted labels, or the best-scoring one when none "
+                              "is predicted (multi-class: the top class).")
+
+    class Word(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        word: str
+        start: int = Field(ge=0, description="Offset of its first character in the text (Unicode code points).")
+        end: int = Field(ge=0, description="Offset just after its last character.")
+
+    class Explanation(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        labels: list[Label] = Field(description="The predicted labels.")  # type: ignore
+        scores: Scores  # type: ignore
+        truncated: bool = Field(description="The text was cut to the model's length; cut words have no score.")
+        method: str = Field(description="How the words were scored (docs/EXPLAIN.md).")
+        words: list[Word] = Field(description="The words of the text, in order.")
+        attributions: dict[Label, list[float | None]] = Field(  # type: ignore
+            description="Per explained label, one number per word: how much the word raises the label's log-odds "
+                        "(multi-label) or log-probability (multi-class); null for a word truncation cut away.")
+
+    class ExplainAnswer(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        explanations: list[Explanation]
+        model: ModelSummary
+
+    return Schemas(PredictRequest, Prediction, PredictAnswer, ExplainRequest, Explanation, ExplainAnswer)
 
 
-def parse_predict_request(model: type[BaseModel], body: Any) -> tuple[list[str], int | None]:
-    """The texts and top_k of a decoded JSON body; an ApiError for the most basic problem found."""
+def parse_request(model: type[BaseModel], body: Any, texts_limit: str = "MAX_TEXTS") -> tuple[list[str], BaseModel]:
+    """The texts of a decoded JSON body and the validated request; an ApiError for the most basic problem found.
+
+    `texts_limit` names the setting that bounds the number of texts, for the error message."""
     try:
         request = model.model_validate(body)
     except ValidationError as error:
-        raise error_for(error, body) from None
+        raise error_for(error, body, model, texts_limit) from None
     texts = [request.text] if request.text is not None else list(request.texts)  # type: ignore[attr-defined]
-    return texts, request.top_k  # type: ignore[attr-defined]
+    return texts, request
 
 
-def error_for(error: ValidationError, body: Any) -> ApiError:
+def error_for(error: ValidationError, body: Any, model: type[BaseModel] | None = None,
+              texts_limit: str = "MAX_TEXTS") -> ApiError:
     """The ApiError of the highest-priority problem among pydantic's errors."""
     found = [(code_of(e), e) for e in error.errors(include_url=False)]
     code, detail = min(found, key=lambda pair: CODE_PRIORITY.index(pair[0]))
@@ -132,12 +176,15 @@ def error_for(error: ValidationError, body: Any) -> ApiError:
     if detail["type"] == "model_type":
         message = 'the body must be a JSON object: {"text": "..."} or {"texts": ["...", ...]}'
     elif detail["type"] == "extra_forbidden":
-        message = f"unknown field {where!r}; expected text, texts, top_k"
+        fields = ", ".join(model.model_fields) if model is not None else "text, texts, top_k"
+        message = f"unknown field {where!r}; expected {fields}"
     elif code == "too_many_texts":
-        message = f"{len(body['texts'])} texts in one request; the limit is {limit} (MAX_TEXTS)"
+        message = f"{len(body['texts'])} texts in one request; the limit is {limit} ({texts_limit})"
     elif code == "text_too_long":
         message = (f"{where} has {len(detail['input'])} characters; the limit is {limit} "
                    "(MAX_CHARS)")
+    elif code == "invalid_labels" and detail["type"] == "literal_error":
+        message = f"{where}: unknown label {detail['input']!r}; {detail['msg'].lower()}"
     else:
         message = f"{where}: {detail['msg']}" if where else detail["msg"]
     return ApiError(status, code, message)
@@ -147,6 +194,8 @@ def code_of(detail: Any) -> str:
     kind, loc = detail["type"], detail["loc"]
     if kind in CODE_PRIORITY:
         return kind
+    if loc[:1] == ("labels",):
+        return "invalid_labels"
     if kind == "string_too_long":
         return "text_too_long"
     if loc[:1] == ("texts",) and len(loc) == 1:

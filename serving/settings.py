@@ -32,6 +32,8 @@ class ServingSettings(BaseSettings):
     max_body_bytes: PositiveInt = Field(1 << 20, description="Largest request body; larger gets 413.")
     max_texts: PositiveInt = Field(64, description="Most texts in one request; more gets 413.")
     max_chars: PositiveInt = Field(20_000, description="Most characters in one text; more gets 413.")
+    max_explain_texts: PositiveInt = Field(
+        8, description="Most texts in one /explain request (each costs a forward pass per word); more gets 413.")
     torch_threads: PositiveInt = Field(1, description="torch intra-op threads per worker process.")
     workers: PositiveInt | None = Field(None, description="Worker processes; default cores // threads.")
     threads: PositiveInt | None = Field(

@@ -18,7 +18,7 @@ KNOWN_METHODS = ("GET", "POST", "HEAD", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
 class ServingMetrics:
-    """Request counts, latency, texts per request, truncations, error codes and the served model."""
+    """Request counts, latency, texts per request, truncations, explanations, error codes and the model."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -31,6 +31,12 @@ class ServingMetrics:
                                buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512), registry=self.registry)
         self.truncated = Counter("predict_truncated_texts_total", "Texts cut to the model's max length.",
                                  registry=self.registry)
+        self.explain_texts = Histogram("explain_texts_per_request", "Texts in one /explain request.",
+                                       buckets=(1, 2, 4, 8, 16, 32, 64), registry=self.registry)
+        self.explained_labels = Counter("explained_labels_total", "Labels explained, by label.", ["label"],
+                                        registry=self.registry)
+        self.explained_words = Histogram("explain_words_per_text", "Words scored in one explained text.",
+                                         buckets=(4, 16, 64, 256, 1024, 4096), registry=self.registry)
         self.errors = Counter("http_errors_total", "Error answers by error code.", ["code"], registry=self.registry)
         self.batch_texts = Histogram("microbatch_texts", "Texts in one shared forward pass (MICROBATCH=1).",
                                      buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=self.registry)

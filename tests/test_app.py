@@ -1,5 +1,6 @@
-"""The HTTP API through Flask's test client, around the tiny trained checkpoints: every route, every error
-path, the API key, the metrics, the OpenAPI document checked against real answers, and fuzzed bodies."""
+"""The HTTP API through Flask's test client, around the tiny trained checkpoints: every route (/predict, /explain,
+the page), every error path, the API key, the metrics, the OpenAPI document checked against real answers, and
+fuzzed bodies."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from inferer import ModelInferer
 from serving.settings import ServingSettings, available_cores
 from utils.precision import resolve_precision
 
-LIMITS = {"max_texts": 3, "max_chars": 100, "max_body_bytes": 4096}
+LIMITS = {"max_texts": 3, "max_chars": 100, "max_body_bytes": 4096, "max_explain_texts": 2}
 KEY = "test-key-0123456789"
 
 
@@ -194,6 +195,134 @@ def test_unexpected_errors_are_json_500_without_details(inferer):
     assert "secret" not in response.get_data(as_text=True)
 
 
+# --- /explain ----------------------------------------------------------------------------------------------
+
+
+def test_explain_answers_what_the_inferer_explains(client, inferer):
+    text = "You are a complete idiot, go away."
+    response = client.post("/explain", json={"text": text, "labels": ["insult", "toxic"]})
+    assert response.status_code == 200
+    body = response.get_json()
+    assert list(body) == ["explanations", "model"] and body["model"]["checkpoint_id"] == inferer.checkpoint_id
+    (explanation,) = body["explanations"]
+    expected = inferer.explain(text, labels=["insult", "toxic"])
+    assert explanation["words"] == expected["words"] and list(explanation["attributions"]) == ["insult", "toxic"]
+    for label, scores in expected["attributions"].items():
+        np.testing.assert_allclose(explanation["attributions"][label], scores, atol=1e-5)
+    for word in explanation["words"]:
+        assert text[word["start"]:word["end"]] == word["word"]
+    default = client.post("/explain", json={"texts": [text, ""]}).get_json()["explanations"]
+    assert [list(e["attributions"]) for e in default] == [
+        inferer.explain(t)["labels"] or [max(inferer.predict(t)["scores"], key=inferer.predict(t)["scores"].get)]
+        for t in (text, "")]
+
+
+def test_explain_takes_the_original_form_field(client):
+    response = client.post("/explain", data={"data": "thank you for the edit"})
+    assert response.status_code == 200 and len(response.get_json()["explanations"]) == 1
+
+
+@pytest.mark.parametrize(("request_kwargs", "status", "code"), [
+    ({"data": "hello"}, 415, "unsupported_media_type"),
+    ({"data": "hello", "content_type": "text/plain"}, 415, "unsupported_media_type"),
+    ({"data": "{", "content_type": "application/json"}, 400, "invalid_json"),
+    ({"data": b'{"text": "\xff"}', "content_type": "application/json"}, 400, "invalid_json"),
+    ({"json": ["a list"]}, 422, "invalid_request"),
+    ({"json": {}}, 422, "invalid_request"),
+    ({"json": {"text": "a", "texts": ["b"]}}, 422, "invalid_request"),
+    ({"json": {"text": "a", "top_k": 2}}, 422, "invalid_request"),
+    ({"json": {"text": None}}, 422, "invalid_text"),
+    ({"json": {"texts": ["a", 1]}}, 422, "invalid_text"),
+    ({"data": '{"text": "lone \\ud800"}', "content_type": "application/json"}, 422, "invalid_text"),
+    ({"json": {"texts": []}}, 422, "empty_texts"),
+    ({"json": {"text": "a", "labels": ["rude"]}}, 422, "invalid_labels"),
+    ({"json": {"text": "a", "labels": []}}, 422, "invalid_labels"),
+    ({"json": {"text": "a", "labels": "toxic"}}, 422, "invalid_labels"),
+    ({"json": {"text": "a", "labels": ["toxic", 3]}}, 422, "invalid_labels"),
+    ({"json": {"text": "a", "labels": TOXIC_LABELS * 2}}, 422, "invalid_labels"),
+    ({"json": {"texts": ["a"] * 3}}, 413, "too_many_texts"),
+    ({"json": {"text": "a" * 101}}, 413, "text_too_long"),
+    ({"json": {"text": "a" * 5000}}, 413, "body_too_large"),
+    ({"data": {"other": "x"}}, 422, "missing_text"),
+])
+def test_explain_errors_are_json_with_the_right_status(client, request_kwargs, status, code):
+    response = client.post("/explain", **request_kwargs)
+    assert response.status_code == status
+    assert error_of(response) == code
+
+
+def test_explain_error_messages_name_the_limit_and_the_labels(client):
+    too_many = client.post("/explain", json={"texts": ["a", "b", "c"]}).get_json()["error"]["message"]
+    assert "limit is 2 (MAX_EXPLAIN_TEXTS)" in too_many
+    unknown = client.post("/explain", json={"text": "a", "labels": ["rude"]}).get_json()["error"]["message"]
+    assert "'rude'" in unknown and "toxic" in unknown
+    extra = client.post("/explain", json={"text": "a", "top_k": 1}).get_json()["error"]["message"]
+    assert "expected text, texts, labels" in extra
+
+
+def test_explain_within_predict_limits_is_accepted_and_chunked_bodies_are_capped(client):
+    assert client.post("/explain", json={"texts": ["a" * 100] * 2}).status_code == 200
+    body = json.dumps({"text": "padding"}).encode().ljust(4097)
+    response = client.post("/explain", input_stream=io.BytesIO(body), content_type="application/json",
+                           headers={"Transfer-Encoding": "chunked"}, environ_overrides={"wsgi.input_terminated": True})
+    assert response.status_code == 413 and error_of(response) == "body_too_large"
+
+
+@pytest.mark.parametrize(("method", "path", "status"), [("GET", "/explain", 405), ("PUT", "/explain", 405),
+                                                        ("POST", "/explain/more", 404)])
+def test_explain_routing_errors_are_json(client, method, path, status):
+    response = client.open(path, method=method)
+    assert response.status_code == status and error_of(response) in ("method_not_allowed", "not_found")
+
+
+def test_explain_needs_the_key_like_predict(keyed):
+    assert keyed.post("/explain", json={"text": "hi"}).status_code == 401
+    assert keyed.post("/explain", json={"text": "hi"}, headers={"X-API-Key": KEY}).status_code == 200
+    assert keyed.post("/explain", json={"text": "hi"}, headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
+
+
+def test_explain_metrics(client):
+    client.post("/explain", json={"texts": ["you idiot", "fine words here"], "labels": ["toxic", "insult"]})
+    client.post("/explain", json={"text": "x", "labels": ["toxic"]})
+    client.post("/explain", json={"text": "x", "labels": ["nope"]})
+    values = metric_values(client)
+    assert values[("http_requests_total", (("endpoint", "/explain"), ("method", "POST"), ("status", "200")))] == 2
+    assert values[("http_requests_total", (("endpoint", "/explain"), ("method", "POST"), ("status", "422")))] == 1
+    assert values[("explain_texts_per_request_count", ())] == 2 and values[("explain_texts_per_request_sum", ())] == 3
+    assert values[("explained_labels_total", (("label", "toxic"),))] == 3
+    assert values[("explained_labels_total", (("label", "insult"),))] == 2
+    assert values[("explain_words_per_text_sum", ())] == 2 + 3 + 1
+    assert values[("http_errors_total", (("code", "invalid_labels"),))] == 1
+
+
+# --- the page ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("app_client", ["client", "keyed"])
+def test_page_and_its_files_are_served_without_the_key(request, app_client):
+    client = request.getfixturevalue(app_client)
+    page = client.get("/")
+    assert page.status_code == 200 and page.mimetype == "text/html"
+    html = page.get_data(as_text=True)
+    assert 'src="static/app.js"' in html and 'href="static/app.css"' in html
+    assert "http://" not in html and "https://" not in html  # nothing from elsewhere: works offline
+    csp = page.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in csp and "default-src 'none'" in csp and "unsafe-inline" not in csp
+    for name, mimetype in (("app.js", "text/javascript"), ("app.css", "text/css"), ("favicon.svg", "image/svg+xml")):
+        response = client.get(f"/static/{name}")
+        assert response.status_code == 200 and response.mimetype == mimetype
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+    script = client.get("/static/app.js").get_data(as_text=True)
+    assert "innerHTML" not in script and "insertAdjacentHTML" not in script and "eval(" not in script
+
+
+@pytest.mark.parametrize("path", ["/static/missing.js", "/static/../app.py", "/static/%2e%2e/app.py",
+                                  "/static/..%2fapp.py", "/static//etc/passwd"])
+def test_nothing_outside_the_static_folder_is_served(client, path):
+    response = client.get(path, follow_redirects=True)  # werkzeug merges "//" by a redirect
+    assert response.status_code == 404 and error_of(response) == "not_found"
+
+
 # --- the other routes --------------------------------------------------------------------------------------
 
 
@@ -343,6 +472,16 @@ def check_schema(value, schema: dict, document: dict, where: str = "$") -> None:
 
 
 EXCHANGES = [  # (method, path, request kwargs): together they produce every documented answer
+    ("POST", "/explain", {"json": {"text": "hello there", "labels": ["toxic"]}}),
+    ("POST", "/explain", {"data": {"data": "hello"}}),
+    ("POST", "/explain", {"data": "{", "content_type": "application/json"}),
+    ("POST", "/explain", {"json": {"texts": ["a"] * 3}}),
+    ("POST", "/explain", {"data": "x", "content_type": "text/plain"}),
+    ("POST", "/explain", {"json": {"text": "a", "labels": ["rude"]}}),
+    ("GET", "/", {}),
+    ("GET", "/static/app.js", {}),
+    ("GET", "/static/app.css", {}),
+    ("GET", "/static/missing.js", {}),
     ("POST", "/predict", {"json": {"text": "hello"}}),
     ("POST", "/predict", {"json": {"texts": ["a", "b"], "top_k": 2}}),
     ("POST", "/predict", {"data": {"data": "hello"}}),
@@ -365,26 +504,28 @@ def test_openapi_document_matches_what_the_server_does(inferer, api_key):
     auth = {"X-API-Key": KEY}
     document = client.get("/openapi.json", headers=auth).get_json()
     assert document["openapi"].startswith("3.")
-    routes = {(rule.rule, method.lower()) for rule in app.url_map.iter_rules()
+    routes = {(re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule), method.lower()) for rule in app.url_map.iter_rules()
               for method in (rule.methods or set()) - {"HEAD", "OPTIONS"}}
     assert routes == {(path, method) for path, item in document["paths"].items() for method in item}
     seen = set()
     for method, path, kwargs in EXCHANGES:
         response = client.open(path, method=method, headers=auth, **kwargs)
-        documented = document["paths"][path][method.lower()]["responses"]
+        route = "/static/{filename}" if path.startswith("/static/") else path
+        documented = document["paths"][route][method.lower()]["responses"]
         status = str(response.status_code)
         assert status in documented, f"{method} {path} answered {status}, undocumented"
-        media, = documented[status]["content"]
-        assert response.mimetype == media
+        assert response.mimetype in documented[status]["content"]
+        media = response.mimetype
         if media == "application/json":
             check_schema(response.get_json(), documented[status]["content"][media]["schema"], document,
                          f"{method} {path} {status}")
         if "json" in kwargs and status == "200":
-            check_schema(kwargs["json"], {"$ref": "#/components/schemas/PredictRequest"}, document)
-        seen.add((path, method.lower(), status))
+            request_schema = "ExplainRequest" if path == "/explain" else "PredictRequest"
+            check_schema(kwargs["json"], {"$ref": f"#/components/schemas/{request_schema}"}, document)
+        seen.add((route, method.lower(), status))
     if api_key:
         for path, item in document["paths"].items():
-            response = client.open(path, method=next(iter(item)).upper())
+            response = client.open(path.replace("{filename}", "app.js"), method=next(iter(item)).upper())
             assert str(response.status_code) in item[next(iter(item))]["responses"]
             seen.add((path, next(iter(item)), str(response.status_code)))
     documented_answers = {(path, method, status) for path, item in document["paths"].items()
@@ -392,13 +533,15 @@ def test_openapi_document_matches_what_the_server_does(inferer, api_key):
                           if status != "default"}
     for path, item in document["paths"].items():  # any other method: 405, as the catch-all answer says
         other = ({"get", "post"} - set(item)).pop()
-        response = client.open(path, method=other.upper(), headers=auth)
+        response = client.open(path.replace("{filename}", "app.js"), method=other.upper(), headers=auth)
         assert response.status_code == 405
         check_schema(response.get_json(), item[next(iter(item))]["responses"]["default"]["content"]
                      ["application/json"]["schema"], document)
     assert documented_answers == seen
     texts = document["components"]["schemas"]["PredictRequest"]["properties"]["texts"]["anyOf"][0]
     assert (texts["maxItems"], texts["items"]["maxLength"]) == (LIMITS["max_texts"], LIMITS["max_chars"])
+    texts = document["components"]["schemas"]["ExplainRequest"]["properties"]["texts"]["anyOf"][0]
+    assert (texts["maxItems"], texts["items"]["maxLength"]) == (LIMITS["max_explain_texts"], LIMITS["max_chars"])
 
 
 # --- fuzzing /predict --------------------------------------------------------------------------------------

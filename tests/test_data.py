@@ -10,8 +10,8 @@ import pytest
 
 from utils.config import make_config
 from utils.data.datasets import BUILTIN_DATASETS, SHARED_DATA_DIR
-from utils.data.prepare import prepare_splits
-from utils.data.readers import ColumnLayout, DataError, read_label_names, read_labeled_texts
+from utils.data.prepare import prepare_splits, resolve_source
+from utils.data.readers import ColumnLayout, DataError, file_format, read_label_names, read_labeled_texts
 
 TOXIC_LABELS = list(BUILTIN_DATASETS["toxic"].label_columns)
 JIGSAW = ColumnLayout("comment_text", label_columns=tuple(TOXIC_LABELS))
@@ -256,3 +256,79 @@ def test_test_file_with_a_matching_label_set(tmp_path, toxic_csv):
     assert splits.test is not None and len(splits.test) == 30
     assert len(splits.train) + len(splits.validation) == 400  # no test_split taken from the training file
     assert splits.test.label_names == splits.label_names == TOXIC_LABELS
+
+
+# --- layouts inferred, delimiters detected ---------------------------------------------------------------------
+
+
+def test_conference_like_file_needs_no_column_flags(conference_csv, capsys):
+    """`--data my.csv` on a `Title, Conference` file: the text and the label column are inferred and said."""
+    config = make_config(task="multiclass", data=str(conference_csv))
+    splits = prepare_splits(config)
+    assert "inferred text column 'Title', label column 'Conference'" in capsys.readouterr().out
+    assert (config.text_column, config.label_column) == ("Title", "Conference")  # recorded for the checkpoint
+    assert splits.label_names == ["INFOCOM", "ISCAS", "SIGGRAPH", "VLDB", "WWW"]
+    assert len(splits.train) + len(splits.validation) == 300
+
+
+def test_jigsaw_like_file_without_its_id_column_needs_no_column_flags(toxic_csv, tmp_path, capsys):
+    path = tmp_path / "comments.csv"
+    pd.read_csv(toxic_csv).drop(columns=["id"]).to_csv(path, index=False)
+    source = resolve_source(make_config(task="multilabel", data=str(path)))
+    assert source.layout.text_column == "comment_text" and list(source.layout.label_columns) == TOXIC_LABELS
+    assert "0/1 label columns 'toxic', 'severe_toxic'" in capsys.readouterr().out
+
+
+def test_a_given_column_is_kept_and_the_rest_inferred(conference_csv, toxic_csv, capsys):
+    source = resolve_source(make_config(task="multiclass", data=str(conference_csv), label_column="Conference"))
+    assert source.layout.text_column == "Title" and "inferred text column 'Title'" in capsys.readouterr().out
+    with pytest.raises(DataError, match="which columns hold the labels"):  # 'id' is neither text nor 0/1
+        resolve_source(make_config(task="multilabel", data=str(toxic_csv), text_column="comment_text"))
+
+
+@pytest.mark.parametrize(("header", "row", "task"), [
+    ("id,comment_text,toxic,insult", "a{i},you fool number {i},{odd},0", "multilabel"),  # an id column besides
+    ("title,abstract,venue", "title number {i},a long abstract number {i},WWW", "multiclass"),  # two texts
+    ("text,score", "some words number {i},0.{i}5", "multiclass"),  # numbers, not labels
+    ("text,a,b", "some words number {i},{odd},{even}", "multiclass"),  # 0/1 columns cannot hold one class
+])
+def test_an_ambiguous_layout_keeps_the_clear_error(tmp_path, header, row, task):
+    path = tmp_path / "data.csv"
+    rows = [row.format(i=i, odd=i % 2, even=1 - i % 2) for i in range(60)]
+    path.write_text("\n".join([header, *rows]) + "\n")
+    with pytest.raises(DataError, match="cannot tell .* give --text-column and --label-columns") as error:
+        prepare_splits(make_config(task=task, data=str(path)))
+    assert str(path) in str(error.value) and header.split(",")[0] in str(error.value)
+
+
+def test_a_missing_file_or_unknown_name_is_said_plainly(tmp_path):
+    with pytest.raises(DataError, match="not a built-in dataset .* and no such file"):
+        resolve_source(make_config(task="multilabel", data=str(tmp_path / "absent.csv")))
+
+
+def test_tab_separated_txt_file_is_read_like_a_tsv(toxic_csv, tmp_path, capsys):
+    """SemEval-style: a header, tab-separated, named .txt."""
+    frame = pd.read_csv(toxic_csv).drop(columns=["id"]).head(120)
+    frame["comment_text"] = frame.comment_text.str.replace(r"\s+", " ", regex=True).str.strip()
+    path = tmp_path / "2018-E-c-En-train.txt"
+    lines = ["\t".join(frame.columns)] + ["\t".join(map(str, row)) for row in frame.itertuples(index=False)]
+    path.write_text("\n".join(lines) + "\n")  # raw text, quotes and all, as shared tasks publish it
+    assert file_format(path) == "tsv"
+    source = resolve_source(make_config(task="multilabel", data=str(path)))
+    data = read_labeled_texts(path, "multilabel", source.layout)
+    assert data.texts == frame.comment_text.tolist() and data.label_names == TOXIC_LABELS
+    np.testing.assert_array_equal(data.labels, frame[TOXIC_LABELS].to_numpy())
+
+
+def test_comma_separated_and_json_lines_txt_files_are_recognised(conference_csv, tmp_path):
+    comma = tmp_path / "titles.txt"
+    comma.write_text(conference_csv.read_text())
+    assert file_format(comma) == "csv"
+    data = read_labeled_texts(comma, "multiclass", ColumnLayout("Title", label_column="Conference"))
+    assert len(data) == 300
+    lines = write_jsonl(tmp_path / "rows.txt", [{"text": "first words", "y": 1}, {"text": "second", "y": 0}])
+    assert file_format(lines) == "jsonl"
+    mixed = tmp_path / "mixed.txt"
+    mixed.write_text("a\tb\nno separator here\n")
+    with pytest.raises(DataError, match="tabs or commas"):
+        file_format(mixed)

@@ -1,7 +1,9 @@
-"""Evaluation of a checkpoint: the report's metrics (per label, at 0.5 and at the tuned thresholds) and real
-PNG plots."""
+"""Evaluation of a checkpoint: the report's metrics (per label, at 0.5 and at the tuned thresholds), real PNG plots
+and the self-contained HTML page (its images open in a browser in tests/test_page.py)."""
 
+import base64
 import json
+import re
 
 import matplotlib.image
 import numpy as np
@@ -119,3 +121,45 @@ def test_summary_table_lists_every_label(multilabel_report):
 def test_test_data_with_other_labels_than_the_checkpoint(conference_csv, tmp_path):
     with pytest.raises(DataError, match="differ"):
         read_test_set(conference_config(conference_csv, tmp_path), ["INFOCOM", "ISCAS"])
+
+
+def embedded_images(html: str) -> list[bytes]:
+    return [base64.b64decode(data) for data in re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)]
+
+
+def test_html_report_beside_the_json_holds_every_part(multilabel_report, multilabel_checkpoint):
+    report, output_dir = multilabel_report
+    html = (output_dir / "eval_report.html").read_text()
+    images = embedded_images(html)
+    assert len(images) == 3 and all(image[:8] == PNG_MAGIC and len(image) > 5000 for image in images)
+    for alt in ("ROC and precision-recall curves per label", "reliability diagrams per label",
+                "validation metric over training steps"):  # metrics.jsonl found beside the checkpoint
+        assert f'alt="{alt}"' in html
+    assert "src=\"http" not in html and "<script" not in html  # self-contained and inert
+    for heading in ("Summary", "Per label", "Calibration", "Training", "Cost of int8 and bf16"):
+        assert f"<h2>{heading}" in html
+    assert "Jaccard index (samples-averaged)" in html and "subset accuracy" in html
+    calibration = report["metrics"]["calibration"]["per_label"]
+    for name in TOXIC_LABELS:
+        assert f"<td>{name}</td>" in html and f"{calibration[name]:.4f}" in html
+    assert "No int8 or bf16 evaluation beside this report yet" in html
+
+
+def test_html_report_escapes_strings_and_compares_int8_when_measured(multilabel_checkpoint, toxic_csv, tmp_path):
+    hostile = tmp_path / "<script>alert(1)<!--.csv"
+    hostile.write_bytes(toxic_csv.read_bytes())
+    evaluation.run(toxic_config(hostile, tmp_path), multilabel_checkpoint)
+    evaluation.run(toxic_config(hostile, tmp_path, quantize=True), multilabel_checkpoint)
+    html = (tmp_path / "eval_report_int8.html").read_text()
+    assert "<script>" not in html and "&lt;script&gt;alert(1)&lt;!--.csv" in html
+    assert "<td>fp32</td>" in html and "<td>int8</td>" in html and "mean ROC AUC vs fp32" in html
+    fp32 = json.loads((tmp_path / "eval_report.json").read_text())["metrics"]["mean_roc_auc"]
+    int8 = json.loads((tmp_path / "eval_report_int8.json").read_text())["metrics"]["mean_roc_auc"]
+    assert f"{int8 - fp32:.4f}" in html
+
+
+def test_multiclass_html_report_has_the_confusion_matrix(multiclass_checkpoint, conference_csv, tmp_path):
+    evaluation.run(conference_config(conference_csv, tmp_path), multiclass_checkpoint)
+    html = (tmp_path / "eval_report.html").read_text()
+    assert 'alt="confusion matrix"' in html and len(embedded_images(html)) == 4
+    assert "expected calibration error of the top class" in html and "ECE (one vs rest)" in html

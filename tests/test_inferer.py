@@ -212,9 +212,21 @@ def test_the_original_config_call_keeps_working(multilabel_checkpoint):
     assert inferer.thresholds.tolist() == classifier_json(multilabel_checkpoint)["thresholds"]
 
 
+def test_a_default_config_warns_about_input_settings_and_goes_on(multilabel_checkpoint):
+    """The original call with a plain Config(): max_length 128 and truncation differ from the checkpoint's 64 and
+    head_tail; the checkpoint decides, a warning names both values, and the inferer works."""
+    with pytest.warns(UserWarning) as warned:
+        inferer = ModelInferer(config=Config(truncation="head"), checkpoint_path=multilabel_checkpoint, quantize=True)
+    messages = [str(w.message) for w in warned]
+    assert any("config.max_length is 128" in m and "trained with 64" in m for m in messages), messages
+    assert any("config.truncation is 'head'" in m and "'head_tail'" in m for m in messages), messages
+    assert warned[0].filename == __file__  # pointed at the caller's line
+    assert inferer.max_length == 64 and inferer.truncation == "head_tail" and inferer.quantized
+    assert set(inferer.predict("you idiot")["scores"]) == set(TOXIC_LABELS)
+
+
 @pytest.mark.parametrize(("change", "message"), [
     ({"task": "multiclass"}, "config.task is 'multiclass'"),
-    ({"max_length": 128}, "config.max_length is 128"),
     ({"label_columns": TOXIC_LABELS[::-1]}, "differ from the checkpoint's"),
 ])
 def test_a_config_that_contradicts_the_checkpoint_is_an_error(multilabel_checkpoint, change, message):

@@ -1,4 +1,5 @@
-"""Metrics against scikit-learn on known arrays, and thresholds that reach the best F1 the data allows."""
+"""Metrics against scikit-learn on known arrays, calibration by hand, and thresholds that reach the best F1 the data
+allows."""
 
 import numpy as np
 import pytest
@@ -10,13 +11,21 @@ from sklearn.metrics import (
     confusion_matrix,
     f1_score,
     hamming_loss,
+    jaccard_score,
     label_ranking_average_precision_score,
     precision_score,
     recall_score,
     roc_auc_score,
 )
 
-from utils.evaluation.metrics import best_f1_threshold, compute_metrics, tune_thresholds
+from utils.evaluation.metrics import (
+    best_f1_threshold,
+    calibration_metrics,
+    compute_metrics,
+    expected_calibration_error,
+    reliability_bins,
+    tune_thresholds,
+)
 from utils.scoring import scores_from_logits
 
 LABELS = ["a", "b", "c", "d"]
@@ -81,6 +90,8 @@ def test_multilabel_metrics_match_scikit_learn(multilabel_arrays):
         assert block["macro_recall"] == pytest.approx(recall_score(y_true, predictions, average="macro"))
         assert block["hamming_loss"] == pytest.approx(hamming_loss(y_true, predictions))
         assert block["subset_accuracy"] == pytest.approx(accuracy_score(y_true, predictions))
+        assert block["jaccard_samples"] == pytest.approx(jaccard_score(y_true, predictions, average="samples",
+                                                                       zero_division=1.0))
     for j, name in enumerate(LABELS):
         row = metrics["per_label"][name]
         assert row["roc_auc"] == pytest.approx(roc_auc_score(y_true[:, j], probs[:, j]))
@@ -166,3 +177,34 @@ def test_scores_from_logits():
     softmax = scores_from_logits("multiclass", logits)
     np.testing.assert_allclose(softmax, np.exp(logits) / np.exp(logits).sum())
     assert softmax.sum() == pytest.approx(1.0)
+
+
+def test_jaccard_index_by_hand():
+    """Per text |true & predicted| / |true | predicted|, averaged; no label and none predicted counts as 1."""
+    y_true = np.array([[1, 1, 0], [0, 0, 0], [1, 0, 0], [0, 0, 0]], dtype=np.float32)
+    probs = np.array([[0.9, 0.1, 0.8], [0.1, 0.1, 0.1], [0.1, 0.1, 0.1], [0.9, 0.1, 0.1]])
+    block = compute_metrics("multilabel", y_true, probs, ["a", "b", "c"])["at_0.5"]
+    assert block["jaccard_samples"] == pytest.approx((1 / 3 + 1 + 0 + 0) / 4)
+    assert block["subset_accuracy"] == pytest.approx(1 / 4)
+
+
+def test_calibration_error_by_hand():
+    y_true = np.array([0, 0, 1, 1, 1, 0, 1, 1])
+    probs = np.array([0.05, 0.15, 0.15, 0.55, 0.55, 0.55, 0.95, 0.95])
+    table = reliability_bins(y_true, probs, bins=10)
+    assert table["count"] == [1, 2, 0, 0, 0, 3, 0, 0, 0, 2]
+    assert table["mean_score"][2] is None and table["fraction_positive"][5] == pytest.approx(2 / 3)
+    expected = (1 * 0.05 + 2 * abs(0.5 - 0.15) + 3 * abs(2 / 3 - 0.55) + 2 * abs(1 - 0.95)) / 8
+    assert expected_calibration_error(y_true, probs, bins=10) == pytest.approx(expected)
+    assert expected_calibration_error(np.array([0, 1]), np.array([0.0, 1.0])) == 0.0  # the edges land in bins
+
+
+def test_calibration_per_label_and_of_the_top_class():
+    rng = np.random.default_rng(2)
+    y_true = rng.integers(0, 3, 300)
+    probs = scores_from_logits("multiclass", rng.normal(size=(300, 3)))
+    result = calibration_metrics("multiclass", y_true, probs, ["x", "y", "z"])
+    assert set(result["per_label"]) == {"x", "y", "z"}
+    assert result["per_label"]["y"] == pytest.approx(expected_calibration_error(y_true == 1, probs[:, 1]), abs=1e-6)
+    right = probs.argmax(axis=1) == y_true
+    assert result["top_class"] == pytest.approx(expected_calibration_error(right, probs.max(axis=1)), abs=1e-6)

@@ -37,7 +37,8 @@ REQUIREMENTS = ROOT / "requirements_inference.txt"
 INFERENCE_VENV = ROOT / ".venv-inference"  # cached between runs, rebuilt when the requirements change
 KEY = "server-test-key"
 # The base layer that serving needs (docs/ARCHITECTURE.md): nothing of data reading, training or plotting.
-SERVING_UTILS = ("__init__", "atomic", "checkpoint", "encoding", "precision", "runners", "scoring")
+SERVING_UTILS = ("__init__", "atomic", "checkpoint", "encoding", "explain", "precision", "runners", "scoring")
+PAGE_FILES = ("index.html", "app.css", "app.js", "favicon.svg")  # serving/static: the page at /
 START_SECONDS = 240  # two workers importing torch at once on a 2-core machine, after a fresh install
 
 
@@ -73,9 +74,10 @@ def test_dockerfile_builds_a_slim_non_root_image_that_serves_with_gunicorn():
     assert instruction_args("FROM") == ["python:3.11-slim"]
     assert server_command() == ["gunicorn", "-c", "gunicorn.conf.py", "app:create_app()"]
     assert sorted(served_sources()) == ["app.py", "gunicorn.conf.py", "inferer.py", "models", "serving",
-                                        *(f"utils/{name}.py" for name in SERVING_UTILS)]
+                                        "serving/static", *(f"utils/{name}.py" for name in SERVING_UTILS)]
     for source in served_sources():
         assert (ROOT / source).exists(), source
+    assert sorted(p.name for p in (ROOT / "serving" / "static").iterdir()) == sorted(PAGE_FILES)
     (user,) = instruction_args("USER")
     assert user not in ("root", "0")
     assert instruction_args("EXPOSE") == ["8080"]
@@ -111,6 +113,7 @@ def test_dockerignore_keeps_data_and_secrets_out_and_lets_the_served_files_in():
                  ".git/HEAD", "utils/__pycache__/data.cpython-311.pyc"):
         assert dockerignored(path), path
     for path in ("app.py", "inferer.py", "gunicorn.conf.py", "models/classifiers.py", "serving/settings.py",
+                 "utils/explain.py", *(f"serving/static/{name}" for name in PAGE_FILES),
                  "requirements_inference.txt", "docker/model/model.safetensors", "docker/model/config.json"):
         assert not dockerignored(path), path
 
@@ -229,7 +232,7 @@ def test_real_server_from_the_inference_environment(multilabel_checkpoint, tmp_p
     for source in served_sources():
         (site / source).parent.mkdir(parents=True, exist_ok=True)
         copy = shutil.copytree if (ROOT / source).is_dir() else shutil.copy2
-        copy(ROOT / source, site / source)
+        copy(ROOT / source, site / source, **({"dirs_exist_ok": True} if (ROOT / source).is_dir() else {}))
     shutil.copytree(multilabel_checkpoint, tmp_path / "model")
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -288,7 +291,8 @@ def exercise_server(base: str, checkpoint: Path) -> None:
     digest = hashlib.sha256((checkpoint / "model.safetensors").read_bytes()).hexdigest()
     assert status == 200 and meta["checkpoint_id"] == digest[:16] and meta["labels"] == TOXIC_LABELS
     status, document, _ = call(f"{base}/openapi.json", headers=bearer)
-    assert status == 200 and set(document["paths"]) >= {"/predict", "/health", "/metrics"}
+    assert status == 200 and set(document["paths"]) >= {"/predict", "/explain", "/", "/health", "/metrics"}
+    exercise_explain_and_page(base, bearer, checkpoint)
     # Whichever worker answers, /metrics counts the requests of all of them.
     for _ in range(3):
         status, metrics, headers = call(f"{base}/metrics", headers=bearer)
@@ -298,3 +302,25 @@ def exercise_server(base: str, checkpoint: Path) -> None:
         assert samples[("http_requests_total", (("endpoint", "/predict"), ("method", "POST"), ("status", "200")))] == 2
         assert samples[("http_errors_total", (("code", "unauthorized"),))] == 1
         assert samples[("predict_texts_per_request_sum", ())] == 4
+        assert samples[("explain_texts_per_request_sum", ())] == 2
+
+
+def exercise_explain_and_page(base: str, bearer: dict[str, str], checkpoint: Path) -> None:
+    """/explain with the key, its limit and errors, and the page with its files without the key."""
+    texts = ["You are a complete idiot.", "Thanks for fixing the references!"]
+    status, body, _ = call(f"{base}/explain", json.dumps({"texts": texts}).encode(), bearer)
+    assert status == 200
+    expected = [ModelInferer(checkpoint).explain(text) for text in texts]
+    for served, local in zip(body["explanations"], expected, strict=True):
+        assert served["words"] == local["words"] and list(served["attributions"]) == list(local["attributions"])
+    status, body, _ = call(f"{base}/explain", json.dumps({"texts": ["a"] * 9}).encode(), bearer)
+    assert status == 413 and body["error"]["code"] == "too_many_texts"
+    assert "MAX_EXPLAIN_TEXTS" in body["error"]["message"]
+    status, body, _ = call(f"{base}/explain", json.dumps({"text": "a", "labels": ["nope"]}).encode(), bearer)
+    assert status == 422 and body["error"]["code"] == "invalid_labels"
+    status, body, _ = call(f"{base}/explain", json.dumps({"text": "a"}).encode(), {"Content-Type": "application/json"})
+    assert status == 401
+    status, page, headers = call(f"{base}/")  # no key: the page asks for it
+    assert status == 200 and headers.get_content_type() == "text/html" and "static/app.js" in page
+    for name in PAGE_FILES:
+        assert call(f"{base}/static/{name}")[0] == 200

@@ -68,6 +68,34 @@ def encode(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int
     return Encoded(input_ids, truncated)
 
 
+@dataclass
+class EncodedText:
+    """One text's token ids as `encode` makes them, with each id's character span in the text (None for special
+    tokens): what maps token-level scores back to the words of the text."""
+
+    input_ids: list[int]
+    offsets: list[tuple[int, int] | None]
+    truncated: bool
+
+
+def encode_with_offsets(tokenizer: PreTrainedTokenizerBase, text: str, max_length: int,
+                        truncation: str = "head_tail") -> EncodedText:
+    """The ids `encode` gives for `text`, and where each comes from; needs a fast (Rust) tokenizer."""
+    if truncation not in TRUNCATIONS:
+        raise ValueError(f"truncation must be one of {TRUNCATIONS}, got {truncation!r}")
+    if not tokenizer.is_fast:
+        raise ValueError("character offsets need a fast tokenizer (tokenizer.json in the checkpoint)")
+    encoded = tokenizer(text, add_special_tokens=True, truncation=False, verbose=False,
+                        return_special_tokens_mask=True, return_offsets_mapping=True, return_attention_mask=False,
+                        return_token_type_ids=False)
+    ids, mask = encoded["input_ids"], encoded["special_tokens_mask"]
+    lead, content, trail = split_specials(list(range(len(ids))), mask)  # positions, cut as `encode` cuts ids
+    budget = max_length - len(lead) - len(trail)
+    kept = lead + cut(content, budget, truncation) + trail
+    offsets = [None if mask[i] else tuple(encoded["offset_mapping"][i]) for i in kept]
+    return EncodedText([ids[i] for i in kept], offsets, len(content) > budget)
+
+
 def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
     pad = tokenizer.pad_token_id
     return int(pad) if isinstance(pad, int) else 0

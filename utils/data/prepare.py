@@ -6,8 +6,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from utils.config import Config
-from utils.data.readers import ColumnLayout, DataError, LabeledTexts, read_label_names, read_labeled_texts
 from utils.data.datasets import BUILTIN_DATASETS, locate_file
+from utils.data.readers import (
+    ColumnLayout,
+    DataError,
+    LabeledTexts,
+    infer_layout,
+    read_label_names,
+    read_labeled_texts,
+)
 from utils.data.splits import stratified_split
 
 
@@ -51,15 +58,29 @@ def resolve_source(config: Config) -> DataSource:
         return DataSource(locate_file(builtin, builtin.train_file, config.data_dir),
                           test_path, 0.0 if config.test_data or builtin.test_file else test_split,
                           layout, names, names is not None)
-    if not config.text_column:
-        raise DataError(f"{config.data}: not a built-in dataset ({', '.join(BUILTIN_DATASETS)}); "
-                        "for a file, give --text-column and --label-columns or --label-column")
+    if not Path(config.data).is_file():
+        raise DataError(f"{config.data}: not a built-in dataset ({', '.join(BUILTIN_DATASETS)}) and no such file")
+    if not config.text_column or not (config.label_columns or config.label_column):
+        infer_columns(config)
     layout = ColumnLayout(config.text_column, tuple(config.label_columns), config.label_column,
                           config.label_delimiter or ("," if config.task == "multilabel" else None))
     names = read_label_names(config.labels_file) if config.labels_file else None
     return DataSource(Path(config.data), Path(config.test_data) if config.test_data else None,
                       0.0 if config.test_data else (config.test_split or 0.0), layout, names,
                       names is not None)
+
+
+def infer_columns(config: Config) -> None:
+    """Fill in the file's text and label columns the config leaves out, when only one layout fits, and say so.
+
+    The config itself is completed, so that the checkpoint and its training config record the columns."""
+    delimiter = config.label_delimiter or ("," if config.task == "multilabel" else None)
+    layout, found = infer_layout(Path(config.data), config.task, config.text_column, config.label_columns,
+                                 config.label_column, delimiter)
+    config.text_column, config.label_column = layout.text_column, layout.label_column
+    config.label_columns = list(layout.label_columns)
+    print(f"{config.data}: inferred {found} (give --text-column and --label-column or --label-columns to choose "
+          "otherwise)")
 
 
 def read_with_labels(path: Path, config: Config, source: DataSource,

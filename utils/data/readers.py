@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,7 @@ class ColumnLayout:
 
 
 def file_format(path: Path) -> str:
+    """csv, tsv or jsonl: by the file's suffix, or for a .txt file by its first lines."""
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".ndjson"):
         return "jsonl"
@@ -57,7 +59,34 @@ def file_format(path: Path) -> str:
         return "tsv"
     if suffix == ".csv":
         return "csv"
-    raise DataError(f"{path}: unknown file type '{suffix}' (expected .csv, .tsv or .jsonl)")
+    if suffix == ".txt" and path.is_file():
+        return sniff_format(path)
+    raise DataError(f"{path}: unknown file type '{suffix}' (expected .csv, .tsv, .jsonl, or a .txt file of one of "
+                    "those)")
+
+
+def sniff_format(path: Path, sample_bytes: int = 65536) -> str:
+    """A text file's format from its first lines: JSON objects, tab-separated (every line with the same number of
+    tabs, as SemEval and many shared tasks publish them) or comma-separated."""
+    with path.open(encoding="utf-8", errors="replace", newline="") as file:
+        sample = file.read(sample_bytes)
+    lines = [line for line in sample.splitlines()[:-1 if len(sample) == sample_bytes else None] if line.strip()]
+    if not lines:
+        return "csv"  # nothing to tell from; reading it reports the empty file
+    if all(line.lstrip().startswith("{") for line in lines):
+        return "jsonl"
+    tabs = {line.count("\t") for line in lines}
+    if len(tabs) == 1 and tabs != {0}:
+        return "tsv"
+    try:
+        if csv.Sniffer().sniff("\n".join(lines), delimiters=",\t").delimiter == ",":
+            return "csv"
+    except csv.Error:
+        pass
+    if 0 not in tabs:
+        return "tsv"
+    raise DataError(f"{path}: cannot tell whether its columns are separated by tabs or commas; rename it .tsv or "
+                    ".csv")
 
 
 def iter_frames(path: Path, chunksize: int | None = None,
@@ -198,3 +227,64 @@ def read_labeled_texts(path: str | Path, task: str, layout: ColumnLayout,
         for row, cell in enumerate(cells):
             labels[row, [index[n] for n in cell]] = 1.0
     return LabeledTexts(texts, labels, names, str(path))
+
+
+def binary_column(values: Sequence[Any]) -> bool:
+    """Every value is 0/1 (as numbers, booleans or their spellings)."""
+    return bool(values) and all(
+        (isinstance(v, bool) or (isinstance(v, int | float) and v in (0, 1)))
+        or (isinstance(v, str) and v.strip().lower() in _BINARY) for v in values)
+
+
+def text_like(values: Sequence[Any]) -> bool:
+    """Mostly distinct strings of several words: what a text column holds."""
+    strings = [v for v in values if isinstance(v, str)]
+    if len(strings) < len(values) or not strings:
+        return False
+    words = np.mean([len(v.split()) for v in strings])
+    return bool(len(set(strings)) >= 0.5 * len(strings) and words >= 2)
+
+
+def label_like(values: Sequence[Any], delimiter: str | None) -> bool:
+    """Few distinct label names (split at `delimiter`): what a label column holds."""
+    if not values or any(isinstance(v, float) and np.isnan(v) for v in values):
+        return False
+    names = {item.strip() for v in values
+             for item in (v if isinstance(v, list) else (str(v).split(delimiter) if delimiter else [str(v)]))}
+    return len(names) <= max(20, 0.05 * len(values)) and len(names) < len(values)
+
+
+def infer_layout(path: Path, task: str, text_column: str | None = None, label_columns: Sequence[str] = (),
+                 label_column: str | None = None, label_delimiter: str | None = None,
+                 sample_rows: int = 2000) -> tuple[ColumnLayout, str]:
+    """The column layout of a file with a header when only one reading fits: one text column, and either one
+    label column or only 0/1 columns besides (multi-class: one label column). Given columns are kept. Returns the
+    layout and a sentence saying what was inferred; a DataError lists the columns when the layout is ambiguous."""
+    frame = next(iter_frames(path, chunksize=sample_rows))
+    columns = [str(c) for c in frame.columns]
+    if label_columns or label_column:
+        given = set(label_columns) | ({label_column} if label_column else set())
+        candidates = [c for c in columns if c not in given and text_like(frame[c].tolist())]
+        if len(candidates) == 1:
+            return (ColumnLayout(candidates[0], tuple(label_columns), label_column, label_delimiter),
+                    f"text column {candidates[0]!r}")
+        raise ambiguous(path, columns, "which column holds the text")
+    if text_column:
+        require_columns(frame, [text_column], path)
+    texts = [text_column] if text_column else [c for c in columns if text_like(frame[c].tolist())]
+    if len(texts) != 1:
+        raise ambiguous(path, columns, "which column holds the text")
+    rest = [c for c in columns if c != texts[0]]
+    binary = [c for c in rest if binary_column(frame[c].tolist())]
+    found = "" if text_column else f"text column {texts[0]!r}, "
+    if task == "multilabel" and rest and binary == rest:
+        return ColumnLayout(texts[0], tuple(rest)), found + f"0/1 label columns {', '.join(map(repr, rest))}"
+    if len(rest) == 1 and (rest == binary or label_like(frame[rest[0]].tolist(), label_delimiter)):
+        return (ColumnLayout(texts[0], label_column=rest[0], label_delimiter=label_delimiter),
+                found + f"label column {rest[0]!r}")
+    raise ambiguous(path, columns, "which columns hold the labels")
+
+
+def ambiguous(path: Path, columns: list[str], question: str) -> DataError:
+    return DataError(f"{path}: cannot tell {question} from its columns ({', '.join(map(repr, columns))}); give "
+                     "--text-column and --label-columns (one 0/1 column per label) or --label-column")

@@ -1,4 +1,4 @@
-"""Evaluation metrics (scikit-learn underneath) and F1-maximising thresholds for multi-label outputs."""
+"""Evaluation metrics (scikit-learn underneath), calibration, and F1-maximising thresholds for multi-label outputs."""
 
 from __future__ import annotations
 
@@ -57,7 +57,18 @@ def threshold_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float
         "macro_recall": float(per_label(recall_score, y_true, y_pred).mean()),
         "hamming_loss": float(hamming_loss(y_true, y_pred)),
         "subset_accuracy": float(accuracy_score(y_true, y_pred)),
+        "jaccard_samples": jaccard_samples(y_true, y_pred),
     }
+
+
+def jaccard_samples(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """|true & predicted| / |true | predicted| per text, averaged (the SemEval emotion tasks' metric); a text with
+    no label that gets none counts 1, a correct answer. scikit-learn's jaccard_score(average="samples",
+    zero_division=1) is the same but refuses a single label column, which it reads as binary."""
+    true, predicted = np.asarray(y_true) > 0, np.asarray(y_pred) > 0
+    union = (true | predicted).sum(axis=1)
+    overlap = (true & predicted).sum(axis=1)
+    return float(np.where(union == 0, 1.0, overlap / np.maximum(union, 1)).mean())
 
 
 def multilabel_metrics(y_true: np.ndarray, probs: np.ndarray, label_names: list[str],
@@ -126,3 +137,43 @@ def compute_metrics(task: str, y_true: np.ndarray, probs: np.ndarray, label_name
             thresholds = np.full(len(label_names), 0.5)
         return multilabel_metrics(y_true, probs, label_names, thresholds)
     return multiclass_metrics(y_true, probs, label_names)
+
+
+CALIBRATION_BINS = 10
+
+
+def reliability_bins(y_true: np.ndarray, probs: np.ndarray, bins: int = CALIBRATION_BINS) -> dict[str, list]:
+    """Equal-width score bins of one binary outcome: count, mean score and fraction positive per bin (None where
+    a bin is empty)."""
+    y_true, probs = np.asarray(y_true, dtype=np.float64), np.asarray(probs, dtype=np.float64)
+    index = np.minimum((probs * bins).astype(int), bins - 1)
+    counts = np.bincount(index, minlength=bins)
+    score_sums = np.bincount(index, weights=probs, minlength=bins)
+    positive_sums = np.bincount(index, weights=y_true, minlength=bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_score, positive_rate = score_sums / counts, positive_sums / counts
+    return {"count": counts.tolist(),
+            "mean_score": [float(v) if c else None for v, c in zip(mean_score, counts, strict=True)],
+            "fraction_positive": [float(v) if c else None for v, c in zip(positive_rate, counts, strict=True)]}
+
+
+def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, bins: int = CALIBRATION_BINS) -> float:
+    """Sum over equal-width bins of (share of examples) x |fraction positive - mean score| (Naeini et al., 2015)."""
+    table = reliability_bins(y_true, probs, bins)
+    total = max(sum(table["count"]), 1)
+    return float(sum(count / total * abs(rate - score) for count, rate, score in
+                     zip(table["count"], table["fraction_positive"], table["mean_score"], strict=True) if count))
+
+
+def calibration_metrics(task: str, y_true: np.ndarray, probs: np.ndarray, label_names: list[str],
+                        bins: int = CALIBRATION_BINS) -> dict[str, Any]:
+    """Expected calibration error per label (multi-class: each class against the rest), and for multi-class that
+    of the top class's score against being right."""
+    outcomes = y_true if task == "multilabel" else np.eye(len(label_names))[np.asarray(y_true, dtype=int)]
+    result: dict[str, Any] = {"bins": bins, "per_label": {
+        name: round(expected_calibration_error(outcomes[:, j], probs[:, j], bins), 6)
+        for j, name in enumerate(label_names)}}
+    if task == "multiclass":
+        right = (probs.argmax(axis=1) == np.asarray(y_true)).astype(float)
+        result["top_class"] = round(expected_calibration_error(right, probs.max(axis=1), bins), 6)
+    return result

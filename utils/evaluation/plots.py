@@ -1,39 +1,62 @@
-"""PNG plots of an evaluation: ROC and precision-recall curves per label, and a confusion matrix."""
+"""Figures of an evaluation: ROC and precision-recall curves per label, a confusion matrix, reliability diagrams and
+the validation metric over training; saved as PNG files or returned as PNG bytes for the HTML report."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve  # noqa: E402
+
+from utils.evaluation.metrics import expected_calibration_error, reliability_bins  # noqa: E402
 
 
-def plot_curves(y_true: np.ndarray, probs: np.ndarray, label_names: list[str], path: Path) -> Path:
-    """ROC (left) and precision-recall (right) curves, one line per label that has both classes."""
+def one_vs_rest(y_true: np.ndarray, label_count: int) -> np.ndarray:
+    """(N, labels) 0/1 outcomes: multi-label targets as they are, class ids one-hot."""
+    y_true = np.asarray(y_true)
+    return y_true if y_true.ndim == 2 else np.eye(label_count)[y_true.astype(int)]
+
+
+def curves_figure(y_true: np.ndarray, probs: np.ndarray, label_names: list[str],
+                  thresholds: np.ndarray | None = None) -> Figure:
+    """ROC (left) and precision-recall (right) curves, one line per label that has both classes, its AUC in the
+    legend and, where given, the operating point of its threshold marked."""
+    outcomes = one_vs_rest(y_true, len(label_names))
     fig, (roc_ax, pr_ax) = plt.subplots(1, 2, figsize=(12, 5))
     for j, name in enumerate(label_names):
-        if len(np.unique(y_true[:, j])) < 2:
+        if len(np.unique(outcomes[:, j])) < 2:
             continue
-        fpr, tpr, _ = roc_curve(y_true[:, j], probs[:, j])
-        precision, recall, _ = precision_recall_curve(y_true[:, j], probs[:, j])
-        roc_ax.plot(fpr, tpr, label=name, linewidth=1)
-        pr_ax.plot(recall, precision, label=name, linewidth=1)
+        fpr, tpr, _ = roc_curve(outcomes[:, j], probs[:, j])
+        precision, recall, _ = precision_recall_curve(outcomes[:, j], probs[:, j])
+        line, = roc_ax.plot(fpr, tpr, label=f"{name} (AUC {auc(fpr, tpr):.3f})", linewidth=1)
+        pr_auc = average_precision_score(outcomes[:, j], probs[:, j])
+        pr_ax.plot(recall, precision, label=f"{name} (PR AUC {pr_auc:.3f})", linewidth=1, color=line.get_color())
+        if thresholds is not None:
+            chosen = probs[:, j] >= thresholds[j]
+            positives = outcomes[:, j] == 1
+            point_tpr, point_fpr = chosen[positives].mean(), chosen[~positives].mean()
+            point_precision = (chosen & positives).sum() / max(chosen.sum(), 1)
+            roc_ax.plot(point_fpr, point_tpr, "o", color=line.get_color(), markersize=6, markeredgecolor="black")
+            pr_ax.plot(point_tpr, point_precision, "o", color=line.get_color(), markersize=6, markeredgecolor="black")
     roc_ax.plot([0, 1], [0, 1], "k--", linewidth=0.5)
-    roc_ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC per label")
-    pr_ax.set(xlabel="recall", ylabel="precision", title="precision-recall per label")
+    marked = " (dots: tuned thresholds)" if thresholds is not None else ""
+    roc_ax.set(xlabel="false positive rate", ylabel="true positive rate", title=f"ROC per label{marked}")
+    pr_ax.set(xlabel="recall", ylabel="precision", title=f"precision-recall per label{marked}")
     legend_size = 6 if len(label_names) > 10 else 8
-    roc_ax.legend(fontsize=legend_size, ncol=2 if len(label_names) > 10 else 1)
+    for ax in (roc_ax, pr_ax):
+        ax.legend(fontsize=legend_size, ncol=2 if len(label_names) > 10 else 1)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
 
 
-def plot_confusion_matrix(matrix: list[list[int]], label_names: list[str], path: Path) -> Path:
+def confusion_figure(matrix: list[list[int]], label_names: list[str]) -> Figure:
     matrix_array = np.asarray(matrix)
     fig, ax = plt.subplots(figsize=(1.2 * len(label_names) + 2, 1.2 * len(label_names) + 1))
     ax.imshow(matrix_array, cmap="Blues")
@@ -44,6 +67,83 @@ def plot_confusion_matrix(matrix: list[list[int]], label_names: list[str], path:
     for (i, j), count in np.ndenumerate(matrix_array):
         ax.text(j, i, str(count), ha="center", va="center", color="white" if count > threshold else "black")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    return fig
+
+
+def reliability_figure(y_true: np.ndarray, probs: np.ndarray, label_names: list[str]) -> Figure:
+    """One reliability diagram per label: fraction positive against mean score per score bin, with the
+    expected calibration error in the title; a perfectly calibrated label follows the diagonal."""
+    outcomes = one_vs_rest(y_true, len(label_names))
+    columns = min(len(label_names), 4)
+    rows = -(-len(label_names) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.0 * rows), squeeze=False)
+    for j, name in enumerate(label_names):
+        ax = axes[j // columns][j % columns]
+        table = reliability_bins(outcomes[:, j], probs[:, j])
+        points = [(s, f, c) for s, f, c in zip(table["mean_score"], table["fraction_positive"], table["count"],
+                                               strict=True) if c]
+        ax.plot([0, 1], [0, 1], "k--", linewidth=0.5)
+        if points:
+            scores, fractions, counts = map(np.array, zip(*points, strict=True))
+            ax.plot(scores, fractions, "-", color="tab:blue", linewidth=1)
+            ax.scatter(scores, fractions, s=12 + 60 * counts / counts.max(), color="tab:blue", zorder=3)
+        ece = expected_calibration_error(outcomes[:, j], probs[:, j])
+        ax.set(xlim=(0, 1), ylim=(0, 1), title=f"{name}: ECE {ece:.3f}")
+        ax.title.set_fontsize(9)
+        if j % columns == 0:
+            ax.set_ylabel("fraction positive")
+        if j // columns == rows - 1:
+            ax.set_xlabel("mean score in bin")
+    for k in range(len(label_names), rows * columns):
+        axes[k // columns][k % columns].axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def training_figure(log: list[dict[str, Any]]) -> Figure | None:
+    """The validation metric (left axis) and the training loss (right axis) at each evaluation of a run's
+    metrics.jsonl; None when it holds no validation metric."""
+    rows = [row for row in log if any(key.startswith("val_") for key in row)]
+    if not rows:
+        return None
+    metric = next(key for key in rows[0] if key.startswith("val_"))
+    steps = [row["step"] for row in rows]
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    ax.plot(steps, [row.get(metric) for row in rows], "o-", color="tab:blue", label=metric)
+    best = [row for row in rows if row.get("best")]
+    if best:
+        ax.plot(best[-1]["step"], best[-1][metric], "*", color="tab:red", markersize=14, label="kept model")
+    ax.set(xlabel="training step", ylabel=metric.removeprefix("val_").replace("_", " "),
+           title="validation metric over training")
+    if any("loss" in row for row in rows):
+        loss_ax = ax.twinx()
+        loss_ax.plot(steps, [row.get("loss") for row in rows], "s--", color="tab:grey", markersize=4,
+                     label="training loss")
+        loss_ax.set_ylabel("training loss")
+        loss_ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def png_bytes(fig: Figure, dpi: int = 110) -> bytes:
+    """The figure as PNG bytes; the figure is closed."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
     plt.close(fig)
+    return buffer.getvalue()
+
+
+def save_png(fig: Figure, path: Path, dpi: int = 110) -> Path:
+    path.write_bytes(png_bytes(fig, dpi))
     return path
+
+
+def plot_curves(y_true: np.ndarray, probs: np.ndarray, label_names: list[str], path: Path,
+                thresholds: np.ndarray | None = None) -> Path:
+    """ROC and precision-recall curves as a PNG file."""
+    return save_png(curves_figure(y_true, probs, label_names, thresholds), path)
+
+
+def plot_confusion_matrix(matrix: list[list[int]], label_names: list[str], path: Path) -> Path:
+    return save_png(confusion_figure(matrix, label_names), path)

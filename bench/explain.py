@@ -1,0 +1,197 @@
+"""Which word attribution method is faithful: deletion curves on held-out texts, and the cost of each method.
+
+    python bench/explain.py --checkpoint /tmp/explain_run/checkpoint --texts 120
+
+For held-out texts of the checkpoint's own validation split (the rows training held out, rebuilt from its
+training_config.json) on which the model predicts at least one label, and for each predicted label: remove the k
+words each method ranks highest for that label (k = 1..--max-k) and measure how far the label's score falls,
+against removing k words drawn at random (--random-orders draws per text). Words are removed from what the
+model sees (their word pieces deleted), and, as a check that the curve does not merely reward occlusion for
+measuring the same deletion it ranks by, also replaced by [MASK] pieces. A faithful method's curve lies above
+random. Prints a table, appends to docs/results/explain_faithfulness.json and draws docs/explain_deletion.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # so that `python bench/explain.py` finds the project's modules
+    sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from transformers.utils import logging as hf_logging  # noqa: E402
+
+from bench.records import append_record, figure_path, machine, new_record, results_path, save_figure  # noqa: E402
+from inferer import ModelInferer  # noqa: E402
+from utils.config import Config, make_config  # noqa: E402
+from utils.data.prepare import prepare_splits  # noqa: E402
+from utils.explain import METHODS, TextToExplain, attribute, prepare_text, score_sequences  # noqa: E402
+from utils.scoring import scores_from_logits  # noqa: E402
+
+RESULTS = results_path("explain_faithfulness.json")
+PLOT = figure_path("explain_deletion.png")
+PERTURBATIONS = ("delete", "mask")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--checkpoint", default="outputs/run/checkpoint")
+    parser.add_argument("--texts", type=int, default=120, help="Held-out texts with a predicted label.")
+    parser.add_argument("--max-k", type=int, default=5, help="Most words removed.")
+    parser.add_argument("--min-words", type=int, default=8, help="Texts with fewer seen words are skipped.")
+    parser.add_argument("--random-orders", type=int, default=10, help="Random removal orders per text.")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args()
+
+
+def held_out_texts(inferer: ModelInferer, count: int, min_words: int, seed: int) -> list[str]:
+    """Validation rows of the checkpoint's own run with at least one predicted label, in a seeded order."""
+    fields = set(Config.__dataclass_fields__) - {"mode", "config"}
+    settings = {k: v for k, v in inferer.checkpoint.training_config().items() if k in fields}
+    validation = prepare_splits(make_config(**settings)).validation
+    order = np.random.default_rng(seed).permutation(len(validation))
+    chosen: list[str] = []
+    for start in range(0, len(order), 256):
+        texts = [validation.texts[i] for i in order[start:start + 256]]
+        for text, prediction in zip(texts, inferer.predict_batch(texts), strict=True):
+            seen = sum(bool(p) for p in prepare_text(inferer.tokenizer, text, inferer.max_length,
+                                                      inferer.truncation).pieces)
+            if prediction["labels"] and seen >= min_words:
+                chosen.append(text)
+        if len(chosen) >= count:
+            break
+    return chosen[:count]
+
+
+def without(item: TextToExplain, words: np.ndarray, how: str, mask_id: int) -> np.ndarray:
+    """The input with these words' pieces deleted, or replaced by [MASK]."""
+    positions = sorted({p for w in words for p in item.pieces[w]})
+    if how == "delete":
+        return np.delete(item.input_ids, positions)
+    changed = item.input_ids.copy()
+    changed[positions] = mask_id
+    return changed
+
+
+def curves_of_text(inferer: ModelInferer, text: str, max_k: int, orders: int, rng: np.random.Generator,
+                   mask_id: int) -> dict[str, Any]:
+    """Score drops of the predicted labels after removing top-k (per method) and random words; and timings."""
+    item = prepare_text(inferer.tokenizer, text, inferer.max_length, inferer.truncation)
+    prediction = inferer.predict(text)
+    labels = [inferer.label_names.index(n) for n in prediction["labels"]]
+    seen = np.array([i for i, p in enumerate(item.pieces) if p])
+    rankings, seconds = {}, {}
+    for method in METHODS:
+        started = time.perf_counter()
+        values = attribute(method, inferer.runner, item, inferer.task, labels, inferer.pad_id)
+        seconds[method] = time.perf_counter() - started
+        rankings[method] = [seen[np.argsort(-row[seen], kind="stable")] for row in values]
+    random_orders = [rng.permutation(seen) for _ in range(orders)]
+    drops: dict[str, Any] = {}
+    for how in PERTURBATIONS:
+        sequences = [item.input_ids]
+        for method in METHODS:
+            sequences += [without(item, ranking[:k], how, mask_id) for ranking in rankings[method]
+                          for k in range(1, max_k + 1)]
+        sequences += [without(item, order[:k], how, mask_id) for order in random_orders for k in range(1, max_k + 1)]
+        logits = score_sequences(inferer.runner.logits, sequences, inferer.pad_id)
+        scores = scores_from_logits(inferer.task, logits)[:, labels]  # (sequences, labels)
+        base, rest = scores[0], scores[1:]
+        per_method = rest[:len(METHODS) * len(labels) * max_k].reshape(len(METHODS), len(labels), max_k, len(labels))
+        chosen = np.stack([per_method[:, j, :, j] for j in range(len(labels))], axis=1)  # (methods, labels, k)
+        random = rest[len(METHODS) * len(labels) * max_k:].reshape(orders, max_k, len(labels)).mean(axis=0).T
+        drops[how] = {"methods": base[None, :, None] - chosen, "random": base[:, None] - random}
+    return {"drops": drops, "seconds": seconds, "labels": len(labels), "words": len(seen)}
+
+
+def summarize(results: list[dict[str, Any]], max_k: int, rng: np.random.Generator) -> dict[str, Any]:
+    """Mean drop at each k per method and for random words, their area (AOPC), and the margin over random."""
+    summary: dict[str, Any] = {}
+    for how in PERTURBATIONS:
+        methods = np.concatenate([r["drops"][how]["methods"] for r in results], axis=1)  # (methods, pairs, k)
+        random = np.concatenate([r["drops"][how]["random"] for r in results], axis=0)  # (pairs, k)
+        block: dict[str, Any] = {"random": {"mean_drop": random.mean(axis=0).round(4).tolist(),
+                                            "aopc": round(float(random.mean()), 4)}}
+        for m, method in enumerate(METHODS):
+            margin = methods[m].mean(axis=1) - random.mean(axis=1)  # per (text, label) pair
+            boot = [margin[rng.integers(0, len(margin), len(margin))].mean() for _ in range(2000)]
+            block[method] = {"mean_drop": methods[m].mean(axis=0).round(4).tolist(),
+                             "aopc": round(float(methods[m].mean()), 4),
+                             "margin_over_random": round(float(margin.mean()), 4),
+                             "margin_95ci": [round(float(q), 4) for q in np.percentile(boot, [2.5, 97.5])],
+                             "pairs_above_random": round(float((margin > 0).mean()), 4)}
+        summary[how] = block
+    summary["seconds_per_text"] = {m: round(float(np.median([r["seconds"][m] for r in results])), 4)
+                                   for m in METHODS}
+    summary["seconds_per_text_and_label"] = {
+        m: round(float(np.median([r["seconds"][m] / r["labels"] for r in results])), 4) for m in METHODS}
+    summary["pairs"] = int(sum(r["labels"] for r in results))
+    summary["mean_words"] = round(float(np.mean([r["words"] for r in results])), 1)
+    return summary
+
+
+def plot(summary: dict[str, Any], max_k: int, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(PERTURBATIONS), figsize=(11, 4.2), sharey=True)
+    ks = list(range(1, max_k + 1))
+    for ax, how in zip(axes, PERTURBATIONS, strict=True):
+        for name in (*METHODS, "random"):
+            entry = summary[how][name]
+            ax.plot(ks, entry["mean_drop"], marker="o", linestyle="--" if name == "random" else "-",
+                    color="grey" if name == "random" else None, label=f"{name} (AOPC {entry['aopc']:.3f})")
+        ax.set(xlabel="words removed (k)", xticks=ks,
+               title="top-k words' pieces deleted" if how == "delete" else "top-k words' pieces -> [MASK]")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("mean drop of the label's score")
+    save_figure(fig, title, PLOT)
+
+
+def main() -> None:
+    args = parse_args()
+    hf_logging.set_verbosity_error()
+    torch.set_num_threads(args.threads)
+    inferer = ModelInferer(args.checkpoint, precision="fp32")
+    texts = held_out_texts(inferer, args.texts, args.min_words, args.seed)
+    rng = np.random.default_rng(args.seed)
+    mask_id = inferer.tokenizer.mask_token_id
+    results = []
+    for number, text in enumerate(texts, 1):
+        results.append(curves_of_text(inferer, text, args.max_k, args.random_orders, rng, mask_id))
+        if number % 20 == 0:
+            print(f"{number}/{len(texts)} texts", flush=True)
+    summary = summarize(results, args.max_k, rng)
+    print(f"{len(texts)} held-out texts, {summary['pairs']} (text, predicted label) pairs, "
+          f"{summary['mean_words']} words per text on average")
+    for how in PERTURBATIONS:
+        print(f"\n{how}: mean drop of the label's score after removing k = 1..{args.max_k} words")
+        for name, entry in summary[how].items():
+            extra = (f"  margin {entry['margin_over_random']:+.4f} {entry['margin_95ci']}  "
+                     f"above random {entry['pairs_above_random']:.0%}" if name != "random" else "")
+            print(f"  {name:<22} {' '.join(f'{d:.3f}' for d in entry['mean_drop'])}  AOPC {entry['aopc']:.4f}{extra}")
+    print("\nseconds per text (median):", summary["seconds_per_text"])
+    print("seconds per text and label (median):", summary["seconds_per_text_and_label"])
+    record = new_record(machine=machine(torch=torch.__version__, threads=args.threads),
+                        checkpoint=str(args.checkpoint), checkpoint_id=inferer.checkpoint_id,
+                        settings={k: v for k, v in vars(args).items() if k != "checkpoint"},
+                        texts=len(texts), **summary)
+    append_record(RESULTS, record)
+    plot(summary, args.max_k, f"Deletion curves: {len(texts)} held-out toxic comments, {summary['pairs']} "
+                              "predicted labels")
+    print(f"\n{RESULTS}\n{PLOT}\n{json.dumps(summary['seconds_per_text'])}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,194 @@
+"""The page at / and the HTML evaluation report in a real headless Chromium, driven by Selenium: type a text, see
+the bars with their thresholds, the predicted labels and the highlighted words, with and without an API key; text
+holding markup stays text; the report opens and its images load.
+
+Needs Debian's `chromium` and `chromium-driver` (.ci/run installs them). Without them the tests skip, except under
+CI=true, where a missing browser fails them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+from conftest import TOXIC_LABELS
+
+import eval as evaluation
+from app import create_app
+from inferer import ModelInferer
+from serving.settings import ServingSettings
+from utils.config import make_config
+from utils.explain import split_words
+
+KEY = "page-test-key"
+WAIT_SECONDS = 120  # a loaded 2-core machine: explanations and page loads can take a while
+TEXT = "You are a complete idiot and a liar, go away."
+MARKUP = '<img src=x onerror="document.title=\'pwned\'"><script>document.title="pwned"</script> <b>bold</b> idiot'
+
+
+def find_browser() -> tuple[str, str]:
+    """Chromium and its driver; a skip where they are missing, a failure in CI."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    driver = shutil.which("chromedriver")
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        browser = None
+    if browser and driver:
+        return browser, driver
+    message = ("no headless browser: install Debian's chromium and chromium-driver (apt-get install chromium "
+               "chromium-driver) and selenium (requirements.txt)")
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    binary, driver_path = find_browser()
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     "--window-size=1200,1400", "--disable-extensions", "--no-first-run"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    driver.set_page_load_timeout(WAIT_SECONDS)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture(scope="module")
+def inferer(multilabel_checkpoint) -> ModelInferer:
+    return ModelInferer(multilabel_checkpoint)
+
+
+@contextmanager
+def serving(inferer: ModelInferer, api_key: str | None = None) -> Iterator[str]:
+    """The app on a free port of 127.0.0.1, in a thread; yields its base URL."""
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, create_app(inferer, ServingSettings(api_key=api_key)), threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/"
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+
+
+def wait_for(driver, condition, message: str):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, WAIT_SECONDS).until(lambda d: condition(d), message)
+
+
+def elements(driver, selector: str) -> list:
+    from selenium.webdriver.common.by import By
+
+    return driver.find_elements(By.CSS_SELECTOR, selector)
+
+
+def explain_on_page(driver, text: str) -> None:
+    """Type `text` into the box, press Explain and wait for the words of this text."""
+    box = elements(driver, "#text")[0]
+    box.clear()
+    box.send_keys(text)
+    elements(driver, "#explain")[0].click()
+    wait_for(driver, lambda d: d.execute_script("return document.getElementById('words').textContent") == text
+             and elements(d, "#bars .bar-row"), "no explanation on the page")
+
+
+def test_page_shows_scores_thresholds_predicted_labels_and_highlighted_words(browser, inferer):
+    from selenium.webdriver.support.ui import Select
+
+    with serving(inferer) as base:
+        browser.get(base)
+        wait_for(browser, lambda d: elements(d, "#card dl"), "no model card")
+        card = elements(browser, "#card")[0].text
+        for expected in ("multi-label", inferer.info.backbone, "transformer", *TOXIC_LABELS,
+                         f"{inferer.thresholds[0]:.4f}", "mean roc auc"):
+            assert expected in card, expected
+        assert elements(browser, "#key-panel")[0].get_attribute("hidden") is not None  # no key asked for
+        explain_on_page(browser, TEXT)
+
+        expected = inferer.explain(TEXT, labels=TOXIC_LABELS)
+        rows = elements(browser, "#bars .bar-row")
+        assert [row.get_attribute("data-label") for row in rows] == TOXIC_LABELS
+        assert len(elements(browser, "#bars .threshold")) == len(TOXIC_LABELS)
+        predicted = [row.get_attribute("data-label") for row in rows if "predicted" in row.get_attribute("class")]
+        assert predicted == expected["labels"]
+        assert [tag.text for tag in elements(browser, "#predicted .tag")] == expected["labels"]
+        for row, label in zip(rows, TOXIC_LABELS, strict=True):
+            width = browser.execute_script("return arguments[0].querySelector('.fill').style.width", row)
+            assert float(width.rstrip("%")) == pytest.approx(100 * expected["scores"][label], abs=0.01)
+
+        words = elements(browser, "#words .word")
+        assert [w.text for w in words] == [TEXT[s:e] for s, e in split_words(TEXT)]
+        picked = Select(elements(browser, "#label")[0])
+        for label in ("threat", "insult"):
+            picked.select_by_visible_text(label)
+            shown = [float(w.get_attribute("data-score")) for w in elements(browser, "#words .word")]
+            assert shown == pytest.approx(expected["attributions"][label], abs=1e-5)
+            colours = {w.value_of_css_property("background-color") for w in elements(browser, "#words .word")}
+            assert len(colours) > 1  # highlighted by attribution, not one flat colour
+        elements(browser, "#bars .bar-row")[TOXIC_LABELS.index("obscene")].click()  # a bar picks its label too
+        assert picked.first_selected_option.text == "obscene"
+        assert not [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+
+
+def test_text_holding_markup_stays_text(browser, inferer):
+    with serving(inferer) as base:
+        browser.get(base)
+        wait_for(browser, lambda d: elements(d, "#card dl"), "no model card")
+        explain_on_page(browser, MARKUP)
+        assert elements(browser, "#words img, #words script, #words b") == []
+        assert "<script>" in elements(browser, "#words")[0].text
+        assert browser.title == "Text classifier"
+        assert browser.execute_script("return document.querySelectorAll('img, script:not([src])').length") == 0
+
+
+def test_page_with_an_api_key_asks_for_it_and_uses_it(browser, inferer):
+    with serving(inferer, api_key=KEY) as base:
+        browser.get(base)
+        wait_for(browser, lambda d: elements(d, "#key-panel")[0].get_attribute("hidden") is None,
+                 "the key field was not shown")
+        assert "needs an API key" in elements(browser, "#status")[0].text
+        key = elements(browser, "#api-key")[0]
+        key.send_keys("wrong-key")
+        elements(browser, "#use-key")[0].click()
+        wait_for(browser, lambda d: "refused" in elements(d, "#status")[0].text, "a wrong key was not refused")
+        key.clear()
+        key.send_keys(KEY)
+        elements(browser, "#use-key")[0].click()
+        wait_for(browser, lambda d: elements(d, "#card dl"), "no model card with the right key")
+        explain_on_page(browser, TEXT)
+        assert len(elements(browser, "#bars .bar-row")) == len(TOXIC_LABELS)
+        assert [w.text for w in elements(browser, "#words .word")] == [TEXT[s:e] for s, e in split_words(TEXT)]
+
+
+def test_html_report_opens_and_its_images_load(browser, multiclass_checkpoint, conference_csv, tmp_path):
+    """The multi-class report: tables, curves, confusion matrix, reliability diagrams, every image decoded."""
+    hostile = tmp_path / "<img src=x onerror=alert(1)>.csv"  # a file name is data too
+    shutil.copy(conference_csv, hostile)
+    config = make_config(task="multiclass", data=str(hostile), text_column="Title", label_column="Conference",
+                         test_split=0.2, val_split=0.2, output_dir=str(tmp_path))
+    evaluation.run(config, multiclass_checkpoint)
+    browser.get((tmp_path / "eval_report.html").as_uri())
+    wait_for(browser, lambda d: d.execute_script("return document.readyState") == "complete", "report not loaded")
+    images = browser.execute_script(
+        "return Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth, i.naturalHeight])")
+    assert [alt for alt, *_ in images] == ["ROC and precision-recall curves per label", "confusion matrix",
+                                           "reliability diagrams per label", "validation metric over training steps"]
+    assert all(complete and width > 100 and height > 100 for _, complete, width, height in images), images
+    text = elements(browser, "body")[0].text
+    assert "<img src=x onerror=alert(1)>.csv" in text and "accuracy" in text and "ECE" in text
+    for conference in ("INFOCOM", "ISCAS", "SIGGRAPH", "VLDB", "WWW"):
+        assert conference in text

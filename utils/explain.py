@@ -1,0 +1,187 @@
+"""Word attributions: how much each word of a text moves a label's score (for `ModelInferer.explain`).
+
+Words are what a person reads: the whitespace-separated chunks of the text, with leading and trailing punctuation
+as words of their own ("idiot!!" gives "idiot" and "!!"; "don't" and "f***ing" stay whole). A word owns the word
+pieces whose characters overlap it (the fast tokenizer's offsets), among the pieces the model saw after
+truncation; a word cut away by truncation has no score (NaN here, null in JSON).
+
+Every method scores in the units of the label's log-odds (multi-label) or log-probability (multi-class):
+- `occlusion`: how much the label's log-odds drop when the word's pieces are deleted from the input. It needs
+  only logits, so it runs on every backend (torch, int8, ONNX); one forward pass per word serves all labels.
+- `gradient_x_input`: the gradient of the label's log-odds with respect to the pieces' embeddings, dotted with
+  the embeddings.
+- `integrated_gradients` (Sundararajan et al., 2017): that gradient averaged along the straight path from [PAD]
+  embeddings to the text's, dotted with the difference; needs the torch backend without int8, like the above.
+The default was chosen by deletion curves on held-out toxic comments: docs/EXPLAIN.md, bench/explain.py.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from utils.encoding import encode_with_offsets, pad_batch, sorted_batches
+
+METHODS = ("occlusion", "gradient_x_input", "integrated_gradients")
+DEFAULT_METHOD = "occlusion"
+GRADIENT_METHODS = ("gradient_x_input", "integrated_gradients")
+IG_STEPS = 16  # path points of integrated gradients (midpoint rule)
+_EDGES = re.compile(r"^(\W*)(.*?)(\W*)$", re.DOTALL)
+
+LogitsFn = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (input_ids, attention_mask) -> (N, labels) logits
+
+
+@dataclass
+class TextToExplain:
+    """One text as the model sees it, and which of its token positions belong to which word."""
+
+    text: str
+    input_ids: np.ndarray  # (tokens,) int64, special tokens included, after truncation
+    special: np.ndarray  # (tokens,) bool: [CLS], [SEP] and the like
+    truncated: bool
+    words: list[tuple[int, int]]  # character spans, in text order
+    pieces: list[list[int]]  # token positions of each word; empty when truncation cut the word away
+
+
+def split_words(text: str) -> list[tuple[int, int]]:
+    """Character spans of the words: whitespace-separated chunks, their edge punctuation apart."""
+    spans = []
+    for chunk in re.finditer(r"\S+", text):
+        position = chunk.start()
+        for part in _EDGES.match(chunk.group()).groups():  # type: ignore[union-attr]  # the pattern always matches
+            if part:
+                spans.append((position, position + len(part)))
+                position += len(part)
+    return spans
+
+
+def prepare_text(tokenizer: Any, text: str, max_length: int, truncation: str) -> TextToExplain:
+    """Tokenize `text` exactly as for prediction, and give each word the positions of its pieces."""
+    encoded = encode_with_offsets(tokenizer, text, max_length, truncation)
+    words = split_words(text)
+    starts = [start for start, _ in words]
+    pieces: list[list[int]] = [[] for _ in words]
+    for position, span in enumerate(encoded.offsets):
+        if span is None or span[0] == span[1]:
+            continue
+        index = max(bisect.bisect_right(starts, span[0]) - 1, 0)
+        while index < len(words) and words[index][0] < span[1]:
+            if words[index][1] > span[0]:  # the piece overlaps the word
+                pieces[index].append(position)
+            index += 1
+    return TextToExplain(text, np.asarray(encoded.input_ids, dtype=np.int64),
+                         np.array([span is None for span in encoded.offsets]), encoded.truncated, words, pieces)
+
+
+def label_targets(task: str, logits: np.ndarray) -> np.ndarray:
+    """What attributions explain: the logits (multi-label log-odds) or the log-softmax (multi-class)."""
+    logits = np.asarray(logits, dtype=np.float64)
+    if task == "multilabel":
+        return logits
+    top = logits.max(axis=-1, keepdims=True)
+    return logits - top - np.log(np.exp(logits - top).sum(axis=-1, keepdims=True))
+
+
+def score_sequences(logits_fn: LogitsFn, sequences: Sequence[np.ndarray], pad_id: int,
+                    batch_size: int = 64) -> np.ndarray:
+    """Logits (N, labels) of token sequences of any lengths, in input order, batched by length."""
+    rows: dict[int, np.ndarray] = {}
+    for batch in sorted_batches([len(s) for s in sequences], batch_size):
+        input_ids, attention_mask = pad_batch([list(sequences[i]) for i in batch], pad_id)
+        rows.update(zip(batch, logits_fn(input_ids, attention_mask), strict=True))
+    return np.stack([rows[i] for i in range(len(sequences))])
+
+
+def occlusion(logits_fn: LogitsFn, item: TextToExplain, task: str, label_ids: Sequence[int], pad_id: int,
+              batch_size: int = 64) -> np.ndarray:
+    """(labels, words): the drop of each label's target when the word's pieces are deleted."""
+    seen = [i for i, positions in enumerate(item.pieces) if positions]
+    variants = [item.input_ids] + [np.delete(item.input_ids, item.pieces[i]) for i in seen]
+    targets = label_targets(task, score_sequences(logits_fn, variants, pad_id, batch_size))[:, list(label_ids)]
+    scores = np.full((len(label_ids), len(item.words)), np.nan)
+    scores[:, seen] = (targets[0][:, None] - targets[1:].T)
+    return scores
+
+
+def token_gradients(model: Any, item: TextToExplain, task: str, label_ids: Sequence[int], pad_id: int,
+                    steps: int) -> np.ndarray:
+    """(labels, tokens): gradient x input (`steps` 0) or integrated gradients from [PAD] embeddings."""
+    import torch
+
+    device = next(model.parameters()).device
+    ids = torch.as_tensor(item.input_ids, device=device)[None]
+    embed = model.get_input_embeddings()
+    with torch.no_grad():
+        inputs = embed(ids)
+        if steps:  # the path starts from [PAD] pieces between the text's own special tokens
+            baseline = torch.where(torch.as_tensor(item.special, device=device)[None, :, None], inputs,
+                                   embed(torch.full_like(ids, pad_id)))
+            alphas = ((torch.arange(steps, device=device) + 0.5) / steps).to(inputs.dtype)[:, None, None]
+            path = baseline + alphas * (inputs - baseline)
+        else:
+            baseline, path = torch.zeros_like(inputs), inputs.clone()
+    path.requires_grad_(True)
+    mask = torch.ones(path.shape[:2], dtype=torch.long, device=device)
+    rows = []
+    with torch.enable_grad():
+        logits = model(inputs_embeds=path, attention_mask=mask).logits.float()
+        targets = logits if task == "multilabel" else torch.log_softmax(logits, dim=-1)
+        for n, label in enumerate(label_ids):
+            (grad,) = torch.autograd.grad(targets[:, label].sum(), path, retain_graph=n < len(label_ids) - 1)
+            rows.append((grad.float().mean(dim=0) * (inputs - baseline)[0].float()).sum(dim=-1))
+    return torch.stack(rows).detach().cpu().numpy().astype(np.float64)
+
+
+def word_sums(token_scores: np.ndarray, item: TextToExplain) -> np.ndarray:
+    """(labels, words) from (labels, tokens): each word's pieces added up; NaN for words not seen."""
+    scores = np.full((token_scores.shape[0], len(item.words)), np.nan)
+    for index, positions in enumerate(item.pieces):
+        if positions:
+            scores[:, index] = token_scores[:, positions].sum(axis=1)
+    return scores
+
+
+def attribute(method: str, runner: Any, item: TextToExplain, task: str, label_ids: Sequence[int],
+              pad_id: int) -> np.ndarray:
+    """(labels, words) attributions of `item` by `method`, with the runner that predicts."""
+    if method == "occlusion":
+        return occlusion(runner.logits, item, task, label_ids, pad_id)
+    if method not in GRADIENT_METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    model = getattr(runner, "model", None)
+    if model is None or runner.quantized:
+        raise ValueError(f"{method} needs gradients: the torch backend without int8 quantization; "
+                         "method='occlusion' works with every backend")
+    steps = IG_STEPS if method == "integrated_gradients" else 0
+    return word_sums(token_gradients(model, item, task, label_ids, pad_id, steps), item)
+
+
+def blend_word_scores(member_scores: Mapping[str, np.ndarray],
+                      weights: Mapping[str, float | Sequence[float] | np.ndarray]) -> np.ndarray:
+    """A blended checkpoint's word scores from its members' (hook for the lexical member, models/lexical.py).
+
+    `member_scores`: member name -> (labels, words) scores over the same words, in log-odds units (a lexical
+    member gives each word the weights of its n-grams); `weights`: member name -> one weight, or one per label.
+    The blend averages the members' logits with these weights, so a word's effect on the blend is the same
+    weighted average of its effects on the members (exact for occlusion of a multi-label blend). A word one
+    member did not see (NaN) counts 0 there; it stays NaN only when no member saw it.
+    """
+    missing = set(member_scores) - set(weights)
+    if missing:
+        raise ValueError(f"no blend weight for member(s) {sorted(missing)}")
+    total, seen = None, None
+    for name, scores in member_scores.items():
+        values = np.asarray(scores, dtype=np.float64)
+        weight = np.asarray(weights[name], dtype=np.float64)
+        weight = weight[:, None] if weight.ndim == 1 else weight
+        part = weight * np.nan_to_num(values, nan=0.0)
+        total = part if total is None else total + part
+        seen = ~np.isnan(values) if seen is None else seen | ~np.isnan(values)
+    if total is None or seen is None:
+        raise ValueError("no member scores to blend")
+    return np.where(seen, total, np.nan)
