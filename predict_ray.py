@@ -1,6 +1,7 @@
 """Scoring files on Ray Data: CSV/TSV/JSONL/Parquet files (one, a glob or a folder) into a folder of shards.
 
-    python main.py --mode predict --engine ray --checkpoint DIR --input 'comments/*.parquet' --output scored
+    python main.py --mode predict --engine ray --checkpoint DIR --input 'comments/*.parquet' --output scored \
+                   --batch-size 1024                      # rows per Ray batch (the training default, 32, pads)
     python main.py --mode predict --engine ray --ray-address HEAD:6379 --checkpoint DIR --input /shared/in \
                    --output /shared/scored.csv            # a folder of CSV shards; any other name: Parquet
 
@@ -143,11 +144,12 @@ def ray_cluster(address: str | None) -> Iterator[None]:
 
 
 def score_files(files: list[Path], output: Path, settings: ScorerSettings, num_actors: int | None = None,
-                batch_size: int = 128, scorer: type | None = None) -> int:
+                batch_size: int = 1024, scorer: type | None = None) -> int:
     """Score every row of `files` into the folder `output` on the connected Ray cluster; returns the row count.
 
-    The shards go to a temporary sibling folder that is renamed to `output` only when each input row is in it
-    exactly once; on any error it is removed, so `output` never holds a partial result.
+    `batch_size` rows are read, scored (one actor call, retried as a unit) at a time. The shards go to a temporary
+    sibling folder that is renamed to `output` only when each input row is in it exactly once; on any error it is
+    removed, so `output` never holds a partial result. `scorer` replaces the Scorer class (tests use it).
     """
     check_before_start(output, settings)
     cpus = int(ray.cluster_resources().get("CPU", 1))

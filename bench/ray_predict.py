@@ -1,14 +1,15 @@
 """Batch scoring throughput: the single-process `--mode predict` against `--engine ray` with 1 and 2 actors, on
 the same rows of toxic, side by side in one run:
 
-    python bench/ray_predict.py --checkpoint outputs/bench_cls/checkpoint          # 10,000 rows
+    python bench/ray_predict.py --checkpoint outputs/bench_ray/checkpoint          # 10,000 rows
 
-Writes the first --rows comments of toxic/train.csv to one CSV file and scores it with `predict.run` (one process,
-torch threads = cores, the file read in 4,096-row chunks), then on one local Ray cluster (started once and timed
-apart, as `--engine ray` starts one per command) with `predict.run(engine="ray")` for each --actors count, 1 CPU and
-1 torch thread per actor. Each time is the whole command after Python's imports: model loading, actor start-up,
-reading, scoring, writing and the row check. Every Ray output is compared with the single-process one (each row
-once, scores within SCORE_TOLERANCE). Prints a table and appends the record to docs/results/bench_ray_predict.json.
+Writes the first --rows comments of toxic/train.csv to one CSV file and starts one local Ray cluster (timed apart, as
+`--engine ray` starts one per command). Then, for each --actors count n, in pairs on the same cores: `predict.run`
+in this process with n torch threads (the file read in 4,096-row chunks), and `predict.run(engine="ray")` with n
+actors of 1 CPU and 1 torch thread. Each time is the whole command after Python's imports: model loading, actor
+start-up, reading, scoring, writing and the row check. Every Ray output is compared with its pair's single-process one
+(each row once, scores within SCORE_TOLERANCE). Prints a table and appends the record to
+docs/results/bench_ray_predict.json.
 """
 
 from __future__ import annotations
@@ -58,31 +59,31 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     args = parse_args(argv)
     checkpoint = str(Path(args.checkpoint).resolve())
+    default_threads = torch.get_num_threads()
+    rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench_ray_") as folder:
         work = Path(folder)
         source = work / "toxic.csv"
         pd.read_csv(DATA, dtype=str, keep_default_na=False).head(args.rows).to_csv(source, index=False)
         settings = {"mode": "predict", "checkpoint": checkpoint, "input": str(source)}
-
-        single = work / "single.csv"
-        started = time.perf_counter()
-        predict.run(make_config(**settings, output=str(single)), checkpoint)
-        rows = [{"engine": "single", "actors": None, "threads": torch.get_num_threads(),
-                 "seconds": time.perf_counter() - started}]
-        expected = pd.read_csv(single)
-
         started = time.perf_counter()
         with predict_ray.ray_cluster(args.ray_address):
             cluster_start_s = time.perf_counter() - started
             cluster_cpus = int(ray.cluster_resources().get("CPU", 0))
-            for actors in args.actors:
-                output = work / f"ray-{actors}"
+            for cores in args.actors:
+                single = work / f"single-{cores}.csv"
+                torch.set_num_threads(cores)
                 started = time.perf_counter()
-                predict.run(make_config(**settings, output=str(output), engine="ray", num_actors=actors,
+                predict.run(make_config(**settings, output=str(single)), checkpoint)
+                rows.append({"engine": "single", "actors": None, "threads": cores,
+                             "seconds": time.perf_counter() - started})
+                output = work / f"ray-{cores}"
+                started = time.perf_counter()
+                predict.run(make_config(**settings, output=str(output), engine="ray", num_actors=cores,
                                         cpus_per_actor=1, batch_size=args.batch_size), checkpoint)
-                seconds = time.perf_counter() - started
-                rows.append({"engine": "ray", "actors": actors, "threads": 1, "seconds": seconds,
-                             "max_abs_diff": max_score_difference(output, expected)})
+                rows.append({"engine": "ray", "actors": cores, "threads": 1, "seconds": time.perf_counter() - started,
+                             "max_abs_diff": max_score_difference(output, pd.read_csv(single))})
+        torch.set_num_threads(default_threads)
     for row in rows:
         row["texts_per_s"] = args.rows / row["seconds"]
     record = new_record(machine=machine(torch=torch.__version__, ray=ray.__version__), checkpoint=checkpoint,
@@ -109,18 +110,23 @@ def max_score_difference(output: Path, expected: pd.DataFrame) -> float:
 
 
 def print_table(record: dict[str, Any]) -> None:
-    single = record["runs"][0]
+    """One line per run; each Ray run beside the single process on as many cores (its pair)."""
     print(f"\n{record['machine']['cpu']}, {record['machine']['cores']} cores; {record['rows']} rows of toxic; Ray "
           f"batch {record['ray_batch_size']} rows; Ray cluster start {record['cluster_start_s']:.1f} s "
           f"({'joined' if record['joined_cluster'] else 'local, once per --engine ray command'})\n")
-    print("| engine            | actors x threads | seconds | texts/s | x single | texts/s with cluster start |")
-    print("|-------------------|------------------|---------|---------|----------|----------------------------|")
+    print("| engine | processes x threads | seconds | texts/s | x single, same cores | texts/s with cluster start |")
+    print("|--------|---------------------|---------|---------|----------------------|----------------------------|")
+    single = {}
     for run in record["runs"]:
-        shape = f"1 process x {run['threads']}" if run["actors"] is None else f"{run['actors']} x {run['threads']}"
-        with_start = "" if run["actors"] is None else \
-            f"{record['rows'] / (run['seconds'] + record['cluster_start_s']):.1f}"
-        print(f"| {run['engine']:<17} | {shape:<16} | {run['seconds']:7.1f} | {run['texts_per_s']:7.1f} | "
-              f"{run['texts_per_s'] / single['texts_per_s']:8.2f} | {with_start:>26} |")
+        if run["actors"] is None:
+            single[run["threads"]] = run
+            shape, ratio, with_start = f"1 x {run['threads']}", 1.0, ""
+        else:
+            shape = f"{run['actors']} actor(s) x {run['threads']}"
+            ratio = run["texts_per_s"] / single[run["actors"]]["texts_per_s"]
+            with_start = f"{record['rows'] / (run['seconds'] + record['cluster_start_s']):.1f}"
+        print(f"| {run['engine']:<6} | {shape:<19} | {run['seconds']:7.1f} | {run['texts_per_s']:7.1f} | "
+              f"{ratio:20.2f} | {with_start:>26} |")
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from utils.data.readers import DataError
 ROOT = Path(__file__).resolve().parent.parent
 SCORE_COLUMNS = [f"score_{name}" for name in TOXIC_LABELS]
 # Measured here: at most 5.6e-9 between an actor (1 torch thread, its own batches) and predict_batch (2 threads, one
-# batch per file); float32 logits differ by ~1e-7 between such runs, which moves a sigmoid score by under 2.5e-8.
+# batch per file) on the tiny test model; MiniLM in bench/ray_predict.py differed by up to 4.3e-8.
 SCORE_TOLERANCE = 5e-8
 FILE_ROWS = {"a.csv": 300, "b.jsonl": 250, "nested/c.parquet": 200}
 
