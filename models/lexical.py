@@ -152,10 +152,11 @@ class SparseRows:
 
     def dot(self, weights: np.ndarray) -> np.ndarray:
         """This (N, F) matrix times dense (F, L) weights: (N, L)."""
-        rows = np.repeat(np.arange(len(self.indptr) - 1), np.diff(self.indptr))
-        products = self.values[:, None] * weights[self.indices]
-        return np.stack([np.bincount(rows, products[:, j], minlength=len(self.indptr) - 1)
-                         for j in range(weights.shape[1])], axis=1)
+        num_rows = len(self.indptr) - 1
+        rows = np.repeat(np.arange(num_rows), np.diff(self.indptr))
+        # one label at a time: a (non-zeros, labels) product would not fit in memory for large batches
+        return np.stack([np.bincount(rows, self.values * weights[self.indices, j], minlength=num_rows)
+                         for j in range(weights.shape[1])], axis=1).reshape(num_rows, weights.shape[1])
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
