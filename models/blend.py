@@ -1,9 +1,10 @@
 """The transformer + lexical blend: weights chosen on validation rows only, and the blended scores.
 
-A weight w is the transformer's share: 1 gives the transformer alone, 0 the lexical member alone. Both members'
-probabilities are mapped to logits (log-probabilities for classes), averaged with (w, 1 - w) and mapped back
-through the sigmoid (multi-label) or softmax (multi-class): a weighted geometric blend, which beat plain
-probability averaging on validation (docs/lexical_experiments.md).
+A weight w is the transformer's share: 1 gives the transformer alone, 0 the lexical member alone.
+Multi-label: both members' probabilities are mapped to logits, averaged with (w, 1 - w) and mapped back through
+the sigmoid; one weight per label, shrunk towards the pooled weight for labels with few validation positives.
+Multi-class: the class probabilities are averaged, one weight for every class. Each default is what won on
+held-out halves of the validation rows (docs/lexical_experiments.md).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 METHODS = ("logit", "probability")
-DEFAULT_METHOD = "logit"
+DEFAULT_METHODS = {"multilabel": "logit", "multiclass": "probability"}
 DEFAULT_STEP = 0.05  # the weight grid: 0, 0.05, ..., 1
 DEFAULT_SHRINKAGE = 30.0  # validation positives at which a label's own weight and the pooled one count equally
 EPS = 1e-12  # probabilities are clipped to [EPS, 1 - EPS] before taking logits
@@ -32,8 +33,9 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 
 
 def blend_scores(task: str, weights: np.ndarray | float, transformer_scores: np.ndarray,
-                 lexical_scores: np.ndarray, method: str = DEFAULT_METHOD) -> np.ndarray:
+                 lexical_scores: np.ndarray, method: str | None = None) -> np.ndarray:
     """(N, L) blended probabilities; `weights` is one transformer share per label, or one for all."""
+    method = method or DEFAULT_METHODS[task]
     weights = np.broadcast_to(np.asarray(weights, dtype=np.float64), (transformer_scores.shape[1],))
     first, second = np.asarray(transformer_scores, np.float64), np.asarray(lexical_scores, np.float64)
     if first.shape != second.shape:
@@ -86,7 +88,7 @@ def closest_to_half(grid: np.ndarray, values: np.ndarray) -> float:
 
 
 def choose_multilabel_weights(labels: np.ndarray, transformer_scores: np.ndarray, lexical_scores: np.ndarray,
-                              method: str = DEFAULT_METHOD, step: float = DEFAULT_STEP,
+                              method: str = DEFAULT_METHODS["multilabel"], step: float = DEFAULT_STEP,
                               shrinkage: float = DEFAULT_SHRINKAGE) -> np.ndarray:
     """Per label, the weight maximising its ROC AUC, shrunk towards the weight that maximises the mean AUC.
 
@@ -100,7 +102,7 @@ def choose_multilabel_weights(labels: np.ndarray, transformer_scores: np.ndarray
     if np.isinf(shrinkage):
         return np.full(labels.shape[1], pooled)
     weights = np.full(labels.shape[1], pooled)
-    positives = labels.sum(axis=0)
+    positives = labels.sum(axis=0).astype(np.float64)
     for j in np.flatnonzero(defined):
         own = closest_to_half(grid, aucs[:, j])
         weights[j] = (positives[j] * own + shrinkage * pooled) / (positives[j] + shrinkage)
@@ -108,7 +110,7 @@ def choose_multilabel_weights(labels: np.ndarray, transformer_scores: np.ndarray
 
 
 def choose_multiclass_weight(labels: np.ndarray, transformer_scores: np.ndarray, lexical_scores: np.ndarray,
-                             method: str = DEFAULT_METHOD, step: float = DEFAULT_STEP) -> np.ndarray:
+                             method: str = DEFAULT_METHODS["multiclass"], step: float = DEFAULT_STEP) -> np.ndarray:
     """One weight for all classes: the best validation macro-F1, ties broken by accuracy, then nearest 0.5."""
     grid = weight_grid(step)
     num_classes = transformer_scores.shape[1]
@@ -132,12 +134,14 @@ def macro_f1(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> flo
 
 
 def choose_blend_weights(task: str, val_labels: np.ndarray, transformer_scores: np.ndarray,
-                         lexical_scores: np.ndarray, method: str = DEFAULT_METHOD, step: float = DEFAULT_STEP,
+                         lexical_scores: np.ndarray, method: str | None = None, step: float = DEFAULT_STEP,
                          shrinkage: float = DEFAULT_SHRINKAGE) -> np.ndarray:
     """One transformer weight per label (multi-label) or the same one for every class (multi-class).
 
-    Every argument is a validation-split array: the weights see no other rows.
+    Every argument is a validation-split array: the weights see no other rows. `method`: blend_scores'; by
+    default the task's DEFAULT_METHODS entry. `shrinkage` applies to multi-label only.
     """
+    method = method or DEFAULT_METHODS[task]
     if task == "multilabel":
         return choose_multilabel_weights(np.asarray(val_labels), transformer_scores, lexical_scores,
                                          method, step, shrinkage)

@@ -86,18 +86,19 @@ def test_numpy_transform_equals_sklearn(name, toxic, goemotions_texts):
 
 def test_multiclass_scores_equal_sklearn_predict_proba(conference):
     fit_texts, fit_labels, other_texts, _ = conference
-    settings = LexicalSettings(c=4.0)
+    settings = LexicalSettings(c=4.0, nb_weighting=False)
     model = LexicalModel.fit(fit_texts, fit_labels, "multiclass", settings)
     vectorizers = build_vectorizers(settings)
     x_fit = hstack([v.fit_transform(fit_texts) for v in vectorizers], format="csr")
-    reference = LogisticRegression(C=4.0, class_weight="balanced", max_iter=1000, tol=1e-4).fit(x_fit, fit_labels)
+    reference = LogisticRegression(C=4.0, class_weight="balanced", solver="newton-cg", max_iter=1000, tol=1e-4)
+    reference.fit(x_fit, fit_labels)
     expected = reference.predict_proba(hstack([v.transform(other_texts) for v in vectorizers], format="csr"))
     np.testing.assert_allclose(model.scores(other_texts), expected, rtol=0, atol=SCORE_TOLERANCE)
 
 
 def test_multilabel_scores_equal_sklearn_predict_proba(toxic):
     fit_texts, fit_labels, other_texts, _ = toxic
-    settings = LexicalSettings(c=2.0, class_weight=None)
+    settings = LexicalSettings(c=2.0, class_weight=None, nb_weighting=False)
     model = LexicalModel.fit(fit_texts, fit_labels, "multilabel", settings)
     vectorizers = build_vectorizers(settings)
     x_fit = hstack([v.fit_transform(fit_texts) for v in vectorizers], format="csr")
@@ -121,30 +122,33 @@ def test_c_is_chosen_on_validation(toxic):
 
 @pytest.fixture(scope="module")
 def saved(toxic, conference, tmp_path_factory) -> dict[str, tuple[LexicalModel, Path, list[str]]]:
-    """An NB-weighted multi-label model and a multinomial model, fitted and saved."""
+    """Each task's default model (NB-weighted multi-label, multinomial multi-class) and an NB-weighted
+    multi-class one (a binary NB-LR per class), fitted and saved."""
     out = {}
-    for task, (fit_texts, fit_labels, other_texts, _), settings in (
-            ("multilabel", toxic, LexicalSettings(nb_weighting=True)),
-            ("multiclass", conference, LexicalSettings())):
+    for name, task, (fit_texts, fit_labels, other_texts, _), settings in (
+            ("multilabel", "multilabel", toxic, LexicalSettings.for_task("multilabel")),
+            ("multiclass", "multiclass", conference, LexicalSettings.for_task("multiclass")),
+            ("multiclass NB", "multiclass", conference, LexicalSettings(nb_weighting=True))):
         model = LexicalModel.fit(fit_texts, fit_labels, task, settings)
         folder = tmp_path_factory.mktemp(task)
         model.save(folder)
-        out[task] = (model, folder, other_texts)
+        out[name] = (model, folder, other_texts)
     return out
 
 
-@pytest.mark.parametrize("task", ["multilabel", "multiclass"])
-def test_save_load_round_trip_gives_the_same_scores(task, saved):
-    model, folder, texts = saved[task]
+@pytest.mark.parametrize("name", ["multilabel", "multiclass", "multiclass NB"])
+def test_save_load_round_trip_gives_the_same_scores(name, saved):
+    model, folder, texts = saved[name]
     loaded = LexicalModel.load(folder)
     np.testing.assert_array_equal(loaded.scores(texts), model.scores(texts))
-    assert loaded.settings == model.settings and loaded.task == task
+    assert loaded.settings == model.settings and loaded.task == model.task
+    assert (loaded.nb_ratios is not None) == model.settings.nb_weighting
     assert loaded.fit_report == json.loads(json.dumps(model.fit_report))
 
 
-@pytest.mark.parametrize("task", ["multilabel", "multiclass"])
-def test_save_writes_safetensors_and_json_only(task, saved):
-    _, folder, _ = saved[task]
+@pytest.mark.parametrize("name", ["multilabel", "multiclass", "multiclass NB"])
+def test_save_writes_safetensors_and_json_only(name, saved):
+    _, folder, _ = saved[name]
     assert sorted(p.name for p in folder.iterdir()) == [CONFIG_FILE, WEIGHTS_FILE]
     json.loads((folder / CONFIG_FILE).read_text())
     raw = (folder / WEIGHTS_FILE).read_bytes()
@@ -215,9 +219,9 @@ print(json.dumps({"scores": model.scores(texts).tolist(),
 """
 
 
-@pytest.mark.parametrize("task", ["multilabel", "multiclass"])
-def test_serving_path_needs_neither_sklearn_nor_scipy(task, saved):
-    model, folder, texts = saved[task]
+@pytest.mark.parametrize("name", ["multilabel", "multiclass"])
+def test_serving_path_needs_neither_sklearn_nor_scipy(name, saved):
+    model, folder, texts = saved[name]
     answer = subprocess.run([sys.executable, "-c", SERVING_SCRIPT, str(ROOT / "models" / "lexical.py"), str(folder)],
                             input=json.dumps(texts[:50]), capture_output=True, text=True, check=True)
     result = json.loads(answer.stdout)
