@@ -24,6 +24,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from utils.runners import BACKENDS
 
+# The WSGI environ key the worker (serving/worker.py) sets on requests that came in on METRICS_PORT.
+METRICS_LISTENER = "classifier.metrics_listener"
 Backend = Literal["torch", "onnx", "onnx-int8"]
 assert Backend.__args__ == BACKENDS  # noqa: S101 (one list of backends: the runners')
 

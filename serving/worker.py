@@ -23,6 +23,7 @@ import io
 import json
 import os
 import signal
+import socket
 import sys
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -34,7 +35,7 @@ from urllib.parse import unquote_to_bytes
 import h11
 from gunicorn.workers.base import Worker
 
-from serving.settings import ServingSettings
+from serving.settings import METRICS_LISTENER, ServingSettings
 
 MODEL_ROUTES = {("POST", "/predict")}  # requests that wait for the model run in the model pool
 METRICS_LISTENER_ROUTES = {"/metrics", "/health"}  # all that METRICS_PORT serves
@@ -129,8 +130,8 @@ class BufferingWorker(Worker):
         await self.stopping.wait()
         for task in accepting:
             task.cancel()
-        for listener in self.sockets:
-            listener.close()
+        await asyncio.gather(*accepting, return_exceptions=True)
+        await self.drain_listen_queue()
         for connection in self.connections:  # idle kept-alive connections get one last, short chance
             if connection.idle and connection.deadline is not None:
                 connection.deadline.reschedule(min(connection.deadline.when() or float("inf"),
@@ -162,22 +163,42 @@ class BufferingWorker(Worker):
     async def accept(self, listener: Any) -> None:
         """Accept connections while this worker holds fewer than MAX_CONNECTIONS (gunicorn's worker_connections);
         beyond, leave them in the listen queue, where another worker or a freed slot takes them."""
-        raw = getattr(listener, "sock", listener)  # gunicorn's wrapper around the listening socket
-        address = raw.getsockname()
-        metrics_only = isinstance(address, tuple) and address[1] == self.settings.metrics_port
-        raw.setblocking(False)
+        raw, metrics_only = self.listening_socket(listener)
         while True:
             while len(self.connections) >= self.cfg.worker_connections:
                 self.slot_free.clear()
                 await self.slot_free.wait()
             client, _ = await self.loop.sock_accept(raw)
-            reader, writer = await asyncio.open_connection(sock=client, limit=READ_SIZE)
-            connection = Connection(reader, writer, metrics_only)
-            self.connections.add(connection)
-            self.metrics.open_connections.inc()
-            task = asyncio.create_task(self.serve_connection(connection))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+            await self.take(client, metrics_only)
+
+    async def drain_listen_queue(self) -> None:
+        """On shutdown, take the connections already waiting in the listen queue before closing the listeners:
+        they are served (with `Connection: close`) instead of reset. New ones are then refused by the kernel."""
+        for listener in self.sockets:
+            raw, metrics_only = self.listening_socket(listener)
+            while True:
+                try:
+                    client, _ = raw.accept()
+                except OSError:  # BlockingIOError: the queue is empty
+                    break
+                await self.take(client, metrics_only)
+            listener.close()
+
+    def listening_socket(self, listener: Any) -> tuple[socket.socket, bool]:
+        """The socket under gunicorn's wrapper, non-blocking, and whether it is the METRICS_PORT one."""
+        raw = getattr(listener, "sock", listener)
+        raw.setblocking(False)
+        address = raw.getsockname()
+        return raw, isinstance(address, tuple) and address[1] == self.settings.metrics_port
+
+    async def take(self, client: socket.socket, metrics_only: bool) -> None:
+        reader, writer = await asyncio.open_connection(sock=client, limit=READ_SIZE)
+        connection = Connection(reader, writer, metrics_only)
+        self.connections.add(connection)
+        self.metrics.open_connections.inc()
+        task = asyncio.create_task(self.serve_connection(connection))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
     async def serve_connection(self, connection: Connection) -> None:
         """Requests one after the other on one connection, until it closes, fails or times out."""
@@ -213,23 +234,24 @@ class BufferingWorker(Worker):
         """The next request and its whole body; (None, b"") when the client closes or stays idle too long."""
         http, loop = connection.http, self.loop
         pending = bool(http.trailing_data[0])  # a pipelined request may already be here
-        connection.idle = not pending
-        # A new connection has HEADER_TIMEOUT for its first request; a kept-alive one waits `keepalive` seconds
-        # for the next request to start, which then has HEADER_TIMEOUT for its headers.
-        wait = self.settings.header_timeout if connection.served == 0 or pending else self.cfg.keepalive
+        # A new connection has HEADER_TIMEOUT from its accept to its first request's last header; a kept-alive
+        # one waits `keepalive` seconds for the next request to start, which then has HEADER_TIMEOUT.
+        kept_alive = connection.served > 0 and not pending
+        received = pending
         try:
-            async with asyncio.timeout(wait) as deadline:
-                connection.deadline = deadline
+            async with asyncio.timeout(self.cfg.keepalive if kept_alive else self.settings.header_timeout) as deadline:
+                connection.deadline, connection.idle = deadline, not pending
                 event = self.next_event(http)
                 while event is h11.NEED_DATA:
                     data = await connection.reader.read(READ_SIZE)
-                    if data and connection.idle:  # the next request starts: it has HEADER_TIMEOUT from here
-                        connection.idle = False
-                        deadline.reschedule(loop.time() + self.settings.header_timeout)
+                    if data and not received:
+                        received, connection.idle = True, False
+                        if kept_alive:
+                            deadline.reschedule(loop.time() + self.settings.header_timeout)
                     http.receive_data(data)
                     event = self.next_event(http)
         except TimeoutError:
-            if connection.idle:
+            if not received:  # a silent connection is closed without a word
                 return None, b""
             raise Refusal(408, "header_timeout", f"the request line and headers took over "
                                                  f"{self.settings.header_timeout:g} s (HEADER_TIMEOUT)") from None
@@ -349,7 +371,7 @@ class BufferingWorker(Worker):
             "REMOTE_ADDR": str(peer[0]), "REMOTE_PORT": str(peer[1]), "CONTENT_LENGTH": str(len(body)),
             "wsgi.version": (1, 0), "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(body),
             "wsgi.errors": sys.stderr, "wsgi.multithread": True, "wsgi.multiprocess": True,
-            "wsgi.run_once": False, "wsgi.input_terminated": True,
+            "wsgi.run_once": False, "wsgi.input_terminated": True, METRICS_LISTENER: connection.metrics_only,
         }
         for name, value in request.headers:  # h11 lower-cases names
             key = name.decode("latin-1").upper().replace("-", "_")
