@@ -81,6 +81,13 @@ class Answer:
 class BufferingWorker(Worker):
     """A gunicorn worker: asyncio + h11 in front, the WSGI app in threads behind."""
 
+    @classmethod
+    def check_config(cls, cfg: Any, log: Any) -> None:
+        """Refuse, in the master, what this worker does not do rather than ignore it."""
+        if cfg.is_ssl:
+            raise RuntimeError("serving.worker serves plain HTTP/1.1: terminate TLS in front of it (an ingress or "
+                               "a load balancer), or drop certfile/keyfile")
+
     def init_process(self) -> None:
         self.settings = ServingSettings.from_env()
         self.loop = asyncio.new_event_loop()
