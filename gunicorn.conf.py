@@ -4,7 +4,7 @@ Each worker loads its own model after the fork (preload_app = False: torch and f
 TORCH_THREADS torch threads; workers = cores // TORCH_THREADS, so together they do not oversubscribe the cores.
 The worker class (serving/worker.py) reads every request in full in an event loop, under HEADER_TIMEOUT and
 BODY_TIMEOUT, before a thread runs the app on it, so clients that send slowly cost a socket, never a thread.
-POST /predict runs in THREADS model threads per worker (the app runs one forward pass at a time; with
+POST /predict and /explain run in THREADS model threads per worker (the app runs one forward pass at a time; with
 MICROBATCH=1 the requests waiting in those threads share it, so THREADS, default 32 then, else 4, bounds a
 batch); /health, /ready, /metrics and the rest run in two threads of their own. The master checks the
 checkpoint's files before starting any worker, so a damaged one stops the server at once with its name.

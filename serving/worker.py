@@ -8,9 +8,9 @@ then blocks reading the rest: a few clients that send slowly hold every thread, 
 and its buffer until its request is complete, under deadlines (HEADER_TIMEOUT for the request line and headers,
 BODY_TIMEOUT for the body; 408 after) and bounds (MAX_BODY_BYTES per request, MAX_BUFFERED_BYTES per worker,
 503 beyond; MAX_CONNECTIONS per worker, beyond which new connections wait in the listen queue). Complete requests
-go to the WSGI app in one of two thread pools: POST /predict to the `threads` model threads (the app still runs
-one forward pass at a time), everything else to a small pool of its own, so /health, /ready and /metrics answer
-while the model is busy. On SIGTERM the worker stops accepting, serves the requests it has, answers a request
+go to the WSGI app in one of two thread pools: POST /predict and /explain to the `threads` model threads (the app
+still runs one forward pass at a time), everything else to a small pool of its own, so /health, /ready and /metrics
+answer while the model is busy. On SIGTERM the worker stops accepting, serves the requests it has, answers a request
 that arrives on a kept-alive connection within SHUTDOWN_LINGER with `Connection: close`, and exits.
 
 No torch here: gunicorn imports the worker class in the master process, before any fork.
@@ -37,7 +37,7 @@ from gunicorn.workers.base import Worker
 
 from serving.settings import METRICS_LISTENER, ServingSettings
 
-MODEL_ROUTES = {("POST", "/predict")}  # requests that wait for the model run in the model pool
+MODEL_ROUTES = {("POST", "/predict"), ("POST", "/explain")}  # those that wait for the model: model pool
 METRICS_LISTENER_ROUTES = {"/metrics", "/health"}  # all that METRICS_PORT serves
 LIGHT_THREADS = 2  # threads for every other route
 READ_SIZE = 65_536
