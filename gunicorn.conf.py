@@ -2,18 +2,24 @@
 
 Each worker loads its own model after the fork (preload_app = False: torch and fork do not mix well) and runs
 TORCH_THREADS torch threads; workers = cores // TORCH_THREADS, so together they do not oversubscribe the cores.
-Threads within a worker let /health, /metrics and queued requests be answered; the app runs one forward pass at
-a time per worker. With MICROBATCH=1 the requests waiting in those threads share that forward pass, so the
-threads (THREADS, default 32 then, else 4) bound how many requests one batch can gather.
+The worker class (serving/worker.py) reads every request in full in an event loop, under HEADER_TIMEOUT and
+BODY_TIMEOUT, before a thread runs the app on it, so clients that send slowly cost a socket, never a thread.
+POST /predict and /explain run in THREADS model threads per worker (the app runs one forward pass at a time; with
+MICROBATCH=1 the requests waiting in those threads share it, so THREADS, default 32 then, else 4, bounds a
+batch); /health, /ready, /metrics and the rest run in two threads of their own. The master checks the
+checkpoint's files before starting any worker, so a damaged one stops the server at once with its name.
 """
 
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
 from serving.settings import ServingSettings
+from utils.checkpoint import CheckpointError, CheckpointFolder
 
+APP_LOAD_ERROR = 4  # gunicorn's own exit status for an application that cannot be loaded
 settings = ServingSettings.from_env()
 # Prometheus values of every worker go to files here, and /metrics adds them up (prometheus-client's
 # multiprocess mode): a scrape then counts the whole server, whichever worker answers it.
@@ -26,9 +32,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # serving reads the checkpoint folder only, never a hub
 
 bind = f"{settings.host}:{settings.port}"
+if settings.metrics_port:  # a second listener that serves GET /metrics and /health only (serving/worker.py)
+    bind = [bind, f"{settings.host}:{settings.metrics_port}"]
 workers = settings.worker_count()
-worker_class = "gthread"
+worker_class = "serving.worker.BufferingWorker"
 threads = settings.thread_count()
+worker_connections = settings.max_connections
 preload_app = False
 timeout = 120  # a worker silent this long is restarted; loading the model counts
 graceful_timeout = 30  # on SIGTERM, requests in flight get this long to finish
@@ -45,6 +54,15 @@ def on_starting(server) -> None:
     for stale in Path(metrics_dir).glob("*.db"):  # values of an earlier run
         stale.unlink()
     print(settings.describe(), f"\n  workers         {workers} x {threads} threads", flush=True)
+    try:  # here, once, in a second: not in every worker after a torch import, with a traceback each
+        if not settings.checkpoint_path:
+            raise CheckpointError("set CHECKPOINT_PATH to a checkpoint folder written by training")
+        CheckpointFolder(settings.checkpoint_path).verify(settings.backend)
+    except CheckpointError as error:
+        server.log.error("cannot serve: %s", error)
+        on_exit(server)
+        sys.exit(APP_LOAD_ERROR)
+
 
 
 def child_exit(server, worker) -> None:

@@ -126,6 +126,10 @@ class ModelInferer:
             members[LEXICAL] = self.lexical.scores(texts)
         return members, encoded.truncated
 
+    def token_counts(self, texts: Sequence[str]) -> list[int]:
+        """Tokens each text feeds the model: special tokens included, after truncation to max_length."""
+        return encode(self.tokenizer, validate_texts(texts), self.max_length, self.truncation).lengths
+
     def result(self, scores: np.ndarray, truncated: bool, top_k: int | None = None,
                thresholds: np.ndarray | None = None) -> dict[str, Any]:
         """One text's answer: predicted labels, every label's score (checkpoint order), truncation.

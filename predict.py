@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +15,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from inferer import ModelInferer
+from utils.atomic import staged_file
 from utils.config import Config
 from utils.data.readers import DataError, iter_frames, require_columns
 
@@ -60,14 +60,13 @@ def output_format(path: Path) -> str:
 def predict_file(inferer: ModelInferer, source: Path, target: Path, text_column: str,
                  chunk_rows: int = CHUNK_ROWS, batch_size: int = 64) -> int:
     """Score every row of `source` into `target`: the input columns, a `score_<label>` column per label and
-    `labels` (CSV: joined with "|"; JSONL: a list). Written to a temporary file, renamed when complete."""
+    `labels` (CSV: joined with "|"; JSONL: a list). Written to a temporary file, renamed when complete: a failure
+    (a bad row, a full disk) leaves no partial output, and a previous `target` as it was."""
     fmt = output_format(target)
     if source.resolve() == target.resolve():
         raise ValueError(f"{target}: the output would overwrite the input")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.partial")
     rows, columns = 0, None
-    try:
+    with staged_file(target, "predictions") as partial:
         with partial.open("w", encoding="utf-8", newline="") as out, tqdm(unit=" rows", desc="predict") as bar:
             for frame in read_chunks(source, chunk_rows):
                 texts = chunk_texts(frame, text_column, source, first_row=rows + 1)
@@ -80,9 +79,6 @@ def predict_file(inferer: ModelInferer, source: Path, target: Path, text_column:
                 bar.update(len(frame))
         if rows == 0:
             raise DataError(f"{source}: no rows")
-        os.replace(partial, target)
-    finally:
-        partial.unlink(missing_ok=True)
     return rows
 
 

@@ -10,6 +10,7 @@ from flask import Flask, Response, g, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from serving.errors import ApiError
+from serving.settings import METRICS_LISTENER
 from serving.state import serving
 
 OPEN_PATHS = ("/health",)  # answered without the API key, for load balancers and container health checks
@@ -23,9 +24,11 @@ def start_timer() -> None:
 
 def check_api_key() -> None:
     """With APP_APIKEY set, every route but /health and the page wants it: `Authorization: Bearer`, `X-API-Key`
-    or `?key=`."""
+    or `?key=`. The METRICS_PORT listener serves /metrics without it (the worker lets nothing but /metrics and
+    /health in there)."""
     expected = serving().settings.api_key_value
-    if not expected or request.path in OPEN_PATHS or is_page_path(request.path):
+    if (not expected or request.path in OPEN_PATHS or is_page_path(request.path)
+            or request.environ.get(METRICS_LISTENER)):
         return
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     offered = [token.strip() if scheme.lower() == "bearer" else None, request.headers.get("X-API-Key"),

@@ -38,8 +38,9 @@ def openapi_document(settings: ServingSettings, schemas: Schemas, labels: list[s
     unauthorized = {"401": answer("Missing or wrong API key.", "ErrorAnswer")} if secured else {}
     predict_errors = {
         "400": answer("The body is not valid JSON.", "ErrorAnswer"),
-        "413": answer(f"Body over {settings.max_body_bytes} bytes, more than {settings.max_texts} texts, or a "
-                      f"text over {settings.max_chars} characters.", "ErrorAnswer"),
+        "413": answer(f"Body over {settings.max_body_bytes} bytes, more than {settings.max_texts} texts, a text "
+                      f"over {settings.max_chars} characters, or more than {settings.max_tokens} tokens in all "
+                      "(counted after each text is cut to the model's max length).", "ErrorAnswer"),
         "415": answer("Neither JSON nor a form.", "ErrorAnswer"),
         "422": answer("Wrong field, type, or an empty list of texts.", "ErrorAnswer"),
     }
@@ -50,7 +51,8 @@ def openapi_document(settings: ServingSettings, schemas: Schemas, labels: list[s
             "properties": {FORM_FIELD: {"type": "string", "maxLength": settings.max_chars}}}
     explain_errors = predict_errors | {
         "413": answer(f"Body over {settings.max_body_bytes} bytes, more than {settings.max_explain_texts} texts "
-                      f"(MAX_EXPLAIN_TEXTS), or a text over {settings.max_chars} characters.", "ErrorAnswer"),
+                      f"(MAX_EXPLAIN_TEXTS), a text over {settings.max_chars} characters, or more than "
+                      f"{settings.max_tokens} tokens in all.", "ErrorAnswer"),
         "422": answer("Wrong field, type, unknown label, or an empty list of texts or labels.", "ErrorAnswer")}
     explain_errors.pop("503", None)  # explanations do not queue for a micro-batch
 

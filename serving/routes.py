@@ -95,7 +95,8 @@ def metadata() -> Response:
     state = serving()
     settings = state.settings
     limits = {"max_body_bytes": settings.max_body_bytes, "max_texts": settings.max_texts,
-              "max_chars": settings.max_chars, "max_explain_texts": settings.max_explain_texts}
+              "max_chars": settings.max_chars, "max_explain_texts": settings.max_explain_texts,
+              "max_tokens": settings.max_tokens}
     microbatch = ({"wait_ms": settings.microbatch_wait_ms, "max_size": settings.microbatch_max_size,
                    "queue_size": settings.microbatch_queue_size} if state.batcher is not None else None)
     return jsonify(state.inferer.metadata() | {"limits": limits, "microbatch": microbatch})
@@ -131,9 +132,23 @@ def read_texts(model: type[BaseModel], texts_limit: str) -> tuple[list[str], Bas
     """The valid texts of a request and its validated body, by the rules every text route shares."""
     texts, parsed = parse_request(model, read_body(), texts_limit)
     try:
-        return validate_texts(texts), parsed
+        texts = validate_texts(texts)
     except (TypeError, ValueError) as error:
         raise ApiError(422, "invalid_text", str(error)) from None
+    check_token_count(serving(), texts)
+    return texts, parsed
+
+
+def check_token_count(state: ServingState, texts: list[str]) -> None:
+    """413 when the texts make more than MAX_TOKENS tokens (after truncation: what the forward pass costs).
+    Tokenized here only when the limit can bind: with the defaults (64 texts of at most 128 tokens) it cannot."""
+    limit, max_length = state.settings.max_tokens, state.inferer.max_length
+    if len(texts) * max_length <= limit:
+        return
+    tokens = sum(state.inferer.token_counts(texts))
+    if tokens > limit:
+        raise ApiError(413, "too_many_tokens", f"the texts make {tokens} tokens (each text cut to {max_length}); "
+                                               f"the limit is {limit} per request (MAX_TOKENS)")
 
 
 def read_body() -> Any:

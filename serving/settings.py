@@ -9,11 +9,23 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, NonNegativeInt, PositiveInt, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from utils.runners import BACKENDS
 
+# The WSGI environ key the worker (serving/worker.py) sets on requests that came in on METRICS_PORT.
+METRICS_LISTENER = "classifier.metrics_listener"
 Backend = Literal["torch", "onnx", "onnx-int8"]
 assert Backend.__args__ == BACKENDS  # noqa: S101 (one list of backends: the runners')
 
@@ -34,6 +46,8 @@ class ServingSettings(BaseSettings):
     max_chars: PositiveInt = Field(20_000, description="Most characters in one text; more gets 413.")
     max_explain_texts: PositiveInt = Field(
         8, description="Most texts in one /explain request (each costs a forward pass per word); more gets 413.")
+    max_tokens: PositiveInt = Field(
+        16_384, description="Most tokens in one /predict request, counted after truncation; more gets 413.")
     torch_threads: PositiveInt = Field(1, description="torch intra-op threads per worker process.")
     workers: PositiveInt | None = Field(None, description="Worker processes; default cores // threads.")
     threads: PositiveInt | None = Field(
@@ -42,8 +56,18 @@ class ServingSettings(BaseSettings):
     microbatch_wait_ms: NonNegativeInt = Field(5, description="How long a first request waits for others.")
     microbatch_max_size: PositiveInt = Field(64, description="Most texts in one shared forward pass.")
     microbatch_queue_size: PositiveInt = Field(128, description="Most requests waiting per worker; then 503.")
+    header_timeout: PositiveFloat = Field(
+        10.0, description="Seconds a client has to send a request's line and headers; then 408 and closed.")
+    body_timeout: PositiveFloat = Field(
+        30.0, description="Seconds a client has to send a request's body once its headers are in; then 408.")
+    max_connections: PositiveInt = Field(
+        1000, description="Open connections per worker; more wait in the listen queue until one closes.")
+    max_buffered_bytes: PositiveInt = Field(
+        64 << 20, description="Bytes of request bodies one worker holds before the app answers them; then 503.")
     host: str = Field("0.0.0.0", description="Interface gunicorn binds to.")
     port: PositiveInt = Field(8080, description="Port gunicorn binds to.")
+    metrics_port: PositiveInt | None = Field(
+        None, description="Also listen on this port, for GET /metrics and /health only and without the API key.")
     api_key: SecretStr | None = Field(None, validation_alias=AliasChoices("app_apikey", "api_key"),
                                       description="When set, every route but /health needs it.")
 
@@ -53,6 +77,13 @@ class ServingSettings(BaseSettings):
         if value is not None and not (value.get_secret_value().isascii() and value.get_secret_value().isprintable()):
             raise ValueError("must be printable ASCII (e.g. python -c 'import secrets; "
                              "print(secrets.token_urlsafe(32))')")
+        return value
+
+    @field_validator("metrics_port")
+    @classmethod
+    def _port_of_its_own(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and value == info.data.get("port"):
+            raise ValueError("must differ from PORT: that port serves /metrics only")
         return value
 
     @classmethod

@@ -22,7 +22,7 @@ from inferer import ModelInferer
 from serving.settings import ServingSettings, available_cores
 from utils.precision import resolve_precision
 
-LIMITS = {"max_texts": 3, "max_chars": 100, "max_body_bytes": 4096, "max_explain_texts": 2}
+LIMITS = {"max_texts": 3, "max_chars": 100, "max_body_bytes": 4096, "max_explain_texts": 2, "max_tokens": 1000}
 KEY = "test-key-0123456789"
 
 
@@ -149,6 +149,23 @@ def test_predict_errors_are_json_with_the_right_status(client, request_kwargs, s
 
 def test_limits_at_the_edge_are_accepted(client):
     assert client.post("/predict", json={"texts": ["a" * 100] * 3}).status_code == 200
+
+
+def test_tokens_over_max_tokens_are_refused_after_truncation(inferer):
+    texts = ["You are a complete idiot and everyone knows it.", "Thanks for fixing the references!"]
+    tokens = sum(inferer.token_counts(texts))
+    at_limit = create_app(inferer, ServingSettings(max_tokens=tokens)).test_client()
+    assert at_limit.post("/predict", json={"texts": texts}).status_code == 200
+    response = create_app(inferer, ServingSettings(max_tokens=tokens - 1)).test_client().post(
+        "/predict", json={"texts": texts})
+    assert response.status_code == 413 and error_of(response) == "too_many_tokens"
+    assert f"make {tokens} tokens" in response.get_json()["error"]["message"] and f"is {tokens - 1}" in \
+        response.get_json()["error"]["message"]
+    # A text longer than the model takes counts what the model reads: max_length tokens.
+    assert inferer.token_counts(["word " * 1000, ""]) == [inferer.max_length, 2]
+    capped = create_app(inferer, ServingSettings(max_tokens=2 * inferer.max_length)).test_client()
+    assert capped.post("/predict", json={"texts": ["word " * 1000] * 2}).status_code == 200
+    assert capped.post("/predict", data={"data": ["word " * 1000] * 3}).status_code == 413
 
 
 def test_body_size_is_checked_before_parsing(client):

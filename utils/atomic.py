@@ -14,16 +14,25 @@ from pathlib import Path
 
 
 @contextlib.contextmanager
-def staged_file(target: Path) -> Iterator[Path]:
-    """A temporary sibling of `target` to write; renamed onto `target` only when the block ends cleanly."""
+def staged_file(target: Path, what: str = "file") -> Iterator[Path]:
+    """A temporary sibling of `target` to write; renamed onto `target` only when the block ends cleanly.
+
+    A full disk is reported as such, naming `what` and saying that the partial file is gone.
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
     handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
     os.close(handle)
     partial = Path(name)
     try:
         yield partial
-        _fsync(partial)
+        _fsync(partial)  # a full disk can surface only here, on file systems that allocate late
         os.replace(partial, target)
+    except OSError as error:
+        if error.errno == errno.ENOSPC:
+            kept = "the previous version is kept" if target.exists() else "no output was written"
+            raise OSError(errno.ENOSPC, f"disk full while writing the {what} {target}; the partial file is removed "
+                                        f"and {kept}; free space and run again") from error
+        raise
     finally:
         partial.unlink(missing_ok=True)
 

@@ -19,6 +19,7 @@ from utils.atomic import sha256_file, staged_folder
 
 FORMAT_VERSION = 2  # 1: the first format, without `format_version`, `text_column` and `members`
 WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"  # the transformers model config
 CLASSIFIER_FILE = "classifier.json"
 TRAINING_CONFIG_FILE = "training_config.json"
 METRICS_FILE = "metrics.json"
@@ -80,6 +81,33 @@ class CheckpointFolder:
     def checkpoint_id(self) -> str:
         """A short digest of the weights: identifies the exact model a server answers with."""
         return sha256_file(self.weights)[:16]
+
+    def verify(self, backend: str = "torch") -> None:
+        """Check, without loading a model, that the files a reader opens first are whole: `config.json` parses and
+        the weights' safetensors header describes exactly the bytes the file holds (or the backend's ONNX graph is
+        there). A CheckpointError names the damaged file. This catches a truncated, empty or overwritten file, not
+        flipped bits inside the tensors: no digest of the weights is stored to compare with."""
+        config = self.path / CONFIG_FILE
+        try:
+            if not isinstance(json.loads(config.read_text()), dict):
+                raise ValueError("expected a JSON object")
+        except (OSError, ValueError) as error:
+            raise CheckpointError(f"{config}: unreadable ({error}); the checkpoint is damaged, train or copy it "
+                                  "again") from None
+        if backend != "torch":
+            graph = self.onnx_file(backend)
+            if not graph.is_file() or graph.stat().st_size == 0:
+                raise CheckpointError(f"{graph}: missing or empty; run `main.py --mode export` on the checkpoint")
+            return
+        from safetensors import safe_open  # reads only the header, and checks it against the file's size
+
+        try:
+            with safe_open(self.weights, framework="np") as weights:
+                if not list(weights.keys()):
+                    raise ValueError("no tensors")
+        except Exception as error:  # safetensors raises its own error type, or OSError for a missing file
+            raise CheckpointError(f"{self.weights}: not a complete safetensors file ({error}); the checkpoint is "
+                                  "damaged, train or copy it again") from None
 
 
 def read_info(folder: Path) -> ClassifierInfo:
