@@ -9,6 +9,8 @@ kept in --scores-dir. `blend` scores the same rows with the transformer checkpoi
 weight guards by repeated split halves of the validation rows, and reports validation and test figures.
 Nothing is chosen on test rows. Results go to docs/results/lexical_<data>.json.
 """
+# pyright: reportOptionalMemberAccess=false
+# (the built-in datasets measured here always have a test split)
 
 from __future__ import annotations
 
@@ -38,9 +40,9 @@ from models.lexical import (  # noqa: E402
     fit_multilabel,
 )
 from utils.config import parse_config  # noqa: E402
-from utils.datasets import BUILTIN_DATASETS  # noqa: E402
-from utils.metrics import compute_metrics, tune_thresholds  # noqa: E402
-from utils.prepare import DataSplits, prepare_splits  # noqa: E402
+from utils.data.datasets import BUILTIN_DATASETS  # noqa: E402
+from utils.data.prepare import DataSplits, prepare_splits  # noqa: E402
+from utils.evaluation.metrics import compute_metrics, tune_thresholds  # noqa: E402
 from utils.profiles import DATASET_PROFILES  # noqa: E402
 
 RESULTS_DIR = ROOT / "docs" / "results"
@@ -356,7 +358,7 @@ def write_result(data: str, part: str, result: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("part", choices=["lexical", "blend"])
     parser.add_argument("--data", required=True, choices=list(BUILTIN_DATASETS))
     parser.add_argument("--variants", default=None, help="Comma-separated names from VARIANTS (default: all).")

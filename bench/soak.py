@@ -45,7 +45,7 @@ WINDOW_SECONDS = 10.0  # latency percentiles over time, for the plot
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--checkpoint", default="outputs/bench_cls/checkpoint")
     parser.add_argument("--seconds", type=float, default=300.0, help="Load time of each phase.")
     parser.add_argument("--clients", type=int, default=32, help="Concurrent clients sending /predict.")

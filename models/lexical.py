@@ -359,7 +359,7 @@ def binary_logistic(x: Any, y: np.ndarray, c: float, settings: LexicalSettings) 
     model = LogisticRegression(C=c, class_weight=settings.class_weight, solver="liblinear", dual=True,
                                tol=settings.tol, max_iter=settings.max_iter, random_state=settings.seed)
     model.fit(x, y)
-    return model.coef_.ravel().astype(np.float64), float(model.intercept_[0])
+    return model.coef_.ravel().astype(np.float64), float(model.intercept_[0])  # pyright: ignore[reportIndexIssue]
 
 
 def candidate_cs(settings: LexicalSettings, has_validation: bool) -> list[float]:
@@ -383,7 +383,7 @@ def fit_multilabel(x: Any, y: np.ndarray, x_val: Any, y_val: np.ndarray | None,
         for k, c in enumerate(cs):
             coef, intercept = binary_logistic(xj, y[:, j], c, settings)
             fits[c].append((coef, intercept))
-            if xj_val is not None and len(np.unique(y_val[:, j])) == 2:
+            if xj_val is not None and y_val is not None and len(np.unique(y_val[:, j])) == 2:
                 auc[k, j] = roc_auc_score(y_val[:, j], xj_val @ coef + intercept)
     default = cs.index(settings.c)
     if x_val is None:

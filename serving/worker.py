@@ -355,8 +355,9 @@ class BufferingWorker(Worker):
             try:
                 body = b"".join(result)
             finally:
-                if hasattr(result, "close"):
-                    result.close()
+                close = getattr(result, "close", None)
+                if close is not None:
+                    close()
             status, headers = started[0]
         except Exception:
             self.log.exception("error in the app on %s %s", environ["REQUEST_METHOD"], environ["PATH_INFO"])

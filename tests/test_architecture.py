@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # Lowest first. A module may import from its own layer and the layers below it.
 LAYERS = [
     ("base", ["models", "utils/__init__.py", "utils/atomic.py", "utils/checkpoint.py", "utils/encoding.py",
-              "utils/precision.py", "utils/runners.py", "utils/scoring.py"]),
+              "utils/explain.py", "utils/precision.py", "utils/runners.py", "utils/scoring.py"]),
     ("settings", ["utils/config.py", "utils/profiles.py"]),
     ("data", ["utils/data"]),
     ("metrics", ["utils/evaluation"]),

@@ -7,10 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
-from utils.datasets import SHARED_DATA_DIR
 
 from models.blend import blend_scores, choose_blend_weights, roc_auc
 from models.lexical import LexicalModel, LexicalSettings
+from utils.data.datasets import SHARED_DATA_DIR
 
 TOXIC_LABELS = ["toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate"]
 # measured: at most 1.1e-16 between a weight-1 (or 0) logit blend and that member's probabilities here (exact
@@ -36,7 +36,7 @@ def toxic() -> dict[str, np.ndarray]:
     rare = frame[(frame.threat == 1) | (frame.identity_hate == 1) | (frame.severe_toxic == 1)].head(150)
     rows = pd.concat([rare, frame.drop(rare.index).head(1050)]).sample(frac=1.0, random_state=0)
     return member_scores("multilabel", np.array(rows.comment_text.tolist(), dtype=object),
-                         rows[TOXIC_LABELS].to_numpy(), 700, 300)
+                         np.asarray(rows[TOXIC_LABELS]), 700, 300)
 
 
 @pytest.fixture(scope="module")

@@ -354,7 +354,9 @@ def predict_on_a_full_disk(checkpoint: Path, source: Path, tmp_path: Path, previ
     if result.returncode != 0 or "status=" not in result.stdout:
         pytest.skip(f"cannot mount a tmpfs here (needs root): {result.stderr.strip()[:200]}")
     listing, _, content = result.stdout.partition("---\n")
-    status = int(re.search(r"status=(\d+)", listing).group(1))
+    found = re.search(r"status=(\d+)", listing)
+    assert found is not None, listing
+    status = int(found.group(1))
     files = listing.split("\n", 1)[1].strip()
     return status, (tmp_path / "stderr").read_text(), files, content
 

@@ -15,9 +15,9 @@ import pandas as pd
 import pytest
 from scipy.sparse import csr_matrix, hstack
 from sklearn.linear_model import LogisticRegression
-from utils.datasets import SHARED_DATA_DIR
 
 from models.lexical import CONFIG_FILE, WEIGHTS_FILE, LexicalModel, LexicalSettings, build_vectorizers
+from utils.data.datasets import SHARED_DATA_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 TOXIC_LABELS = ["toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate"]
@@ -33,7 +33,7 @@ def toxic() -> tuple[list[str], np.ndarray, list[str], np.ndarray]:
     frame = pd.read_csv(SHARED_DATA_DIR / "toxic" / "train.csv")
     rare = frame[(frame.threat == 1) | (frame.identity_hate == 1) | (frame.severe_toxic == 1)].head(150)
     rows = pd.concat([rare, frame.drop(rare.index).head(1050)]).sample(frac=1.0, random_state=0)
-    texts, labels = rows.comment_text.tolist(), rows[TOXIC_LABELS].to_numpy()
+    texts, labels = rows.comment_text.tolist(), np.asarray(rows[TOXIC_LABELS])
     return texts[:900], labels[:900], texts[900:], labels[900:]
 
 
@@ -80,7 +80,7 @@ def test_numpy_transform_equals_sklearn(name, toxic, goemotions_texts):
         expected = hstack([v.transform(texts) for v in vectorizers], format="csr")
         got = as_scipy(model, texts)
         assert got.shape == expected.shape
-        assert (got != 0).sum() == (expected != 0).sum()
+        assert np.count_nonzero(got) == np.count_nonzero(expected)
         assert abs(got - expected).max() <= TRANSFORM_TOLERANCE
 
 

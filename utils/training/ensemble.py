@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.blend import DEFAULT_METHOD, blend_scores, choose_blend_weights
+from models.blend import DEFAULT_METHODS, blend_scores, choose_blend_weights
 from models.lexical import LexicalModel
 from utils.data.prepare import DataSplits
 from utils.evaluation.metrics import compute_metrics
@@ -34,9 +34,9 @@ def fit_blend(task: str, splits: DataSplits, transformer_validation: np.ndarray)
     lexical = LexicalModel.fit(splits.train.texts, splits.train.labels, task,
                                validation=(validation.texts, validation.labels))
     lexical_validation = lexical.scores(validation.texts)
-    weights = choose_blend_weights(task, validation.labels, transformer_validation, lexical_validation,
-                                   DEFAULT_METHOD)
-    return Blend(lexical, np.atleast_1d(weights), DEFAULT_METHOD, time.time() - started), lexical_validation
+    method = DEFAULT_METHODS[task]
+    weights = choose_blend_weights(task, validation.labels, transformer_validation, lexical_validation, method)
+    return Blend(lexical, np.atleast_1d(weights), method, time.time() - started), lexical_validation
 
 
 def member_metrics(task: str, splits: DataSplits, members: dict[str, np.ndarray]) -> dict[str, dict]:
