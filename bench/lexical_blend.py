@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 from safetensors.numpy import load_file, save_file  # noqa: E402
 from scipy.sparse import hstack  # noqa: E402
 
-from bench.records import machine  # noqa: E402
+from bench.records import machine, results_path  # noqa: E402
 from models.blend import blend_scores, choose_blend_weights, roc_auc  # noqa: E402
 from models.lexical import (  # noqa: E402
     LexicalModel,
@@ -44,8 +44,6 @@ from utils.data.datasets import BUILTIN_DATASETS  # noqa: E402
 from utils.data.prepare import DataSplits, prepare_splits  # noqa: E402
 from utils.evaluation.metrics import compute_metrics, tune_thresholds  # noqa: E402
 from utils.profiles import DATASET_PROFILES  # noqa: E402
-
-RESULTS_DIR = ROOT / "docs" / "results"
 
 # one change at a time against the base (the baseline's settings: the starting point of the measurements)
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -350,7 +348,7 @@ def blend_command(data: str, checkpoint: str, scores_dir: Path, repeats: int) ->
 
 
 def write_result(data: str, part: str, result: dict[str, Any]) -> None:
-    path = RESULTS_DIR / f"lexical_{data}.json"
+    path = results_path(f"lexical_{data}.json")
     existing = json.loads(path.read_text()) if path.is_file() else {}
     existing[part] = result
     path.parent.mkdir(parents=True, exist_ok=True)

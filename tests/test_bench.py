@@ -81,3 +81,15 @@ def test_baseline_benchmark(tmp_path):
     result = json.loads((out / "baseline_conference.json").read_text())
     assert result["test"]["accuracy"] > 0.6  # TF-IDF on paper titles: 0.77 when measured
     assert "accuracy" in done.stdout
+
+
+def test_lexical_blend_benchmark(multiclass_checkpoint, tmp_path):
+    out, scores = tmp_path / "out", tmp_path / "scores"
+    run_bench("lexical_blend.py", ["lexical", "--data", "conference", "--variants", "base",
+                                   "--scores-dir", str(scores)], out)
+    run_bench("lexical_blend.py", ["blend", "--data", "conference", "--checkpoint", str(multiclass_checkpoint),
+                                   "--scores-dir", str(scores), "--halves", "1"], out)
+    result = json.loads((out / "lexical_conference.json").read_text())
+    assert [v["variant"] for v in result["lexical"]["variants"]][0] == "base"
+    assert 0.5 < result["lexical"]["variants"][0]["validation_accuracy"] <= 1  # 0.83 when measured
+    assert result["blend"]["chosen_strategy"] and result["blend"]["blends"]
