@@ -183,11 +183,12 @@ class ModelInferer:
         if not isinstance(text, str):
             raise TypeError(f"text must be a string, got {type(text).__name__}")
         (text,) = validate_texts([text])
+        batch_scores, truncated = self.score_batch([text])  # the very scores and labels predict gives
+        answer = self.result(batch_scores[0], truncated[0])
+        asked = self._labels_to_explain(labels, answer["labels"], batch_scores[0])
         item = prepare_text(self.tokenizer, text, self.max_length, self.truncation)
-        logits = self.runner.logits(*pad_batch([item.input_ids.tolist()], self.pad_id))
-        scores = scores_from_logits(self.task, logits)[0]
-        answer = self.result(scores, item.truncated)
-        asked = self._labels_to_explain(labels, answer["labels"], scores)
+        # A blended checkpoint (members besides the transformer) will combine each member's word scores here with
+        # utils.explain.blend_word_scores and the blend weights; the transformer's are the whole answer today.
         values = attribute(method, self.runner, item, self.task, [self.label_names.index(n) for n in asked],
                            self.pad_id)
         words = [{"word": text[start:end], "start": start, "end": end} for start, end in item.words]

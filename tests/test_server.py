@@ -300,7 +300,7 @@ def exercise_server(base: str, checkpoint: Path) -> None:
         samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                    for family in text_string_to_metric_families(metrics) for s in family.samples}
         assert samples[("http_requests_total", (("endpoint", "/predict"), ("method", "POST"), ("status", "200")))] == 2
-        assert samples[("http_errors_total", (("code", "unauthorized"),))] == 1
+        assert samples[("http_errors_total", (("code", "unauthorized"),))] == 2  # /predict and /explain, no key
         assert samples[("predict_texts_per_request_sum", ())] == 4
         assert samples[("explain_texts_per_request_sum", ())] == 2
 

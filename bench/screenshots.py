@@ -1,0 +1,94 @@
+"""The screenshots in docs/: the page at / explaining a comment, and an evaluation's eval_report.html.
+
+    python bench/screenshots.py --checkpoint outputs/run/checkpoint --report outputs/run/eval_report.html
+
+Serves the checkpoint on 127.0.0.1 (a free port) as the API does, drives headless Chromium with Selenium (Debian's
+chromium and chromium-driver) and writes docs/page.png and docs/eval_report.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import threading
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # so that `python bench/screenshots.py` finds the project's modules
+    sys.path.insert(0, str(ROOT))
+
+from selenium import webdriver  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
+from transformers.utils import logging as hf_logging  # noqa: E402
+from werkzeug.serving import make_server  # noqa: E402
+
+from app import create_app  # noqa: E402
+from bench.records import figure_path  # noqa: E402
+from inferer import ModelInferer  # noqa: E402
+from serving.settings import ServingSettings  # noqa: E402
+
+COMMENT = ("Stop reverting my edits, you ignorant idiot. Nobody here cares about your stupid opinions, "
+           "and the sources say the opposite. Go away.")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", default="outputs/run/checkpoint")
+    parser.add_argument("--report", default="outputs/run/eval_report.html")
+    parser.add_argument("--text", default=COMMENT)
+    parser.add_argument("--label", default="insult", help="The label whose words the page shows.")
+    return parser.parse_args()
+
+
+def chromium() -> webdriver.Chrome:
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     "--hide-scrollbars", "--force-device-scale-factor=1"):
+        options.add_argument(argument)
+    return webdriver.Chrome(service=Service(shutil.which("chromedriver") or "/usr/bin/chromedriver"), options=options)
+
+
+def full_page(driver: webdriver.Chrome, width: int, path: Path, most: int = 6000) -> None:
+    """A screenshot of the whole page (up to `most` pixels tall) at this width."""
+    driver.set_window_size(width, 900)
+    height = driver.execute_script("return document.documentElement.scrollHeight")
+    driver.set_window_size(width, min(height, most))
+    driver.save_screenshot(str(path))
+    print(path)
+
+
+def page_screenshot(driver: webdriver.Chrome, checkpoint: str, text: str, label: str) -> None:
+    server = make_server("127.0.0.1", 0, create_app(ModelInferer(checkpoint), ServingSettings()), threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        driver.set_window_size(1100, 900)
+        driver.get(f"http://127.0.0.1:{server.server_port}/")
+        wait = WebDriverWait(driver, 300)
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#card dl"))
+        driver.find_element(By.ID, "text").send_keys(text)
+        driver.find_element(By.ID, "explain").click()
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#words .word"))
+        Select(driver.find_element(By.ID, "label")).select_by_visible_text(label)
+        full_page(driver, 1100, figure_path("page.png"), most=1700)
+    finally:
+        server.shutdown()
+
+
+def main() -> None:
+    args = parse_args()
+    hf_logging.set_verbosity_error()
+    driver = chromium()
+    try:
+        page_screenshot(driver, args.checkpoint, args.text, args.label)
+        driver.get(Path(args.report).resolve().as_uri())
+        full_page(driver, 1200, figure_path("eval_report.png"))
+    finally:
+        driver.quit()
+
+
+if __name__ == "__main__":
+    main()
