@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
@@ -11,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm.auto import tqdm
+
+from utils.atomic import sha256_file
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DATA_DIR_ENV = "BERT_CLASSIFIER_DATA_DIR"
@@ -90,14 +91,6 @@ def locate_file(dataset: BuiltinDataset, relative: str, data_dir: str | None) ->
     return target
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def download(url: str, target: Path, sha256: str) -> None:
     """Fetch url into target through a temporary file; a wrong checksum leaves nothing behind."""
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -113,7 +106,7 @@ def download(url: str, target: Path, sha256: str) -> None:
         except Exception as error:
             tmp_path.unlink(missing_ok=True)
             raise RuntimeError(f"could not download {url}: {error}") from error
-    actual = sha256_of(tmp_path)
+    actual = sha256_file(tmp_path)
     if actual != sha256:
         tmp_path.unlink()
         raise RuntimeError(f"{url}: sha256 {actual} does not match the expected {sha256}")
