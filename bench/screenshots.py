@@ -35,7 +35,7 @@ COMMENT = ("Stop reverting my edits, you ignorant idiot. Nobody here cares about
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--checkpoint", default="outputs/run/checkpoint")
     parser.add_argument("--report", default="outputs/run/eval_report.html")
     parser.add_argument("--text", default=COMMENT)
