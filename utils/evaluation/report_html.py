@@ -91,10 +91,6 @@ def headline(task: str, metrics: dict[str, Any]) -> dict[str, float | None]:
             "macro-F1 (tuned)": metrics.get("at_tuned", {}).get("macro_f1")}
 
 
-def difference(value: float | None, reference: float | None) -> float | None:
-    return None if value is None or reference is None else value - reference
-
-
 def variants_section(task: str, folder: Path) -> str:
     """The int8 / bf16 reports beside this one against float32: their headline figures and the difference."""
     found = {name: json.loads((folder / file).read_text()) for name, file in VARIANT_REPORTS.items()
