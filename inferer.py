@@ -20,7 +20,16 @@ from models.blend import blend_scores
 from models.lexical import LexicalModel
 from utils.checkpoint import LEXICAL, TRANSFORMER, CheckpointFolder
 from utils.encoding import TRUNCATIONS, encode, pad_batch, pad_token_id, sorted_batches
-from utils.explain import DEFAULT_METHOD, attribute, prepare_text
+from utils.explain import (
+    DEFAULT_METHOD,
+    TextToExplain,
+    attribute,
+    blend_word_scores,
+    drops,
+    occlusion_scores,
+    prepare_text,
+    texts_without_each_word,
+)
 from utils.runners import build_runner
 from utils.scoring import scores_from_logits
 
@@ -106,9 +115,16 @@ class ModelInferer:
         members, truncated = self.member_scores(texts, batch_size)
         if self.lexical is None:
             return members[TRANSFORMER], truncated
+        return self.blend(members[TRANSFORMER], members[LEXICAL]), truncated
+
+    def blend(self, transformer: np.ndarray, lexical: np.ndarray) -> np.ndarray:
+        """The checkpoint's blend of its members' scores (N, labels), with its weights and method."""
+        return blend_scores(self.task, self.blend_weights(), transformer, lexical, self.info.blend_method)
+
+    def blend_weights(self) -> np.ndarray:
+        """The transformer's share of the blend, one per label."""
         weights = np.asarray(self.info.blend_weights, dtype=np.float64)
-        blended = blend_scores(self.task, weights, members[TRANSFORMER], members[LEXICAL], self.info.blend_method)
-        return blended, truncated
+        return np.broadcast_to(weights, (len(self.label_names),))
 
     def member_scores(self, texts: Sequence[str], batch_size: int = 64) -> tuple[dict[str, np.ndarray], list[bool]]:
         """Each member's scores alone, in input order, and truncation flags; texts are batched by length."""
@@ -175,8 +191,9 @@ class ModelInferer:
 
         The answer is `predict`'s (labels, scores, truncated) plus `method`, `words` (each word's text and
         character offsets in `text`, in order) and `attributions`: label -> one number per word, how much the
-        word raises the label's log-odds (log-probability for multi-class); None for a word truncation cut away.
-        `labels` defaults to the predicted labels, or the best-scoring one when none is predicted.
+        word raises the label's log-odds (log-probability for multi-class); None for a word truncation cut away
+        (a blended checkpoint's lexical member still scores those). `labels` defaults to the predicted labels, or
+        the best-scoring one when none is predicted.
         """
         if text is None:
             raise ValueError("text is None; pass a string (an empty string is allowed)")
@@ -187,14 +204,25 @@ class ModelInferer:
         answer = self.result(batch_scores[0], truncated[0])
         asked = self._labels_to_explain(labels, answer["labels"], batch_scores[0])
         item = prepare_text(self.tokenizer, text, self.max_length, self.truncation)
-        # A blended checkpoint (members besides the transformer) will combine each member's word scores here with
-        # utils.explain.blend_word_scores and the blend weights; the transformer's are the whole answer today.
-        values = attribute(method, self.runner, item, self.task, [self.label_names.index(n) for n in asked],
-                           self.pad_id)
+        values = self._word_scores(method, item, [self.label_names.index(n) for n in asked])
         words = [{"word": text[start:end], "start": start, "end": end} for start, end in item.words]
         attributions = {name: [None if np.isnan(v) else round(float(v), 6) for v in row]
                         for name, row in zip(asked, values, strict=True)}
         return answer | {"method": method, "words": words, "attributions": attributions}
+
+    def _word_scores(self, method: str, item: TextToExplain, label_ids: list[int]) -> np.ndarray:
+        """(labels, words): the transformer's attributions, or for a blended checkpoint the blend's."""
+        if self.lexical is None:
+            return attribute(method, self.runner, item, self.task, label_ids, self.pad_id)
+        lexical = self.lexical.scores(texts_without_each_word(item))
+        if method == "occlusion":  # the blend itself without each word: exact whatever the blend method
+            transformer = occlusion_scores(self.runner.logits, item, self.task, self.pad_id)
+            return drops(self.task, self.blend(transformer, lexical), label_ids)
+        # gradients come from the transformer alone: its word scores and the lexical member's deletions, weighted
+        weights = self.blend_weights()[label_ids]
+        return blend_word_scores(
+            {TRANSFORMER: attribute(method, self.runner, item, self.task, label_ids, self.pad_id),
+             LEXICAL: drops(self.task, lexical, label_ids)}, {TRANSFORMER: weights, LEXICAL: 1 - weights})
 
     def _labels_to_explain(self, labels: Sequence[str] | None, predicted: list[str], scores: np.ndarray) -> list[str]:
         if labels is None:

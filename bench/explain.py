@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -49,6 +50,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--random-orders", type=int, default=10, help="Random removal orders per text.")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cost-only", action="store_true",
+                        help="Only time ModelInferer.explain per method (wall and CPU seconds), no curves.")
     return parser.parse_args()
 
 
@@ -159,12 +162,40 @@ def plot(summary: dict[str, Any], max_k: int, title: str) -> None:
     save_figure(fig, title, PLOT)
 
 
+def cost_of_explaining(inferer: ModelInferer, texts: list[str]) -> dict[str, Any]:
+    """Medians over texts of ModelInferer.explain's wall and CPU seconds (all threads) per method, for the
+    predicted labels, per text and per text and label; with the machine's load average before and after."""
+    load_before = os.getloadavg()
+    timings: dict[str, list[tuple[float, float, int]]] = {method: [] for method in METHODS}
+    for text in texts:
+        for method in METHODS:
+            wall, cpu = time.perf_counter(), time.process_time()
+            labels = len(inferer.explain(text, method=method)["attributions"])
+            timings[method].append((time.perf_counter() - wall, time.process_time() - cpu, labels))
+    cost = {method: {
+        "wall_seconds_per_text": round(float(np.median([w for w, _, _ in rows])), 4),
+        "cpu_seconds_per_text": round(float(np.median([c for _, c, _ in rows])), 4),
+        "wall_seconds_per_text_and_label": round(float(np.median([w / n for w, _, n in rows])), 4),
+        "cpu_seconds_per_text_and_label": round(float(np.median([c / n for _, c, n in rows])), 4)}
+        for method, rows in timings.items()}
+    return {"cost": cost, "load_average": [round(v, 2) for v in (*load_before, *os.getloadavg())]}
+
+
 def main() -> None:
     args = parse_args()
     hf_logging.set_verbosity_error()
     torch.set_num_threads(args.threads)
     inferer = ModelInferer(args.checkpoint, precision="fp32")
     texts = held_out_texts(inferer, args.texts, args.min_words, args.seed)
+    if args.cost_only:
+        measured = cost_of_explaining(inferer, texts)
+        for method, figures in measured["cost"].items():
+            print(f"{method:<22} {figures}")
+        print("load average (1, 5, 15 min) before and after:", measured["load_average"])
+        append_record(RESULTS, new_record(machine=machine(torch=torch.__version__, threads=args.threads),
+                                          checkpoint=str(args.checkpoint), checkpoint_id=inferer.checkpoint_id,
+                                          texts=len(texts), **measured))
+        return
     rng = np.random.default_rng(args.seed)
     mask_id = inferer.tokenizer.mask_token_id
     results = []

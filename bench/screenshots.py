@@ -55,8 +55,9 @@ def chromium() -> webdriver.Chrome:
 def full_page(driver: webdriver.Chrome, width: int, path: Path, most: int = 6000) -> None:
     """A screenshot of the whole page (up to `most` pixels tall) at this width."""
     driver.set_window_size(width, 900)
+    chrome = 900 - driver.execute_script("return window.innerHeight")  # the window's height beyond the page
     height = driver.execute_script("return document.documentElement.scrollHeight")
-    driver.set_window_size(width, min(height, most))
+    driver.set_window_size(width, min(height, most) + chrome)
     driver.save_screenshot(str(path))
     print(path)
 

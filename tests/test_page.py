@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 from conftest import TOXIC_LABELS
@@ -23,6 +26,8 @@ from inferer import ModelInferer
 from serving.settings import ServingSettings
 from utils.config import make_config
 from utils.explain import split_words
+
+ROOT = Path(__file__).resolve().parent.parent
 
 KEY = "page-test-key"
 WAIT_SECONDS = 120  # a loaded 2-core machine: explanations and page loads can take a while
@@ -192,3 +197,18 @@ def test_html_report_opens_and_its_images_load(browser, multiclass_checkpoint, c
     assert "<img src=x onerror=alert(1)>.csv" in text and "accuracy" in text and "ECE" in text
     for conference in ("INFOCOM", "ISCAS", "SIGGRAPH", "VLDB", "WWW"):
         assert conference in text
+
+
+def test_screenshot_script_writes_both_pictures(browser, multilabel_checkpoint, toxic_csv, tmp_path):
+    """bench/screenshots.py, which made docs/page.png and docs/eval_report.png, into a temporary folder."""
+    config = make_config(task="multilabel", data=str(toxic_csv), text_column="comment_text",
+                         label_columns=TOXIC_LABELS, test_split=0.2, val_split=0.2, output_dir=str(tmp_path))
+    evaluation.run(config, multilabel_checkpoint)
+    out = tmp_path / "out"
+    out.mkdir()
+    done = subprocess.run([sys.executable, "bench/screenshots.py", "--checkpoint", str(multilabel_checkpoint),
+                           "--report", str(tmp_path / "eval_report.html")], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600, env=os.environ | {"BENCH_OUTPUT_DIR": str(out)}, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name in ("page.png", "eval_report.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (out / name).stat().st_size > 10_000

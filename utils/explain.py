@@ -13,6 +13,11 @@ Every method scores in the units of the label's log-odds (multi-label) or log-pr
 - `integrated_gradients` (Sundararajan et al., 2017): that gradient averaged along the straight path from [PAD]
   embeddings to the text's, dotted with the difference; needs the torch backend without int8, like the above.
 The default was chosen by deletion curves on held-out toxic comments: docs/EXPLAIN.md, bench/explain.py.
+
+A blended checkpoint (a TF-IDF member beside the transformer) is explained by occlusion of the blend itself: each
+member scores the input without the word (the lexical member the text without it, so it also scores words
+truncation cut away), the blend combines them, and the drop is taken there. `blend_word_scores` combines members'
+word scores by the blend weights where they come separately (the gradient methods).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from utils.encoding import encode_with_offsets, pad_batch, sorted_batches
+from utils.scoring import scores_from_logits
 
 METHODS = ("occlusion", "gradient_x_input", "integrated_gradients")
 DEFAULT_METHOD = "occlusion"
@@ -106,6 +112,35 @@ def occlusion(logits_fn: LogitsFn, item: TextToExplain, task: str, label_ids: Se
     scores = np.full((len(label_ids), len(item.words)), np.nan)
     scores[:, seen] = (targets[0][:, None] - targets[1:].T)
     return scores
+
+
+def occlusion_scores(logits_fn: LogitsFn, item: TextToExplain, task: str, pad_id: int,
+                     batch_size: int = 64) -> np.ndarray:
+    """Scores (1 + words, labels): the whole input, then the input without each word's pieces (a word truncation
+    cut away leaves the input whole)."""
+    seen = [i for i, positions in enumerate(item.pieces) if positions]
+    logits = score_sequences(logits_fn, [item.input_ids] + [np.delete(item.input_ids, item.pieces[i]) for i in seen],
+                             pad_id, batch_size)
+    rows = np.repeat(logits[:1], 1 + len(item.words), axis=0)
+    rows[1 + np.array(seen, dtype=int)] = logits[1:]
+    return scores_from_logits(task, rows)
+
+
+def texts_without_each_word(item: TextToExplain) -> list[str]:
+    """The text whole, then with each word's characters replaced by a space (its neighbours stay apart)."""
+    return [item.text] + [item.text[:start] + " " + item.text[end:] for start, end in item.words]
+
+
+def score_targets(task: str, scores: np.ndarray) -> np.ndarray:
+    """What attributions explain, from probabilities: log-odds (multi-label) or log-probabilities (multi-class)."""
+    clipped = np.clip(np.asarray(scores, dtype=np.float64), 1e-12, 1 - 1e-12)
+    return np.log(clipped) - np.log1p(-clipped) if task == "multilabel" else np.log(clipped)
+
+
+def drops(task: str, scores: np.ndarray, label_ids: Sequence[int]) -> np.ndarray:
+    """(labels, words) from scores (1 + words, labels): how far each label's target falls without each word."""
+    targets = score_targets(task, scores)[:, list(label_ids)]
+    return targets[0][:, None] - targets[1:].T
 
 
 def token_gradients(model: Any, item: TextToExplain, task: str, label_ids: Sequence[int], pad_id: int,
