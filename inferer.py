@@ -30,7 +30,7 @@ from utils.explain import (
     prepare_text,
     texts_without_each_word,
 )
-from utils.runners import build_runner
+from utils.runners import BackendChoice, build_runner, choose_backend
 from utils.scoring import scores_from_logits
 
 
@@ -40,8 +40,10 @@ class ModelInferer:
     `config`, when given (the original project's call), must agree with the checkpoint on task and labels; input
     settings that differ (max length, truncation) are named in a warning, and the checkpoint's are used.
     `threshold` replaces the checkpoint's tuned multi-label thresholds: one number for every label, or one per
-    label. `backend` "onnx" or "onnx-int8" runs the checkpoint's exported graph (`main.py --mode export`) in ONNX
-    Runtime on the CPU instead.
+    label. `backend` "onnx", "onnx-int8", "onnx-fused", ... runs one of the checkpoint's exported graphs
+    (`main.py --mode export`) in ONNX Runtime on the CPU instead of PyTorch; "auto" (what the server runs) picks
+    the fastest one whose validation cost export measured within bounds (utils/runners.py `choose_backend`), else
+    PyTorch.
     """
 
     def __init__(self, checkpoint_path: str | Path, quantize: bool = False, device: str | None = None,
@@ -60,8 +62,10 @@ class ModelInferer:
         if config is not None:
             self._check_config(config)
         self.thresholds = self._resolve_thresholds(threshold)
-        self.runner = build_runner(self.checkpoint, backend, device, quantize, precision, num_threads)
-        self.backend = backend
+        self.backend_choice: BackendChoice = choose_backend(self.checkpoint, backend,
+                                                            torch_only_option(quantize, precision, device))
+        self.backend = self.backend_choice.backend
+        self.runner = build_runner(self.checkpoint, self.backend, device, quantize, precision, num_threads)
         self.device = self.runner.device
         self.quantized = self.runner.quantized
         self.precision = self.runner.precision
@@ -240,10 +244,21 @@ class ModelInferer:
                 "backbone": self.info.backbone, "model_type": self.info.model_type,
                 "pooling": self.info.pooling, "max_length": self.max_length,
                 "truncation": self.truncation, "quantized": self.quantized, "precision": self.precision,
-                "backend": self.backend,
+                "backend": self.backend, "backend_choice": self.backend_choice.describe(),
                 "device": str(self.device), "checkpoint": str(self.checkpoint_path),
                 "checkpoint_id": self.checkpoint_id, "members": self.info.members,
                 "blend_weights": self.info.blend_weights, "training_metrics": self.training_metrics}
+
+
+def torch_only_option(quantize: bool, precision: str, device: str | None) -> str | None:
+    """The option asked for that only the torch backend runs, if any: then `auto` means torch."""
+    if quantize:
+        return "quantize"
+    if precision not in ("auto", "fp32"):
+        return f"precision {precision}"
+    if device not in (None, "cpu"):
+        return f"device {device}"
+    return None
 
 
 def validate_texts(texts: Sequence[str]) -> list[str]:

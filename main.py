@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 from transformers.utils import logging as hf_logging
 
@@ -27,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
                 return interrupted.exit_code
             if is_main_process() and result.checkpoint.is_dir():
                 evaluation.run(config, result.checkpoint)
+                if config.export_onnx:
+                    export_after_training(result.checkpoint, config.onnx_static_int8)
         elif config.mode == "eval":
             import eval as evaluation
 
@@ -38,11 +41,23 @@ def main(argv: list[str] | None = None) -> int:
         else:  # export: the modes are checked when the config is parsed
             import export
 
-            export.run(require_checkpoint(config), config.output)
+            export.run(require_checkpoint(config), config.output, config.onnx_static_int8)
     except (DataError, ValueError, FileNotFoundError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+def export_after_training(checkpoint: Path, static_int8: bool) -> None:
+    """The graphs serving prefers, measured on validation; skipped with a note where ONNX is not installed."""
+    import export
+
+    missing = export.missing_engines()
+    if missing:
+        print(f"not exporting ONNX graphs: {' and '.join(missing)} not installed (requirements_onnx.txt); "
+              "--no-export-onnx silences this", file=sys.stderr)
+        return
+    export.run(checkpoint, static_int8=static_int8)
 
 
 def is_main_process() -> bool:

@@ -3,6 +3,7 @@ checkpoints trained by the real training loop on them."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -126,6 +127,18 @@ def multiclass_checkpoint(tmp_path_factory, tiny_bert, conference_csv) -> Path:
     """A tiny BERT trained on real conference titles (stock [CLS] head)."""
     return train_tiny(tmp_path_factory.mktemp("mc_run"), tiny_bert, "bert", "multiclass",
                       conference_csv).checkpoint
+
+
+@pytest.fixture(scope="session")
+def exported_checkpoint(tmp_path_factory, multilabel_checkpoint) -> Path:
+    """A copy of the multi-label checkpoint with every ONNX graph (static int8 too) and their measurement on its
+    validation rows (variants.json), as `main.py --mode export --onnx-static-int8` leaves it."""
+    import export
+
+    folder = tmp_path_factory.mktemp("exported") / "checkpoint"
+    shutil.copytree(multilabel_checkpoint, folder)
+    export.run(folder, static_int8=True)
+    return folder
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,9 @@
 Training writes it with `write_checkpoint`; evaluation, inference, export and serving read it through
 `CheckpointFolder`. Every file name is defined here and nowhere else. `classifier.json` is described by the
 versioned `ClassifierInfo`; a folder from a newer format is refused with a clear message, and folders of the
-first format (written before the version field existed) still load.
+first format (written before the version field existed) still load. Export adds the ONNX graphs and
+`variants.json` (`VariantsReport`: each graph's measured speed and validation cost, which BACKEND=auto reads);
+a checkpoint without them stays complete.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from utils.atomic import sha256_file, staged_folder
+from utils.atomic import sha256_file, staged_file, staged_folder
 
 FORMAT_VERSION = 2  # 1: the first format, without `format_version`, `text_column` and `members`
 WEIGHTS_FILE = "model.safetensors"
@@ -23,7 +25,14 @@ CONFIG_FILE = "config.json"  # the transformers model config
 CLASSIFIER_FILE = "classifier.json"
 TRAINING_CONFIG_FILE = "training_config.json"
 METRICS_FILE = "metrics.json"
-ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}  # by serving backend
+ONNX_FILES = {  # by serving backend
+    "onnx": "model.onnx",  # the exported graph, standard ONNX operators only (any ONNX runtime)
+    "onnx-int8": "model.int8.onnx",  # its MatMul weights int8, activations quantized per batch (dynamic)
+    "onnx-fused": "model.fused.onnx",  # ONNX Runtime's transformer fusions (its contrib operators)
+    "onnx-fused-int8": "model.fused.int8.onnx",  # the fused graph, dynamic int8
+    "onnx-fused-int8-static": "model.fused.int8-static.onnx",  # the fused graph, int8 calibrated on training rows
+}
+VARIANTS_FILE = "variants.json"  # what export measured of each graph (VariantsReport)
 LEXICAL_WEIGHTS_FILE = "lexical.safetensors"  # the TF-IDF member's arrays
 LEXICAL_CONFIG_FILE = "lexical.json"  # the TF-IDF member's vocabularies and settings
 TRANSFORMER = "transformer"  # the name of the fine-tuned encoder among the checkpoint's members
@@ -57,12 +66,45 @@ class ClassifierInfo(BaseModel):
     blend_method: Literal["logit", "probability"] = "logit"
 
 
+class VariantRecord(BaseModel):
+    """One way of running the checkpoint, as export measured it on validation rows."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    backend: str
+    texts_per_s: float  # scoring the validation rows in batches, at the report's threads and batch size
+    value: float | None  # the report's metric on those rows (None where it is undefined)
+    cost: float | None  # the reference's value minus this one: positive is a loss
+    max_score_difference: float  # largest |score - reference score| over the rows and labels
+
+
+class VariantsReport(BaseModel):
+    """What `variants.json` holds: the measured speed and validation cost of each runnable variant."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    format_version: int = 1
+    checkpoint_id: str  # the weights the graphs were exported from; a report of other weights is ignored
+    metric: str  # mean_roc_auc (multi-label) or accuracy (multi-class)
+    reference: str = "torch"  # the variant costs are measured against (the float32 PyTorch model)
+    rows: int  # validation rows scored
+    batch_size: int
+    threads: int
+    machine: str  # the CPU the speeds were measured on
+    measured_at: str  # UTC, ISO 8601
+    variants: list[VariantRecord]
+
+    def record(self, backend: str) -> VariantRecord | None:
+        return next((v for v in self.variants if v.backend == backend), None)
+
+
 class CheckpointFolder:
     """Read access to one checkpoint folder: its description, files and digests."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.info = read_info(self.path)
+        self._checkpoint_id: str | None = None
 
     @property
     def weights(self) -> Path:
@@ -70,6 +112,24 @@ class CheckpointFolder:
 
     def onnx_file(self, backend: str) -> Path:
         return self.path / ONNX_FILES[backend]
+
+    def variants(self) -> VariantsReport | None:
+        """What export measured, if it did, for these weights; None otherwise (or for a damaged file)."""
+        path = self.path / VARIANTS_FILE
+        if not path.is_file():
+            return None
+        try:
+            report = VariantsReport.model_validate_json(path.read_text())
+        except ValidationError:
+            return None
+        return report if report.checkpoint_id == self.checkpoint_id() else None
+
+    def write_variants(self, report: VariantsReport) -> Path:
+        """Write `variants.json` atomically (a reader sees the old report or the new one)."""
+        path = self.path / VARIANTS_FILE
+        with staged_file(path) as partial:
+            partial.write_text(report.model_dump_json(indent=2) + "\n")
+        return path
 
     def metrics(self) -> dict[str, Any]:
         """The validation figures training recorded (empty when absent)."""
@@ -80,7 +140,9 @@ class CheckpointFolder:
 
     def checkpoint_id(self) -> str:
         """A short digest of the weights: identifies the exact model a server answers with."""
-        return sha256_file(self.weights)[:16]
+        if self._checkpoint_id is None:  # 90 MB to hash: once per folder object
+            self._checkpoint_id = sha256_file(self.weights)[:16]
+        return self._checkpoint_id
 
     def verify(self, backend: str = "torch") -> None:
         """Check, without loading a model, that the files a reader opens first are whole: `config.json` parses and

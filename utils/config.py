@@ -105,7 +105,8 @@ class Config:
     # predict / export
     text: list[str] = _opt([], "Text to classify in predict mode (repeat for several).")
     input: str | None = _opt(None, "CSV/JSONL file to score in predict mode.")
-    output: str | None = _opt(None, "Where predict mode writes the scored file.")
+    output: str | None = _opt(None, "Where predict mode writes the scored file; export mode: the float32 graph "
+                               "(the other graphs beside it, nothing measured).")
     quantize: bool = _opt(False, "Dynamic int8 quantization of Linear layers for eval/predict.")
     engine: str = _opt("single", "predict --input on one process, or on Ray Data (files, globs or folders; "
                        "a folder of Parquet or CSV shards out).", ENGINES)
@@ -114,6 +115,11 @@ class Config:
     cpus_per_actor: int = _opt(1, "Ray: CPUs (and torch threads) per scoring actor.")
     ray_address: str | None = _opt(None, "Ray: address of a running cluster to join (host:port or 'auto'); "
                                    "default: start a local one on this machine's cores.")
+    export_onnx: bool = _opt(
+        True, "After training, export the ONNX graphs into the checkpoint and measure each one's speed and "
+        "validation cost (what serving's BACKEND=auto picks from); needs requirements_onnx.txt.")
+    onnx_static_int8: bool = _opt(
+        False, "Export also writes a static int8 graph, its activation ranges calibrated on training rows.")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
