@@ -1,4 +1,6 @@
 # Serving image: the HTTP API (app.py under gunicorn) around one checkpoint, CPU only.
+# torch and ONNX Runtime: BACKEND=auto (the default) serves the checkpoint's fastest exported graph whose
+# validation cost export measured within bounds, else the PyTorch weights. Dockerfile.onnx: the same without torch.
 #
 #   docker build -t classifier-api .                                   # checkpoint copied from docker/model/
 #   docker build --build-arg CHECKPOINT_DIR=path/in/context -t classifier-api .

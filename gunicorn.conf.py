@@ -1,7 +1,8 @@
 """gunicorn settings for `gunicorn -c gunicorn.conf.py "app:create_app()"`, all derived from the environment.
 
 Each worker loads its own model after the fork (preload_app = False: torch and fork do not mix well) and runs
-TORCH_THREADS torch threads; workers = cores // TORCH_THREADS, so together they do not oversubscribe the cores.
+TORCH_THREADS intra-op threads (torch or ONNX Runtime, whichever BACKEND resolves to); workers = cores //
+TORCH_THREADS, so together they do not oversubscribe the cores. Nothing here imports torch: the ONNX image has none.
 The worker class (serving/worker.py) reads every request in full in an event loop, under HEADER_TIMEOUT and
 BODY_TIMEOUT, before a thread runs the app on it, so clients that send slowly cost a socket, never a thread.
 POST /predict and /explain run in THREADS model threads per worker (the app runs one forward pass at a time; with
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from serving.settings import ServingSettings
 from utils.checkpoint import CheckpointError, CheckpointFolder
+from utils.runners import choose_backend, torch_only_option
 
 APP_LOAD_ERROR = 4  # gunicorn's own exit status for an application that cannot be loaded
 settings = ServingSettings.from_env()
@@ -57,8 +59,11 @@ def on_starting(server) -> None:
     try:  # here, once, in a second: not in every worker after a torch import, with a traceback each
         if not settings.checkpoint_path:
             raise CheckpointError("set CHECKPOINT_PATH to a checkpoint folder written by training")
-        CheckpointFolder(settings.checkpoint_path).verify(settings.backend)
-    except CheckpointError as error:
+        folder = CheckpointFolder(settings.checkpoint_path)
+        # BACKEND=auto: the files of what the workers will choose (the same choice, from the same folder)
+        options = torch_only_option(settings.quantize, settings.precision, "cpu")
+        folder.verify(choose_backend(folder, settings.backend, options).backend)
+    except (CheckpointError, FileNotFoundError) as error:
         server.log.error("cannot serve: %s", error)
         on_exit(server)
         sys.exit(APP_LOAD_ERROR)
@@ -79,9 +84,7 @@ def on_exit(server) -> None:
 def post_fork(server, worker) -> None:
     import logging
 
-    import torch
-
-    torch.set_num_threads(settings.torch_threads)
+    # the thread count itself is set where the model loads (utils/runners.py), for whichever engine runs it
     app_log = logging.getLogger("classifier")  # the app's messages go where gunicorn's own go
     app_log.handlers, app_log.propagate = server.log.error_log.handlers, False
     app_log.setLevel(logging.INFO)

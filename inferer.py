@@ -30,7 +30,7 @@ from utils.explain import (
     prepare_text,
     texts_without_each_word,
 )
-from utils.runners import BackendChoice, build_runner, choose_backend
+from utils.runners import BackendChoice, build_runner, choose_backend, torch_only_option
 from utils.scoring import scores_from_logits
 
 
@@ -248,17 +248,6 @@ class ModelInferer:
                 "device": str(self.device), "checkpoint": str(self.checkpoint_path),
                 "checkpoint_id": self.checkpoint_id, "members": self.info.members,
                 "blend_weights": self.info.blend_weights, "training_metrics": self.training_metrics}
-
-
-def torch_only_option(quantize: bool, precision: str, device: str | None) -> str | None:
-    """The option asked for that only the torch backend runs, if any: then `auto` means torch."""
-    if quantize:
-        return "quantize"
-    if precision not in ("auto", "fp32"):
-        return f"precision {precision}"
-    if device not in (None, "cpu"):
-        return f"device {device}"
-    return None
 
 
 def validate_texts(texts: Sequence[str]) -> list[str]:

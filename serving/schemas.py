@@ -52,6 +52,7 @@ class MetadataAnswer(BaseModel):
     quantized: bool
     precision: str
     backend: str
+    backend_choice: dict[str, Any]  # what BACKEND asked for, what runs, why, and its measured speed and cost
     checkpoint_id: str
     training_metrics: dict[str, Any]
     limits: dict[str, int]

@@ -22,12 +22,12 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from utils.runners import BACKENDS
+from utils.runners import AUTO, BACKENDS
 
 # The WSGI environ key the worker (serving/worker.py) sets on requests that came in on METRICS_PORT.
 METRICS_LISTENER = "classifier.metrics_listener"
-Backend = Literal["torch", "onnx", "onnx-int8"]
-assert Backend.__args__ == BACKENDS  # noqa: S101 (one list of backends: the runners')
+Backend = Literal["auto", "torch", "onnx", "onnx-int8", "onnx-fused", "onnx-fused-int8", "onnx-fused-int8-static"]
+assert Backend.__args__ == (AUTO, *BACKENDS)  # noqa: S101 (one list of backends: the runners')
 
 
 class ServingSettings(BaseSettings):
@@ -37,10 +37,13 @@ class ServingSettings(BaseSettings):
                                       populate_by_name=True)
 
     checkpoint_path: str | None = Field(None, description="Checkpoint folder written by training.")
-    quantize: bool = Field(False, description="Dynamic int8 Linear layers (CPU).")
+    quantize: bool = Field(False, description="Dynamic int8 Linear layers (torch backend; CPU).")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto (bf16 on AMX CPUs and bf16 GPUs, fp32 elsewhere); ignored when quantized.")
-    backend: Backend = Field("torch", description="torch, or onnx / onnx-int8 (main.py --mode export).")
+    backend: Backend = Field(
+        "auto", description="auto: the fastest exported graph whose measured validation cost is within bounds, "
+        "else torch (QUANTIZE or a PRECISION other than auto/fp32 mean torch); or torch, onnx, onnx-int8, "
+        "onnx-fused, onnx-fused-int8, onnx-fused-int8-static (main.py --mode export).")
     max_body_bytes: PositiveInt = Field(1 << 20, description="Largest request body; larger gets 413.")
     max_texts: PositiveInt = Field(64, description="Most texts in one request; more gets 413.")
     max_chars: PositiveInt = Field(20_000, description="Most characters in one text; more gets 413.")
@@ -48,7 +51,8 @@ class ServingSettings(BaseSettings):
         8, description="Most texts in one /explain request (each costs a forward pass per word); more gets 413.")
     max_tokens: PositiveInt = Field(
         16_384, description="Most tokens in one /predict request, counted after truncation; more gets 413.")
-    torch_threads: PositiveInt = Field(1, description="torch intra-op threads per worker process.")
+    torch_threads: PositiveInt = Field(
+        1, description="Intra-op threads per worker process (torch or ONNX Runtime).")
     workers: PositiveInt | None = Field(None, description="Worker processes; default cores // threads.")
     threads: PositiveInt | None = Field(
         None, description="Request threads per worker; default 4, or 32 with MICROBATCH (requests to batch).")

@@ -51,8 +51,9 @@ def load_inferer(settings: ServingSettings) -> ModelInferer:
     inferer = ModelInferer(settings.checkpoint_path, quantize=settings.quantize, device="cpu",
                            precision=settings.precision, num_threads=settings.torch_threads, backend=settings.backend)
     inferer.predict_batch(["warm up"])  # the first forward pass allocates; do it before taking traffic
-    log.info("model %s (%s) loaded in %.1f s", inferer.checkpoint_id, settings.checkpoint_path,
-             time.time() - started)
+    choice = inferer.backend_choice
+    log.info("model %s (%s) loaded in %.1f s; backend %s (%s: %s)", inferer.checkpoint_id, settings.checkpoint_path,
+             time.time() - started, choice.backend, choice.requested, choice.reason)
     return inferer
 
 

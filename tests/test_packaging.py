@@ -54,14 +54,14 @@ def test_poetry_lock_is_in_step_with_pyproject():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_inference_pins_match_full_requirements_and_pyproject():
-    inference = read_pins(ROOT / "requirements_inference.txt")
+def test_serving_pins_match_full_requirements_and_pyproject():
     full = read_pins(ROOT / "requirements.txt")
     declared = pyproject_pins()
-    for name, version in inference.items():
-        assert full.get(name) == version, f"{name}: inference {version}, requirements.txt {full.get(name)}"
-        if name in declared:
-            assert declared[name] == version, f"{name}: inference {version}, pyproject {declared[name]}"
+    for serving in ("requirements_inference.txt", "requirements_serving_onnx.txt"):
+        for name, version in read_pins(ROOT / serving).items():
+            assert full.get(name) == version, f"{name}: {serving} {version}, requirements.txt {full.get(name)}"
+            if name in declared:
+                assert declared[name] == version, f"{name}: {serving} {version}, pyproject {declared[name]}"
 
 
 def test_every_declared_dependency_is_pinned_alike_in_requirements_and_lock():

@@ -1,6 +1,7 @@
-"""The API as it is deployed: the Dockerfile, .dockerignore and gunicorn.conf.py read as files, then (marked
-slow) a real gunicorn server started with the Dockerfile's own command in an environment that holds only
-requirements_inference.txt, from a folder that holds only what the Dockerfile copies."""
+"""The API as it is deployed, for both images: the Dockerfiles (Dockerfile: torch and ONNX Runtime; Dockerfile.onnx:
+ONNX Runtime without torch), .dockerignore and gunicorn.conf.py read as files, then (marked slow) a real gunicorn
+server started with the image's own command in an environment that holds only the image's requirements file,
+from a folder that holds only what the image copies."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,9 +34,6 @@ from inferer import ModelInferer
 from serving.settings import available_cores
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCKERFILE = ROOT / "Dockerfile"
-REQUIREMENTS = ROOT / "requirements_inference.txt"
-INFERENCE_VENV = ROOT / ".venv-inference"  # cached between runs, rebuilt when the requirements change
 KEY = "server-test-key"
 # The base layer that serving needs (docs/ARCHITECTURE.md): nothing of data reading, training or plotting.
 SERVING_UTILS = ("__init__", "atomic", "checkpoint", "encoding", "explain", "precision", "runners", "scoring")
@@ -42,53 +41,85 @@ PAGE_FILES = ("index.html", "app.css", "app.js", "favicon.svg")  # serving/stati
 START_SECONDS = 240  # two workers importing torch at once on a 2-core machine, after a fresh install
 
 
-def dockerfile_instructions() -> list[tuple[str, str]]:
+@dataclass(frozen=True)
+class Image:
+    """One serving image: its Dockerfile, the requirements it installs, what it copies, and what it serves here."""
+
+    dockerfile: Path
+    requirements: Path
+    venv: Path  # this test's environment of those requirements: cached, rebuilt when they change
+    copied: tuple[str, ...]  # the sources it copies besides the requirements and the checkpoint
+    checkpoint_fixture: str  # the conftest checkpoint its real server serves
+
+
+# Both images copy the same files: the torch ones (models/classifiers.py, utils/precision.py) are imported only
+# when the torch backend is built, which the ONNX image never does.
+COPIED = ("app.py", "gunicorn.conf.py", "inferer.py", "models", "serving", "serving/static",
+          *(f"utils/{name}.py" for name in SERVING_UTILS))
+IMAGES = {
+    "torch": Image(ROOT / "Dockerfile", ROOT / "requirements_inference.txt", ROOT / ".venv-inference", COPIED,
+                   "multilabel_checkpoint"),
+    "onnx": Image(ROOT / "Dockerfile.onnx", ROOT / "requirements_serving_onnx.txt", ROOT / ".venv-serving-onnx",
+                  COPIED, "exported_checkpoint"),
+}
+each_image = pytest.mark.parametrize("image", IMAGES.values(), ids=list(IMAGES))
+
+
+def dockerfile_instructions(image: Image) -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
-    text = DOCKERFILE.read_text().replace("\\\n", " ")
+    text = image.dockerfile.read_text().replace("\\\n", " ")
     lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
     return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in lines]
 
 
-def instruction_args(name: str) -> list[str]:
-    return [args for instruction, args in dockerfile_instructions() if instruction == name]
+def instruction_args(image: Image, name: str) -> list[str]:
+    return [args for instruction, args in dockerfile_instructions(image) if instruction == name]
 
 
-def served_sources() -> list[str]:
+def served_sources(image: Image) -> list[str]:
     """What the Dockerfile copies from the build context, but for the requirements and the checkpoint."""
     sources = []
-    for args in instruction_args("COPY"):
+    for args in instruction_args(image, "COPY"):
         parts = [p for p in shlex.split(args) if not p.startswith("--")]
-        sources += [p.rstrip("/") for p in parts[:-1] if p != "requirements_inference.txt" and "$" not in p]
+        sources += [p.rstrip("/") for p in parts[:-1] if p != image.requirements.name and "$" not in p]
     return sources
 
 
-def server_command() -> list[str]:
-    (cmd,) = instruction_args("CMD")
+def server_command(image: Image = IMAGES["torch"]) -> list[str]:
+    """The image's CMD (test_faults.py starts the torch image's)."""
+    (cmd,) = instruction_args(image, "CMD")
     return json.loads(cmd)
 
 
 # --- the files, read -----------------------------------------------------------------------------------------
 
 
-def test_dockerfile_builds_a_slim_non_root_image_that_serves_with_gunicorn():
-    assert instruction_args("FROM") == ["python:3.11-slim"]
-    assert server_command() == ["gunicorn", "-c", "gunicorn.conf.py", "app:create_app()"]
-    assert sorted(served_sources()) == ["app.py", "gunicorn.conf.py", "inferer.py", "models", "serving",
-                                        "serving/static", *(f"utils/{name}.py" for name in SERVING_UTILS)]
-    for source in served_sources():
+@each_image
+def test_dockerfile_builds_a_slim_non_root_image_that_serves_with_gunicorn(image):
+    assert instruction_args(image, "FROM") == ["python:3.11-slim"]
+    assert server_command(image) == ["gunicorn", "-c", "gunicorn.conf.py", "app:create_app()"]
+    assert sorted(served_sources(image)) == sorted(image.copied)
+    for source in served_sources(image):
         assert (ROOT / source).exists(), source
     assert sorted(p.name for p in (ROOT / "serving" / "static").iterdir()) == sorted(PAGE_FILES)
-    (user,) = instruction_args("USER")
+    (user,) = instruction_args(image, "USER")
     assert user not in ("root", "0")
-    assert instruction_args("EXPOSE") == ["8080"]
-    (healthcheck,) = instruction_args("HEALTHCHECK")
+    assert instruction_args(image, "EXPOSE") == ["8080"]
+    (healthcheck,) = instruction_args(image, "HEALTHCHECK")
     assert "/health" in healthcheck and "urllib" in healthcheck and "curl" not in healthcheck
-    environment = " ".join(instruction_args("ENV"))
+    environment = " ".join(instruction_args(image, "ENV"))
     assert "CHECKPOINT_PATH=/model" in environment and "PORT=8080" in environment
-    assert any("requirements_inference.txt" in run for run in instruction_args("RUN"))
-    text = DOCKERFILE.read_text()
-    assert "APP_APIKEY" not in text and not any(".env" in copy for copy in instruction_args("COPY"))
+    assert any(image.requirements.name in run for run in instruction_args(image, "RUN"))
+    text = image.dockerfile.read_text()
+    assert "APP_APIKEY" not in text and not any(".env" in copy for copy in instruction_args(image, "COPY"))
     assert "COPY ${CHECKPOINT_DIR}/ /model/" in text and "ARG CHECKPOINT_DIR=docker/model" in text
+
+
+def test_the_onnx_image_installs_no_torch():
+    pins = read_pins(IMAGES["onnx"].requirements)
+    assert "onnxruntime" in pins and "tokenizers" in pins and "flask" in pins
+    assert not {"torch", "onnx", "sympy", "networkx"} & set(pins)  # torch, and export's packages, stay out
+    assert pins.items() <= read_pins(IMAGES["torch"].requirements).items() | {("onnxruntime", "1.32.0")}
 
 
 def dockerignored(path: str) -> bool:
@@ -109,12 +140,14 @@ def dockerignored(path: str) -> bool:
 
 def test_dockerignore_keeps_data_and_secrets_out_and_lets_the_served_files_in():
     for path in ("data/toxic/train.csv", "outputs/run/checkpoint/model.safetensors", ".venv/bin/python",
-                 ".venv-inference/bin/python", "checkpoints/a/model.safetensors", ".env", "tests/test_app.py",
+                 ".venv-inference/bin/python", ".venv-serving-onnx/bin/python",
+                 "checkpoints/a/model.safetensors", ".env", "tests/test_app.py",
                  ".git/HEAD", "utils/__pycache__/data.cpython-311.pyc"):
         assert dockerignored(path), path
     for path in ("app.py", "inferer.py", "gunicorn.conf.py", "models/classifiers.py", "serving/settings.py",
-                 "utils/explain.py", *(f"serving/static/{name}" for name in PAGE_FILES),
-                 "requirements_inference.txt", "docker/model/model.safetensors", "docker/model/config.json"):
+                 "utils/explain.py", *(f"serving/static/{name}" for name in PAGE_FILES), "requirements_inference.txt",
+                 "requirements_serving_onnx.txt", "docker/model/model.safetensors",
+                 "docker/model/config.json", "docker/model/model.fused.int8.onnx"):
         assert not dockerignored(path), path
 
 
@@ -155,33 +188,34 @@ def read_pins(path: Path) -> dict[str, str]:
             (line.split("==") for line in lines if line)}
 
 
-def inference_venv() -> Path:
-    """A virtual environment with requirements_inference.txt and nothing else (pip itself aside)."""
+def inference_venv(image: Image) -> Path:
+    """A virtual environment with the image's requirements file and nothing else (pip itself aside)."""
     # Other test runs in the same tree wait for one build instead of building over each other.
-    lock_path = Path(tempfile.gettempdir()) / f"venv-inference-{hashlib.sha256(bytes(ROOT)).hexdigest()[:12]}.lock"
+    tree = hashlib.sha256(bytes(image.venv)).hexdigest()[:12]
+    lock_path = Path(tempfile.gettempdir()) / f"venv-inference-{tree}.lock"
     with lock_path.open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        return build_inference_venv()
+        return build_inference_venv(image)
 
 
-def build_inference_venv() -> Path:
-    key = hashlib.sha256(REQUIREMENTS.read_bytes() + sys.version.encode()).hexdigest()
-    stamp = INFERENCE_VENV / ".requirements-sha256"
+def build_inference_venv(image: Image) -> Path:
+    key = hashlib.sha256(image.requirements.read_bytes() + sys.version.encode()).hexdigest()
+    stamp = image.venv / ".requirements-sha256"
     if stamp.is_file() and stamp.read_text() == key:
-        return INFERENCE_VENV
-    shutil.rmtree(INFERENCE_VENV, ignore_errors=True)
-    subprocess.run([sys.executable, "-m", "venv", str(INFERENCE_VENV)], check=True)
-    python = str(INFERENCE_VENV / "bin" / "python")
+        return image.venv
+    shutil.rmtree(image.venv, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "venv", str(image.venv)], check=True)
+    python = str(image.venv / "bin" / "python")
     # --no-deps, then `pip check`: a dependency missing from the file fails here instead of being fetched.
     # --no-compile: three times faster on a slow disk; the first server start writes the bytecode it needs.
     install = subprocess.run([python, "-m", "pip", "install", "--quiet", "--no-deps", "--no-compile",
-                              "--disable-pip-version-check", "-r", str(REQUIREMENTS)],
+                              "--disable-pip-version-check", "-r", str(image.requirements)],
                              capture_output=True, text=True, timeout=900)
     assert install.returncode == 0, install.stdout[-3000:] + install.stderr[-3000:]
     check = subprocess.run([python, "-m", "pip", "check"], capture_output=True, text=True, timeout=120)
     assert check.returncode == 0, check.stdout + check.stderr
     stamp.write_text(key)
-    return INFERENCE_VENV
+    return image.venv
 
 
 def free_port() -> int:
@@ -216,24 +250,34 @@ def wait_until_ready(base: str, process: subprocess.Popen, log: Path) -> None:
     raise AssertionError(f"no answer on /ready after {START_SECONDS} s:\n{log.read_text()[-4000:]}")
 
 
-@pytest.mark.slow
-def test_real_server_from_the_inference_environment(multilabel_checkpoint, tmp_path):
-    venv = inference_venv()
-    listed = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "list", "--format=json"],
-                            capture_output=True, text=True, check=True).stdout
-    installed = {canonicalize_name(p["name"]): p["version"] for p in json.loads(listed)}
-    installed.pop("pip")
-    pins = read_pins(REQUIREMENTS)
-    assert set(installed) == set(pins)
-    assert all(installed[name].split("+")[0] == version for name, version in pins.items())
-
-    site = tmp_path / "app"  # what the image's /app holds
+def image_site(image: Image, folder: Path) -> Path:
+    """A copy of what the image's /app holds, and nothing else."""
+    site = folder / "app"
     site.mkdir()
-    for source in served_sources():
+    for source in served_sources(image):
         (site / source).parent.mkdir(parents=True, exist_ok=True)
         copy = shutil.copytree if (ROOT / source).is_dir() else shutil.copy2
         copy(ROOT / source, site / source, **({"dirs_exist_ok": True} if (ROOT / source).is_dir() else {}))
-    shutil.copytree(multilabel_checkpoint, tmp_path / "model")
+    return site
+
+
+@pytest.mark.slow
+@each_image
+def test_real_server_from_the_image_environment(image, request, tmp_path):
+    checkpoint = request.getfixturevalue(image.checkpoint_fixture)
+    venv = inference_venv(image)
+    listed = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "list", "--format=json"],
+                            capture_output=True, text=True, check=True).stdout
+    installed = {canonicalize_name(p["name"]): p["version"] for p in json.loads(listed)}
+    pins = read_pins(image.requirements)
+    for bootstrap in ("pip", "setuptools"):  # what `python -m venv` puts there itself, unless the file pins it
+        if bootstrap not in pins:
+            installed.pop(bootstrap, None)
+    assert set(installed) == set(pins)
+    assert all(installed[name].split("+")[0] == version for name, version in pins.items())
+
+    site = image_site(image, tmp_path)
+    shutil.copytree(checkpoint, tmp_path / "model")
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path), "LANG": "C.UTF-8",
@@ -241,10 +285,11 @@ def test_real_server_from_the_inference_environment(multilabel_checkpoint, tmp_p
            "APP_APIKEY": KEY, "MAX_TEXTS": "4", "MAX_BODY_BYTES": "65536", "HF_HUB_OFFLINE": "1"}
     log = tmp_path / "server.log"
     with log.open("w") as log_file:
-        process = subprocess.Popen(server_command(), cwd=site, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(server_command(image), cwd=site, env=env, stdout=log_file,
+                                   stderr=subprocess.STDOUT)
     try:
         wait_until_ready(base, process, log)
-        exercise_server(base, multilabel_checkpoint)
+        served = exercise_server(base, checkpoint)
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
@@ -258,14 +303,42 @@ def test_real_server_from_the_inference_environment(multilabel_checkpoint, tmp_p
     assert "Shutting down: Master" in output and "Traceback" not in output, output[-4000:]
     assert output.count("serving settings:") == 1 and KEY not in output  # printed once, the key masked
     assert f"127.0.0.1:{port}" in output and '"POST /predict HTTP/1.1" 200' in output
+    # BACKEND=auto: torch for a checkpoint without graphs; where there are, a graph measured within bounds
+    choice = served["backend_choice"]
+    assert choice["requested"] == "auto" and choice["backend"] == served["backend"]
+    if image.checkpoint_fixture == "multilabel_checkpoint":
+        assert served["backend"] == "torch"
+    else:
+        assert served["backend"].startswith("onnx") and choice["measured"]["cost"] <= choice["max_cost"]
 
 
-def exercise_server(base: str, checkpoint: Path) -> None:
+@pytest.mark.slow
+def test_the_onnx_environment_imports_the_app_without_torch(exported_checkpoint, tmp_path):
+    """Nothing on the serving import path needs torch; unmeasured graphs are served in float32 there."""
+    image = IMAGES["onnx"]
+    python = str(inference_venv(image) / "bin" / "python")
+    site = image_site(image, tmp_path)
+    unmeasured = shutil.copytree(exported_checkpoint, tmp_path / "model",
+                                 ignore=shutil.ignore_patterns("variants.json"))
+    script = ("import importlib.util, sys, app, inferer\n"
+              "from utils.checkpoint import CheckpointFolder\n"
+              "from utils.runners import choose_backend\n"
+              "assert importlib.util.find_spec('torch') is None and 'torch' not in sys.modules\n"
+              "print(choose_backend(CheckpointFolder(sys.argv[1])).backend)")
+    result = subprocess.run([python, "-c", script, str(unmeasured)], cwd=site, capture_output=True, text=True,
+                            timeout=300, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["onnx-fused"]
+
+
+def exercise_server(base: str, checkpoint: Path) -> dict:
+    """Every kind of answer of a running server; returns its /metadata."""
     bearer = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
     texts = ["You are a complete idiot.", "Thanks for fixing the references!", ""]
     status, body, _ = call(f"{base}/predict", json.dumps({"texts": texts}).encode(), bearer)
     assert status == 200 and isinstance(body, dict)
-    expected = ModelInferer(checkpoint).predict_batch(texts)  # here, in the full environment
+    backend = body["model"]["backend"]
+    expected = ModelInferer(checkpoint, backend=backend).predict_batch(texts)  # here, in the full environment
     for served, local in zip(body["predictions"], expected, strict=True):
         assert list(served["scores"]) == TOXIC_LABELS and served["labels"] == local["labels"]
         np.testing.assert_allclose(list(served["scores"].values()), list(local["scores"].values()), atol=1e-5)
@@ -292,7 +365,7 @@ def exercise_server(base: str, checkpoint: Path) -> None:
     assert status == 200 and meta["checkpoint_id"] == digest[:16] and meta["labels"] == TOXIC_LABELS
     status, document, _ = call(f"{base}/openapi.json", headers=bearer)
     assert status == 200 and set(document["paths"]) >= {"/predict", "/explain", "/", "/health", "/metrics"}
-    exercise_explain_and_page(base, bearer, checkpoint)
+    exercise_explain_and_page(base, bearer, checkpoint, backend)
     # Whichever worker answers, /metrics counts the requests of all of them.
     for _ in range(3):
         status, metrics, headers = call(f"{base}/metrics", headers=bearer)
@@ -303,14 +376,15 @@ def exercise_server(base: str, checkpoint: Path) -> None:
         assert samples[("http_errors_total", (("code", "unauthorized"),))] == 2  # /predict and /explain, no key
         assert samples[("predict_texts_per_request_sum", ())] == 4
         assert samples[("explain_texts_per_request_sum", ())] == 2
+    return meta
 
 
-def exercise_explain_and_page(base: str, bearer: dict[str, str], checkpoint: Path) -> None:
+def exercise_explain_and_page(base: str, bearer: dict[str, str], checkpoint: Path, backend: str) -> None:
     """/explain with the key, its limit and errors, and the page with its files without the key."""
     texts = ["You are a complete idiot.", "Thanks for fixing the references!"]
     status, body, _ = call(f"{base}/explain", json.dumps({"texts": texts}).encode(), bearer)
     assert status == 200
-    expected = [ModelInferer(checkpoint).explain(text) for text in texts]
+    expected = [ModelInferer(checkpoint, backend=backend).explain(text) for text in texts]
     for served, local in zip(body["explanations"], expected, strict=True):
         assert served["words"] == local["words"] and list(served["attributions"]) == list(local["attributions"])
     status, body, _ = call(f"{base}/explain", json.dumps({"texts": ["a"] * 9}).encode(), bearer)
@@ -324,3 +398,4 @@ def exercise_explain_and_page(base: str, bearer: dict[str, str], checkpoint: Pat
     assert status == 200 and headers.get_content_type() == "text/html" and "static/app.js" in page
     for name in PAGE_FILES:
         assert call(f"{base}/static/{name}")[0] == 200
+

@@ -137,6 +137,17 @@ def engine_installed(backend: str) -> bool:
     return importlib.util.find_spec("torch" if backend == "torch" else "onnxruntime") is not None
 
 
+def torch_only_option(quantize: bool, precision: str, device: str | None) -> str | None:
+    """The option asked for that only the torch backend runs, if any: then `auto` means torch."""
+    if quantize:
+        return "quantize"
+    if precision not in ("auto", "fp32"):
+        return f"precision {precision}"
+    if device not in (None, "cpu"):
+        return f"device {device}"
+    return None
+
+
 def choose_backend(folder: CheckpointFolder, requested: str = AUTO, torch_only: str | None = None) -> BackendChoice:
     """`requested` itself, or for `auto` the fastest measured variant within the task's MAX_COST.
 
@@ -156,7 +167,7 @@ def choose_backend(folder: CheckpointFolder, requested: str = AUTO, torch_only: 
     if torch_only:
         return BackendChoice(AUTO, "torch", f"{torch_only} runs in PyTorch only", None, metric, budget)
     runnable = [v for v in (report.variants if report else [])
-                if engine_installed(v.backend) and (v.backend == "torch" or folder.onnx_file(v.backend).is_file())]
+                if engine_installed(v.backend) and (v.backend == "torch" or _graph_present(folder, v.backend))]
     within = [v for v in runnable if v.cost is not None and v.cost <= budget]
     if within:
         best = max(within, key=lambda v: v.texts_per_s)
@@ -167,9 +178,14 @@ def choose_backend(folder: CheckpointFolder, requested: str = AUTO, torch_only: 
     if engine_installed("torch"):
         return BackendChoice(AUTO, "torch", f"{why}: the PyTorch model", None, metric, budget)
     for backend in ("onnx-fused", "onnx"):
-        if folder.onnx_file(backend).is_file() and engine_installed(backend):
+        if _graph_present(folder, backend) and engine_installed(backend):
             return BackendChoice(AUTO, backend, f"{why} and torch is not installed: the float32 graph",
                                  report.record(backend) if report else None, metric, budget)
     raise FileNotFoundError(f"{folder.path}: BACKEND=auto found nothing to run here: torch is not installed and "
                             "the checkpoint has no exported float32 graph; run `python main.py --mode export "
                             f"--checkpoint {folder.path}` where torch is, or install torch")
+
+
+def _graph_present(folder: CheckpointFolder, backend: str) -> bool:
+    graph = folder.onnx_file(backend)
+    return graph.is_file() and graph.stat().st_size > 0
