@@ -15,11 +15,14 @@ from pathlib import Path
 
 import pytest
 
+from bench.inference import VARIANTS
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_bench(script: str, args: list[str], output_dir: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = os.environ | {"BENCH_OUTPUT_DIR": str(output_dir), "TOKENIZERS_PARALLELISM": "false"}
+def run_bench(script: str, args: list[str], output_dir: Path, timeout: int = 600,
+              **environ: str) -> subprocess.CompletedProcess:
+    env = os.environ | {"BENCH_OUTPUT_DIR": str(output_dir), "TOKENIZERS_PARALLELISM": "false", **environ}
     done = subprocess.run([sys.executable, f"bench/{script}", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -47,22 +50,36 @@ def checkpoint_copy(multilabel_checkpoint, tmp_path) -> Path:
 def test_inference_benchmark(checkpoint_copy, tmp_path):
     out = tmp_path / "out"
     done = run_bench("inference.py", ["--checkpoint", str(checkpoint_copy), "--texts", "16", "--latency-texts", "2",
-                                      "--batch-size", "8"], out)
+                                      "--batch-size", "8", "--threads", "1", "--matmul-size", "128", "--rounds", "1"],
+                     out)
     (record,) = records(out / "bench_inference.json")
     variants = [row["variant"] for row in record["rows"]]
-    assert variants[0] == "torch fp32" and "transformers pipeline" in variants and record["texts"] == 16
+    assert variants == [*VARIANTS, "transformers pipeline"] and record["texts"] == 16
     assert all(row["texts_per_s"] > 0 and 0 <= row["mean_roc_auc"] <= 1 for row in record["rows"])
+    assert all(row["latency_p50_ms"] <= row["latency_p99_ms"] and row["size_mb"] > 0 for row in record["rows"])
     assert (out / "bench_inference.png").stat().st_size > 0 and "| torch fp32" in done.stdout
+    # the graphs were missing, so the benchmark exported and measured them (static int8 too)
+    assert (checkpoint_copy / "variants.json").is_file()
+    peaks = record["matmul_gflops"]
+    assert peaks["fp32"] == max(peaks["torch fp32"], peaks["onnxruntime fp32"]) > 0
+    served = [row["variant"] for row in record["rows"] if row["served_by_auto"]]
+    assert len(served) == 1 and VARIANTS[served[0]].get("backend", "torch") == record["auto"]["backend"]
+    assert [goal["goal"].split()[0] for goal in record["goals"]] == ["best", "int8", "single-text"]
+    assert all(isinstance(goal["met"], bool) for goal in record["goals"]) and "| goal |" in done.stdout
 
 
-def test_api_benchmark(checkpoint_copy, tmp_path):
+def test_api_benchmark(exported_checkpoint, tmp_path):
     out = tmp_path / "out"
-    run_bench("api.py", ["--checkpoint", str(checkpoint_copy), "--clients", "2", "--seconds", "1",
-                         "--max-requests", "10", "--port", str(free_port())], out)
+    done = run_bench("api.py", ["--checkpoint", str(exported_checkpoint), "--clients", "1", "2", "--seconds", "1",
+                                "--max-requests", "10", "--modes", "torch", "auto", "--port", str(free_port())], out,
+                     WORKERS="1")
     (record,) = records(out / "bench_api.json")
-    assert {row["mode"] for row in record["rows"]} == {"per-request", "micro-batching"}
+    assert [(row["mode"], row["clients"]) for row in record["rows"]] == [("torch", 1), ("torch", 2), ("auto", 1),
+                                                                       ("auto", 2)]
     for row in record["rows"]:
         assert 0 < row["requests"] <= 10 and set(row["statuses"]) == {"200"}
+        assert row["backend"] == "torch" if row["mode"] == "torch" else row["backend"].startswith("onnx")
+    assert record["goal"]["clients"] == 2 and isinstance(record["goal"]["met"], bool) and "goal" in done.stdout
     assert (out / "bench_api.png").stat().st_size > 0
 
 
