@@ -30,7 +30,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -38,6 +38,9 @@ import torch
 from models import load_classifier
 from utils.checkpoint import ONNX_FILES, CheckpointFolder, VariantRecord, VariantsReport
 from utils.runners import QUALITY_METRIC
+
+if TYPE_CHECKING:
+    from utils.data.readers import LabeledTexts
 
 OPSET = 17
 INPUT_NAMES = ("input_ids", "attention_mask")
@@ -213,9 +216,9 @@ def export_graphs(checkpoint: str | Path, output: str | Path | None = None, stat
 # --- the measurement -------------------------------------------------------------------------------------------
 
 
-def measure_variants(checkpoint: str | Path, data: Any, backends: list[str], threads: int = MEASURE_THREADS,
+def measure_variants(checkpoint: str | Path, data: LabeledTexts, backends: list[str], threads: int = MEASURE_THREADS,
                      batch_size: int = 32, max_rows: int = MEASURED_ROWS, chunk: int = 128) -> VariantsReport:
-    """Score `data` (LabeledTexts, validation rows) with float32 PyTorch and each backend; their speed and cost.
+    """Score `data` (validation rows) with float32 PyTorch and each backend: their speed and cost.
 
     The variants take turns chunk by chunk, so a change in the machine's load falls on all of them alike.
     """
@@ -259,7 +262,7 @@ def measure_variants(checkpoint: str | Path, data: Any, backends: list[str], thr
                           measured_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), variants=records)
 
 
-def training_rows(checkpoint: str | Path) -> tuple[Any, Any] | None:
+def training_rows(checkpoint: str | Path) -> tuple[LabeledTexts, LabeledTexts] | None:
     """(validation, training) LabeledTexts of the run that wrote the checkpoint, split again from its
     training_config.json exactly as training split them; None (and why) where the data is gone."""
     from utils.config import Config, make_config

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -170,13 +171,18 @@ def pipeline_side(checkpoint: Path, reference: ModelInferer, args) -> Side:
                 file_size_mb(reference, "pipeline", checkpoint))
 
 
-def measure(sides: list[Side], data: LabeledTexts, args) -> None:
+def measure(sides: list[Side], data: LabeledTexts, args) -> dict[str, float]:
     """Each side's timed pass over the texts and its single-text latencies, in --rounds rounds that visit every
-    side in turn: a change in the shared machine's load falls on all of them alike. The best pass counts."""
+    side in turn, the fp32 matrix-product peak (torch and ONNX Runtime) measured in each round too: a change in
+    the shared machine's load falls on all of them alike. The best pass counts; returns the best peaks."""
     for side in sides:
         side.score(data.texts[: args.batch_size])  # warm-up: the first run allocates
         side.predict_one(data.texts[0])
+    peaks = {"torch fp32": 0.0, "onnxruntime fp32": 0.0}
     for _ in range(args.rounds):
+        peaks["torch fp32"] = max(peaks["torch fp32"], matmul_gflops(torch.float32, args.matmul_size))
+        peaks["onnxruntime fp32"] = max(peaks["onnxruntime fp32"],
+                                        onnxruntime_matmul_gflops(args.threads, args.matmul_size))
         for side in sides:
             scores, seconds = timed(lambda side=side: side.score(data.texts))
             side.scores = scores if side.scores is None else side.scores
@@ -185,6 +191,7 @@ def measure(sides: list[Side], data: LabeledTexts, args) -> None:
                                for t in data.texts[: args.latency_texts]]
         print(f"  round done: {', '.join(f'{s.name} {len(data) / s.seconds:.1f}' for s in sides)} texts/s",
               file=sys.stderr)
+    return peaks
 
 
 def row_of(side: Side, data: LabeledTexts, reference: ModelInferer) -> dict[str, Any]:
@@ -234,12 +241,7 @@ def main() -> None:
         _, seconds = timed(lambda: export.run(checkpoint, static_int8=True))
         print(f"exported and measured the ONNX graphs in {seconds:.0f} s", file=sys.stderr)
     data = held_out_texts(checkpoint, args.texts)
-    # bf16 without AMX or AVX-512 BF16 takes ~20 s per 2048 product here: one is enough to see it
-    size = args.matmul_size
-    peaks = {"torch fp32": matmul_gflops(torch.float32, size),
-             "onnxruntime fp32": onnxruntime_matmul_gflops(args.threads, size),
-             "torch bf16": matmul_gflops(torch.bfloat16, size, repeats=1)}
-    peak = {"fp32": max(peaks["torch fp32"], peaks["onnxruntime fp32"]), "bf16": peaks["torch bf16"], **peaks}
+    load_before = os.getloadavg()[0]
     sides, inferers = [], {}
     for name in VARIANTS:
         side, inferers[name] = variant_side(name, checkpoint, args)
@@ -247,7 +249,10 @@ def main() -> None:
     fp32 = inferers["torch fp32"]
     if not args.skip_pipeline:
         sides.append(pipeline_side(checkpoint, fp32, args))
-    measure(sides, data, args)
+    peaks = measure(sides, data, args)
+    # bf16 without AMX or AVX-512 BF16 takes ~20 s per 2048 product here: one is enough to see it
+    peaks["torch bf16"] = matmul_gflops(torch.bfloat16, args.matmul_size, repeats=1)
+    peak = {"fp32": max(peaks["torch fp32"], peaks["onnxruntime fp32"]), "bf16": peaks["torch bf16"], **peaks}
     rows = [row_of(side, data, fp32) for side in sides]
     auto = ModelInferer(checkpoint, device="cpu", backend="auto").backend_choice
     lengths = fp32.tokenizer(data.texts, truncation=True, max_length=fp32.max_length)["input_ids"]
@@ -264,7 +269,8 @@ def main() -> None:
     record = new_record(machine=machine_with_flags(), checkpoint=str(checkpoint), texts=len(data),
                         threads=args.threads, batch_size=args.batch_size, max_length=fp32.max_length,
                         rounds=args.rounds, mean_tokens_per_text=tokens, gflop_per_text=flops / 1e9,
-                        matmul_size=size, matmul_gflops=peak, auto=auto.describe(), rows=rows)
+                        matmul_size=args.matmul_size, matmul_gflops=peak, auto=auto.describe(),
+                        load_average={"start": load_before, "end": os.getloadavg()[0]}, rows=rows)
     record["goals"] = goals(record)
     print_table(record)
     append_record(RESULTS, record)
@@ -275,7 +281,8 @@ def print_table(record: dict[str, Any]) -> None:
     base = next(r for r in record["rows"] if r["variant"] == "torch fp32")
     pipe = next((r for r in record["rows"] if r["variant"] == "transformers pipeline"), None)
     peak, size = record["matmul_gflops"], record["matmul_size"]
-    print(f"\n{record['machine']['cpu']}, {record['threads']} threads, torch {record['machine']['torch']}; "
+    print(f"\n{record['machine']['cpu']}, {record['threads']} threads, torch {record['machine']['torch']}, load "
+          f"average {record['load_average']['start']:.1f} -> {record['load_average']['end']:.1f}; "
           f"{record['texts']} texts, batch {record['batch_size']}, max_length {record['max_length']}, "
           f"{record['mean_tokens_per_text']:.0f} tokens/text, {record['gflop_per_text']:.2f} GFLOP/text")
     print(f"matmul {size}x{size}: fp32 {peak['fp32']:.1f} GFLOP/s (torch {peak['torch fp32']:.1f}, ONNX Runtime "

@@ -20,10 +20,10 @@ from inferer import ModelInferer
 from utils.checkpoint import ONNX_FILES, VARIANTS_FILE, CheckpointFolder
 
 # Largest |score - PyTorch float32 score| on the real texts below (82 toxic comments, 80 paper titles), measured in
-# two runs on this project's AMD EPYC (AVX2, no VNNI) with the tiny checkpoints (multi-label / multi-class):
+# two runs with the tiny checkpoints (multi-label / multi-class) on an AMD EPYC Zen 5 (AVX-512 with VNNI):
 # float32 graphs up to 1.1e-8 / 3.5e-9 (plain and fused alike), so 1e-6 leaves room for other CPUs' float kernels
-# (AVX-512 sums in another order); dynamic int8 up to 1.5e-4 / 7.8e-5 (plain and fused alike) and static int8
-# 1.1e-4 / 6e-5, so 1e-3 allows other CPUs' int8 kernels (VNNI rounds differently).
+# (AVX2 sums in another order); dynamic int8 up to 1.5e-4 / 7.8e-5 (plain and fused alike) and static int8
+# 1.1e-4 / 6e-5, so 1e-3 allows other CPUs' int8 kernels (AVX2 without VNNI saturates u8 x s8 sums).
 TOLERANCES = {"onnx": 1e-6, "onnx-fused": 1e-6, "onnx-int8": 1e-3, "onnx-fused-int8": 1e-3,
               "onnx-fused-int8-static": 1e-3}
 GRAPHS = list(TOLERANCES)
