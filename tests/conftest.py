@@ -142,6 +142,17 @@ def exported_checkpoint(tmp_path_factory, multilabel_checkpoint) -> Path:
 
 
 @pytest.fixture(scope="session")
+def exported_blend_checkpoint(tmp_path_factory, tiny_bert, toxic_csv) -> Path:
+    """A tiny BERT blended with its TF-IDF member (`--ensemble tfidf`), exported and measured like the above."""
+    import export
+
+    checkpoint = train_tiny(tmp_path_factory.mktemp("blend_run"), tiny_bert, "bert", "multilabel", toxic_csv,
+                            ensemble="tfidf").checkpoint
+    export.run(checkpoint)
+    return checkpoint
+
+
+@pytest.fixture(scope="session")
 def tiny_trainer():
     """The `train_tiny` function, for tests that train their own variant."""
     return train_tiny

@@ -638,7 +638,7 @@ def test_settings_come_from_environment_variables(monkeypatch):
     ({"MAX_TEXTS": "0"}, "MAX_TEXTS: .*greater than 0"),
     ({"QUANTIZE": "maybe"}, "QUANTIZE: .*valid boolean"),
     ({"PRECISION": "int4"}, "PRECISION: .*'auto', 'fp32', 'bf16' or 'fp16'"),
-    ({"BACKEND": "tensorrt"}, "BACKEND: .*'torch', 'onnx' or 'onnx-int8'"),
+    ({"BACKEND": "tensorrt"}, "BACKEND: .*'auto', 'torch', 'onnx', .* or 'onnx-fused-int8-static'"),
     ({"APP_APIKEY": "clé"}, "APP_APIKEY: .*printable ASCII"),
 ])
 def test_bad_settings_are_refused_naming_the_variable(monkeypatch, environ, message):

@@ -17,7 +17,7 @@ from conftest import TOXIC_LABELS
 import export
 import main
 from inferer import ModelInferer
-from utils.checkpoint import ONNX_FILES, VARIANTS_FILE, CheckpointFolder
+from utils.checkpoint import LEXICAL, ONNX_FILES, TRANSFORMER, VARIANTS_FILE, CheckpointFolder
 
 # Largest |score - PyTorch float32 score| on the real texts below (82 toxic comments, 80 paper titles), measured in
 # two runs with the tiny checkpoints (multi-label / multi-class) on an AMD EPYC Zen 5 (AVX-512 with VNNI):
@@ -135,6 +135,20 @@ def test_export_measures_every_graph_on_the_validation_rows(exported):
         assert report.record("torch").cost == 0.0
         # the float32 graphs compute the same scores, so the same metric
         assert abs(report.record("onnx").cost) <= 1e-9 and abs(report.record("onnx-fused").cost) <= 1e-9
+
+
+def test_a_blended_checkpoint_exports_its_transformer_and_measures_the_blend(exported_blend_checkpoint, real_texts):
+    folder = CheckpointFolder(exported_blend_checkpoint)
+    assert set(folder.info.members) == {TRANSFORMER, LEXICAL}
+    report = folder.variants()
+    assert report is not None and [v.backend for v in report.variants] == ["torch", *export.DEFAULT_VARIANTS]
+    texts = real_texts["multilabel"]
+    reference = ModelInferer(exported_blend_checkpoint, precision="fp32")
+    for backend in export.DEFAULT_VARIANTS:  # the graph replaces the transformer; the TF-IDF member stays
+        graph = ModelInferer(exported_blend_checkpoint, backend=backend)
+        assert set(graph.member_scores(texts[:4])[0]) == {TRANSFORMER, LEXICAL}
+        scores = graph.score_batch(texts)[0]
+        assert np.abs(scores - reference.score_batch(texts)[0]).max() <= TOLERANCES[backend], backend
 
 
 def test_export_without_the_training_data_writes_the_graphs_unmeasured(multiclass_checkpoint, tmp_path, capsys):

@@ -49,7 +49,6 @@ class Image:
     requirements: Path
     venv: Path  # this test's environment of those requirements: cached, rebuilt when they change
     copied: tuple[str, ...]  # the sources it copies besides the requirements and the checkpoint
-    checkpoint_fixture: str  # the conftest checkpoint its real server serves
 
 
 # Both images copy the same files: the torch ones (models/classifiers.py, utils/precision.py) are imported only
@@ -57,12 +56,14 @@ class Image:
 COPIED = ("app.py", "gunicorn.conf.py", "inferer.py", "models", "serving", "serving/static",
           *(f"utils/{name}.py" for name in SERVING_UTILS))
 IMAGES = {
-    "torch": Image(ROOT / "Dockerfile", ROOT / "requirements_inference.txt", ROOT / ".venv-inference", COPIED,
-                   "multilabel_checkpoint"),
+    "torch": Image(ROOT / "Dockerfile", ROOT / "requirements_inference.txt", ROOT / ".venv-inference", COPIED),
     "onnx": Image(ROOT / "Dockerfile.onnx", ROOT / "requirements_serving_onnx.txt", ROOT / ".venv-serving-onnx",
-                  COPIED, "exported_checkpoint"),
+                  COPIED),
 }
 each_image = pytest.mark.parametrize("image", IMAGES.values(), ids=list(IMAGES))
+# What each image's real server serves (conftest fixtures): the torch image a checkpoint without graphs, the ONNX
+# image exported ones, the transformer alone and blended with its TF-IDF member.
+SERVED = [("torch", "multilabel_checkpoint"), ("onnx", "exported_checkpoint"), ("onnx", "exported_blend_checkpoint")]
 
 
 def dockerfile_instructions(image: Image) -> list[tuple[str, str]]:
@@ -262,9 +263,9 @@ def image_site(image: Image, folder: Path) -> Path:
 
 
 @pytest.mark.slow
-@each_image
-def test_real_server_from_the_image_environment(image, request, tmp_path):
-    checkpoint = request.getfixturevalue(image.checkpoint_fixture)
+@pytest.mark.parametrize("image_name, fixture", SERVED, ids=["torch", "onnx", "onnx-blend"])
+def test_real_server_from_the_image_environment(image_name, fixture, request, tmp_path):
+    image, checkpoint = IMAGES[image_name], request.getfixturevalue(fixture)
     venv = inference_venv(image)
     listed = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "list", "--format=json"],
                             capture_output=True, text=True, check=True).stdout
@@ -306,7 +307,7 @@ def test_real_server_from_the_image_environment(image, request, tmp_path):
     # BACKEND=auto: torch for a checkpoint without graphs; where there are, a graph measured within bounds
     choice = served["backend_choice"]
     assert choice["requested"] == "auto" and choice["backend"] == served["backend"]
-    if image.checkpoint_fixture == "multilabel_checkpoint":
+    if image_name == "torch":
         assert served["backend"] == "torch"
     else:
         assert served["backend"].startswith("onnx") and choice["measured"]["cost"] <= choice["max_cost"]
