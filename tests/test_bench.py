@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 
 from bench.inference import VARIANTS
+from utils.checkpoint import CheckpointFolder
+from utils.runners import choose_backend
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -76,9 +78,10 @@ def test_api_benchmark(exported_checkpoint, tmp_path):
     (record,) = records(out / "bench_api.json")
     assert [(row["mode"], row["clients"]) for row in record["rows"]] == [("torch", 1), ("torch", 2), ("auto", 1),
                                                                        ("auto", 2)]
+    auto = choose_backend(CheckpointFolder(exported_checkpoint)).backend  # on the tiny model, torch may be fastest
     for row in record["rows"]:
         assert 0 < row["requests"] <= 10 and set(row["statuses"]) == {"200"}
-        assert row["backend"] == "torch" if row["mode"] == "torch" else row["backend"].startswith("onnx")
+        assert row["backend"] == {"torch": "torch", "auto": auto}[row["mode"]]
     assert record["goal"]["clients"] == 2 and isinstance(record["goal"]["met"], bool) and "goal" in done.stdout
     assert (out / "bench_api.png").stat().st_size > 0
 
