@@ -148,9 +148,11 @@ class CalibrationBatches:
         tokenizer = AutoTokenizer.from_pretrained(checkpoint)
         encoded = encode(tokenizer, texts, info.max_length, info.truncation)
         pad_id = pad_token_id(tokenizer)
-        self.batches = iter([dict(zip(INPUT_NAMES, pad_batch([encoded.input_ids[i] for i in rows], pad_id),
-                                      strict=True))
-                             for rows in sorted_batches(encoded.lengths, batch_size)])
+        batches: list[dict[str, np.ndarray]] = []
+        for rows in sorted_batches(encoded.lengths, batch_size):
+            input_ids, attention_mask = pad_batch([encoded.input_ids[i] for i in rows], pad_id)
+            batches.append({"input_ids": input_ids, "attention_mask": attention_mask})
+        self.batches = iter(batches)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self.batches, None)

@@ -108,7 +108,7 @@ def timed(call) -> tuple[Any, float]:
 
 def flops_per_text(inferer: ModelInferer, tokens: float) -> float:
     """2 x (weights in the encoder's matrix products) x tokens, plus attention's two T x T products per layer."""
-    model = inferer.runner.model  # a torch runner's
+    model = inferer.model  # the torch backend's module
     config = model.config
     layers = getattr(config, "num_hidden_layers", None) or config.n_layers
     hidden = getattr(config, "hidden_size", None) or config.dim
@@ -137,7 +137,7 @@ def file_size_mb(inferer: ModelInferer, name: str, checkpoint: Path) -> float:
     if name == "pipeline":
         return (checkpoint / "model.safetensors").stat().st_size / 1e6
     buffer = io.BytesIO()  # what this variant's weights take when saved as they sit in memory
-    torch.save(inferer.runner.model.state_dict(), buffer)
+    torch.save(inferer.model.state_dict(), buffer)
     return buffer.tell() / 1e6
 
 
@@ -262,8 +262,8 @@ def main() -> None:
     for row in rows:
         row["gflops"] = row["texts_per_s"] * flops / 1e9
         row["fraction_of_fp32_peak"] = row["gflops"] / peak["fp32"]
-        defined = base["mean_roc_auc"] is not None and row["mean_roc_auc"] is not None  # too few texts: None
-        row["roc_auc_cost"] = base["mean_roc_auc"] - row["mean_roc_auc"] if defined else None
+        reference, value = base["mean_roc_auc"], row["mean_roc_auc"]  # None with too few texts
+        row["roc_auc_cost"] = reference - value if reference is not None and value is not None else None
         row["served_by_auto"] = VARIANTS.get(row["variant"], {}).get("backend", "torch") == auto.backend and (
             row["variant"] == "torch fp32" or auto.backend != "torch")
     record = new_record(machine=machine_with_flags(), checkpoint=str(checkpoint), texts=len(data),

@@ -39,7 +39,8 @@ def test_auto_picks_the_fastest_variant_within_the_cost_bound(graphs):
                           "onnx-fused": (210, 0.0), "onnx-fused-int8": (400, 0.002)})
     choice = choose_backend(CheckpointFolder(graphs))
     assert (choice.requested, choice.backend) == ("auto", "onnx-fused-int8")
-    assert choice.measured.cost == 0.002 and choice.metric == "mean_roc_auc" and choice.max_cost == 0.003
+    assert choice.measured is not None and choice.measured.cost == 0.002
+    assert choice.metric == "mean_roc_auc" and choice.max_cost == 0.003
     assert "fastest" in choice.reason
 
 
@@ -92,12 +93,13 @@ def test_an_explicit_backend_is_kept_and_shows_its_measurement(graphs):
     write_report(graphs, {"torch": (100, 0.0), "onnx-int8": (300, 0.0), "onnx-fused": (150, 0.0)})
     choice = ModelInferer(graphs, backend="onnx-fused").backend_choice
     assert (choice.requested, choice.backend, choice.reason) == ("onnx-fused", "onnx-fused", "asked for")
-    assert choice.measured.texts_per_s == 150
+    assert choice.measured is not None and choice.measured.texts_per_s == 150
 
 
 def test_the_measurement_export_made_drives_the_choice(exported_checkpoint):
     folder = CheckpointFolder(exported_checkpoint)
     report, choice = folder.variants(), choose_backend(folder)
+    assert report is not None
     within = [v for v in report.variants if v.cost is not None and v.cost <= MAX_COST["multilabel"]]
     assert choice.measured == max(within, key=lambda v: v.texts_per_s)
     assert ModelInferer(exported_checkpoint, backend="auto").backend == choice.backend

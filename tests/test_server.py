@@ -362,6 +362,7 @@ def exercise_server(base: str, checkpoint: Path) -> dict:
     status, body, _ = call(f"{base}/nowhere", headers=bearer)
     assert status == 404 and body["error"]["code"] == "not_found"
     status, meta, _ = call(f"{base}/metadata", headers=bearer)
+    assert isinstance(meta, dict)
     digest = hashlib.sha256((checkpoint / "model.safetensors").read_bytes()).hexdigest()
     assert status == 200 and meta["checkpoint_id"] == digest[:16] and meta["labels"] == TOXIC_LABELS
     status, document, _ = call(f"{base}/openapi.json", headers=bearer)
