@@ -3,12 +3,16 @@ checkpoints, and (marked slow: it trains a MiniLM head) faithfulness by deletion
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from conftest import TOXIC_LABELS
 
+import export
 from inferer import ModelInferer
 from models import default_backbone_path
 from utils.data.datasets import SHARED_DATA_DIR
@@ -191,6 +195,20 @@ def test_every_method_works_on_torch_and_occlusion_on_int8(multilabel_checkpoint
     assert len(quantized.explain(TEXTS[1])["words"]) == len(split_words(TEXTS[1]))
     with pytest.raises(ValueError, match="needs gradients"):
         quantized.explain(TEXTS[1], method="integrated_gradients")
+
+
+def test_occlusion_explains_an_onnx_export_as_torch_does(multilabel_checkpoint, multilabel, tmp_path):
+    """ONNX has no gradients: occlusion needs only logits, so the exported graph explains the same words alike."""
+    folder = Path(shutil.copytree(multilabel_checkpoint, tmp_path / "checkpoint"))
+    export.run(folder, None)
+    onnx = ModelInferer(folder, backend="onnx")
+    text = TEXTS[0]
+    served, local = onnx.explain(text, labels=TOXIC_LABELS), multilabel.explain(text, labels=TOXIC_LABELS)
+    assert served["words"] == local["words"]
+    for label in TOXIC_LABELS:
+        np.testing.assert_allclose(served["attributions"][label], local["attributions"][label], atol=1e-3)
+    with pytest.raises(ValueError, match="needs gradients"):
+        onnx.explain(text, method="gradient_x_input")
 
 
 def test_blend_hook_combines_member_word_scores_by_their_weights():

@@ -179,6 +179,23 @@ def test_page_with_an_api_key_asks_for_it_and_uses_it(browser, inferer):
         assert [w.text for w in elements(browser, "#words .word")] == [TEXT[s:e] for s, e in split_words(TEXT)]
 
 
+def test_page_of_a_blended_checkpoint_shows_its_members_and_explains_the_blend(browser, tmp_path, tiny_trainer,
+                                                                               tiny_bert, toxic_csv):
+    checkpoint = tiny_trainer(tmp_path / "blend", tiny_bert, "bert", "multilabel", toxic_csv,
+                              ensemble="tfidf").checkpoint
+    blended = ModelInferer(checkpoint)
+    with serving(blended) as base:
+        browser.get(base)
+        wait_for(browser, lambda d: elements(d, "#card dl"), "no model card")
+        card = elements(browser, "#card")[0].text
+        assert "transformer, tfidf" in card and "transformer share" in card
+        explain_on_page(browser, TEXT)
+        expected = blended.explain(TEXT, labels=TOXIC_LABELS)
+        picked = elements(browser, "#label")[0].get_attribute("value")
+        shown = [float(w.get_attribute("data-score")) for w in elements(browser, "#words .word")]
+        assert shown == pytest.approx(expected["attributions"][picked], abs=1e-5)
+
+
 def test_html_report_opens_and_its_images_load(browser, multiclass_checkpoint, conference_csv, tmp_path):
     """The multi-class report: tables, curves, confusion matrix, reliability diagrams, every image decoded."""
     hostile = tmp_path / "<img src=x onerror=alert(1)>.csv"  # a file name is data too

@@ -75,7 +75,8 @@ function labelTable(metadata) {
   const validation = (metadata.training_metrics || {}).validation || {};
   const perLabel = validation.per_label || validation.per_class || {};
   const head = element("tr");
-  const columns = ["label", "threshold", "ROC AUC", "F1"];
+  const weights = metadata.blend_weights || null; // a blend: the transformer's share of each label's score
+  const columns = ["label", "threshold", "ROC AUC", "F1", ...(weights ? ["transformer share"] : [])];
   for (const name of columns) head.append(element("th", "", name));
   table.append(head);
   metadata.labels.forEach((label, index) => {
@@ -83,8 +84,9 @@ function labelTable(metadata) {
     const figures = perLabel[label] || {};
     const threshold = metadata.thresholds ? metadata.thresholds[index] : null;
     const f1 = figures.f1_at_tuned !== undefined ? figures.f1_at_tuned : figures["f1-score"];
+    const share = weights ? [weights.length === 1 ? weights[0] : weights[index]] : [];
     row.append(element("td", "", label));
-    for (const value of [threshold, figures.roc_auc, f1]) {
+    for (const value of [threshold, figures.roc_auc, f1, ...share]) {
       row.append(element("td", "num", value === null || value === undefined ? "\u2013" : formatNumber(value)));
     }
     table.append(row);
