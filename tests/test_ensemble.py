@@ -143,7 +143,7 @@ def test_every_serving_path_gives_the_same_blended_scores(blended, tmp_path, tox
     import shutil
 
     exported = Path(shutil.copytree(blended, tmp_path / "exported"))
-    export.export_onnx(exported)
+    export.export_graphs(exported)
     for options, tolerance in (({"backend": "onnx"}, 1e-6), ({"backend": "onnx-int8"}, 1e-3),
                                ({"quantize": True}, 1e-3)):
         scores, _ = ModelInferer(exported, **options).score_batch(texts)

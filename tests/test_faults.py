@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
+import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from test_server import call, free_port, server_command
@@ -291,6 +292,9 @@ def damage(folder: Path, how: str) -> Path:
     elif how == "weights overwritten":
         path = folder / "model.safetensors"
         path.write_text("<html>404 Not Found</html>")
+    elif how == "truncated tokenizer.json":
+        path = folder / "tokenizer.json"
+        path.write_text("{")
     elif how == "truncated classifier.json":
         path = folder / "classifier.json"
         path.write_text(path.read_text()[:40])
@@ -301,7 +305,7 @@ def damage(folder: Path, how: str) -> Path:
 
 
 @pytest.mark.parametrize("how", ["truncated weights", "weights overwritten", "truncated classifier.json",
-                                 "empty config.json"])
+                                 "empty config.json", "truncated tokenizer.json"])
 def test_a_damaged_checkpoint_stops_the_server_at_start_naming_the_file(multilabel_checkpoint, tmp_path, how):
     folder = tmp_path / "checkpoint"
     shutil.copytree(multilabel_checkpoint, folder)
@@ -319,16 +323,32 @@ def test_a_damaged_checkpoint_stops_the_server_at_start_naming_the_file(multilab
 
 
 def test_damage_only_a_worker_can_find_stops_the_server_without_a_restart_loop(multilabel_checkpoint, tmp_path):
-    """A tokenizer file is read by the workers only: each fails to boot once, and gunicorn stops (status 3)."""
+    """Whole weights of another model pass the master's check; the worker fails to boot once and gunicorn stops
+    (status 3). One worker: with two, gunicorn's halt can meet the second boot failure and exit 1 instead."""
+    from safetensors.numpy import save_file
+
     folder = tmp_path / "checkpoint"
     shutil.copytree(multilabel_checkpoint, folder)
-    (folder / "tokenizer.json").write_text("{")
+    save_file({"other.weight": np.zeros((2, 2), dtype=np.float32)}, str(folder / "model.safetensors"))
     env = {"PATH": f"{VENV_BIN}:/usr/bin:/bin", "HOME": str(tmp_path), "LANG": "C.UTF-8",
-           "CHECKPOINT_PATH": str(folder), "HOST": "127.0.0.1", "PORT": str(free_port()), "WORKERS": "2"}
+           "CHECKPOINT_PATH": str(folder), "HOST": "127.0.0.1", "PORT": str(free_port()), "WORKERS": "1",
+           "BACKEND": "torch"}
     result = subprocess.run(server_command(), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     output = result.stdout + result.stderr
     assert result.returncode == 3, output[-3000:]
-    assert output.count("Booting worker") <= 2 and "Worker failed to boot" in output
+    assert output.count("Booting worker") == 1 and "Worker failed to boot" in output
+
+
+def test_weights_of_another_model_are_refused_not_filled_with_random_values(multilabel_checkpoint, tmp_path):
+    """transformers would initialise the missing weights at random and only warn; the toolkit names the file."""
+    from safetensors.numpy import save_file
+
+    from inferer import ModelInferer
+
+    folder = Path(shutil.copytree(multilabel_checkpoint, tmp_path / "checkpoint"))
+    save_file({"other.weight": np.zeros((2, 2), dtype=np.float32)}, str(folder / "model.safetensors"))
+    with pytest.raises(ValueError, match=r"model\.safetensors: \d+ weights of this \w+ classifier are missing"):
+        ModelInferer(folder)
 
 
 # --- a full disk under --mode predict --------------------------------------------------------------------------

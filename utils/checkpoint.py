@@ -23,6 +23,7 @@ FORMAT_VERSION = 2  # 1: the first format, without `format_version`, `text_colum
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"  # the transformers model config
 CLASSIFIER_FILE = "classifier.json"
+TOKENIZER_JSON_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")  # transformers' names
 TRAINING_CONFIG_FILE = "training_config.json"
 METRICS_FILE = "metrics.json"
 ONNX_FILES = {  # by serving backend
@@ -145,17 +146,20 @@ class CheckpointFolder:
         return self._checkpoint_id
 
     def verify(self, backend: str = "torch") -> None:
-        """Check, without loading a model, that the files a reader opens first are whole: `config.json` parses and
+        """Check, without loading a model, that the files a reader opens first are whole: `config.json` and the
+        tokenizer's JSON files parse, and
         the weights' safetensors header describes exactly the bytes the file holds (or the backend's ONNX graph is
         there). A CheckpointError names the damaged file. This catches a truncated, empty or overwritten file, not
         flipped bits inside the tensors: no digest of the weights is stored to compare with."""
-        config = self.path / CONFIG_FILE
-        try:
-            if not isinstance(json.loads(config.read_text()), dict):
-                raise ValueError("expected a JSON object")
-        except (OSError, ValueError) as error:
-            raise CheckpointError(f"{config}: unreadable ({error}); the checkpoint is damaged, train or copy it "
-                                  "again") from None
+        # the model config, and the tokenizer's JSON files where the folder has them
+        for path in [self.path / CONFIG_FILE] + [self.path / name for name in TOKENIZER_JSON_FILES
+                                                 if (self.path / name).exists()]:
+            try:
+                if not isinstance(json.loads(path.read_text()), dict):
+                    raise ValueError("expected a JSON object")
+            except (OSError, ValueError) as error:
+                raise CheckpointError(f"{path}: unreadable ({error}); the checkpoint is damaged, train or copy it "
+                                      "again") from None
         if backend != "torch":
             graph = self.onnx_file(backend)
             if not graph.is_file() or graph.stat().st_size == 0:
