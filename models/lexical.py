@@ -388,6 +388,7 @@ def fit_multilabel(x: Any, y: np.ndarray, x_val: Any, y_val: np.ndarray | None,
                    settings: LexicalSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, dict[str, Any]]:
     """One binary model per label; with validation, C by each label's ROC AUC or by their mean."""
     from joblib import Parallel, delayed
+    from tqdm.auto import tqdm
 
     cs = candidate_cs(settings, x_val is not None)
     num_labels = y.shape[1]
@@ -396,11 +397,13 @@ def fit_multilabel(x: Any, y: np.ndarray, x_val: Any, y_val: np.ndarray | None,
 
     # one process per core fits labels side by side (not threads: liblinear shuffles with one global generator);
     # each gets writable copies of the features (liblinear refuses joblib's read-only memory maps)
-    results: list[tuple[list[tuple[np.ndarray, float]], list[float]]] = Parallel(  # pyright: ignore
-        n_jobs=min(num_labels, len(os.sched_getaffinity(0))), max_nbytes=None)(
+    labels_in_order = Parallel(n_jobs=min(num_labels, len(os.sched_getaffinity(0))), max_nbytes=None,
+                               return_as="generator")(
         delayed(fit_label)(x, y[:, j], x_val, None if y_val is None else y_val[:, j],
                            None if ratios is None else ratios[j], cs, settings)
         for j in range(num_labels))
+    results: list[tuple[list[tuple[np.ndarray, float]], list[float]]] = list(  # pyright: ignore
+        tqdm(labels_in_order, total=num_labels, desc=f"tfidf member ({len(cs)} C each)", unit="label"))
     fits = {c: [results[j][0][k] for j in range(num_labels)] for k, c in enumerate(cs)}
     auc = np.array([results[j][1] for j in range(num_labels)], dtype=np.float64).T
     default = cs.index(settings.c)
