@@ -55,9 +55,9 @@ def brute_force_best_f1(y_true, scores):
 def test_roc_auc_and_best_threshold_by_hand():
     y_true = np.array([[1], [0], [1], [0]], dtype=np.float32)
     probs = np.array([[0.9], [0.8], [0.3], [0.1]])
-    metrics = compute_metrics("multilabel", y_true, probs, ["x"], tune_thresholds(y_true, probs))
+    metrics = compute_metrics("multilabel", y_true, probs, ["x"], tune_thresholds(y_true, probs, "per_label"))
     assert metrics["mean_roc_auc"] == pytest.approx(0.75)  # 3 of the 4 positive-negative pairs in order
-    assert metrics["per_label"]["x"]["threshold"] == pytest.approx(0.3)
+    assert metrics["per_label"]["x"]["threshold"] == pytest.approx(0.2)  # midway between 0.3 (kept) and 0.1
     assert metrics["per_label"]["x"]["f1_at_tuned"] == pytest.approx(0.8)  # P 2/3, R 1
     assert metrics["per_label"]["x"]["f1_at_0.5"] == pytest.approx(0.5)  # P 1/2, R 1/2
 
@@ -128,6 +128,30 @@ def test_global_threshold_reaches_the_best_micro_f1(multilabel_arrays):
     assert len(set(thresholds.tolist())) == 1
     micro = f1_score(y_true, probs >= thresholds, average="micro")
     assert micro == pytest.approx(brute_force_best_f1(y_true.ravel(), probs.ravel()), abs=1e-12)
+
+
+def test_shrunk_thresholds_lean_towards_the_pooled_one_where_positives_are_few(multilabel_arrays):
+    from scipy.special import logit
+
+    from utils.evaluation.metrics import THRESHOLD_SHRINKAGE, pooled_threshold
+
+    y_true, probs = multilabel_arrays
+    y_true = y_true.copy()
+    y_true[:, 3] = 0  # a label without validation positives takes the pooled threshold
+    own, pooled = tune_thresholds(y_true, probs, "per_label"), pooled_threshold(y_true, probs)
+    shrunk = tune_thresholds(y_true, probs)  # the default
+    positives = y_true.sum(axis=0)
+    share = (logit(shrunk) - logit(pooled)) / (logit(own) - logit(pooled))
+    np.testing.assert_allclose(share[:3], positives[:3] / (positives[:3] + THRESHOLD_SHRINKAGE), atol=1e-9)
+    assert shrunk[3] == pytest.approx(pooled, abs=1e-12)
+    macro = f1_score(y_true[:, :3], probs[:, :3] >= pooled, average="macro")
+    for other in (0.3, 0.5, 0.7):  # the pooled value is macro-F1's best single threshold
+        assert macro >= f1_score(y_true[:, :3], probs[:, :3] >= other, average="macro") - 1e-12
+
+
+def test_a_tuned_threshold_sits_midway_below_the_lowest_kept_score():
+    y_true, scores = np.array([1, 1, 0, 1, 0]), np.array([0.9, 0.8, 0.6, 0.4, 0.2])
+    assert best_f1_threshold(y_true, scores) == pytest.approx(0.3)  # keeps 0.9, 0.8, 0.6, 0.4 (F1 6/7)
 
 
 def test_fixed_thresholds_are_one_half(multilabel_arrays):

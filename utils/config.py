@@ -93,8 +93,9 @@ class Config:
     # evaluation and checkpoints
     eval_every: int = _opt(0, "Evaluate every N optimizer steps (0: once per epoch).")
     early_stopping_patience: int = _opt(0, "Stop after N evaluations without improvement (0: never).")
-    threshold_strategy: str = _opt("per_label", "Multi-label thresholds tuned on validation for F1.",
-                                   ("per_label", "global", "fixed"))
+    threshold_strategy: str = _opt("shrunk", "Multi-label thresholds tuned on validation for F1: each label's "
+                                   "own, shrunk towards one pooled value where the label has few positives.",
+                                   ("shrunk", "per_label", "global", "fixed"))
     output_dir: str = _opt("outputs/run", "Folder for the checkpoint, logs and reports.")
     resume_from_checkpoint: str | None = _opt(
         None, "Training state folder to resume from, or 'auto' for the latest one in --output-dir.")
