@@ -18,7 +18,7 @@ from utils.config import make_config
 from utils.data.prepare import DataSplits, prepare_splits
 from utils.data.readers import LabeledTexts
 from utils.evaluation.metrics import PRIMARY_METRIC, compute_metrics
-from utils.training.optim import loss_weights, parameter_groups
+from utils.training.optim import freeze, loss_weights, parameter_groups
 from utils.training.state import Progress
 
 TOXIC_LABELS = ["toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate"]
@@ -163,6 +163,19 @@ def test_freeze_encoder_trains_only_the_head(tmp_path, tiny_trainer, tiny_bert, 
     unfrozen = load_file(str(multiclass_checkpoint / "model.safetensors"))
     key = "bert.encoder.layer.0.attention.self.query.weight"
     assert not torch.equal(unfrozen[key], backbone[key.removeprefix("bert.")])
+
+
+def test_freeze_layers_trains_the_upper_layers_only(tmp_path, tiny_trainer, tiny_bert, conference_csv):
+    result = tiny_trainer(tmp_path, tiny_bert, "bert", "multiclass", conference_csv, freeze_layers=1, **SHORT)
+    backbone = load_file(str(tiny_bert / "model.safetensors"))
+    trained = load_file(str(result.checkpoint / "model.safetensors"))
+    for key, value in trained.items():
+        if key.startswith("bert.") and "pooler" not in key:
+            frozen = "embeddings" in key or ".layer.0." in key
+            assert torch.equal(value, backbone[key.removeprefix("bert.")]) == frozen, key
+    with pytest.raises(ValueError, match="--freeze-layers 2: the encoder has 2 layers"):
+        freeze(build_classifier("bert", "multiclass", str(tiny_bert), ["a", "b"], "mean"),
+               make_config(freeze_layers=2))
 
 
 def test_early_stopping_stops_when_nothing_improves(tmp_path, tiny_trainer, tiny_bert, conference_csv):

@@ -67,6 +67,8 @@ class Config:
     truncation: str = _opt("head_tail", "Keep the head of long texts, or head and tail.", ("head", "head_tail"))
     freeze_encoder: bool = _opt(False, "Train only the classification head.")
     freeze_embeddings: bool = _opt(True, "Keep the word embeddings fixed (faster; they barely move).")
+    freeze_layers: int = _opt(0, "Also fix all embeddings and the lowest N encoder layers (no backward pass "
+                              "through them).")
     # optimisation
     epochs: float = _opt(2.0, "Passes over the training rows (fractions allowed).")
     batch_size: int = _opt(32, "Texts per optimizer step and process, before accumulation.")

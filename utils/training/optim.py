@@ -55,10 +55,20 @@ def parameter_groups(model: PreTrainedModel, config: Config) -> list[dict[str, A
 
 
 def freeze(model: PreTrainedModel, config: Config) -> None:
+    """Fix the parts of the model that training leaves alone; gradients then stop above the frozen layers."""
     if config.freeze_encoder:
         model.base_model.requires_grad_(False)
-    elif config.freeze_embeddings:
+        return
+    if config.freeze_embeddings:
         model.get_input_embeddings().requires_grad_(False)
+    if config.freeze_layers:
+        num_layers = getattr(model.config, "num_hidden_layers", None) or model.config.n_layers
+        if config.freeze_layers >= num_layers:
+            raise ValueError(f"--freeze-layers {config.freeze_layers}: the encoder has {num_layers} layers; "
+                             "--freeze-encoder trains the head alone")
+        for name, param in model.base_model.named_parameters():
+            if layer_depth(name, num_layers) <= config.freeze_layers:  # the embeddings, then layers 0 .. N-1
+                param.requires_grad_(False)
 
 
 def bytes_needed(model: PreTrainedModel, keep_last: int) -> int:
