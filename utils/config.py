@@ -89,7 +89,8 @@ class Config:
     loss: str = _opt("bce", "Multi-label loss.", ("bce", "focal"))
     focal_gamma: float = _opt(2.0, "Focusing parameter of the focal loss.")
     pos_weight: str = _opt("auto", "Multi-label positive weights: auto ((N-pos)/pos, capped), none, or v1,v2,..")
-    pos_weight_cap: float = _opt(10.0, "Upper bound of an automatic pos_weight.")
+    # 100 rather than 10 lifted validation ROC AUC on toxic (0.9504 -> 0.9562) and goemotions (0.9184 -> 0.9240)
+    pos_weight_cap: float = _opt(100.0, "Upper bound of an automatic pos_weight.")
     class_weights: str = _opt("none", "Multi-class weights: auto (balanced), none, or v1,v2,..")
     label_smoothing: float = _opt(0.0, "Multi-class label smoothing.")
     # evaluation and checkpoints
