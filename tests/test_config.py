@@ -111,4 +111,6 @@ def test_the_shipped_toxic_recipe_sets_its_documented_fields():
     recipe = Path(__file__).resolve().parents[1] / "configs" / "toxic_30min.yaml"
     config = parse_config(["--config", str(recipe)], DATASET_PROFILES)
     assert (config.task, config.data, config.epochs, config.max_length) == ("multilabel", "toxic", 3.0, 64)
+    assert config.freeze_layers == 0  # the file's 0 sits above the toxic profile's 3
+    assert parse_config(["--task", "multilabel"], DATASET_PROFILES).freeze_layers == 3  # what make demo runs
     assert parse_config(["--config", str(recipe), "--epochs", "2"], DATASET_PROFILES).epochs == 2.0
