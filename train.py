@@ -296,6 +296,9 @@ def finish(state: Run) -> TrainResult:
         scores = blend.scores(config.task, members[TRANSFORMER], members[LEXICAL])
         state.say(f"{LEXICAL} member fitted and blended in {blend.seconds:.0f} s; transformer share "
                   + ", ".join(f"{w:.2f}" for w in blend.weights))
+        if blend.lexical.fit_report.get("unconverged_fits"):  # liblinear's own warning, once per fit, is muted
+            state.say(f"{LEXICAL} member: {blend.lexical.fit_report['unconverged_fits']} of its logistic "
+                      f"regressions stopped at max_iter={blend.lexical.settings.max_iter} before converging")
     thresholds = (tune_thresholds(splits.validation.labels, scores, config.threshold_strategy)
                   if config.task == "multilabel" else None)
     best_metrics = compute_metrics(config.task, splits.validation.labels, scores, splits.label_names, thresholds)

@@ -13,6 +13,7 @@ import os
 import re
 import time
 import unicodedata
+import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -368,20 +369,25 @@ def candidate_cs(settings: LexicalSettings, has_validation: bool) -> list[float]
 
 
 def fit_label(x: Any, y: np.ndarray, x_val: Any, y_val: np.ndarray | None, ratios: np.ndarray | None,
-              cs: list[float], settings: LexicalSettings) -> tuple[list[tuple[np.ndarray, float]], list[float]]:
-    """One label's model at each C, and each one's validation ROC AUC (NaN without two validation classes)."""
+              cs: list[float], settings: LexicalSettings) -> tuple[list[tuple[np.ndarray, float]], list[float], int]:
+    """One label's model at each C, each one's validation ROC AUC (NaN without two validation classes), and how
+    many of the fits stopped at max_iter before converging (counted here, not warned once per fit)."""
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.metrics import roc_auc_score
 
     if ratios is not None:
         x = x.multiply(ratios).tocsr()
         x_val = x_val.multiply(ratios).tocsr() if x_val is not None else None
     scored = x_val is not None and y_val is not None and len(np.unique(y_val)) == 2
-    pairs, aucs = [], []
+    pairs, aucs, unconverged = [], [], 0
     for c in cs:
-        coef, intercept = binary_logistic(x, y, c, settings)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvergenceWarning)
+            coef, intercept = binary_logistic(x, y, c, settings)
+        unconverged += sum(issubclass(w.category, ConvergenceWarning) for w in caught)
         pairs.append((coef, intercept))
         aucs.append(float(roc_auc_score(y_val, x_val @ coef + intercept)) if scored else np.nan)
-    return pairs, aucs
+    return pairs, aucs, unconverged
 
 
 def fit_multilabel(x: Any, y: np.ndarray, x_val: Any, y_val: np.ndarray | None,
@@ -402,7 +408,7 @@ def fit_multilabel(x: Any, y: np.ndarray, x_val: Any, y_val: np.ndarray | None,
         delayed(fit_label)(x, y[:, j], x_val, None if y_val is None else y_val[:, j],
                            None if ratios is None else ratios[j], cs, settings)
         for j in range(num_labels))
-    results: list[tuple[list[tuple[np.ndarray, float]], list[float]]] = list(  # pyright: ignore
+    results: list[tuple[list[tuple[np.ndarray, float]], list[float], int]] = list(  # pyright: ignore
         tqdm(labels_in_order, total=num_labels, desc=f"tfidf member ({len(cs)} C each)", unit="label"))
     fits = {c: [results[j][0][k] for j in range(num_labels)] for k, c in enumerate(cs)}
     auc = np.array([results[j][1] for j in range(num_labels)], dtype=np.float64).T
@@ -416,7 +422,7 @@ def fit_multilabel(x: Any, y: np.ndarray, x_val: Any, y_val: np.ndarray | None,
         chosen = [int(np.nanargmax(np.nanmean(auc, axis=1)))] * num_labels
     coef = np.stack([fits[cs[k]][j][0] for j, k in enumerate(chosen)])
     intercept = np.array([fits[cs[k]][j][1] for j, k in enumerate(chosen)])
-    report = {"c_per_label": [cs[k] for k in chosen],
+    report = {"c_per_label": [cs[k] for k in chosen], "unconverged_fits": sum(r[2] for r in results),
               "validation_roc_auc": {str(c): [None if np.isnan(v) else float(v) for v in auc[k]]
                                      for k, c in enumerate(cs)} if x_val is not None else None}
     if x_val is not None:

@@ -110,6 +110,17 @@ def test_multilabel_scores_equal_sklearn_predict_proba(toxic):
                                    rtol=0, atol=SCORE_TOLERANCE)
 
 
+def test_fits_stopped_at_max_iter_are_counted_not_warned_per_fit(toxic, recwarn):
+    fit_texts, fit_labels, other_texts, other_labels = toxic
+    settings = LexicalSettings(c_grid=(0.5, 8.0), max_iter=1)
+    model = LexicalModel.fit(fit_texts, fit_labels, "multilabel", settings, validation=(other_texts, other_labels))
+    assert 0 < model.fit_report["unconverged_fits"] <= 3 * fit_labels.shape[1]  # 3 C values per label
+    assert not [w for w in recwarn if "converge" in str(w.message)]
+    converged = LexicalModel.fit(fit_texts, fit_labels, "multilabel", LexicalSettings(c_grid=(0.5,)),
+                                 validation=(other_texts, other_labels))
+    assert converged.fit_report["unconverged_fits"] == 0
+
+
 def test_c_is_chosen_on_validation(toxic):
     fit_texts, fit_labels, other_texts, other_labels = toxic
     settings = LexicalSettings(c_grid=(0.5, 8.0), c=2.0, c_per_label=True)
