@@ -41,6 +41,7 @@ from utils.config import make_config  # noqa: E402
 from utils.data.prepare import read_test_set  # noqa: E402
 from utils.data.readers import LabeledTexts  # noqa: E402
 from utils.evaluation.metrics import compute_metrics  # noqa: E402
+from utils.training.optim import encoder_layers  # noqa: E402
 
 RESULTS = results_path("bench_inference.json")
 PLOT = figure_path("bench_inference.png")
@@ -110,7 +111,7 @@ def flops_per_text(inferer: ModelInferer, tokens: float) -> float:
     """2 x (weights in the encoder's matrix products) x tokens, plus attention's two T x T products per layer."""
     model = inferer.model  # the torch backend's module
     config = model.config
-    layers = getattr(config, "num_hidden_layers", None) or config.n_layers
+    layers = encoder_layers(model)
     hidden = getattr(config, "hidden_size", None) or config.dim
     encoder = model.base_model.transformer if hasattr(model.base_model, "transformer") else model.base_model.encoder
     matmul_params = sum(m.weight.numel() for m in encoder.modules() if isinstance(m, torch.nn.Linear))

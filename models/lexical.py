@@ -410,7 +410,6 @@ def fit_multilabel(x: Any, y: np.ndarray, x_val: Any, y_val: np.ndarray | None,
         for j in range(num_labels))
     results: list[tuple[list[tuple[np.ndarray, float]], list[float], int]] = list(  # pyright: ignore
         tqdm(labels_in_order, total=num_labels, desc=f"tfidf member ({len(cs)} C each)", unit="label"))
-    fits = {c: [results[j][0][k] for j in range(num_labels)] for k, c in enumerate(cs)}
     auc = np.array([results[j][1] for j in range(num_labels)], dtype=np.float64).T
     default = cs.index(settings.c)
     if x_val is None:
@@ -420,8 +419,8 @@ def fit_multilabel(x: Any, y: np.ndarray, x_val: Any, y_val: np.ndarray | None,
                   for j in range(num_labels)]
     else:
         chosen = [int(np.nanargmax(np.nanmean(auc, axis=1)))] * num_labels
-    coef = np.stack([fits[cs[k]][j][0] for j, k in enumerate(chosen)])
-    intercept = np.array([fits[cs[k]][j][1] for j, k in enumerate(chosen)])
+    coef = np.stack([results[j][0][k][0] for j, k in enumerate(chosen)])
+    intercept = np.array([results[j][0][k][1] for j, k in enumerate(chosen)])
     report = {"c_per_label": [cs[k] for k in chosen], "unconverged_fits": sum(r[2] for r in results),
               "validation_roc_auc": {str(c): [None if np.isnan(v) else float(v) for v in auc[k]]
                                      for k, c in enumerate(cs)} if x_val is not None else None}

@@ -137,7 +137,7 @@ def tune_thresholds(y_true: np.ndarray, probs: np.ndarray, strategy: str = "shru
         return own
     positives = y_true.sum(axis=0)
     weight = positives / (positives + THRESHOLD_SHRINKAGE)
-    return expit(weight * logit(own) + (1 - weight) * logit(np.full(num_labels, pooled_threshold(y_true, probs))))
+    return expit(weight * logit(own) + (1 - weight) * logit(pooled_threshold(y_true, probs)))
 
 
 def multiclass_metrics(y_true: np.ndarray, probs: np.ndarray, label_names: list[str]) -> dict[str, Any]:

@@ -29,6 +29,11 @@ def loss_weights(config: Config, splits: DataSplits) -> np.ndarray | None:
     return parse_weights(config.class_weights, count, "class-weights")
 
 
+def encoder_layers(model: PreTrainedModel) -> int:
+    """How many transformer layers the encoder has (DistilBERT's config names it n_layers)."""
+    return getattr(model.config, "num_hidden_layers", None) or model.config.n_layers
+
+
 def layer_depth(name: str, num_layers: int) -> int:
     """0 for embeddings, i + 1 for encoder layer i, num_layers + 1 for the pooler and head."""
     if "embeddings" in name:
@@ -39,7 +44,7 @@ def layer_depth(name: str, num_layers: int) -> int:
 
 def parameter_groups(model: PreTrainedModel, config: Config) -> list[dict[str, Any]]:
     """AdamW groups: layer-wise decayed learning rates, and no weight decay on biases and LayerNorm."""
-    num_layers = getattr(model.config, "num_hidden_layers", None) or model.config.n_layers
+    num_layers = encoder_layers(model)
     head_lr = config.head_learning_rate or config.learning_rate
     groups: dict[tuple[int, bool], dict[str, Any]] = {}
     for name, param in model.named_parameters():
@@ -62,7 +67,7 @@ def freeze(model: PreTrainedModel, config: Config) -> None:
     if config.freeze_embeddings:
         model.get_input_embeddings().requires_grad_(False)
     if config.freeze_layers:
-        num_layers = getattr(model.config, "num_hidden_layers", None) or model.config.n_layers
+        num_layers = encoder_layers(model)
         if config.freeze_layers >= num_layers:
             raise ValueError(f"--freeze-layers {config.freeze_layers}: the encoder has {num_layers} layers; "
                              "--freeze-encoder trains the head alone")
