@@ -114,6 +114,11 @@ class CheckpointFolder:
     def onnx_file(self, backend: str) -> Path:
         return self.path / ONNX_FILES[backend]
 
+    def has_graph(self, backend: str) -> bool:
+        """Whether export wrote the backend's graph here (a file, not empty)."""
+        graph = self.onnx_file(backend)
+        return graph.is_file() and graph.stat().st_size > 0
+
     def variants(self) -> VariantsReport | None:
         """What export measured, if it did, for these weights; None otherwise (or for a damaged file)."""
         path = self.path / VARIANTS_FILE
@@ -161,9 +166,9 @@ class CheckpointFolder:
                 raise CheckpointError(f"{path}: unreadable ({error}); the checkpoint is damaged, train or copy it "
                                       "again") from None
         if backend != "torch":
-            graph = self.onnx_file(backend)
-            if not graph.is_file() or graph.stat().st_size == 0:
-                raise CheckpointError(f"{graph}: missing or empty; run `main.py --mode export` on the checkpoint")
+            if not self.has_graph(backend):
+                raise CheckpointError(f"{self.onnx_file(backend)}: missing or empty; run `main.py --mode export` on "
+                                      "the checkpoint")
             return
         from safetensors import safe_open  # reads only the header, and checks it against the file's size
 

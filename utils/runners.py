@@ -167,7 +167,7 @@ def choose_backend(folder: CheckpointFolder, requested: str = AUTO, torch_only: 
     if torch_only:
         return BackendChoice(AUTO, "torch", f"{torch_only} runs in PyTorch only", None, metric, budget)
     runnable = [v for v in (report.variants if report else [])
-                if engine_installed(v.backend) and (v.backend == "torch" or _graph_present(folder, v.backend))]
+                if engine_installed(v.backend) and (v.backend == "torch" or folder.has_graph(v.backend))]
     within = [v for v in runnable if v.cost is not None and v.cost <= budget]
     if within:
         best = max(within, key=lambda v: v.texts_per_s)
@@ -178,14 +178,9 @@ def choose_backend(folder: CheckpointFolder, requested: str = AUTO, torch_only: 
     if engine_installed("torch"):
         return BackendChoice(AUTO, "torch", f"{why}: the PyTorch model", None, metric, budget)
     for backend in ("onnx-fused", "onnx"):
-        if _graph_present(folder, backend) and engine_installed(backend):
+        if folder.has_graph(backend) and engine_installed(backend):
             return BackendChoice(AUTO, backend, f"{why} and torch is not installed: the float32 graph",
                                  report.record(backend) if report else None, metric, budget)
     raise FileNotFoundError(f"{folder.path}: BACKEND=auto found nothing to run here: torch is not installed and "
                             "the checkpoint has no exported float32 graph; run `python main.py --mode export "
                             f"--checkpoint {folder.path}` where torch is, or install torch")
-
-
-def _graph_present(folder: CheckpointFolder, backend: str) -> bool:
-    graph = folder.onnx_file(backend)
-    return graph.is_file() and graph.stat().st_size > 0
