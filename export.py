@@ -245,20 +245,21 @@ def measure_variants(checkpoint: str | Path, data: LabeledTexts, backends: list[
     torch.set_num_threads(torch_threads)
     reference = inferers["torch"]
     metric = QUALITY_METRIC[reference.task]
+    stacked = {name: np.vstack(parts) for name, parts in scores.items()}
 
     def value(name: str) -> float | None:
-        figures = compute_metrics(reference.task, data.labels, np.vstack(scores[name]), reference.label_names,
+        figures = compute_metrics(reference.task, data.labels, stacked[name], reference.label_names,
                                   reference.thresholds)
         return figures.get(metric)
 
-    baseline, reference_scores = value("torch"), np.vstack(scores["torch"])
+    values = {name: value(name) for name in inferers}
+    baseline = values["torch"]
     records = []
-    for name in inferers:
-        measured = value(name)
+    for name, measured in values.items():
         cost = baseline - measured if baseline is not None and measured is not None else None
         records.append(VariantRecord(backend=name, texts_per_s=len(data) / seconds[name], value=measured,
-                                     cost=cost, max_score_difference=float(np.abs(np.vstack(scores[name])
-                                                                                  - reference_scores).max())))
+                                     cost=cost, max_score_difference=float(np.abs(stacked[name]
+                                                                                  - stacked["torch"]).max())))
     return VariantsReport(checkpoint_id=reference.checkpoint_id, metric=metric, rows=len(data),
                           batch_size=batch_size, threads=threads, machine=cpu_model(),
                           measured_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), variants=records)
