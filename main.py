@@ -10,13 +10,12 @@ from transformers.utils import logging as hf_logging
 
 from utils.config import parse_config
 from utils.data.readers import DataError
-from utils.profiles import DATASET_PROFILES
 
 
 def main(argv: list[str] | None = None) -> int:
     hf_logging.set_verbosity_error()
     try:
-        config = parse_config(argv, DATASET_PROFILES)
+        config = parse_config(argv)
         if config.mode == "train":
             import eval as evaluation
             import train

@@ -9,14 +9,14 @@ import importlib.util
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import broadcast_object_list, set_seed
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 
@@ -29,8 +29,16 @@ from utils.encoding import encode, pad_token_id
 from utils.evaluation.metrics import PRIMARY_METRIC, compute_metrics, tune_thresholds
 from utils.precision import accelerate_mixed_precision, resolve_precision
 from utils.training.batching import EncodedDataset, PaddingCollator, training_loader
-from utils.training.ensemble import fit_blend, member_metrics
+from utils.training.ensemble import FittedMember, fit_blend, fit_member, member_metrics
 from utils.training.optim import bytes_needed, freeze, loss_weights, parameter_groups
+from utils.training.recipe import (
+    RECIPE_FIELDS,
+    DataShape,
+    Recipe,
+    choose_recipe,
+    default_budget_seconds,
+    measure_step_cost,
+)
 from utils.training.signals import StopRequest, TrainingInterrupted
 from utils.training.state import (
     Progress,
@@ -73,6 +81,8 @@ class Run:
     steps_per_epoch: int
     started: float
     progress: Progress
+    recipe: Recipe
+    member: FittedMember | None = None
     best_state: dict[str, torch.Tensor] | None = None
     random_states_to_restore: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None
     tracking: bool = False
@@ -122,8 +132,15 @@ def set_up(config: Config) -> Run:
     for note in splits.notes:
         accelerator.print(note)
     tokenizer = AutoTokenizer.from_pretrained(backbone)
+    model = build_classifier(config.model_type, config.task, backbone, splits.label_names, config.pooling)
+    freeze(model, config)  # what the user fixed (embeddings, the encoder); the recipe may fix more layers
+    member = fit_member(config.task, splits) if config.ensemble != "none" else None
+    if member is not None:
+        accelerator.print(f"{LEXICAL} member fitted in {member.seconds:.0f} s")
+    recipe = plan_recipe(config, splits, tokenizer, model, member, accelerator)
+    assert config.epochs is not None and config.max_length is not None  # the recipe leaves nothing unset
     train_set, validation_set = encode_splits(splits, tokenizer, config, accelerator)
-    model = build_model(config, splits, backbone, accelerator)
+    prepare_model(model, config, splits, accelerator)
     generator = torch.Generator()
     loader = training_loader(train_set, tokenizer, config.batch_size, generator, config.num_workers)
     optimizer = torch.optim.AdamW(parameter_groups(model, config), lr=config.learning_rate)
@@ -134,7 +151,7 @@ def set_up(config: Config) -> Run:
                                               config.pooling, config.max_length))
     state = Run(config, accelerator, splits, tokenizer, model, optimizer, scheduler, loader, generator,
                 validation_set, PaddingCollator(pad_token_id(tokenizer)), backbone, precision, total_steps,
-                steps_per_epoch, started, progress, tracking=tracking)
+                steps_per_epoch, started, progress, recipe, member, tracking=tracking)
     resume(state)
     state.model, state.optimizer, state.loader, state.scheduler = accelerator.prepare(model, optimizer, loader,
                                                                                       scheduler)
@@ -157,9 +174,58 @@ def encode_splits(splits: DataSplits, tokenizer: PreTrainedTokenizerBase, config
     return EncodedDataset(train_encoded.input_ids, splits.train.labels), EncodedDataset(validation_encoded.input_ids)
 
 
-def build_model(config: Config, splits: DataSplits, backbone: str, accelerator: Accelerator) -> PreTrainedModel:
-    """The pretrained encoder with a new head, its frozen parts and its loss; the output folder checked."""
-    model = build_classifier(config.model_type, config.task, backbone, splits.label_names, config.pooling)
+def plan_recipe(config: Config, splits: DataSplits, tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel,
+                member: FittedMember | None, accelerator: Accelerator) -> Recipe:
+    """The recipe's choice of every unset setting, written into `config`; a resumed run keeps its saved recipe.
+
+    The main process measures and chooses; every process takes its choice, so that all train alike."""
+    output_dir = Path(config.output_dir)
+    recipe = Recipe.load(output_dir) if config.resume_from_checkpoint else None
+    if recipe is None:
+        given = {name: getattr(config, name) for name in RECIPE_FIELDS}
+        shape = data_shape(config.task, splits, tokenizer, model, config.seed)
+        needs_speed = any(given[name] is None for name in ("max_length", "epochs", "freeze_layers"))
+        cost = None
+        if needs_speed and accelerator.is_main_process:
+            sample = tokenizer(splits.train.texts[:config.batch_size], truncation=False)["input_ids"]
+            cost = measure_step_cost(model, sample, pad_token_id(tokenizer), config.batch_size)
+        budget = (60 * config.time_budget if config.time_budget is not None
+                  else default_budget_seconds(len(splits.train)))
+        recipe = choose_recipe(shape, cost, given, config.batch_size * accelerator.num_processes, budget,
+                               member.seconds if member is not None else 0.0, config.export_onnx)
+        if accelerator.num_processes > 1:
+            recipe = broadcast_object_list([recipe])[0]
+        if accelerator.is_main_process:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            recipe.save(output_dir)
+    for name, value in recipe.values.items():
+        setattr(config, name, value)
+    accelerator.print(recipe.describe())
+    return recipe
+
+
+def data_shape(task: str, splits: DataSplits, tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel,
+               seed: int, sample_rows: int = 5000) -> DataShape:
+    """Rows, labels and the untruncated token lengths of (a seeded sample of up to 5,000) training texts."""
+    texts = splits.train.texts
+    if len(texts) > sample_rows:
+        rows = np.random.default_rng(seed).choice(len(texts), sample_rows, replace=False)
+        texts = [texts[i] for i in sorted(rows)]
+    lengths = tuple(len(ids) for ids in tokenizer(texts, truncation=False)["input_ids"])
+    return DataShape(task, len(splits.train), len(splits.validation), len(splits.label_names), lengths,
+                     position_limit(model, tokenizer))
+
+
+def position_limit(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> int:
+    """The most tokens the backbone takes: its position embeddings (RoBERTa's first two are reserved)."""
+    positions = getattr(model.config, "max_position_embeddings", 512)
+    if model.config.model_type == "roberta":
+        positions -= 2
+    return int(min(positions, tokenizer.model_max_length))
+
+
+def prepare_model(model: PreTrainedModel, config: Config, splits: DataSplits, accelerator: Accelerator) -> None:
+    """The recipe's frozen layers and the loss; the output folder checked."""
     if accelerator.is_main_process:
         check_writable(Path(config.output_dir), bytes_needed(model, config.keep_last))
     freeze(model, config)
@@ -168,7 +234,6 @@ def build_model(config: Config, splits: DataSplits, backbone: str, accelerator: 
     if weights is not None:
         accelerator.print("loss weights: " + ", ".join(
             f"{name}={weight:.2f}" for name, weight in zip(splits.label_names, weights, strict=True)))
-    return model
 
 
 def resume(state: Run) -> None:
@@ -291,14 +356,21 @@ def finish(state: Run) -> TrainResult:
                                accelerator)
     members = {TRANSFORMER: scores}
     blend = None
-    if config.ensemble == LEXICAL:  # on every process alike: all of them report the same metrics
-        blend, members[LEXICAL] = fit_blend(config.task, splits, scores)
-        scores = blend.scores(config.task, members[TRANSFORMER], members[LEXICAL])
-        state.say(f"{LEXICAL} member fitted and blended in {blend.seconds:.0f} s; transformer share "
-                  + ", ".join(f"{w:.2f}" for w in blend.weights))
-        if blend.lexical.fit_report.get("unconverged_fits"):  # liblinear's own warning, once per fit, is muted
-            state.say(f"{LEXICAL} member: {blend.lexical.fit_report['unconverged_fits']} of its logistic "
-                      f"regressions stopped at max_iter={blend.lexical.settings.max_iter} before converging")
+    validation_members = {}
+    if state.member is not None:  # on every process alike: all of them report the same metrics
+        blend = fit_blend(config.task, splits, scores, state.member)
+        validation_members = {TRANSFORMER: scores, LEXICAL: state.member.validation_scores}
+        if np.all(blend.weights >= 1.0):
+            state.say(f"{LEXICAL} member left out: the transformer alone scored best on validation")
+            blend = None
+        else:
+            members[LEXICAL] = state.member.validation_scores
+            scores = blend.scores(config.task, members[TRANSFORMER], members[LEXICAL])
+            state.say(f"{LEXICAL} member blended; transformer share " + ", ".join(f"{w:.2f}" for w in blend.weights))
+        report = state.member.lexical.fit_report
+        if report.get("unconverged_fits"):  # liblinear's own warning, once per fit, is muted
+            state.say(f"{LEXICAL} member: {report['unconverged_fits']} of its logistic regressions stopped at "
+                      f"max_iter={state.member.lexical.settings.max_iter} before converging")
     thresholds = (tune_thresholds(splits.validation.labels, scores, config.threshold_strategy)
                   if config.task == "multilabel" else None)
     best_metrics = compute_metrics(config.task, splits.validation.labels, scores, splits.label_names, thresholds)
@@ -306,9 +378,10 @@ def finish(state: Run) -> TrainResult:
     if accelerator.is_main_process:
         summary = {"validation": best_metrics, "steps": state.progress.step,
                    "train_seconds": round(time.time() - state.started, 1), "train_rows": len(splits.train),
-                   "validation_rows": len(splits.validation), "data_notes": splits.notes}
-        if blend is not None:
-            summary["validation_members"] = member_metrics(config.task, splits, members)
+                   "validation_rows": len(splits.validation), "data_notes": splits.notes,
+                   "recipe": asdict(state.recipe)}
+        if validation_members:
+            summary["validation_members"] = member_metrics(config.task, splits, validation_members)
         info = ClassifierInfo(task=config.task, labels=splits.label_names,
                               thresholds=thresholds.tolist() if thresholds is not None else None,
                               max_length=config.max_length, truncation=config.truncation, pooling=config.pooling,

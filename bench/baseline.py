@@ -35,7 +35,6 @@ from utils.config import Config, parse_config  # noqa: E402
 from utils.data.datasets import BUILTIN_DATASETS  # noqa: E402
 from utils.data.prepare import DataSplits, prepare_splits  # noqa: E402
 from utils.evaluation.metrics import PRIMARY_METRIC, compute_metrics, tune_thresholds  # noqa: E402
-from utils.profiles import DATASET_PROFILES  # noqa: E402
 
 
 @dataclass
@@ -78,9 +77,9 @@ class Features:
 
 
 def load_splits(data: str) -> tuple[Config, DataSplits]:
-    """The splits `main.py --data <data>` trains on: same defaults, dataset profile and seed."""
+    """The splits `main.py --data <data>` trains on: same defaults and seed."""
     task = BUILTIN_DATASETS[data].task
-    config = parse_config(["--task", task, "--data", data], DATASET_PROFILES)
+    config = parse_config(["--task", task, "--data", data])
     return config, prepare_splits(config)
 
 

@@ -43,7 +43,6 @@ from utils.config import parse_config  # noqa: E402
 from utils.data.datasets import BUILTIN_DATASETS  # noqa: E402
 from utils.data.prepare import DataSplits, prepare_splits  # noqa: E402
 from utils.evaluation.metrics import compute_metrics, tune_thresholds  # noqa: E402
-from utils.profiles import DATASET_PROFILES  # noqa: E402
 
 # one change at a time against the base (the baseline's settings: the starting point of the measurements)
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -78,7 +77,7 @@ BASE = LexicalSettings(word_ngrams=(1, 2), char_ngrams=(2, 5), min_df=2, strip_a
 def load_splits(data: str) -> tuple[str, DataSplits]:
     """Exactly the rows `main.py --data <data>` trains, validates and tests on."""
     task = BUILTIN_DATASETS[data].task
-    config = parse_config(["--task", task, "--data", data], DATASET_PROFILES)
+    config = parse_config(["--task", task, "--data", data])
     return task, prepare_splits(config)
 
 

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 LAYERS = [
     ("base", ["models", "utils/__init__.py", "utils/atomic.py", "utils/checkpoint.py", "utils/encoding.py",
               "utils/explain.py", "utils/precision.py", "utils/runners.py", "utils/scoring.py"]),
-    ("settings", ["utils/config.py", "utils/profiles.py"]),
+    ("settings", ["utils/config.py"]),
     ("data", ["utils/data"]),
     ("metrics", ["utils/evaluation"]),
     ("training", ["utils/training", "train.py"]),

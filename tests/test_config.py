@@ -47,13 +47,13 @@ def test_label_columns_flag_splits_commas_and_repeats():
     assert config.label_columns == ["toxic", "insult", "threat"]
 
 
-def test_profile_sits_under_file_and_flags_and_only_in_train_mode(tmp_path):
-    profiles = {"toxic": {"batch_size": 7, "epochs": 5.0, "max_length": 99}}
+def test_config_file_sits_under_flags_and_unset_recipe_fields_stay_auto(tmp_path):
     path = tmp_path / "run.yaml"
-    path.write_text("epochs: 1\n")
-    config = parse_config(["--config", str(path), "--max-length", "16"], profiles)
+    path.write_text("epochs: 1\nbatch_size: 7\n")
+    config = parse_config(["--config", str(path), "--max-length", "16"])
     assert (config.batch_size, config.epochs, config.max_length) == (7, 1.0, 16)
-    assert parse_config(["--mode", "eval"], profiles).batch_size == Config.batch_size
+    assert (config.freeze_layers, config.ensemble, config.label_smoothing, config.time_budget) == (
+        None, "auto", None, None)  # the recipe chooses these at training time
 
 
 def test_unknown_key_in_config_file_is_an_error(tmp_path):
@@ -106,11 +106,8 @@ def test_to_dict_round_trips():
 def test_the_shipped_toxic_recipe_sets_its_documented_fields():
     from pathlib import Path
 
-    from utils.profiles import DATASET_PROFILES
-
     recipe = Path(__file__).resolve().parents[1] / "configs" / "toxic_30min.yaml"
-    config = parse_config(["--config", str(recipe)], DATASET_PROFILES)
+    config = parse_config(["--config", str(recipe)])
     assert (config.task, config.data, config.epochs, config.max_length) == ("multilabel", "toxic", 3.0, 64)
-    assert config.freeze_layers == 0  # the file's 0 sits above the toxic profile's 3
-    assert parse_config(["--task", "multilabel"], DATASET_PROFILES).freeze_layers == 3  # what make demo runs
-    assert parse_config(["--config", str(recipe), "--epochs", "2"], DATASET_PROFILES).epochs == 2.0
+    assert config.freeze_layers == 0
+    assert parse_config(["--config", str(recipe), "--epochs", "2"]).epochs == 2.0

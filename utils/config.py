@@ -63,14 +63,21 @@ class Config:
         None, "Hub name or local folder of the pretrained encoder; default: the shipped all-MiniLM-L6-v2.")
     pooling: str = _opt("mean", "Sentence vector for the head: mean of tokens, or the stock [CLS] head.",
                         ("mean", "cls"))
-    max_length: int = _opt(128, "Tokens per text after truncation.")
+    max_length: int | None = _opt(
+        None, "Tokens per text after truncation; default: the recipe's choice (covering 95% of the training texts "
+        "within the time budget).")
     truncation: str = _opt("head_tail", "Keep the head of long texts, or head and tail.", ("head", "head_tail"))
     freeze_encoder: bool = _opt(False, "Train only the classification head.")
     freeze_embeddings: bool = _opt(True, "Keep the word embeddings fixed (faster; they barely move).")
-    freeze_layers: int = _opt(0, "Also fix all embeddings and the lowest N encoder layers (no backward pass "
-                              "through them).")
+    freeze_layers: int | None = _opt(
+        None, "Also fix all embeddings and the lowest N encoder layers (no backward pass through them); default: "
+        "the recipe's choice (half the layers when the budget affords fewer than two epochs, else none).")
     # optimisation
-    epochs: float = _opt(2.0, "Passes over the training rows (fractions allowed).")
+    epochs: float | None = _opt(
+        None, "Passes over the training rows (fractions allowed); default: as many as the time budget affords.")
+    time_budget: float | None = _opt(
+        None, "Minutes for training, the TF-IDF member and the export's measurement together, which the recipe "
+        "plans epochs and text length for; default: 30 s per 1,000 training rows, between 3 and 20 minutes.")
     batch_size: int = _opt(32, "Texts per optimizer step and process, before accumulation.")
     eval_batch_size: int = _opt(128, "Texts per forward pass in evaluation.")
     learning_rate: float = _opt(1e-4, "Peak AdamW learning rate of the encoder's top layer.")
@@ -83,8 +90,9 @@ class Config:
     seed: int = _opt(42, "Seed for splits, initialisation and batch order.")
     precision: str = _opt("auto", "auto: bf16 on AMX CPUs and bf16 GPUs, fp32 elsewhere.",
                           ("auto", "fp32", "bf16", "fp16"))
-    ensemble: str = _opt("none", "Blend a TF-IDF + logistic regression member with the transformer, weighted "
-                              "per label on the validation split (built-in datasets: tfidf).", ("tfidf", "none"))
+    ensemble: str = _opt("auto", "Blend a TF-IDF + logistic regression member with the transformer, weighted "
+                              "per label on the validation split; auto: fit it and keep it where it helps.",
+                         ("auto", "tfidf", "none"))
     # loss
     loss: str = _opt("bce", "Multi-label loss.", ("bce", "focal"))
     focal_gamma: float = _opt(2.0, "Focusing parameter of the focal loss.")
@@ -92,7 +100,7 @@ class Config:
     # 100 rather than 10 lifted validation ROC AUC on toxic (0.9504 -> 0.9562) and goemotions (0.9184 -> 0.9240)
     pos_weight_cap: float = _opt(100.0, "Upper bound of an automatic pos_weight.")
     class_weights: str = _opt("none", "Multi-class weights: auto (balanced), none, or v1,v2,..")
-    label_smoothing: float = _opt(0.0, "Multi-class label smoothing.")
+    label_smoothing: float | None = _opt(None, "Multi-class label smoothing; default: 0.1 (multi-class), 0.")
     # evaluation and checkpoints
     eval_every: int = _opt(0, "Evaluate every N optimizer steps (0: once per epoch).")
     early_stopping_patience: int = _opt(0, "Stop after N evaluations without improvement (0: never).")
@@ -142,11 +150,11 @@ def scalar_type(annotation: Any) -> type:
 
 
 def build_parser() -> HfArgumentParser:
-    """transformers' dataclass parser over Config; a flag not given stays None, so that the dataset profile and
-    --config can sit under the flags that were given."""
+    """transformers' dataclass parser over Config; a flag not given stays None, so that --config can sit under
+    the flags that were given."""
     parser = HfArgumentParser(Config, description=(
         "Fine-tune, evaluate and run BERT-family text classifiers. Every flag can also be set in a --config "
-        "file; built-in datasets bring tuned defaults (utils/profiles.py) under both."))
+        "file; settings left unset in training are chosen from the data and the time budget (the recipe)."))
     for f in dataclasses.fields(Config):  # HfArgumentParser adds --no-X only for booleans that default to True
         if field_types()[f.name] is bool and f.default is False:
             parser.add_argument(f"--no-{f.name.replace('_', '-')}", action="store_false", dest=f.name,
@@ -170,16 +178,11 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return values
 
 
-def parse_config(argv: list[str] | None = None,
-                 profiles: dict[str, dict[str, Any]] | None = None) -> Config:
-    """Defaults, then the built-in dataset's tuned profile, then --config FILE, then the flags given."""
+def parse_config(argv: list[str] | None = None) -> Config:
+    """Defaults, then --config FILE, then the flags given."""
     args = {k: v for k, v in vars(build_parser().parse_args(argv)).items() if v is not None}
-    explicit: dict[str, Any] = read_config_file(args["config"]) if args.get("config") else {}
-    explicit.update(args)
-    task = explicit.get("task", Config.task)
-    dataset = explicit.get("data") or default_dataset(task)
-    values = dict((profiles or {}).get(dataset, {})) if explicit.get("mode", "train") == "train" else {}
-    values.update(explicit)
+    values: dict[str, Any] = read_config_file(args["config"]) if args.get("config") else {}
+    values.update(args)
     if "label_columns" in values:
         values["label_columns"] = _split_commas(values["label_columns"])
     return make_config(**values)
@@ -213,6 +216,6 @@ def make_config(**values: Any) -> Config:
             raise ValueError(f"setting {f.name}: expected {expected.__name__}, got {value!r}")
     if not 0.0 <= config.val_split < 1.0 or not 0.0 <= (config.test_split or 0.0) < 1.0:
         raise ValueError("--val-split and --test-split must lie in [0, 1)")
-    if config.batch_size < 1 or config.max_length < 8 or config.gradient_accumulation_steps < 1:
+    if config.batch_size < 1 or (config.max_length or 8) < 8 or config.gradient_accumulation_steps < 1:
         raise ValueError("--batch-size and --gradient-accumulation-steps must be >= 1, --max-length >= 8")
     return config

@@ -26,17 +26,32 @@ class Blend:
         return blend_scores(task, self.weights, transformer_scores, lexical_scores, self.method)
 
 
-def fit_blend(task: str, splits: DataSplits, transformer_validation: np.ndarray) -> tuple[Blend, np.ndarray]:
-    """The TF-IDF member fitted on exactly the transformer's training rows (its C chosen on validation), and the
-    blend weights chosen on the validation rows; returns the blend and the member's validation scores."""
+@dataclass
+class FittedMember:
+    """The TF-IDF member fitted on the transformer's training rows, its validation scores and its fitting time."""
+
+    lexical: LexicalModel
+    validation_scores: np.ndarray
+    seconds: float
+
+
+def fit_member(task: str, splits: DataSplits) -> FittedMember:
+    """The TF-IDF member fitted on exactly the transformer's training rows, its C chosen on validation."""
     started = time.time()
     validation = splits.validation
     lexical = LexicalModel.fit(splits.train.texts, splits.train.labels, task,
                                validation=(validation.texts, validation.labels))
-    lexical_validation = lexical.scores(validation.texts)
+    return FittedMember(lexical, lexical.scores(validation.texts), time.time() - started)
+
+
+def fit_blend(task: str, splits: DataSplits, transformer_validation: np.ndarray,
+              member: FittedMember) -> Blend:
+    """The blend weights chosen on the validation rows only."""
+    started = time.time()
     method = DEFAULT_METHODS[task]
-    weights = choose_blend_weights(task, validation.labels, transformer_validation, lexical_validation, method)
-    return Blend(lexical, np.atleast_1d(weights), method, time.time() - started), lexical_validation
+    weights = choose_blend_weights(task, splits.validation.labels, transformer_validation,
+                                   member.validation_scores, method)
+    return Blend(member.lexical, np.atleast_1d(weights), method, member.seconds + time.time() - started)
 
 
 def member_metrics(task: str, splits: DataSplits, members: dict[str, np.ndarray]) -> dict[str, dict]:

@@ -1,0 +1,138 @@
+"""The recipe: every unset setting chosen from the data and the time budget, flags kept, the choice explained and
+saved, and a file unlike the shared ones trained end to end with no setting but its columns."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from utils.checkpoint import LEXICAL, CheckpointFolder
+from utils.config import make_config
+from utils.data.datasets import SHARED_DATA_DIR
+from utils.training.recipe import (
+    MAX_BUDGET_MINUTES,
+    MIN_BUDGET_MINUTES,
+    DataShape,
+    Recipe,
+    StepCost,
+    choose_recipe,
+    default_budget_seconds,
+    epoch_cap,
+    measure_step_cost,
+    round_epochs,
+)
+
+# about what MiniLM costs on two cores of an AMD EPYC Zen 4: 0.15 s a step plus 25 us per padded token
+COST = StepCost(fixed=0.15, per_token=25e-6, frozen_share=0.7, frozen_layers=3)
+AUTO = {"max_length": None, "epochs": None, "freeze_layers": None, "ensemble": "auto", "label_smoothing": None}
+
+
+def shape(lengths, rows: int, task: str = "multiclass") -> DataShape:
+    return DataShape(task, rows, rows // 5, 10, tuple(int(v) for v in lengths), 512)
+
+
+def test_short_texts_get_their_whole_length_and_many_epochs():
+    lengths = np.random.default_rng(0).integers(6, 20, 5000)  # intents: about ten words
+    recipe = choose_recipe(shape(lengths, 15000), COST, AUTO, 32, default_budget_seconds(15000), 60.0)
+    values = recipe.values
+    assert values["max_length"] == 32  # the 95th percentile (19 tokens) rounded up to 16
+    assert values["freeze_layers"] == 0 and values["epochs"] >= 4  # short texts: passes are cheap
+    assert values["ensemble"] == "tfidf" and values["label_smoothing"] == 0.1
+    planned = sum(recipe.planned_seconds.values())
+    assert planned <= recipe.budget_seconds  # training, member and export fit the budget together
+
+
+def test_long_texts_on_a_small_budget_are_cut_and_half_the_encoder_is_fixed():
+    lengths = np.random.default_rng(1).integers(200, 900, 5000)  # news articles
+    recipe = choose_recipe(shape(lengths, 8000, "multilabel"), COST, AUTO, 32, 120.0, 20.0)
+    values = recipe.values
+    assert values["max_length"] == 64  # halved from 512 towards two epochs, no lower than 64
+    assert values["freeze_layers"] == 3 and values["label_smoothing"] == 0.0
+    assert "cut from 512" in recipe.reasons["max_length"]
+    assert sum(recipe.planned_seconds.values()) <= 120.0
+
+
+def test_given_settings_are_kept_and_nothing_is_measured_when_nothing_depends_on_speed():
+    given = {"max_length": 48, "epochs": 1.5, "freeze_layers": 2, "ensemble": "none", "label_smoothing": 0.0}
+    recipe = choose_recipe(shape([10] * 100, 1000), None, given, 32, 180.0, 0.0)
+    assert recipe.values == given and set(recipe.reasons.values()) == {"given"}
+
+
+def test_the_choice_is_deterministic_and_epochs_sit_on_a_coarse_grid():
+    lengths = np.random.default_rng(2).integers(10, 120, 3000)
+    first = choose_recipe(shape(lengths, 6000), COST, AUTO, 32, 300.0, 20.0)
+    again = choose_recipe(shape(lengths, 6000), COST, AUTO, 32, 300.0, 20.0)
+    assert first.values == again.values
+    assert [round_epochs(e) for e in (0.6, 1.3, 3.9, 7.7)] == [0.5, 1.0, 3.5, 7.0]
+
+
+def test_budget_and_epoch_cap_grow_with_the_file_within_bounds():
+    assert default_budget_seconds(100) == 60 * MIN_BUDGET_MINUTES
+    assert default_budget_seconds(10_000) == 300.0
+    assert default_budget_seconds(10**6) == 60 * MAX_BUDGET_MINUTES
+    assert epoch_cap(5) == 30.0 and epoch_cap(50) == 20.0 and epoch_cap(500) == 10.0
+
+
+def test_measuring_the_step_cost_leaves_the_model_as_it_was(tiny_bert):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=3)
+    before = {name: p.detach().clone() for name, p in model.state_dict().items()}
+    trainable = {name: p.requires_grad for name, p in model.named_parameters()}
+    ids = tokenizer(["a short text", "another one that is a little longer"])["input_ids"]
+    cost = measure_step_cost(model, ids, tokenizer.pad_token_id, 8)
+    assert cost.fixed > 0 and cost.per_token >= 0 and 0 < cost.frozen_share <= 1 and cost.frozen_layers == 1
+    assert all(torch.equal(before[n], p) for n, p in model.state_dict().items())
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == trainable
+    assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.fixture(scope="module")
+def long_document_jsonl(tmp_path_factory):
+    """300 'documents' of 12 to 24 real paper titles each, labelled with the conferences they draw on (a list),
+    with an id column: long texts, label lists, a layout none of the shared files has."""
+    titles = pd.read_csv(SHARED_DATA_DIR / "conference" / "title_conference.csv")
+    by_conference = {name: group.Title.tolist() for name, group in titles.groupby("Conference")}
+    names = sorted(by_conference)
+    rng = np.random.default_rng(0)
+    rows = []
+    for index in range(300):
+        chosen = sorted(rng.choice(names, size=int(rng.integers(1, 3)), replace=False).tolist())
+        parts = [title for name in chosen
+                 for title in rng.choice(by_conference[name], size=int(rng.integers(6, 12)), replace=False)]
+        rng.shuffle(parts)
+        rows.append({"doc_id": f"D{index:04d}", "body": ". ".join(parts), "venues": chosen})
+    path = tmp_path_factory.mktemp("documents") / "documents.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def test_a_file_unlike_the_shared_ones_gets_a_recipe_and_a_blend_no_worse_than_its_member(
+        tmp_path, tiny_bert, long_document_jsonl, capsys):
+    import train
+
+    config = make_config(task="multilabel", data=str(long_document_jsonl), text_column="body",
+                         label_column="venues", test_split=0.2, model_name_or_path=str(tiny_bert),
+                         output_dir=str(tmp_path), time_budget=0.5, learning_rate=1e-3, export_onnx=False)
+    result = train.run(config)
+    printed = capsys.readouterr().out
+    assert "recipe (time budget 0.5 min" in printed
+    saved = Recipe.load(tmp_path)
+    assert saved is not None and saved.cost is not None
+    assert saved.values["max_length"] in (64, 128)  # the texts run past the tiny backbone's 128 positions
+    assert "95th percentile" in saved.reasons["max_length"] and saved.planned_seconds["export"] == 0.0
+    assert sum(saved.planned_seconds.values()) <= 30.0 + 1.0  # within the budget, rounding aside
+    assert saved.values["ensemble"] == "tfidf" and config.max_length == saved.values["max_length"]
+    folder = CheckpointFolder(result.checkpoint)
+    assert folder.info.max_length == saved.values["max_length"]
+    summary = folder.metrics()
+    assert summary["recipe"]["values"] == saved.values
+    members = summary["validation_members"]
+    if LEXICAL in folder.info.members:  # the blend kept the member: it is at least as good as either alone
+        assert result.best_metrics["mean_roc_auc"] >= members[LEXICAL]["mean_roc_auc"] - 0.005
+    else:  # the member was left out: the transformer alone was best on validation
+        assert members["transformer"]["mean_roc_auc"] >= members[LEXICAL]["mean_roc_auc"]

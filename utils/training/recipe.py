@@ -1,0 +1,278 @@
+"""The training recipe chosen from the data and a time budget: tokens per text, epochs, frozen layers, the blend.
+
+Every setting the user left unset ("auto") is chosen here from the training rows (their number, labels and token
+lengths) and from this CPU's speed, measured on the model itself before training; a setting given by a flag or a
+config file is kept as given. The choices and the reason for each are printed, saved as `recipe.json` in the run
+folder and recorded in the checkpoint's training config.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from utils.training.optim import encoder_layers, layer_depth
+
+RECIPE_FILE = "recipe.json"
+SECONDS_PER_1000_ROWS = 30.0  # the default budget grows with the file: 30 s per 1,000 training rows ...
+MIN_BUDGET_MINUTES, MAX_BUDGET_MINUTES = 3.0, 20.0  # ... between these bounds
+COVERED_QUANTILE = 0.95  # max_length covers this share of the training texts ...
+MIN_LENGTH_FOR_BUDGET = 64  # ... unless the budget forces it down towards this many tokens
+MAX_STEPS_FOR_EPOCH_CAP = 1000  # small files may take up to this many steps ...
+MIN_EPOCH_CAP, MAX_EPOCH_CAP = 10.0, 30.0  # ... within these epoch caps
+EPOCHS_BEFORE_SHORTENING = 2.0  # texts are cut shorter (down to MIN_LENGTH_FOR_BUDGET) to afford this many epochs
+EXPORT_SECONDS = 20.0  # graph export and quantization, before measuring each graph on the validation rows
+EXPORT_PASSES = 6  # torch and five graphs each score the validation rows once in the export's measurement
+MULTICLASS_LABEL_SMOOTHING = 0.1  # a common regulariser of softmax heads; it also won conference's validation
+RECIPE_FIELDS = ("max_length", "epochs", "freeze_layers", "ensemble", "label_smoothing")
+
+
+@dataclass(frozen=True)
+class DataShape:
+    """What the recipe reads from the training rows."""
+
+    task: str
+    train_rows: int
+    validation_rows: int
+    num_labels: int
+    token_lengths: tuple[int, ...]  # untruncated, special tokens included, one per training text
+    model_max_length: int  # the backbone's position limit
+
+
+@dataclass(frozen=True)
+class StepCost:
+    """Seconds per training step of one batch: fixed + per_token x padded tokens, and the cost with the lower
+    half of the encoder frozen as a share of the full step (measured on this CPU)."""
+
+    fixed: float
+    per_token: float
+    frozen_share: float
+    frozen_layers: int  # how many layers the frozen measurement fixed
+
+    def step_seconds(self, tokens: float, frozen: bool) -> float:
+        return (self.fixed + self.per_token * tokens) * (self.frozen_share if frozen else 1.0)
+
+
+@dataclass
+class Recipe:
+    """The chosen values, why each was chosen, and the time they were planned to take."""
+
+    budget_seconds: float
+    values: dict[str, Any]
+    reasons: dict[str, str] = field(default_factory=dict)
+    planned_seconds: dict[str, float] = field(default_factory=dict)
+    cost: dict[str, float] | None = None
+
+    def describe(self) -> str:
+        lines = [f"recipe (time budget {self.budget_seconds / 60:.1f} min; --time-budget MINUTES to change; any "
+                 "flag overrides a choice):"]
+        lines += [f"  {name} = {self.values[name]}: {self.reasons.get(name, '')}" for name in self.values]
+        return "\n".join(lines)
+
+    def save(self, folder: Path) -> None:
+        (folder / RECIPE_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, folder: Path) -> Recipe | None:
+        path = folder / RECIPE_FILE
+        return cls(**json.loads(path.read_text())) if path.is_file() else None
+
+
+def default_budget_seconds(train_rows: int) -> float:
+    """30 s per 1,000 training rows, between 3 and 20 minutes: larger files get more time."""
+    minutes = SECONDS_PER_1000_ROWS * train_rows / 1000 / 60
+    return 60 * min(MAX_BUDGET_MINUTES, max(MIN_BUDGET_MINUTES, minutes))
+
+
+def padded_tokens(lengths: np.ndarray, max_length: int, batch_size: int, seed: int = 0, draws: int = 200) -> float:
+    """Expected tokens of one padded batch: each batch pads to its longest text, cut at max_length."""
+    rng = np.random.default_rng(seed)
+    clipped = np.minimum(lengths, max_length)
+    size = min(batch_size, len(clipped))
+    return float(np.mean([clipped[rng.choice(len(clipped), size, replace=False)].max() * size
+                          for _ in range(draws)]))
+
+
+def round_up(value: float, multiple: int) -> int:
+    return int(math.ceil(value / multiple) * multiple)
+
+
+def round_epochs(epochs: float) -> float:
+    """Down to a coarse grid (0.25 below one epoch, 0.5 below four, whole epochs above), so that a slightly
+    faster or slower measurement rarely changes the choice."""
+    step = 0.25 if epochs < 1 else 0.5 if epochs < 4 else 1.0
+    return max(0.25, math.floor(epochs / step) * step)
+
+
+def epoch_cap(steps_per_epoch: int) -> float:
+    """Small files get more passes (up to 1,000 steps in all), within 10 to 30 epochs."""
+    return min(MAX_EPOCH_CAP, max(MIN_EPOCH_CAP, MAX_STEPS_FOR_EPOCH_CAP / max(1, steps_per_epoch)))
+
+
+def epoch_seconds(shape: DataShape, cost: StepCost, max_length: int, batch_size: int, frozen: bool) -> float:
+    """One pass over the training rows plus one evaluation of the validation rows (a forward pass is about a
+    third of a training step)."""
+    lengths = np.asarray(shape.token_lengths)
+    steps = math.ceil(shape.train_rows / batch_size)
+    train = steps * cost.step_seconds(padded_tokens(lengths, max_length, batch_size), frozen)
+    validation_tokens = float(np.minimum(lengths, max_length).mean()) * shape.validation_rows
+    return train + (cost.fixed * math.ceil(shape.validation_rows / batch_size)
+                    + cost.per_token * validation_tokens) / 3
+
+
+def choose_recipe(shape: DataShape, cost: StepCost | None, given: dict[str, Any], batch_size: int,
+                  budget_seconds: float, member_seconds: float, export: bool = True) -> Recipe:
+    """Fill every unset value of `given` (None or 'auto'); `cost` may be None when nothing depends on speed.
+    `export`: the export's graphs and measurement follow training and share its budget."""
+    recipe = Recipe(budget_seconds, {}, cost=asdict(cost) if cost is not None else None)
+    values, reasons = recipe.values, recipe.reasons
+    choose_ensemble(given, values, reasons)
+    choose_label_smoothing(shape.task, given, values, reasons)
+    lengths = np.asarray(shape.token_lengths)
+    covered = min(shape.model_max_length, max(16, round_up(np.quantile(lengths, COVERED_QUANTILE), 16)))
+    export_cost = export_seconds(shape, cost, covered, batch_size) if export else 0.0
+    recipe.planned_seconds.update(member=round(member_seconds, 1), export=round(export_cost, 1))
+    training_budget = budget_seconds - member_seconds - export_cost
+    if given.get("max_length") is not None:
+        values["max_length"], reasons["max_length"] = given["max_length"], "given"
+    if given.get("freeze_layers") is not None:
+        values["freeze_layers"], reasons["freeze_layers"] = given["freeze_layers"], "given"
+    if given.get("epochs") is not None:
+        values["epochs"], reasons["epochs"] = given["epochs"], "given"
+    if cost is None:  # nothing left that depends on speed
+        return recipe
+    choose_length(shape, cost, batch_size, training_budget, covered, values, reasons)
+    choose_freezing(shape, cost, batch_size, training_budget, values, reasons)
+    choose_epochs(shape, cost, batch_size, training_budget, values, reasons)
+    frozen = bool(values["freeze_layers"])
+    recipe.planned_seconds["training"] = round(
+        values["epochs"] * epoch_seconds(shape, cost, values["max_length"], batch_size, frozen), 1)
+    return recipe
+
+
+def export_seconds(shape: DataShape, cost: StepCost | None, max_length: int, batch_size: int) -> float:
+    """The export's graphs and its measurement: each graph scores the validation rows once."""
+    if cost is None:
+        return EXPORT_SECONDS
+    lengths = np.minimum(np.asarray(shape.token_lengths), max_length)
+    forward = (cost.fixed * math.ceil(shape.validation_rows / batch_size)
+               + cost.per_token * float(lengths.mean()) * shape.validation_rows) / 3
+    return EXPORT_SECONDS + EXPORT_PASSES * forward
+
+
+def choose_ensemble(given: dict[str, Any], values: dict[str, Any], reasons: dict[str, str]) -> None:
+    if given.get("ensemble", "auto") == "auto":
+        values["ensemble"] = "tfidf"
+        reasons["ensemble"] = ("TF-IDF + logistic regression is fitted for every file and blended per label on "
+                               "validation; it is dropped when it does not help there")
+    else:
+        values["ensemble"], reasons["ensemble"] = given["ensemble"], "given"
+
+
+def choose_label_smoothing(task: str, given: dict[str, Any], values: dict[str, Any],
+                           reasons: dict[str, str]) -> None:
+    if given.get("label_smoothing") is not None:
+        values["label_smoothing"], reasons["label_smoothing"] = given["label_smoothing"], "given"
+    elif task == "multiclass":
+        values["label_smoothing"] = MULTICLASS_LABEL_SMOOTHING
+        reasons["label_smoothing"] = "a softmax head over classes: a common regulariser"
+    else:
+        values["label_smoothing"], reasons["label_smoothing"] = 0.0, "multi-label: not used"
+
+
+def choose_length(shape: DataShape, cost: StepCost, batch_size: int, budget: float, covered: int,
+                  values: dict[str, Any], reasons: dict[str, str]) -> None:
+    """The length covering 95% of the training texts, halved while the budget affords fewer than two epochs
+    (no lower than 64 tokens: head and tail of longer texts are kept, and the TF-IDF member reads them whole)."""
+    if "max_length" in values:
+        return
+    lengths = np.asarray(shape.token_lengths)
+    length = covered
+    frozen = bool(values.get("freeze_layers"))
+    while (length > MIN_LENGTH_FOR_BUDGET
+           and budget / epoch_seconds(shape, cost, length, batch_size, frozen) < EPOCHS_BEFORE_SHORTENING):
+        length = max(MIN_LENGTH_FOR_BUDGET, round_up(length / 2, 16))
+    share = float(np.mean(lengths <= length))
+    values["max_length"] = length
+    reasons["max_length"] = (f"{share:.0%} of the training texts fit (95th percentile "
+                             f"{int(np.quantile(lengths, COVERED_QUANTILE))} tokens"
+                             + (f"; cut from {covered} to afford {EPOCHS_BEFORE_SHORTENING:g} epochs in the budget"
+                                if length < covered else "") + ")")
+
+
+def choose_freezing(shape: DataShape, cost: StepCost, batch_size: int, budget: float, values: dict[str, Any],
+                    reasons: dict[str, str]) -> None:
+    """The lower half of the encoder stays fixed when the budget affords fewer than two full epochs and fixing
+    it buys more passes over the data."""
+    if "freeze_layers" in values:
+        return
+    full = budget / epoch_seconds(shape, cost, values["max_length"], batch_size, False)
+    if full < EPOCHS_BEFORE_SHORTENING and cost.frozen_share < 0.95:
+        values["freeze_layers"] = cost.frozen_layers
+        reasons["freeze_layers"] = (f"the budget affords {full:.1f} epochs of the whole encoder; fixing the lowest "
+                                    f"{cost.frozen_layers} layers makes a step {1 - cost.frozen_share:.0%} cheaper")
+    else:
+        values["freeze_layers"] = 0
+        reasons["freeze_layers"] = f"the budget affords {full:.1f} epochs of the whole encoder"
+
+
+def choose_epochs(shape: DataShape, cost: StepCost, batch_size: int, budget: float, values: dict[str, Any],
+                  reasons: dict[str, str]) -> None:
+    """As many passes as the budget affords, up to the cap for the file's size."""
+    if "epochs" in values:
+        return
+    seconds = epoch_seconds(shape, cost, values["max_length"], batch_size, bool(values["freeze_layers"]))
+    affordable = budget / seconds
+    cap = epoch_cap(math.ceil(shape.train_rows / batch_size))
+    values["epochs"] = min(cap, round_epochs(affordable))
+    reasons["epochs"] = (f"an epoch takes about {seconds:.0f} s here; the budget affords {affordable:.1f}"
+                         + (f", capped at {cap:g} for a file of this size" if affordable > cap else "")
+                         + (" (less than one: --time-budget raises it)" if affordable < 1 else ""))
+
+
+def measure_step_cost(model: Any, input_ids: list[list[int]], pad_token_id: int, batch_size: int,
+                      lengths: tuple[int, int] = (16, 128)) -> StepCost:
+    """Time forward + backward of real training texts at two lengths, and with the lower half of the encoder
+    fixed; the model's weights and gradients are left as they were (no optimizer step)."""
+    model.train()
+    frozen_layers = encoder_layers(model) // 2
+    timings = {length: step_time(model, input_ids, pad_token_id, batch_size, length) for length in lengths}
+    short, long = lengths
+    per_token = max(0.0, (timings[long] - timings[short]) / ((long - short) * batch_size))
+    fixed = max(1e-4, timings[short] - per_token * short * batch_size)
+    trainable = {name: p.requires_grad for name, p in model.named_parameters()}
+    try:
+        for name, parameter in model.named_parameters():
+            if layer_depth(name, encoder_layers(model)) <= frozen_layers:
+                parameter.requires_grad_(False)
+        frozen = step_time(model, input_ids, pad_token_id, batch_size, long)
+    finally:
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_(trainable[name])
+    model.zero_grad(set_to_none=True)
+    return StepCost(fixed, per_token, min(1.0, frozen / timings[long]), frozen_layers)
+
+
+def step_time(model: Any, input_ids: list[list[int]], pad_token_id: int, batch_size: int, length: int,
+              repeats: int = 2) -> float:
+    """Median seconds of forward + backward on one batch padded to `length` (after one warm-up pass)."""
+    rows = [(ids + [pad_token_id] * length)[:length] for ids in (input_ids * batch_size)[:batch_size]]
+    ids = torch.tensor(rows)
+    mask = (ids != pad_token_id).long()
+    mask[:, 0] = 1
+    times = []
+    for attempt in range(repeats + 1):
+        started = time.perf_counter()
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        logits.float().pow(2).mean().backward()
+        if attempt:
+            times.append(time.perf_counter() - started)
+    model.zero_grad(set_to_none=True)
+    return float(np.median(times))
