@@ -374,14 +374,19 @@ def finish(state: Run) -> TrainResult:
     thresholds = (tune_thresholds(splits.validation.labels, scores, config.threshold_strategy)
                   if config.task == "multilabel" else None)
     best_metrics = compute_metrics(config.task, splits.validation.labels, scores, splits.label_names, thresholds)
+    alone = member_metrics(config.task, splits, validation_members) if validation_members else {}
+    if alone:
+        metric = PRIMARY_METRIC[config.task]
+        state.say(f"validation {metric}: " + " / ".join(f"{name} alone {m[metric]:.4f}" for name, m in alone.items())
+                  + f" / {'blend' if blend is not None else 'served (transformer)'} {best_metrics[metric]:.4f}")
     checkpoint = state.output_dir / "checkpoint"
     if accelerator.is_main_process:
         summary = {"validation": best_metrics, "steps": state.progress.step,
                    "train_seconds": round(time.time() - state.started, 1), "train_rows": len(splits.train),
                    "validation_rows": len(splits.validation), "data_notes": splits.notes,
                    "recipe": asdict(state.recipe)}
-        if validation_members:
-            summary["validation_members"] = member_metrics(config.task, splits, validation_members)
+        if alone:
+            summary["validation_members"] = alone
         info = ClassifierInfo(task=config.task, labels=splits.label_names,
                               thresholds=thresholds.tolist() if thresholds is not None else None,
                               max_length=config.max_length, truncation=config.truncation, pooling=config.pooling,

@@ -110,6 +110,29 @@ def variants_section(task: str, folder: Path) -> str:
     return table(header, rows)
 
 
+def members_section(task: str, metrics: dict[str, Any]) -> str:
+    """Each member alone beside the blend, on the same rows: whether the model beats the simplest thing."""
+    if not metrics.get("members"):
+        return ('<p class="muted">One member: the TF-IDF member was left out in training, because the transformer '
+                "alone scored best on the validation rows (or --ensemble none).</p>")
+    figures = {**{f"{name} alone": m for name, m in metrics["members"].items()}, "served (blend)": metrics}
+    rows = [[name, *headline(task, m).values()] for name, m in figures.items()]
+    return table(["model", *headline(task, metrics)], rows)
+
+
+def recipe_section(folders: Sequence[Path]) -> str:
+    """The training recipe's choices and reasons, from the first recipe.json found in `folders`."""
+    for folder in folders:
+        path = folder / "recipe.json"
+        if path.is_file():
+            recipe = json.loads(path.read_text())
+            note = (f'<p class="muted">Time budget {recipe["budget_seconds"] / 60:.1f} min; planned seconds: '
+                    + ", ".join(f"{k} {v:g}" for k, v in recipe["planned_seconds"].items()) + "</p>")
+            rows = [[name, value, recipe["reasons"].get(name, "")] for name, value in recipe["values"].items()]
+            return note + table(["setting", "value", "why"], rows)
+    return '<p class="muted">No recipe.json from the training run beside this report.</p>'
+
+
 def read_run_log(folders: Sequence[Path]) -> list[dict[str, Any]]:
     """The evaluations recorded in the first metrics.jsonl found in `folders` (empty when there is none)."""
     for folder in folders:
@@ -121,7 +144,7 @@ def read_run_log(folders: Sequence[Path]) -> list[dict[str, Any]]:
 
 def render_report(report: dict[str, Any], task: str, label_names: list[str], y_true: np.ndarray,
                   scores: np.ndarray, thresholds: np.ndarray | None, run_log: list[dict[str, Any]],
-                  folder: Path) -> str:
+                  folder: Path, recipe: str = "") -> str:
     """The whole page as a string."""
     metrics = report["metrics"]
     numbers = "int8" if report.get("quantized") else report.get("precision", "fp32")
@@ -131,6 +154,7 @@ def render_report(report: dict[str, Any], task: str, label_names: list[str], y_t
              "<h2>Summary</h2>", table(*summary_rows(task, metrics)),
              f"<h2>Per {'class' if task == 'multiclass' else 'label'}</h2>",
              table(*label_rows(task, metrics, label_names)),
+             "<h2>Members alone and the blend</h2>", members_section(task, metrics),
              "<h2>ROC and precision-recall curves</h2>",
              image(png_bytes(curves_figure(y_true, scores, label_names, thresholds)),
                    "ROC and precision-recall curves per label")]
@@ -145,6 +169,7 @@ def render_report(report: dict[str, Any], task: str, label_names: list[str], y_t
     parts.append("<h2>Training</h2>")
     parts.append(image(png_bytes(training), "validation metric over training steps") if training is not None
                  else '<p class="muted">No metrics.jsonl from the training run beside this report.</p>')
+    parts += ["<h2>Recipe</h2>", recipe]
     parts += ["<h2>Cost of int8 and bf16</h2>", variants_section(task, folder)]
     title = f"Evaluation: {report['checkpoint']}"
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
@@ -155,7 +180,7 @@ def write_html_report(path: Path, report: dict[str, Any], task: str, label_names
                       scores: np.ndarray, thresholds: np.ndarray | None, log_folders: Sequence[Path]) -> Path:
     """Write the page beside the JSON report; the run's metrics.jsonl is looked for in `log_folders`."""
     html = render_report(report, task, label_names, y_true, scores, thresholds, read_run_log(log_folders),
-                         path.parent)
+                         path.parent, recipe_section(log_folders))
     path.write_text(html, encoding="utf-8")
     return path
 
