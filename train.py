@@ -25,6 +25,7 @@ from models.losses import build_loss
 from utils.checkpoint import LEXICAL, TRANSFORMER, ClassifierInfo, write_checkpoint
 from utils.config import Config
 from utils.data.prepare import DataSplits, prepare_splits
+from utils.data.report import write_data_report
 from utils.encoding import encode, pad_token_id
 from utils.evaluation.metrics import PRIMARY_METRIC, compute_metrics, tune_thresholds
 from utils.precision import accelerate_mixed_precision, resolve_precision
@@ -121,6 +122,8 @@ def set_up(config: Config) -> Run:
     splits = prepare_splits(config)
     for note in splits.notes:
         accelerator.print(note)
+    if accelerator.is_main_process:
+        write_data_report(splits, Path(config.output_dir))
     tokenizer = AutoTokenizer.from_pretrained(backbone)
     train_set, validation_set = encode_splits(splits, tokenizer, config, accelerator)
     model = build_model(config, splits, backbone, accelerator)
