@@ -90,8 +90,8 @@ def test_a_parquet_file_keeps_its_numbers(toxic_csv, tmp_path):
 
 def joined_labels(toxic_csv, join):
     frame = pd.read_csv(toxic_csv)
-    return pd.DataFrame({"comment": frame.comment_text,
-                         "tags": [join([n for n in TOXIC_LABELS if row[n]]) for _, row in frame.iterrows()]}), frame
+    tags = [join([n for n in TOXIC_LABELS if int(row[n]) == 1]) for _, row in frame.iterrows()]
+    return pd.DataFrame({"comment": frame.comment_text, "tags": tags}), frame
 
 
 @pytest.mark.parametrize(("join", "delimiter"), [("|".join, "|"), (json.dumps, None)])
@@ -104,7 +104,7 @@ def test_labels_joined_in_one_column_are_split_into_the_six_labels(toxic_csv, tm
     assert (source.layout.label_column, source.layout.label_delimiter) == ("tags", delimiter)
     splits = read_user_file(path, task="multilabel")
     assert splits.label_names == sorted(TOXIC_LABELS)
-    counts = sum(part.labels.sum(axis=0) for part in (splits.train, splits.validation))
+    counts = splits.train.labels.sum(axis=0) + splits.validation.labels.sum(axis=0)
     assert counts.tolist() == frame[sorted(TOXIC_LABELS)].sum().tolist()
 
 
