@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,8 @@ from inferer import ModelInferer
 from utils.config import Config
 from utils.data.prepare import read_test_set
 from utils.data.readers import LabeledTexts
+from utils.data.report import REPORT_FILE as DATA_REPORT_FILE
+from utils.data.report import report_lines
 from utils.evaluation.metrics import calibration_metrics, compute_metrics
 from utils.evaluation.plots import plot_confusion_matrix, plot_curves
 from utils.evaluation.report_html import write_html_report
@@ -32,6 +35,17 @@ def evaluate(inferer: ModelInferer, data: LabeledTexts, batch_size: int = 128) -
         metrics["members"] = {name: compute_metrics(inferer.task, data.labels, member, inferer.label_names)
                               for name, member in members.items()}
     return {"metrics": metrics, "scores": scores}
+
+
+def unseen_label_rows(inferer: ModelInferer, data: LabeledTexts, batch_size: int) -> dict[str, Any] | None:
+    """The test rows set aside for labels the checkpoint never learnt: how many, which labels, and what the model
+    predicted for them (they are in no metric)."""
+    if not data.unseen_texts:
+        return None
+    predictions = inferer.predict_batch(data.unseen_texts, batch_size=batch_size)
+    said = Counter("|".join(p["labels"]) or "(none)" for p in predictions)
+    return {"rows": len(data.unseen_texts), "labels": dict(Counter(n for row in data.unseen_labels for n in row)),
+            "predicted": dict(said.most_common()), "note": "excluded from the metrics"}
 
 
 def summary_table(task: str, metrics: dict[str, Any]) -> str:
@@ -87,6 +101,11 @@ def run(config: Config, checkpoint: str | Path) -> dict[str, Any]:
                                        out_dir / f"confusion_matrix{suffix}.png")]
     report = {"checkpoint": str(checkpoint), "data": data.source, "quantized": config.quantize,
               "precision": inferer.precision, "metrics": metrics, "plots": [str(p) for p in plots]}
+    unseen = unseen_label_rows(inferer, data, config.eval_batch_size)
+    if unseen:
+        report["unseen_labels"] = unseen
+    if (out_dir / DATA_REPORT_FILE).is_file():  # written by training into the same folder
+        report["data_report"] = report_lines(json.loads((out_dir / DATA_REPORT_FILE).read_text(encoding="utf-8")))
     report_path = out_dir / REPORT_FILE.replace(".json", f"{suffix}.json")
     report_path.write_text(json.dumps(report, indent=2) + "\n")
     page = write_html_report(report_path.with_suffix(".html"), report, inferer.task, inferer.label_names,
@@ -97,6 +116,9 @@ def run(config: Config, checkpoint: str | Path) -> dict[str, Any]:
     print(summary_table(inferer.task, metrics))
     for name, alone in metrics.get("members", {}).items():
         print(f"{name} alone: " + members_line(inferer.task, alone))
+    if unseen:
+        print(f"{unseen['rows']} test rows of labels the model never learnt ({', '.join(unseen['labels'])}), not in "
+              f"the metrics; it said: {', '.join(f'{k} {v}' for k, v in unseen['predicted'].items())}")
     print(f"report: {report_path} and {page}")
     return report
 

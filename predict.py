@@ -1,4 +1,5 @@
-"""Predicting from the command line: `--text` strings to JSON lines, or a CSV/TSV/JSONL file scored in chunks.
+"""Predicting from the command line: `--text` strings to JSON lines, or a file (CSV/TSV/TXT/JSONL/XLSX/Parquet,
+read as training reads it) scored in chunks into CSV (the input's encoding and delimiter), JSONL or Parquet.
 
     python main.py --mode predict --checkpoint DIR --text "first text" --text "second"
     python main.py --mode predict --checkpoint DIR --input comments.csv --output scored.csv
@@ -9,7 +10,9 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from tqdm.auto import tqdm
@@ -17,10 +20,10 @@ from tqdm.auto import tqdm
 from inferer import ModelInferer
 from utils.atomic import staged_file
 from utils.config import Config
-from utils.data.readers import DataError, iter_frames, require_columns
+from utils.data.files import DataError, FileReading, find_columns, iter_frames, open_file
 
 CHUNK_ROWS = 4096  # rows read, scored and written at a time: memory stays flat whatever the file's size
-OUTPUT_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+OUTPUT_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 LABEL_SEPARATOR = "|"
 
 
@@ -33,7 +36,7 @@ def run(config: Config, checkpoint: str | Path) -> None:
     if bool(config.text) == bool(config.input):
         raise ValueError("--mode predict needs --text (repeatable) or --input FILE --output FILE, one of the two")
     if config.input and not config.output:
-        raise ValueError("--input needs --output FILE (.csv or .jsonl) for the scored rows")
+        raise ValueError("--input needs --output FILE (.csv, .jsonl or .parquet) for the scored rows")
     if config.output:
         output_format(Path(config.output))
     from transformers.utils import logging as hf_logging
@@ -45,52 +48,54 @@ def run(config: Config, checkpoint: str | Path) -> None:
             print(json.dumps({"text": text} | prediction, ensure_ascii=False))
         return
     column = config.text_column or inferer.info.text_column or "text"
-    rows = predict_file(inferer, Path(config.input), Path(config.output), column,
-                        batch_size=config.eval_batch_size)
+    reading = open_file(str(config.input), config.encoding, config.delimiter, config.sheet)
+    rows = predict_file(inferer, reading, Path(str(config.output)), column, batch_size=config.eval_batch_size)
     print(f"scored {rows} rows of {config.input} (text column '{column}') into {config.output}", file=sys.stderr)
 
 
 def output_format(path: Path) -> str:
     fmt = OUTPUT_FORMATS.get(path.suffix.lower())
     if fmt is None:
-        raise ValueError(f"{path}: unknown output type '{path.suffix}' (expected .csv or .jsonl)")
+        raise ValueError(f"{path}: unknown output type '{path.suffix}' (expected .csv, .jsonl or .parquet)")
     return fmt
 
 
-def predict_file(inferer: ModelInferer, source: Path, target: Path, text_column: str,
+def predict_file(inferer: ModelInferer, source: Path | FileReading, target: Path, text_column: str,
                  chunk_rows: int = CHUNK_ROWS, batch_size: int = 64) -> int:
     """Score every row of `source` into `target`: the input columns, a `score_<label>` column per label and
-    `labels` (CSV: joined with "|"; JSONL: a list). Written to a temporary file, renamed when complete: a failure
-    (a bad row, a full disk) leaves no partial output, and a previous `target` as it was."""
+    `labels` (CSV: joined with "|", in the input's encoding and delimiter when it was CSV; JSONL and Parquet: a
+    list). Written to a temporary file, renamed when complete: a failure (a bad row, a full disk) leaves no
+    partial output, and a previous `target` as it was."""
+    reading = source if isinstance(source, FileReading) else open_file(source)
     fmt = output_format(target)
-    if source.resolve() == target.resolve():
+    if reading.path.resolve() == target.resolve():
         raise ValueError(f"{target}: the output would overwrite the input")
     rows, columns = 0, None
-    with staged_file(target, "predictions") as partial:
-        with partial.open("w", encoding="utf-8", newline="") as out, tqdm(unit=" rows", desc="predict") as bar:
-            for frame in read_chunks(source, chunk_rows):
-                texts = chunk_texts(frame, text_column, source, first_row=rows + 1)
-                if fmt == "csv":  # one header for the whole file: JSONL input may bring new keys later
-                    columns = list(frame.columns) if columns is None else columns
-                    frame = same_columns(frame, columns, source, first_row=rows + 1)
-                scored = scored_frame(frame, inferer.predict_batch(texts, batch_size=batch_size), inferer)
-                write_chunk(scored, out, fmt, header=rows == 0)
-                rows += len(frame)
-                bar.update(len(frame))
+    with staged_file(target, "predictions") as partial, chunk_writer(partial, fmt, reading) as write, \
+            tqdm(unit=" rows", desc="predict") as bar:
+        for frame in read_chunks(reading, chunk_rows):
+            texts = chunk_texts(frame, text_column, reading.path, first_row=rows + 1)
+            if fmt != "jsonl":  # one header for the whole file: JSONL input may bring new keys later
+                columns = list(frame.columns) if columns is None else columns
+                frame = same_columns(frame, columns, reading.path, first_row=rows + 1)
+            write(scored_frame(frame, inferer.predict_batch(texts, batch_size=batch_size), inferer), rows == 0)
+            rows += len(frame)
+            bar.update(len(frame))
         if rows == 0:
-            raise DataError(f"{source}: no rows")
+            raise DataError(f"{reading.path}: no rows")
     return rows
 
 
-def read_chunks(source: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
-    for frame in iter_frames(source, chunksize=chunk_rows):
+def read_chunks(reading: FileReading, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    for frame in iter_frames(reading, chunksize=chunk_rows):
         if len(frame):
             yield frame
 
 
 def chunk_texts(frame: pd.DataFrame, column: str, path: Path, first_row: int) -> list[str]:
-    """The text column of one chunk; a value that is not text names its row (1 = first data row)."""
-    require_columns(frame, [column], path)
+    """The text column of one chunk (its header matched ignoring case and spaces); a value that is not text names
+    its row (1 = first data row)."""
+    column = find_columns(frame, [column], path)[0]
     texts = frame[column].tolist()
     for offset, text in enumerate(texts):
         if not isinstance(text, str):
@@ -117,10 +122,39 @@ def scored_frame(frame: pd.DataFrame, predictions: list[dict], inferer: ModelInf
     return pd.concat([frame.rename(columns=clashes).reset_index(drop=True), pd.DataFrame(added)], axis=1)
 
 
-def write_chunk(frame: pd.DataFrame, out, fmt: str, header: bool) -> None:
+@contextmanager
+def chunk_writer(partial: Path, fmt: str, reading: FileReading) -> Iterator[Any]:
+    """A function writing one scored chunk (and, first, the header) to `partial` in `fmt`; CSV keeps the input's
+    encoding and delimiter where the input was delimited text."""
+    if fmt == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        writer: list[Any] = []
+
+        def write_parquet(frame: pd.DataFrame, first: bool) -> None:
+            table = pa.Table.from_pandas(frame, preserve_index=False)
+            if not writer:
+                writer.append(pq.ParquetWriter(partial, table.schema))
+            writer[0].write_table(table.cast(writer[0].schema))
+
+        try:
+            yield write_parquet
+        finally:
+            if writer:
+                writer[0].close()
+        return
+    delimited = reading.format in ("csv", "tsv")
+    encoding = reading.encoding if delimited and fmt == "csv" else "utf-8"
+    with partial.open("w", encoding=encoding, newline="") as out:
+        yield lambda frame, first: write_chunk(frame, out, fmt, first,
+                                               reading.delimiter if delimited else ",")
+
+
+def write_chunk(frame: pd.DataFrame, out, fmt: str, header: bool, delimiter: str = ",") -> None:
     if fmt == "csv":
         frame = frame.assign(labels=[LABEL_SEPARATOR.join(labels) for labels in frame["labels"]])
-        frame.to_csv(out, header=header, index=False)
+        frame.to_csv(out, header=header, index=False, sep=delimiter)
     else:
         for record in frame.to_dict(orient="records"):
             # A key another row has but this one lacks comes back as NaN: leave it out, as in the input.

@@ -38,7 +38,7 @@ from ray.data.block import BlockAccessor
 from ray.exceptions import UserCodeException
 
 from utils.checkpoint import CheckpointFolder
-from utils.data.readers import DataError, iter_frames, require_columns
+from utils.data.files import DataError, find_columns, iter_frames, open_file
 
 if TYPE_CHECKING:
     from utils.config import Config
@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 
 ROOT = Path(__file__).resolve().parent
 ROW_FILE, ROW_NUMBER = "source_file", "source_row"  # the row id: input file and data row (1 = first)
-INPUT_SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson", ".parquet")
+INPUT_SUFFIXES = (".csv", ".tsv", ".txt", ".jsonl", ".ndjson", ".parquet", ".xlsx")
 ROWS_PER_SHARD = 100_000  # rows gathered into one output file (fewer shards than batches)
 MAX_RESTARTS = 3  # a scoring actor that dies (killed, out of memory) is started again this many times,
 MAX_TASK_RETRIES = 3  # and the batch it held is scored again: bounded, so a model that always crashes stops
@@ -66,6 +66,9 @@ class ScorerSettings:
     threads: int = 1  # torch / ONNX Runtime threads, as many as the actor's CPUs
     forward_batch_size: int = 128  # texts per forward pass, sorted by length inside a Ray batch
     labels_as_text: bool = False  # CSV shards: labels joined with "|", as predict.py writes them
+    encoding: str | None = None  # --encoding, --delimiter, --sheet: how every input file is read (else detected)
+    delimiter: str | None = None
+    sheet: str | None = None
 
 
 def run(config: Config, checkpoint: str | Path) -> None:
@@ -82,7 +85,8 @@ def run(config: Config, checkpoint: str | Path) -> None:
         checkpoint=str(Path(checkpoint).absolute()), text_column=text_column,
         quantize=config.quantize, precision=config.precision, backend=getattr(config, "backend", "torch"),
         threads=config.cpus_per_actor, forward_batch_size=config.eval_batch_size,
-        labels_as_text=output_format(output) == "csv")
+        labels_as_text=output_format(output) == "csv", encoding=config.encoding, delimiter=config.delimiter,
+        sheet=config.sheet)
     files = input_files(config.input)
     check_before_start(output, settings)  # before a cluster starts, not after
     with ray_cluster(config.ray_address):
@@ -189,7 +193,9 @@ def scored_dataset(files: list[Path], settings: ScorerSettings, num_actors: int,
     """files -> rows tagged with their id (one read task per file) -> scored rows (an actor pool)."""
     paths = ray.data.from_items([{"path": str(p)} for p in files], override_num_blocks=len(files))
     # Reading and writing take no CPU slot: the actors hold them all, and parsing costs little beside the model.
-    rows = paths.map_batches(read_file, fn_kwargs={"text_column": settings.text_column, "chunk_rows": batch_size},
+    reading = {"encoding": settings.encoding, "delimiter": settings.delimiter, "sheet": settings.sheet}
+    rows = paths.map_batches(read_file, fn_kwargs={"text_column": settings.text_column, "chunk_rows": batch_size,
+                                                   "reading": reading},
                              batch_size=1, num_cpus=0,
                              compute=ray.data.TaskPoolStrategy(size=min(len(files), num_actors)))
     with warnings.catch_warnings():
@@ -206,12 +212,13 @@ class InputError(UserCodeException, DataError):
     a generator UDF runs as a bug of its own ("please open an issue"), with its whole stack."""
 
 
-def read_file(batch: dict[str, np.ndarray], text_column: str, chunk_rows: int) -> Iterator[pd.DataFrame]:
+def read_file(batch: dict[str, np.ndarray], text_column: str, chunk_rows: int,
+              reading: dict[str, str | None] | None = None) -> Iterator[pd.DataFrame]:
     """Each file of the batch as chunks of rows with their id; a bad row or file stops the job, named."""
     for name in batch["path"]:
         path, first_row = Path(str(name)), 1
         try:
-            for frame in file_chunks(path, chunk_rows):
+            for frame in file_chunks(path, chunk_rows, reading or {}):
                 check_texts(frame, text_column, path, first_row)
                 clashes = {c: f"{c}_input" for c in (ROW_FILE, ROW_NUMBER) if c in frame.columns}
                 frame = frame.rename(columns=clashes).reset_index(drop=True)
@@ -225,24 +232,18 @@ def read_file(batch: dict[str, np.ndarray], text_column: str, chunk_rows: int) -
             raise InputError(str(error)) from None
 
 
-def file_chunks(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
-    """CSV/TSV/JSONL as predict.py reads them (text stays text), Parquet by record batches."""
-    if path.suffix.lower() != ".parquet":
-        yield from (frame for frame in iter_frames(path, chunksize=chunk_rows) if len(frame))
-        return
-    try:
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows):
-            if batch.num_rows:
-                yield batch.to_pandas()
-    except (pa.ArrowException, OSError) as error:
-        raise DataError(f"{path}: cannot be read as Parquet: {error}") from error
+def file_chunks(path: Path, chunk_rows: int, reading: dict[str, str | None]) -> Iterator[pd.DataFrame]:
+    """Any input as predict.py and training read it (text stays text; encoding and delimiter detected unless
+    given), in chunks."""
+    source = open_file(path, reading.get("encoding"), reading.get("delimiter"), reading.get("sheet"))
+    yield from (frame for frame in iter_frames(source, chunksize=chunk_rows) if len(frame))
 
 
 def check_texts(frame: pd.DataFrame, column: str, path: Path, first_row: int) -> None:
     """predict.chunk_texts' check (empty text allowed; anything but text names its row), without its imports."""
     if first_row > 1 and column not in frame.columns:  # JSONL: a whole chunk of rows without the key
         raise DataError(f"{path}: row {first_row}, column '{column}': expected text, got no value")
-    require_columns(frame, [column], path)
+    column = find_columns(frame, [column], path)[0]
     for offset, text in enumerate(frame[column].tolist()):
         if not isinstance(text, str):
             raise DataError(f"{path}: row {first_row + offset}, column '{column}': expected text, got {text!r}")
@@ -265,7 +266,8 @@ class Scorer:
     def __call__(self, batch: pd.DataFrame) -> pa.Table:
         from predict import scored_frame
 
-        predictions = self.inferer.predict_batch(batch[self.settings.text_column].tolist(),
+        column = find_columns(batch, [self.settings.text_column], Path("batch"))[0]  # case and spaces ignored
+        predictions = self.inferer.predict_batch(batch[column].tolist(),
                                                  batch_size=self.settings.forward_batch_size)
         return arrow_table(scored_frame(batch, predictions, self.inferer), self.inferer.label_names,
                            self.settings.labels_as_text)

@@ -25,6 +25,7 @@ from models.losses import build_loss
 from utils.checkpoint import LEXICAL, TRANSFORMER, ClassifierInfo, write_checkpoint
 from utils.config import Config
 from utils.data.prepare import DataSplits, prepare_splits
+from utils.data.report import write_data_report
 from utils.encoding import encode, pad_token_id
 from utils.evaluation.metrics import PRIMARY_METRIC, compute_metrics, tune_thresholds
 from utils.precision import accelerate_mixed_precision, resolve_precision
@@ -131,6 +132,8 @@ def set_up(config: Config) -> Run:
     splits = prepare_splits(config)
     for note in splits.notes:
         accelerator.print(note)
+    if accelerator.is_main_process:
+        write_data_report(splits, Path(config.output_dir))
     tokenizer = AutoTokenizer.from_pretrained(backbone)
     model = build_classifier(config.model_type, config.task, backbone, splits.label_names, config.pooling)
     freeze(model, config)  # what the user fixed (embeddings, the encoder); the recipe may fix more layers

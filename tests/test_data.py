@@ -10,8 +10,9 @@ import pytest
 
 from utils.config import make_config
 from utils.data.datasets import BUILTIN_DATASETS, SHARED_DATA_DIR
+from utils.data.files import file_format
 from utils.data.prepare import prepare_splits, resolve_source
-from utils.data.readers import ColumnLayout, DataError, file_format, read_label_names, read_labeled_texts
+from utils.data.readers import ColumnLayout, DataError, read_label_names, read_labeled_texts
 
 TOXIC_LABELS = list(BUILTIN_DATASETS["toxic"].label_columns)
 JIGSAW = ColumnLayout("comment_text", label_columns=tuple(TOXIC_LABELS))
@@ -208,9 +209,9 @@ def test_layout_needs_exactly_one_label_description():
 
 def test_unknown_extension_missing_file_and_empty_file(tmp_path):
     layout = ColumnLayout("text", label_columns=("y",))
-    (tmp_path / "d.xlsx").write_text("x")
+    (tmp_path / "d.docx").write_text("x")
     with pytest.raises(DataError, match="unknown file type"):
-        read_labeled_texts(tmp_path / "d.xlsx", "multilabel", layout)
+        read_labeled_texts(tmp_path / "d.docx", "multilabel", layout)
     with pytest.raises(DataError, match="no such file"):
         read_labeled_texts(tmp_path / "absent.csv", "multilabel", layout)
     (tmp_path / "empty.csv").write_text("text,y\n")
@@ -228,13 +229,15 @@ def test_repeated_label_names(tmp_path):
 # --- train and test must share the label set ----------------------------------------------------------------
 
 def test_test_file_with_a_class_unknown_to_training(tmp_path, conference_csv):
+    """Read before training and set aside, not an error: evaluation reports those rows apart."""
     test = tmp_path / "test.csv"
     test.write_text("Title,Conference\nA survey of caching,WWW\nScaling laws for vision,NeurIPS\n")
     config = make_config(task="multiclass", data=str(conference_csv), test_data=str(test), text_column="Title",
                          label_column="Conference")
-    with pytest.raises(DataError, match="unknown label 'NeurIPS'") as error:
-        prepare_splits(config)
-    located(error, test, 2, "Conference")
+    splits = prepare_splits(config)
+    assert splits.test is not None and splits.test.texts == ["A survey of caching"]
+    assert splits.test.unseen_texts == ["Scaling laws for vision"] and splits.test.unseen_labels == [["NeurIPS"]]
+    assert splits.files[1]["unseen_label_rows"] == 1
 
 
 def test_test_file_missing_a_label_column(tmp_path, toxic_csv):
@@ -268,7 +271,9 @@ def test_conference_like_file_needs_no_column_flags(conference_csv, capsys):
     assert "inferred text column 'Title', label column 'Conference'" in capsys.readouterr().out
     assert (config.text_column, config.label_column) == ("Title", "Conference")  # recorded for the checkpoint
     assert splits.label_names == ["INFOCOM", "ISCAS", "SIGGRAPH", "VLDB", "WWW"]
-    assert len(splits.train) + len(splits.validation) == 300
+    assert splits.test is not None and len(splits.test) == 45  # the default held-out 15%, stratified
+    assert len(splits.train) + len(splits.validation) == 255
+    assert any("held out 45 rows (15%" in note and "no --test-data" in note for note in splits.notes)
 
 
 def test_jigsaw_like_file_without_its_id_column_needs_no_column_flags(toxic_csv, tmp_path, capsys):
@@ -282,12 +287,12 @@ def test_jigsaw_like_file_without_its_id_column_needs_no_column_flags(toxic_csv,
 def test_a_given_column_is_kept_and_the_rest_inferred(conference_csv, toxic_csv, capsys):
     source = resolve_source(make_config(task="multiclass", data=str(conference_csv), label_column="Conference"))
     assert source.layout.text_column == "Title" and "inferred text column 'Title'" in capsys.readouterr().out
-    with pytest.raises(DataError, match="which columns hold the labels"):  # 'id' is neither text nor 0/1
-        resolve_source(make_config(task="multilabel", data=str(toxic_csv), text_column="comment_text"))
+    source = resolve_source(make_config(task="multilabel", data=str(toxic_csv), text_column="comment_text"))
+    assert source.layout.id_column == "id" and list(source.layout.label_columns) == TOXIC_LABELS  # 'id' set aside
 
 
 @pytest.mark.parametrize(("header", "row", "task"), [
-    ("id,comment_text,toxic,insult", "a{i},you fool number {i},{odd},0", "multilabel"),  # an id column besides
+    ("id,comment_text,toxic,insult", "a {i},you fool number {i},{odd},0", "multilabel"),  # ids with spaces
     ("title,abstract,venue", "title number {i},a long abstract number {i},WWW", "multiclass"),  # two texts
     ("text,score", "some words number {i},0.{i}5", "multiclass"),  # numbers, not labels
     ("text,a,b", "some words number {i},{odd},{even}", "multiclass"),  # 0/1 columns cannot hold one class

@@ -160,7 +160,7 @@ def test_row_numbers_count_across_chunks(inferer, tmp_path):
     ([], "needs --text"),
     (["--text", "a", "--input", "x.csv"], "one of the two"),
     (["--input", "x.csv"], "--input needs --output"),
-    (["--input", "x.csv", "--output", "y.parquet"], "unknown output type"),
+    (["--input", "x.csv", "--output", "y.xml"], "unknown output type"),
     (["--input", "missing.csv", "--output", "y.csv"], "missing.csv: no such file"),
 ])
 def test_command_line_mistakes_exit_2_with_a_message(multilabel_checkpoint, extra, message, capsys, tmp_path,

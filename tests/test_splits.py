@@ -116,7 +116,7 @@ def test_prepared_splits_partition_the_file(toxic_csv):
 
 def test_max_train_samples_takes_a_stratified_subset(conference_csv):
     config = make_config(task="multiclass", data=str(conference_csv), text_column="Title",
-                         label_column="Conference", val_split=0.2, max_train_samples=100)
+                         label_column="Conference", val_split=0.2, max_train_samples=100, test_split=0.0)
     splits = prepare_splits(config)
     assert len(splits.train) == 100 and len(splits.validation) == 60
     assert np.bincount(splits.train.labels).tolist() == [20] * 5

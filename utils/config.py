@@ -40,7 +40,7 @@ class Config:
     config: str | None = _opt(None, "JSON or YAML file with any of these fields; flags override it.")
     # data
     data: str | None = _opt(
-        None, "Built-in dataset (toxic, goemotions, conference) or a CSV/TSV/JSONL file. "
+        None, "Built-in dataset (toxic, goemotions, conference) or a CSV/TSV/TXT/JSONL/XLSX/Parquet file. "
         "Default: toxic for multilabel, conference for multiclass.")
     test_data: str | None = _opt(None, "Held-out file to report on; default: the dataset's own test split.")
     data_dir: str | None = _opt(
@@ -55,8 +55,15 @@ class Config:
     val_split: float = _opt(0.15, "Fraction of the training rows held out (stratified) for validation.")
     test_split: float | None = _opt(
         None, "Fraction of rows held out (stratified, before the validation split) as the test set when "
-        "there is no --test-data; default: 0.15 for toxic, 0.2 for conference, none for other files.")
+        "there is no --test-data; default: 0.2 for conference, 0.15 for toxic and your own files.")
     max_train_samples: int | None = _opt(None, "Use at most this many training rows (stratified sample).")
+    validation_data: str | None = _opt(
+        None, "File of validation rows (thresholds, early stopping); no validation split is then taken from --data.")
+    encoding: str | None = _opt(None, "Text encoding of every file read (default: detected, e.g. utf-8, cp1252).")
+    delimiter: str | None = _opt(None, "Column separator of CSV/TXT files (default: sniffed among , ; tab |).")
+    sheet: str | None = _opt(None, "Sheet of .xlsx files to read (default: the first).")
+    drop_invalid: bool = _opt(False, "Drop rows with an empty text or a missing label (counted in the data report) "
+                              "instead of stopping at the first.")
     # model
     model_type: str = _opt("bert", "Backbone family.", ("bert", "roberta", "distilbert"))
     model_name_or_path: str | None = _opt(

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from utils.config import Config
 from utils.data.datasets import BUILTIN_DATASETS, locate_file
-from utils.data.readers import (
-    ColumnLayout,
-    DataError,
-    LabeledTexts,
-    infer_layout,
-    read_label_names,
-    read_labeled_texts,
-)
+from utils.data.files import FileReading, open_file
+from utils.data.layout import infer_layout
+from utils.data.readers import ColumnLayout, DataError, LabeledTexts, read_label_names, read_labeled_texts
 from utils.data.splits import stratified_split
+
+USER_TEST_SPLIT = 0.15  # held out from a user's file that comes without --test-data
 
 
 @dataclass
@@ -25,6 +23,7 @@ class DataSplits:
     test: LabeledTexts | None
     notes: list[str]
     text_column: str | None = None  # where the texts came from, for scoring files of the same layout later
+    files: list[dict[str, Any]] = field(default_factory=list)  # each file as read, for the data report
 
     @property
     def label_names(self) -> list[str]:
@@ -41,10 +40,12 @@ class DataSource:
     layout: ColumnLayout
     label_names: list[str] | None
     labels_by_id: bool
+    validation_path: Path | None = None
 
 
 def resolve_source(config: Config) -> DataSource:
-    builtin = BUILTIN_DATASETS.get(config.data)
+    validation = Path(config.validation_data) if config.validation_data else None
+    builtin = BUILTIN_DATASETS.get(config.data or "")
     if builtin is not None:
         if builtin.task != config.task:
             raise DataError(f"dataset '{builtin.name}' is {builtin.task}, but --task is {config.task}")
@@ -57,54 +58,78 @@ def resolve_source(config: Config) -> DataSource:
         test_split = config.test_split if config.test_split is not None else builtin.test_split
         return DataSource(locate_file(builtin, builtin.train_file, config.data_dir),
                           test_path, 0.0 if config.test_data or builtin.test_file else test_split,
-                          layout, names, names is not None)
-    if not Path(config.data).is_file():
+                          layout, names, names is not None, validation)
+    if not config.data or not Path(config.data).is_file():
         raise DataError(f"{config.data}: not a built-in dataset ({', '.join(BUILTIN_DATASETS)}) and no such file")
-    if not config.text_column or not (config.label_columns or config.label_column):
-        infer_columns(config)
-    layout = ColumnLayout(config.text_column, tuple(config.label_columns), config.label_column,
-                          config.label_delimiter or ("," if config.task == "multilabel" else None))
+    layout = infer_columns(config)
     names = read_label_names(config.labels_file) if config.labels_file else None
+    test_split = config.test_split if config.test_split is not None else USER_TEST_SPLIT
     return DataSource(Path(config.data), Path(config.test_data) if config.test_data else None,
-                      0.0 if config.test_data else (config.test_split or 0.0), layout, names,
-                      names is not None)
+                      0.0 if config.test_data else test_split, layout, names, names is not None, validation)
 
 
-def infer_columns(config: Config) -> None:
-    """Fill in the file's text and label columns the config leaves out, when only one layout fits, and say so.
+def open_data_file(path: Path, config: Config) -> FileReading:
+    """`path` as every mode reads it: --encoding, --delimiter and --sheet where given, detected elsewhere."""
+    return open_file(path, config.encoding, config.delimiter, config.sheet)
+
+
+def infer_columns(config: Config) -> ColumnLayout:
+    """The user's file's layout: the columns the config leaves out inferred when only one layout fits (and said),
+    the given ones matched ignoring case and spaces, a multi-label column's separator detected.
 
     The config itself is completed, so that the checkpoint and its training config record the columns."""
-    delimiter = config.label_delimiter or ("," if config.task == "multilabel" else None)
-    layout, found = infer_layout(Path(config.data), config.task, config.text_column, config.label_columns,
-                                 config.label_column, delimiter)
+    reading = open_data_file(Path(str(config.data)), config)
+    layout, found = infer_layout(reading, config.task, config.text_column, config.label_columns,
+                                 config.label_column, config.label_delimiter)
     config.text_column, config.label_column = layout.text_column, layout.label_column
     config.label_columns = list(layout.label_columns)
-    print(f"{config.data}: inferred {found} (give --text-column and --label-column or --label-columns to choose "
-          "otherwise)")
+    config.label_delimiter = layout.label_delimiter if layout.label_column else config.label_delimiter
+    if found:
+        print(f"{config.data}: inferred {found} (give --text-column and --label-column or --label-columns to "
+              "choose otherwise)")
+    return layout
 
 
-def read_with_labels(path: Path, config: Config, source: DataSource,
-                     label_names: list[str] | None) -> LabeledTexts:
-    return read_labeled_texts(path, config.task, source.layout, label_names, source.labels_by_id)
+def read_file(path: Path, role: str, config: Config, source: DataSource, label_names: list[str] | None,
+              files: list[dict[str, Any]]) -> LabeledTexts:
+    """One file read with the source's layout; what was read is appended to `files` for the report."""
+    reading = open_data_file(path, config)
+    data = read_labeled_texts(reading, config.task, source.layout, label_names, source.labels_by_id,
+                              drop_invalid=config.drop_invalid, keep_unseen=role != "train")
+    layout = {"text_column": source.layout.text_column, "label_columns": list(source.layout.label_columns),
+              "label_column": source.layout.label_column, "label_delimiter": source.layout.label_delimiter,
+              "id_column": source.layout.id_column}
+    files.append({"role": role, **reading.describe(), "layout": layout, "rows_read": data.rows_read,
+                  "rows_used": len(data), "dropped": data.dropped, "unseen_label_rows": len(data.unseen_texts)})
+    return data
 
 
 def prepare_splits(config: Config) -> DataSplits:
-    """Read the data, hold out the test split (if the data has no test file) and the validation split."""
+    """Read the data, hold out the test split (if the data has no test file) and the validation split (if there
+    is no validation file); every file is read and checked here, before any training."""
     source = resolve_source(config)
-    full = read_with_labels(source.train_path, config, source, source.label_names)
-    notes = [f"read {len(full)} rows from {source.train_path}"]
+    files: list[dict[str, Any]] = []
+    full = read_file(source.train_path, "train", config, source, source.label_names, files)
+    notes = [f"read {len(full)} rows from {source.train_path}" + dropped_note(full)]
     test = None
     if source.test_path is not None:
-        test = read_with_labels(source.test_path, config, source, full.label_names)
-        notes.append(f"read {len(test)} test rows from {source.test_path}")
+        test = read_file(source.test_path, "test", config, source, full.label_names, files)
+        notes.append(f"read {len(test)} test rows from {source.test_path}" + dropped_note(test))
     elif source.test_split > 0:
         kept, held = stratified_split(full.labels, source.test_split, config.seed)
         full, test = full.subset(kept), full.subset(held)
         notes.append(f"held out {len(test)} rows ({source.test_split:.0%}, stratified, seed {config.seed}) "
-                     "as the test set")
-    kept, held = stratified_split(full.labels, config.val_split, config.seed + 1)
-    train, validation = full.subset(kept), full.subset(held)
-    notes.append(f"held out {len(validation)} rows ({config.val_split:.0%}) for validation")
+                     "as the test set" + ("" if config.test_split is not None or config.data in BUILTIN_DATASETS
+                                          else " (no --test-data given; --test-split 0 keeps them for training)"))
+    if source.validation_path is not None:
+        train = full
+        validation = read_file(source.validation_path, "validation", config, source, full.label_names, files)
+        notes.append(f"read {len(validation)} validation rows from {source.validation_path}"
+                     + dropped_note(validation))
+    else:
+        kept, held = stratified_split(full.labels, config.val_split, config.seed + 1)
+        train, validation = full.subset(kept), full.subset(held)
+        notes.append(f"held out {len(validation)} rows ({config.val_split:.0%}) for validation")
     if config.max_train_samples and config.max_train_samples < len(train):
         fraction = 1 - config.max_train_samples / len(train)
         kept, _ = stratified_split(train.labels, fraction, config.seed + 2)
@@ -112,14 +137,21 @@ def prepare_splits(config: Config) -> DataSplits:
         train = train.subset(kept)
     if len(train) == 0 or len(validation) == 0:
         raise DataError(f"{source.train_path}: too few rows for a training and a validation set")
-    return DataSplits(train, validation, test, notes, source.layout.text_column)
+    return DataSplits(train, validation, test, notes, source.layout.text_column, files)
+
+
+def dropped_note(data: LabeledTexts) -> str:
+    parts = [f"{count} with {reason}" for reason, count in data.dropped.items()]
+    parts += [f"{len(data.unseen_texts)} with labels training never saw (set aside)"] if data.unseen_texts else []
+    return f"; dropped {', '.join(parts)} (of {data.rows_read})" if parts else ""
 
 
 def read_test_set(config: Config, label_names: list[str]) -> LabeledTexts:
-    """The data to evaluate a checkpoint on: --test-data, else the dataset's own test split."""
+    """The data to evaluate a checkpoint on: --test-data, else the dataset's own test split. Rows of labels the
+    checkpoint never learnt are set aside in the result (`unseen_texts`), not an error."""
     if config.test_data:
         source = resolve_source(config)
-        return read_with_labels(Path(config.test_data), config, source, label_names)
+        return read_file(Path(config.test_data), "test", config, source, label_names, [])
     splits = prepare_splits(config)
     if splits.test is None:
         raise DataError(f"{config.data}: has no test split; give --test-data or --test-split")

@@ -171,9 +171,24 @@ def render_report(report: dict[str, Any], task: str, label_names: list[str], y_t
                  else '<p class="muted">No metrics.jsonl from the training run beside this report.</p>')
     parts += ["<h2>Recipe</h2>", recipe]
     parts += ["<h2>Cost of int8 and bf16</h2>", variants_section(task, folder)]
+    parts += data_section(report)
     title = f"Evaluation: {report['checkpoint']}"
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
             f"<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>\n")
+
+
+def data_section(report: dict[str, Any]) -> list[str]:
+    """The training data report (as printed before training) and the test rows of labels never learnt."""
+    parts = []
+    unseen = report.get("unseen_labels")
+    if unseen:
+        said = ", ".join(f"{escape(name)} {count}" for name, count in unseen["predicted"].items())
+        parts += ["<h2>Test rows of labels training never saw</h2>",
+                  f"<p>{unseen['rows']} rows ({escape(', '.join(unseen['labels']))}), excluded from the metrics; "
+                  f"the model said: {said or 'no label'}.</p>"]
+    if report.get("data_report"):
+        parts += ["<h2>Data</h2>", f"<pre>{escape(chr(10).join(report['data_report']))}</pre>"]
+    return parts
 
 
 def write_html_report(path: Path, report: dict[str, Any], task: str, label_names: list[str], y_true: np.ndarray,
