@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+from joblib.externals.loky import get_reusable_executor
 
 from models.blend import DEFAULT_METHODS, blend_scores, choose_blend_weights
 from models.lexical import LexicalModel
@@ -41,6 +42,8 @@ def fit_member(task: str, splits: DataSplits) -> FittedMember:
     validation = splits.validation
     lexical = LexicalModel.fit(splits.train.texts, splits.train.labels, task,
                                validation=(validation.texts, validation.labels))
+    # the fit's worker processes end now rather than idle through training: a run killed later leaves none
+    get_reusable_executor().shutdown(wait=True)
     return FittedMember(lexical, lexical.scores(validation.texts), time.time() - started)
 
 
