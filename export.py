@@ -5,7 +5,8 @@
 Writes into DIR (file names: utils/checkpoint.py ONNX_FILES; ModelInferer's `backend` in brackets):
 - model.onnx [onnx]: the classifier as (input_ids, attention_mask) -> logits, standard operators only, dynamic
   batch and sequence axes (opset 17);
-- model.int8.onnx [onnx-int8]: the same with int8 MatMul weights (dynamic quantization);
+- model.int8.onnx [onnx-int8]: the same with int8 MatMul weights (dynamic quantization): 8-bit where the CPU has
+  VNNI or AMX, 7-bit where it does not (`choose_int8`; --onnx-int8-reduce-range forces either);
 - model.fused.onnx [onnx-fused]: ONNX Runtime's transformer optimizer applied (attention, embeddings + LayerNorm,
   skip + LayerNorm, bias + GELU each one contrib operator), for the BERT-family encoders it fuses;
 - model.fused.int8.onnx [onnx-fused-int8]: the fused graph with dynamic int8 MatMul and attention weights;
@@ -13,8 +14,8 @@ Writes into DIR (file names: utils/checkpoint.py ONNX_FILES; ModelInferer's `bac
   ranges calibrated on training rows.
 Then, where the training data is still where training_config.json says, it scores the validation rows with the
 float32 PyTorch model and with every graph and writes variants.json (utils/checkpoint.py VariantsReport): the
-speed and metric cost of each, which BACKEND=auto chooses from. `--output FILE` writes the graphs beside FILE
-instead (FILE, then its `.int8.onnx`, `.fused.onnx`, ... twins) and measures nothing.
+speed and metric cost of each, which BACKEND=auto chooses from, and the int8 choice. `--output FILE` writes the
+graphs beside FILE instead (FILE, then its `.int8.onnx`, `.fused.onnx`, ... twins) and measures nothing.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import numpy as np
 import torch
 
 from models import load_classifier
-from utils.checkpoint import ONNX_FILES, CheckpointFolder, VariantRecord, VariantsReport
+from utils.checkpoint import ONNX_FILES, CheckpointFolder, Int8Quantization, VariantRecord, VariantsReport
 from utils.runners import QUALITY_METRIC
 
 if TYPE_CHECKING:
@@ -49,6 +50,9 @@ STATIC_VARIANT = "onnx-fused-int8-static"
 CALIBRATION_ROWS = 256  # training texts static quantization sees: more moved its ranges by under 1%
 MEASURED_ROWS = 2000  # validation rows scored per variant at most (a seeded sample of larger splits)
 MEASURE_THREADS = 1  # as each server worker runs (TORCH_THREADS=1); one thread also times steadily on a busy CPU
+# x86 instructions that sum u8 x s8 products straight into 32 bits (/proc/cpuinfo flags). Without them ONNX Runtime's
+# int8 kernels (AVX2, AVX-512 BW) add pairs of products in 16 bits first, which 8-bit weights can saturate.
+INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 
 
 def missing_engines() -> list[str]:
@@ -120,7 +124,35 @@ def fuse(source: Path, target: Path, config: Any) -> dict[str, int]:
     return fused
 
 
-def quantize_dynamic_int8(source: Path, target: Path) -> None:
+def int8_cpu_features(cpuinfo: Path = Path("/proc/cpuinfo")) -> list[str]:
+    """The INT8_DOT_FLAGS this CPU lists in /proc/cpuinfo ([] where there is no such file)."""
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
+    flags = next((set(line.split(":", 1)[1].split()) for line in lines if line.startswith("flags")), set())
+    return [flag for flag in INT8_DOT_FLAGS if flag in flags]
+
+
+def choose_int8(reduce_range: bool | None = None, cpuinfo: Path = Path("/proc/cpuinfo")) -> Int8Quantization:
+    """8-bit weights where the CPU sums int8 products in 32 bits, 7-bit (reduce_range) on an x86 CPU that cannot.
+
+    ONNX Runtime's u8 x s8 kernels on x86 without VNNI add two products in 16 bits: 255 x 127 x 2 overflows them and
+    saturates (measured 2.6e-3 off float32 on an AVX2 Zen 3), 255 x 64 x 2 fits; ONNX Runtime advises reduce_range
+    there. Where it is not needed it doubles the weights' rounding step. `reduce_range` True or False forces it.
+    """
+    features = int8_cpu_features(cpuinfo)
+    if reduce_range is not None:
+        return Int8Quantization(cpu_features=features, reduce_range=reduce_range,
+                                reason=f"asked for (reduce_range={reduce_range})")
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
+        return Int8Quantization(cpu_features=features, reduce_range=False,
+                                reason=f"{platform.machine()}: the 16-bit saturation is x86's")
+    if features:
+        return Int8Quantization(cpu_features=features, reduce_range=False,
+                                reason=f"{' and '.join(features)}: int8 products summed in 32 bits, no saturation")
+    return Int8Quantization(cpu_features=features, reduce_range=True,
+                            reason="no VNNI or AMX: 7-bit weights keep the 16-bit pair sums from saturating")
+
+
+def quantize_dynamic_int8(source: Path, target: Path, reduce_range: bool = False) -> None:
     """int8 weights per output channel, activations quantized per batch at run time (no calibration)."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -129,7 +161,7 @@ def quantize_dynamic_int8(source: Path, target: Path) -> None:
     # DefaultTensorType: shape inference cannot type the outputs of contrib operators.
     with quiet():
         quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=True,
-                         op_types_to_quantize=["MatMul", "Attention"],
+                         reduce_range=reduce_range, op_types_to_quantize=["MatMul", "Attention"],
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
 
 
@@ -158,12 +190,14 @@ class CalibrationBatches:
         return next(self.batches, None)
 
 
-def quantize_static_int8(source: Path, target: Path, calibration: CalibrationBatches) -> None:
+def quantize_static_int8(source: Path, target: Path, calibration: CalibrationBatches,
+                         reduce_range: bool = False) -> None:
     """int8 weights per channel and int8 activations whose ranges (min/max) come from the calibration batches,
     as QuantizeLinear/DequantizeLinear pairs (the operator form fails on the fused graph's contrib operators).
 
     Symbolic shape inference first: without the types of the contrib operators' outputs the calibration sees
-    no activation, and only the weights would be quantized.
+    no activation, and only the weights would be quantized. `reduce_range`: 7-bit weights, as for dynamic int8
+    (the u8 x s8 kernels that run the QDQ pairs are the same).
     """
     import onnx
     from onnxruntime.quantization import (
@@ -183,22 +217,26 @@ def quantize_static_int8(source: Path, target: Path, calibration: CalibrationBat
         typed = Path(scratch) / "typed.onnx"
         quant_pre_process(str(source), str(typed), skip_optimization=True, auto_merge=True)
         quantize_static(str(typed), str(target), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, reduce_range=reduce_range,
                         op_types_to_quantize=["MatMul"], calibrate_method=CalibrationMethod.MinMax,
                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
 
 
 def export_graphs(checkpoint: str | Path, output: str | Path | None = None, static_int8: bool = False,
-                  calibration_texts: list[str] | None = None) -> dict[str, Path]:
-    """Write the plain, int8, fused and fused int8 graphs (and the static int8 one when asked); returns them."""
+                  calibration_texts: list[str] | None = None, int8: Int8Quantization | None = None
+                  ) -> dict[str, Path]:
+    """Write the plain, int8, fused and fused int8 graphs (and the static int8 one when asked); returns them.
+
+    The int8 weights are 8- or 7-bit as `int8` says (default: `choose_int8()` on this CPU)."""
     missing = missing_engines()
     if missing:
         raise ImportError(f"ONNX export needs {' and '.join(missing)}: pip install -r requirements_onnx.txt")
     if static_int8 and not calibration_texts:
         raise ValueError("static int8 needs calibration texts (training rows)")
+    reduce_range = (int8 or choose_int8()).reduce_range
     paths = variant_paths(checkpoint, output)
     config = export_plain(checkpoint, paths["onnx"])
-    quantize_dynamic_int8(paths["onnx"], paths["onnx-int8"])
+    quantize_dynamic_int8(paths["onnx"], paths["onnx-int8"], reduce_range)
     written = {"onnx": paths["onnx"], "onnx-int8": paths["onnx-int8"]}
     fused = fuse(paths["onnx"], paths["onnx-fused"], config)
     if not paths["onnx-fused"].is_file():
@@ -206,11 +244,11 @@ def export_graphs(checkpoint: str | Path, output: str | Path | None = None, stat
             "graphs serve it")
         return written
     say("fused: " + ", ".join(f"{count} {name}" for name, count in fused.items()))
-    quantize_dynamic_int8(paths["onnx-fused"], paths["onnx-fused-int8"])
+    quantize_dynamic_int8(paths["onnx-fused"], paths["onnx-fused-int8"], reduce_range)
     written |= {"onnx-fused": paths["onnx-fused"], "onnx-fused-int8": paths["onnx-fused-int8"]}
     if static_int8:
         calibration = CalibrationBatches(checkpoint, list(calibration_texts or []))
-        quantize_static_int8(paths["onnx-fused"], paths[STATIC_VARIANT], calibration)
+        quantize_static_int8(paths["onnx-fused"], paths[STATIC_VARIANT], calibration, reduce_range)
         written[STATIC_VARIANT] = paths[STATIC_VARIANT]
     return written
 
@@ -219,8 +257,10 @@ def export_graphs(checkpoint: str | Path, output: str | Path | None = None, stat
 
 
 def measure_variants(checkpoint: str | Path, data: LabeledTexts, backends: list[str], threads: int = MEASURE_THREADS,
-                     batch_size: int = 32, max_rows: int = MEASURED_ROWS, chunk: int = 128) -> VariantsReport:
-    """Score `data` (validation rows) with float32 PyTorch and each backend: their speed and cost.
+                     batch_size: int = 32, max_rows: int = MEASURED_ROWS, chunk: int = 128,
+                     int8: Int8Quantization | None = None) -> VariantsReport:
+    """Score `data` (validation rows) with float32 PyTorch and each backend: their speed and cost (and `int8`, how
+    the int8 graphs were quantized, goes into the report).
 
     The variants take turns chunk by chunk, so a change in the machine's load falls on all of them alike.
     """
@@ -262,7 +302,8 @@ def measure_variants(checkpoint: str | Path, data: LabeledTexts, backends: list[
                                                                                   - stacked["torch"]).max())))
     return VariantsReport(checkpoint_id=reference.checkpoint_id, metric=metric, rows=len(data),
                           batch_size=batch_size, threads=threads, machine=cpu_model(),
-                          measured_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), variants=records)
+                          measured_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), variants=records,
+                          int8=int8)
 
 
 def training_rows(checkpoint: str | Path) -> tuple[LabeledTexts, LabeledTexts] | None:
@@ -282,9 +323,14 @@ def training_rows(checkpoint: str | Path) -> tuple[LabeledTexts, LabeledTexts] |
     return splits.validation, splits.train
 
 
-def run(checkpoint: str | Path, output: str | Path | None = None, static_int8: bool = False) -> None:
-    """The command line's export: the graphs, then (into the checkpoint only) their measurement."""
+def run(checkpoint: str | Path, output: str | Path | None = None, static_int8: bool = False,
+        reduce_range: bool | None = None) -> None:
+    """The command line's export: the graphs, then (into the checkpoint only) their measurement.
+
+    `reduce_range` None: 7-bit int8 weights where this CPU needs them (`choose_int8`); True or False forces it."""
     started = time.time()
+    int8 = choose_int8(reduce_range)
+    say(f"int8 weights {7 if int8.reduce_range else 8}-bit: {int8.reason}")
     rows = training_rows(checkpoint) if output is None else None
     calibration = None
     if static_int8 and rows is not None:
@@ -292,11 +338,12 @@ def run(checkpoint: str | Path, output: str | Path | None = None, static_int8: b
         calibration = [train.texts[i] for i in np.random.default_rng(0).permutation(len(train))[:CALIBRATION_ROWS]]
     elif static_int8:
         say("static int8 needs the training rows to calibrate on; skipped")
-    written = export_graphs(checkpoint, output, static_int8=calibration is not None, calibration_texts=calibration)
+    written = export_graphs(checkpoint, output, static_int8=calibration is not None, calibration_texts=calibration,
+                            int8=int8)
     for path in written.values():
         say(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
     if rows is not None:
-        report = measure_variants(checkpoint, rows[0], list(written))
+        report = measure_variants(checkpoint, rows[0], list(written), int8=int8)
         path = CheckpointFolder(checkpoint).write_variants(report)
         say(f"measured on {report.rows} validation rows ({report.threads} thread, batch {report.batch_size}), "
             f"{report.metric} cost against float32 PyTorch:")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from transformers.utils import logging as hf_logging
 
-from utils.config import parse_config
+from utils.config import Config, parse_config
 from utils.data.readers import DataError
 
 
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
             if is_main_process() and result.checkpoint.is_dir():
                 evaluation.run(config, result.checkpoint)
                 if config.export_onnx:
-                    export_after_training(result.checkpoint, config.onnx_static_int8)
+                    export_after_training(result.checkpoint, config)
         elif config.mode == "eval":
             import eval as evaluation
 
@@ -40,14 +40,19 @@ def main(argv: list[str] | None = None) -> int:
         else:  # export: the modes are checked when the config is parsed
             import export
 
-            export.run(require_checkpoint(config), config.output, config.onnx_static_int8)
+            export.run(require_checkpoint(config), config.output, config.onnx_static_int8, reduce_range(config))
     except (DataError, ValueError, FileNotFoundError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0
 
 
-def export_after_training(checkpoint: Path, static_int8: bool) -> None:
+def reduce_range(config: Config) -> bool | None:
+    """--onnx-int8-reduce-range as export.run takes it: None lets export choose for the CPU."""
+    return {"auto": None, "yes": True, "no": False}[config.onnx_int8_reduce_range]
+
+
+def export_after_training(checkpoint: Path, config: Config) -> None:
     """The graphs serving prefers, measured on validation; skipped with a note where ONNX is not installed."""
     import export
 
@@ -56,7 +61,7 @@ def export_after_training(checkpoint: Path, static_int8: bool) -> None:
         print(f"not exporting ONNX graphs: {' and '.join(missing)} not installed (requirements_onnx.txt); "
               "--no-export-onnx silences this", file=sys.stderr)
         return
-    export.run(checkpoint, static_int8=static_int8)
+    export.run(checkpoint, static_int8=config.onnx_static_int8, reduce_range=reduce_range(config))
 
 
 def is_main_process() -> bool:

@@ -4,8 +4,8 @@ Training writes it with `write_checkpoint`; evaluation, inference, export and se
 `CheckpointFolder`. Every file name is defined here and nowhere else. `classifier.json` is described by the
 versioned `ClassifierInfo`; a folder from a newer format is refused with a clear message, and folders of the
 first format (written before the version field existed) still load. Export adds the ONNX graphs and
-`variants.json` (`VariantsReport`: each graph's measured speed and validation cost, which BACKEND=auto reads);
-a checkpoint without them stays complete.
+`variants.json` (`VariantsReport`: each graph's measured speed and validation cost, which BACKEND=auto reads,
+and how the int8 graphs were quantized); a checkpoint without them stays complete.
 """
 
 from __future__ import annotations
@@ -79,6 +79,16 @@ class VariantRecord(BaseModel):
     max_score_difference: float  # largest |score - reference score| over the rows and labels
 
 
+class Int8Quantization(BaseModel):
+    """How export stored the int8 graphs' weights, and why: the CPU's int8 instructions decide."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cpu_features: list[str]  # the int8 dot-product instructions the CPU listed (avx512_vnni, avx_vnni, amx_int8)
+    reduce_range: bool  # 7-bit weights (-64..64), whose u8 x s8 pair sums cannot saturate 16 bits, or 8-bit
+    reason: str
+
+
 class VariantsReport(BaseModel):
     """What `variants.json` holds: the measured speed and validation cost of each runnable variant."""
 
@@ -94,6 +104,7 @@ class VariantsReport(BaseModel):
     machine: str  # the CPU the speeds were measured on
     measured_at: str  # UTC, ISO 8601
     variants: list[VariantRecord]
+    int8: Int8Quantization | None = None  # absent from the reports written before export recorded it
 
     def record(self, backend: str) -> VariantRecord | None:
         return next((v for v in self.variants if v.backend == backend), None)

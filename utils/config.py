@@ -139,6 +139,9 @@ class Config:
         "validation cost (what serving's BACKEND=auto picks from); needs requirements_onnx.txt.")
     onnx_static_int8: bool = _opt(
         False, "Export also writes a static int8 graph, its activation ranges calibrated on training rows.")
+    onnx_int8_reduce_range: str = _opt(
+        "auto", "Export's int8 graphs with 7-bit weights (yes) or 8-bit (no); auto: 7-bit only on an x86 CPU "
+        "without VNNI or AMX, whose int8 kernels can saturate 8-bit ones.", ("auto", "yes", "no"))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
