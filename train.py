@@ -132,10 +132,11 @@ def set_up(config: Config) -> Run:
     splits = prepare_splits(config)
     for note in splits.notes:
         accelerator.print(note)
-    if accelerator.is_main_process:
-        write_data_report(splits, Path(config.output_dir))
     tokenizer = AutoTokenizer.from_pretrained(backbone)
     model = build_classifier(config.model_type, config.task, backbone, splits.label_names, config.pooling)
+    if accelerator.is_main_process:  # before anything is written there
+        check_writable(Path(config.output_dir), bytes_needed(model, config.keep_last))
+        write_data_report(splits, Path(config.output_dir))
     freeze(model, config)  # what the user fixed (embeddings, the encoder); the recipe may fix more layers
     member = fit_member(config.task, splits) if config.ensemble != "none" else None
     if member is not None:
@@ -228,9 +229,7 @@ def position_limit(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -
 
 
 def prepare_model(model: PreTrainedModel, config: Config, splits: DataSplits, accelerator: Accelerator) -> None:
-    """The recipe's frozen layers and the loss; the output folder checked."""
-    if accelerator.is_main_process:
-        check_writable(Path(config.output_dir), bytes_needed(model, config.keep_last))
+    """The recipe's frozen layers and the loss."""
     freeze(model, config)
     weights = loss_weights(config, splits)
     model.loss_fn = build_loss(config.task, config.loss, weights, config.focal_gamma, config.label_smoothing)
