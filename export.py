@@ -270,7 +270,7 @@ def measure_variants(checkpoint: str | Path, data: LabeledTexts, backends: list[
     if len(data) > max_rows:
         data = data.subset(np.sort(np.random.default_rng(0).permutation(len(data))[:max_rows]))
     torch_threads = torch.get_num_threads()  # measuring sets it for the whole process: given back below
-    inferers = {"torch": ModelInferer(checkpoint, device="cpu", precision="fp32", num_threads=threads)}
+    inferers = {"torch": ModelInferer(checkpoint, device="cpu", precision="fp32", num_threads=threads, backend="torch")}
     inferers |= {b: ModelInferer(checkpoint, backend=b, num_threads=threads) for b in backends}
     seconds = dict.fromkeys(inferers, 0.0)
     scores: dict[str, list[np.ndarray]] = {name: [] for name in inferers}

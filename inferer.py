@@ -40,16 +40,17 @@ class ModelInferer:
     `config`, when given (the original project's call), must agree with the checkpoint on task and labels; input
     settings that differ (max length, truncation) are named in a warning, and the checkpoint's are used.
     `threshold` replaces the checkpoint's tuned multi-label thresholds: one number for every label, or one per
-    label. `backend` "onnx", "onnx-int8", "onnx-fused", ... runs one of the checkpoint's exported graphs
-    (`main.py --mode export`) in ONNX Runtime on the CPU instead of PyTorch; "auto" (what the server runs) picks
-    the fastest one whose validation cost export measured within bounds (utils/runners.py `choose_backend`), else
-    PyTorch.
+    label. `backend` "auto" (the default, as the server, eval and predict) picks the fastest of the checkpoint's
+    exported graphs whose validation cost export measured within bounds (utils/runners.py `choose_backend`), else
+    PyTorch; "torch" is PyTorch whatever was exported (gradients for `explain`, a GPU); "onnx", "onnx-int8",
+    "onnx-fused", ... run one graph in ONNX Runtime on the CPU. `quantize`, a `precision` other than auto/fp32 or
+    a GPU `device` make "auto" PyTorch.
     """
 
     def __init__(self, checkpoint_path: str | Path, quantize: bool = False, device: str | None = None,
                  precision: str = "auto", threshold: float | Sequence[float] | None = None,
                  truncation: str | None = None, max_length: int | None = None, config: Any = None,
-                 num_threads: int | None = None, backend: str = "torch") -> None:
+                 num_threads: int | None = None, backend: str = "auto") -> None:
         self.checkpoint_path = Path(checkpoint_path)
         self.checkpoint = CheckpointFolder(self.checkpoint_path)
         self.info = self.checkpoint.info

@@ -185,7 +185,7 @@ def main() -> None:
     args = parse_args()
     hf_logging.set_verbosity_error()
     torch.set_num_threads(args.threads)
-    inferer = ModelInferer(args.checkpoint, precision="fp32")
+    inferer = ModelInferer(args.checkpoint, precision="fp32", backend="torch")  # gradient methods need PyTorch
     texts = held_out_texts(inferer, args.texts, args.min_words, args.seed)
     if args.cost_only:
         measured = cost_of_explaining(inferer, texts)

@@ -46,7 +46,7 @@ from utils.training.optim import encoder_layers  # noqa: E402
 RESULTS = results_path("bench_inference.json")
 PLOT = figure_path("bench_inference.png")
 VARIANTS = {  # name: ModelInferer arguments
-    "torch fp32": {}, "torch bf16": {"precision": "bf16"}, "torch int8 (dynamic)": {"quantize": True},
+    "torch fp32": {"backend": "torch"}, "torch bf16": {"precision": "bf16"}, "torch int8 (dynamic)": {"quantize": True},
     "onnx fp32": {"backend": "onnx"}, "onnx int8": {"backend": "onnx-int8"},
     "onnx fused fp32": {"backend": "onnx-fused"}, "onnx fused int8": {"backend": "onnx-fused-int8"},
     "onnx fused int8 static": {"backend": "onnx-fused-int8-static"},

@@ -52,8 +52,8 @@ def load_inferer(settings: ServingSettings) -> ModelInferer:
                            precision=settings.precision, num_threads=settings.torch_threads, backend=settings.backend)
     inferer.predict_batch(["warm up"])  # the first forward pass allocates; do it before taking traffic
     choice = inferer.backend_choice
-    log.info("model %s (%s) loaded in %.1f s; backend %s (%s: %s)", inferer.checkpoint_id, settings.checkpoint_path,
-             time.time() - started, choice.backend, choice.requested, choice.reason)
+    log.info("model %s (%s) loaded in %.1f s; %s", inferer.checkpoint_id, settings.checkpoint_path,
+             time.time() - started, choice.line())
     return inferer
 
 

@@ -131,6 +131,10 @@ class BackendChoice:
         return {"requested": self.requested, "backend": self.backend, "reason": self.reason, "metric": self.metric,
                 "max_cost": self.max_cost, "measured": self.measured.model_dump() if self.measured else None}
 
+    def line(self) -> str:
+        """One line for logs and the command line: the backend, what was asked for and why."""
+        return f"backend {self.backend} ({self.requested}: {self.reason})"
+
 
 def engine_installed(backend: str) -> bool:
     """Whether this environment can run `backend` (the ONNX-only serving image has no torch)."""
