@@ -26,9 +26,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(interrupted, file=sys.stderr)
                 return interrupted.exit_code
             if is_main_process() and result.checkpoint.is_dir():
-                evaluation.run(config, result.checkpoint)
-                if config.export_onnx:
+                if config.export_onnx:  # first, so that the report measures the backend the server will choose
                     export_after_training(result.checkpoint, config)
+                evaluation.run(config, result.checkpoint)
         elif config.mode == "eval":
             import eval as evaluation
 

@@ -39,6 +39,7 @@ from ray.exceptions import UserCodeException
 
 from utils.checkpoint import CheckpointFolder
 from utils.data.files import DataError, find_columns, iter_frames, open_file
+from utils.runners import AUTO, choose_backend, torch_only_option
 
 if TYPE_CHECKING:
     from utils.config import Config
@@ -62,7 +63,7 @@ class ScorerSettings:
     text_column: str
     quantize: bool = False
     precision: str = "auto"
-    backend: str = "torch"
+    backend: str = AUTO  # the driver passes the backend it chose (run); auto: each actor chooses as the server
     threads: int = 1  # torch / ONNX Runtime threads, as many as the actor's CPUs
     forward_batch_size: int = 128  # texts per forward pass, sorted by length inside a Ray batch
     labels_as_text: bool = False  # CSV shards: labels joined with "|", as predict.py writes them
@@ -80,10 +81,14 @@ def run(config: Config, checkpoint: str | Path) -> None:
     if config.batch_size < 1 or config.eval_batch_size < 1:
         raise ValueError("--batch-size and --eval-batch-size must be >= 1")
     output = Path(config.output).absolute()
-    text_column = config.text_column or CheckpointFolder(checkpoint).info.text_column or "text"
+    folder = CheckpointFolder(checkpoint)
+    text_column = config.text_column or folder.info.text_column or "text"
+    # chosen once here, as the server chooses, so every actor of every node runs the same backend
+    choice = choose_backend(folder, config.backend, torch_only_option(config.quantize, config.precision, None))
+    print(choice.line(), file=sys.stderr)
     settings = ScorerSettings(
         checkpoint=str(Path(checkpoint).absolute()), text_column=text_column,
-        quantize=config.quantize, precision=config.precision, backend=getattr(config, "backend", "torch"),
+        quantize=config.quantize, precision=config.precision, backend=choice.backend,
         threads=config.cpus_per_actor, forward_batch_size=config.eval_batch_size,
         labels_as_text=output_format(output) == "csv", encoding=config.encoding, delimiter=config.delimiter,
         sheet=config.sheet)
@@ -183,7 +188,7 @@ def check_before_start(output: Path, settings: ScorerSettings) -> None:
     if output.exists():
         raise ValueError(f"{output}: already exists; remove it or choose another --output folder")
     folder = CheckpointFolder(settings.checkpoint)
-    if settings.backend != "torch" and not folder.onnx_file(settings.backend).is_file():
+    if settings.backend not in (AUTO, "torch") and not folder.onnx_file(settings.backend).is_file():
         raise FileNotFoundError(f"{settings.checkpoint}: no {folder.onnx_file(settings.backend).name}; export it "
                                 f"with `python main.py --mode export --checkpoint {settings.checkpoint}`")
 

@@ -13,6 +13,8 @@ from typing import Any
 import yaml
 from transformers import HfArgumentParser
 
+from utils.runners import AUTO, BACKENDS, torch_only_option
+
 TASKS = ("multilabel", "multiclass")
 MODES = ("train", "eval", "predict", "export")
 ENGINES = ("single", "ray")
@@ -126,7 +128,12 @@ class Config:
     input: str | None = _opt(None, "CSV/JSONL file to score in predict mode.")
     output: str | None = _opt(None, "Where predict mode writes the scored file; export mode: the float32 graph "
                                "(the other graphs beside it, nothing measured).")
-    quantize: bool = _opt(False, "Dynamic int8 quantization of Linear layers for eval/predict.")
+    quantize: bool = _opt(False, "Dynamic int8 quantization of Linear layers for eval/predict (PyTorch only: "
+                          "with --backend auto it means torch).")
+    backend: str = _opt(
+        AUTO, "What eval, predict and Ray score with, as the server's BACKEND: auto picks the fastest exported graph "
+        "whose validation cost export measured within bounds, else torch (--quantize or a --precision other than "
+        "auto/fp32 mean torch); or one backend by name.", (AUTO, *BACKENDS))
     engine: str = _opt("single", "predict --input on one process, or on Ray Data (files, globs or folders; "
                        "a folder of Parquet or CSV shards out).", ENGINES)
     num_actors: int | None = _opt(None, "Ray: scoring actors, each loading the model once (default: the "
@@ -226,6 +233,11 @@ def make_config(**values: Any) -> Config:
             raise ValueError(f"setting {f.name}: expected {expected.__name__}, got {value!r}")
     if not 0.0 <= config.val_split < 1.0 or not 0.0 <= (config.test_split or 0.0) < 1.0:
         raise ValueError("--val-split and --test-split must lie in [0, 1)")
+    only_torch = torch_only_option(config.quantize, config.precision, None)
+    if only_torch and config.backend not in (AUTO, "torch"):
+        raise ValueError(f"--{only_torch} runs in PyTorch only, and --backend {config.backend} "
+                         "runs the exported graph as it is: drop it, or use --backend auto or torch (an int8 graph "
+                         "is --backend onnx-int8 or onnx-fused-int8)")
     if config.batch_size < 1 or (config.max_length or 8) < 8 or config.gradient_accumulation_steps < 1:
         raise ValueError("--batch-size and --gradient-accumulation-steps must be >= 1, --max-length >= 8")
     return config
