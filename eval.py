@@ -9,15 +9,18 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from inferer import ModelInferer
 from utils.config import Config
 from utils.data.prepare import read_test_set
 from utils.data.readers import LabeledTexts
 from utils.data.report import REPORT_FILE as DATA_REPORT_FILE
 from utils.data.report import report_lines
-from utils.evaluation.metrics import calibration_metrics, compute_metrics
+from utils.evaluation.metrics import backend_cost, calibration_metrics, compute_metrics
 from utils.evaluation.plots import plot_confusion_matrix, plot_curves
 from utils.evaluation.report_html import write_html_report
+from utils.runners import AUTO
 
 REPORT_FILE = "eval_report.json"
 
@@ -84,23 +87,49 @@ def members_line(task: str, metrics: dict[str, Any]) -> str:
     return f"mean ROC AUC {metrics['mean_roc_auc']:.4f}   ({per_label})"
 
 
+def torch_reference(inferer: ModelInferer, data: LabeledTexts, metrics: dict[str, Any], scores: np.ndarray,
+                    batch_size: int) -> dict[str, Any]:
+    """Float32 PyTorch on the same rows beside a backend that is not torch: its figures, and what the backend
+    costs against them per label (the rows scored twice)."""
+    reference = ModelInferer(inferer.checkpoint_path, backend="torch", precision="fp32")
+    result = evaluate(reference, data, batch_size)
+    torch_scores = result["scores"]
+    return {"metrics": result["metrics"],
+            "cost": backend_cost(inferer.task, metrics, result["metrics"], inferer.label_names),
+            "max_score_difference": float(np.abs(scores - torch_scores).max()) if len(scores) else 0.0}
+
+
+def report_suffix(config: Config, inferer: ModelInferer) -> str:
+    """"" for what --backend auto measures (what the server serves); torch's int8 and bf16, and a backend asked
+    for by name, in reports of their own."""
+    if config.quantize:
+        return "_int8"
+    if inferer.precision != "fp32":
+        return f"_{inferer.precision}"
+    return "" if config.backend == AUTO else f"_{config.backend}"
+
+
 def run(config: Config, checkpoint: str | Path) -> dict[str, Any]:
-    """Evaluate `checkpoint` on the test data the config names; write the report and plots beside it."""
-    inferer = ModelInferer(checkpoint, quantize=config.quantize, precision=config.precision)
+    """Evaluate `checkpoint` on the test data the config names with --backend (auto: what the server serves);
+    write the report and plots beside it."""
+    inferer = ModelInferer(checkpoint, quantize=config.quantize, precision=config.precision, backend=config.backend)
     data = read_test_set(config, inferer.label_names)
     result = evaluate(inferer, data, config.eval_batch_size)
     metrics = result["metrics"]
     out_dir = Path(config.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    suffix = "_int8" if config.quantize else ("" if inferer.precision == "fp32" else f"_{inferer.precision}")
+    suffix = report_suffix(config, inferer)
     if inferer.task == "multilabel":
         plots = [plot_curves(data.labels, result["scores"], inferer.label_names, out_dir / f"curves{suffix}.png",
                              inferer.thresholds)]
     else:
         plots = [plot_confusion_matrix(metrics["confusion_matrix"], inferer.label_names,
                                        out_dir / f"confusion_matrix{suffix}.png")]
-    report = {"checkpoint": str(checkpoint), "data": data.source, "quantized": config.quantize,
+    report = {"checkpoint": str(checkpoint), "data": data.source, "backend": inferer.backend,
+              "backend_choice": inferer.backend_choice.describe(), "quantized": config.quantize,
               "precision": inferer.precision, "metrics": metrics, "plots": [str(p) for p in plots]}
+    if inferer.backend != "torch":
+        report["torch"] = torch_reference(inferer, data, metrics, result["scores"], config.eval_batch_size)
     unseen = unseen_label_rows(inferer, data, config.eval_batch_size)
     if unseen:
         report["unseen_labels"] = unseen
@@ -111,15 +140,37 @@ def run(config: Config, checkpoint: str | Path) -> dict[str, Any]:
     page = write_html_report(report_path.with_suffix(".html"), report, inferer.task, inferer.label_names,
                              data.labels, result["scores"], inferer.thresholds,
                              [out_dir, Path(checkpoint).parent])
-    numbers = "int8" if config.quantize else inferer.precision
-    print(f"\nevaluation on {data.source} ({len(data)} texts, {numbers}):")
-    print(summary_table(inferer.task, metrics))
-    for name, alone in metrics.get("members", {}).items():
-        print(f"{name} alone: " + members_line(inferer.task, alone))
-    if unseen:
-        print(f"{unseen['rows']} test rows of labels the model never learnt ({', '.join(unseen['labels'])}), not in "
-              f"the metrics; it said: {', '.join(f'{k} {v}' for k, v in unseen['predicted'].items())}")
+    print_summary(inferer, report, len(data))
     print(f"report: {report_path} and {page}")
     return report
 
 
+def print_summary(inferer: ModelInferer, report: dict[str, Any], rows: int) -> None:
+    """The figures, the backend measured and why, torch's figures and the per-label cost beside another backend."""
+    task, metrics = inferer.task, report["metrics"]
+    numbers = "int8" if report["quantized"] else report["precision"]
+    print(f"\nevaluation on {report['data']} ({rows} texts, {numbers}, {inferer.backend_choice.line()}):")
+    print(summary_table(task, metrics))
+    for name, alone in metrics.get("members", {}).items():
+        print(f"{name} alone: " + members_line(task, alone))
+    if "torch" in report:
+        print(f"float32 PyTorch on the same rows: {members_line(task, report['torch']['metrics'])}")
+        print(cost_table(task, inferer.backend, report["torch"]["cost"]))
+    unseen = report.get("unseen_labels")
+    if unseen:
+        print(f"{unseen['rows']} test rows of labels the model never learnt ({', '.join(unseen['labels'])}), not in "
+              f"the metrics; it said: {', '.join(f'{k} {v}' for k, v in unseen['predicted'].items())}")
+
+
+def cost_table(task: str, backend: str, cost: dict[str, Any]) -> str:
+    """What `backend` costs against float32 PyTorch (backend - torch): headline, then one row per label."""
+    def signed(value: float | None) -> str:
+        return "-" if value is None else f"{value:+.4f}"
+
+    keys = ("accuracy", "macro_f1") if task == "multiclass" else ("mean_roc_auc", "macro_f1")
+    lines = [f"cost of {backend} (minus torch): " + "   ".join(f"{k} {signed(cost[k])}" for k in keys)]
+    columns = ("f1",) if task == "multiclass" else ("roc_auc", "f1")
+    lines.append(f"{'label':<16}" + "".join(f"{c:>10}" for c in columns))
+    for name, row in cost["per_label"].items():
+        lines.append(f"{name:<16}" + "".join(f"{signed(row[c]):>10}" for c in columns))
+    return "\n".join(lines)

@@ -72,6 +72,32 @@ def jaccard_samples(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     return float(np.where(union == 0, 1.0, overlap / np.maximum(union, 1)).mean())
 
 
+def difference(value: float | None, reference: float | None) -> float | None:
+    """value - reference, or None when either is missing."""
+    return None if value is None or reference is None else value - reference
+
+
+def backend_cost(task: str, served: dict[str, Any], reference: dict[str, Any],
+                 label_names: list[str]) -> dict[str, Any]:
+    """served - reference (float32 PyTorch) on the same rows: the headline figures and each label's.
+
+    Multi-label: mean ROC AUC and macro-F1 at the tuned thresholds, and per label ROC AUC and F1 (tuned).
+    Multi-class: accuracy and macro-F1, and per class F1. A negative number is what the served backend loses.
+    """
+    if task == "multiclass":
+        mine, theirs = served["per_class"], reference["per_class"]
+        return {"accuracy": difference(served["accuracy"], reference["accuracy"]),
+                "macro_f1": difference(served["macro_f1"], reference["macro_f1"]),
+                "per_label": {name: {"f1": difference(mine[name]["f1-score"], theirs[name]["f1-score"])}
+                              for name in label_names}}
+    mine, theirs = served["per_label"], reference["per_label"]
+    return {"mean_roc_auc": difference(served["mean_roc_auc"], reference["mean_roc_auc"]),
+            "macro_f1": difference(served["at_tuned"]["macro_f1"], reference["at_tuned"]["macro_f1"]),
+            "per_label": {name: {"roc_auc": difference(mine[name]["roc_auc"], theirs[name]["roc_auc"]),
+                                 "f1": difference(mine[name]["f1_at_tuned"], theirs[name]["f1_at_tuned"])}
+                          for name in label_names}}
+
+
 def multilabel_metrics(y_true: np.ndarray, probs: np.ndarray, label_names: list[str],
                        thresholds: np.ndarray) -> dict[str, Any]:
     """Ranking metrics, and threshold metrics at 0.5 and at the given (tuned) thresholds."""

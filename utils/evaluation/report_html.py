@@ -2,7 +2,8 @@
 
 Summary and per-label tables, ROC and precision-recall curves (AUC in the legend, tuned thresholds marked), the
 validation metric over training from the run's metrics.jsonl, the confusion matrix (multi-class), reliability
-diagrams with each label's expected calibration error, and the cost of int8 / bf16 when their reports exist.
+diagrams with each label's expected calibration error, the backend measured (beside one that is not torch, float32
+PyTorch on the same rows and the cost per label), and the cost of int8 / bf16 when their reports exist.
 Every string that reaches the page is HTML-escaped: label names and paths come from data files.
 """
 
@@ -17,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from utils.evaluation.metrics import difference
 from utils.evaluation.plots import confusion_figure, curves_figure, png_bytes, reliability_figure, training_figure
 
 VARIANT_REPORTS = {"fp32": "eval_report.json", "bf16": "eval_report_bf16.json", "int8": "eval_report_int8.json"}
@@ -99,15 +101,47 @@ def variants_section(task: str, folder: Path) -> str:
         return ('<p class="muted">No int8 or bf16 evaluation beside this report yet: run <code>python main.py '
                 "--mode eval --checkpoint DIR --quantize</code> (or <code>--precision bf16</code>) and the next "
                 "report compares them.</p>")
-    reference = headline(task, found["fp32"]["metrics"])
+    reference = headline(task, torch_metrics(found["fp32"]))
     header = ["numbers", *reference, *(f"{name} vs fp32" for name in reference), "seconds"]
     rows = []
     for name, report in found.items():
-        figures = headline(task, report["metrics"])
+        figures = headline(task, torch_metrics(report))
         deltas = [difference(figures[k], reference[k]) for k in reference]
         rows.append([name, *figures.values(), *(d if name != "fp32" else None for d in deltas),
-                     report["metrics"].get("seconds")])
+                     torch_metrics(report).get("seconds")])
     return table(header, rows)
+
+
+def torch_metrics(report: dict[str, Any]) -> dict[str, Any]:
+    """PyTorch's figures of a report: its own, or those measured beside another backend on the same rows."""
+    return report["torch"]["metrics"] if "torch" in report else report["metrics"]
+
+
+def backend_section(task: str, report: dict[str, Any], label_names: list[str]) -> str:
+    """The backend measured and why (as the server chooses), and beside a backend that is not torch, float32
+    PyTorch's figures on the same rows and the cost per label."""
+    choice = report.get("backend_choice") or {}
+    parts = [f"<p>Measured with <b>{escape(str(report.get('backend', 'torch')))}</b> (asked for "
+             f"{escape(str(choice.get('requested', 'torch')))}: {escape(str(choice.get('reason', '')))}), the "
+             "backend the server's BACKEND setting of the same value runs.</p>"]
+    if "torch" not in report:
+        return "".join(parts)
+    served, reference, cost = report["metrics"], report["torch"]["metrics"], report["torch"]["cost"]
+    backend = str(report["backend"])
+    parts.append(f'<p class="muted">float32 PyTorch on the same rows; cost = {escape(backend)} minus torch. Largest '
+                 f"score difference {report['torch']['max_score_difference']:.2e}.</p>")
+    mine, theirs = headline(task, served), headline(task, reference)
+    parts.append(table(["metric", backend, "torch", "cost"],
+                       [[k, mine[k], theirs[k], difference(mine[k], theirs[k])] for k in mine]))
+    if task == "multiclass":
+        rows = [[name, served["per_class"][name]["f1-score"], reference["per_class"][name]["f1-score"],
+                 cost["per_label"][name]["f1"]] for name in label_names]
+        return "".join(parts) + table(["class", f"F1 {backend}", "F1 torch", "F1 cost"], rows)
+    rows = [[name, served["per_label"][name]["roc_auc"], reference["per_label"][name]["roc_auc"],
+             cost["per_label"][name]["roc_auc"], served["per_label"][name]["f1_at_tuned"],
+             reference["per_label"][name]["f1_at_tuned"], cost["per_label"][name]["f1"]] for name in label_names]
+    return "".join(parts) + table(["label", f"ROC AUC {backend}", "ROC AUC torch", "ROC AUC cost",
+                                   f"F1 {backend}", "F1 torch", "F1 cost"], rows)
 
 
 def members_section(task: str, metrics: dict[str, Any]) -> str:
@@ -150,8 +184,10 @@ def render_report(report: dict[str, Any], task: str, label_names: list[str], y_t
     numbers = "int8" if report.get("quantized") else report.get("precision", "fp32")
     parts = [f"<h1>Evaluation of {escape(str(report['checkpoint']))}</h1>",
              f'<p class="muted">{escape(task)} &middot; {metrics["examples"]} texts from '
-             f"{escape(str(report['data']))} &middot; {escape(str(numbers))}</p>",
+             f"{escape(str(report['data']))} &middot; {escape(str(numbers))} &middot; "
+             f"{escape(str(report.get('backend', 'torch')))}</p>",
              "<h2>Summary</h2>", table(*summary_rows(task, metrics)),
+             "<h2>Backend</h2>", backend_section(task, report, label_names),
              f"<h2>Per {'class' if task == 'multiclass' else 'label'}</h2>",
              table(*label_rows(task, metrics, label_names)),
              "<h2>Members alone and the blend</h2>", members_section(task, metrics),
@@ -198,8 +234,3 @@ def write_html_report(path: Path, report: dict[str, Any], task: str, label_names
                          path.parent, recipe_section(log_folders))
     path.write_text(html, encoding="utf-8")
     return path
-
-
-def difference(value: float | None, reference: float | None) -> float | None:
-    """value - reference, or None when either is missing."""
-    return None if value is None or reference is None else value - reference
