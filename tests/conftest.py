@@ -62,6 +62,15 @@ def set_environment(monkeypatch, environ: dict[str, str]) -> None:
         monkeypatch.setenv(name, value)
 
 
+def api_client(monkeypatch, checkpoint: Path):
+    """A test client of the API as gunicorn builds it (create_app from the environment), serving `checkpoint` with
+    every other setting at its default (BACKEND=auto)."""
+    from app import create_app
+
+    set_environment(monkeypatch, {"CHECKPOINT_PATH": str(checkpoint)})
+    return create_app().test_client()
+
+
 def _tiny_sizes() -> dict:
     return {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
 

@@ -2,13 +2,16 @@
 and the self-contained HTML page (its images open in a browser in tests/test_page.py)."""
 
 import base64
+import dataclasses
 import json
 import re
+import shutil
 
 import matplotlib.image
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import api_client
 from sklearn.metrics import f1_score, roc_auc_score
 
 import eval as evaluation
@@ -17,6 +20,7 @@ from utils.checkpoint import read_info
 from utils.config import make_config
 from utils.data.prepare import read_test_set
 from utils.data.readers import DataError
+from utils.evaluation.metrics import compute_metrics
 
 TOXIC_LABELS = ["toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate"]
 CONFERENCES = ["INFOCOM", "ISCAS", "SIGGRAPH", "VLDB", "WWW"]
@@ -163,3 +167,73 @@ def test_multiclass_html_report_has_the_confusion_matrix(multiclass_checkpoint, 
     html = (tmp_path / "eval_report.html").read_text()
     assert 'alt="confusion matrix"' in html and len(embedded_images(html)) == 4
     assert "expected calibration error of the top class" in html and "ECE (one vs rest)" in html
+
+
+def test_a_checkpoint_without_graphs_is_measured_with_torch_and_says_why(multilabel_report, multilabel_checkpoint,
+                                                                        monkeypatch):
+    report, output_dir = multilabel_report
+    served = api_client(monkeypatch, multilabel_checkpoint).get("/metadata").get_json()
+    assert report["backend"] == served["backend"] == "torch"
+    assert report["backend_choice"] == served["backend_choice"]
+    assert "no variant measured by export" in report["backend_choice"]["reason"]
+    assert "torch" not in report  # torch itself was measured: nothing to put beside it
+    assert "no variant measured by export" in (output_dir / "eval_report.html").read_text()
+
+
+def test_eval_measures_the_backend_the_server_serves(exported_checkpoint, toxic_csv, tmp_path, monkeypatch):
+    """The default (--backend auto) evaluates what BACKEND=auto serves: the same choice, the same scores."""
+    report = evaluation.run(toxic_config(toxic_csv, tmp_path), exported_checkpoint)
+    client = api_client(monkeypatch, exported_checkpoint)
+    served = client.get("/metadata").get_json()
+    assert (report["backend"], report["backend_choice"]) == (served["backend"], served["backend_choice"])
+    data = read_test_set(toxic_config(toxic_csv, tmp_path), TOXIC_LABELS)
+    predictions = [p for start in range(0, len(data), 40)
+                   for p in client.post("/predict", json={"texts": data.texts[start:start + 40]}).get_json()[
+                       "predictions"]]
+    scores = np.array([[p["scores"][name] for name in TOXIC_LABELS] for p in predictions])
+    expected = compute_metrics("multilabel", data.labels, scores, TOXIC_LABELS, np.array(served["thresholds"]))
+    for name in TOXIC_LABELS:
+        assert report["metrics"]["per_label"][name]["roc_auc"] == pytest.approx(
+            expected["per_label"][name]["roc_auc"], abs=1e-6)
+        assert report["metrics"]["per_label"][name]["f1_at_tuned"] == expected["per_label"][name]["f1_at_tuned"]
+
+
+def test_the_report_puts_torch_and_the_cost_per_label_beside_another_backend(exported_checkpoint, toxic_csv,
+                                                                           tmp_path, capsys):
+    report = evaluation.run(toxic_config(toxic_csv, tmp_path, backend="onnx-int8"), exported_checkpoint)
+    assert report["backend"] == "onnx-int8" and report["backend_choice"]["reason"] == "asked for"
+    saved = json.loads((tmp_path / "eval_report_onnx-int8.json").read_text())  # apart from what auto measures
+    torch_inferer = ModelInferer(exported_checkpoint, backend="torch", precision="fp32")
+    reference = evaluation.evaluate(torch_inferer, read_test_set(toxic_config(toxic_csv, tmp_path), TOXIC_LABELS))
+    torch_block = saved["torch"]
+    assert torch_block["metrics"]["mean_roc_auc"] == pytest.approx(reference["metrics"]["mean_roc_auc"], abs=1e-9)
+    for name in TOXIC_LABELS:
+        mine, theirs = saved["metrics"]["per_label"][name], torch_block["metrics"]["per_label"][name]
+        assert torch_block["cost"]["per_label"][name] == pytest.approx(
+            {"roc_auc": mine["roc_auc"] - theirs["roc_auc"], "f1": mine["f1_at_tuned"] - theirs["f1_at_tuned"]})
+    assert 0 < torch_block["max_score_difference"] < 1e-2  # int8: near, not equal
+    printed = capsys.readouterr().out
+    assert "backend onnx-int8 (onnx-int8: asked for)" in printed and "float32 PyTorch on the same rows" in printed
+    assert "cost of onnx-int8 (minus torch)" in printed and all(name in printed for name in TOXIC_LABELS)
+    html = (tmp_path / "eval_report_onnx-int8.html").read_text()
+    assert "<h2>Backend" in html and "<th>ROC AUC torch</th>" in html and "<th>F1 cost</th>" in html
+    toxic = torch_block["cost"]["per_label"]["toxic"]["roc_auc"]
+    assert f"{toxic:.4f}" in html
+
+
+def test_multiclass_cost_is_accuracy_macro_f1_and_f1_per_class(multiclass_checkpoint, conference_csv, tmp_path):
+    import export
+
+    folder = tmp_path / "checkpoint"
+    shutil.copytree(multiclass_checkpoint, folder)
+    export.export_graphs(folder)  # the graphs alone: nothing measured, so auto would stay on torch
+    config = dataclasses.replace(conference_config(conference_csv, tmp_path), backend="onnx-int8")
+    report = evaluation.run(config, folder)
+    cost, reference = report["torch"]["cost"], report["torch"]["metrics"]
+    assert cost["accuracy"] == pytest.approx(report["metrics"]["accuracy"] - reference["accuracy"])
+    assert cost["macro_f1"] == pytest.approx(report["metrics"]["macro_f1"] - reference["macro_f1"])
+    assert set(cost["per_label"]) == set(CONFERENCES)
+    for name in CONFERENCES:
+        assert cost["per_label"][name]["f1"] == pytest.approx(
+            report["metrics"]["per_class"][name]["f1-score"] - reference["per_class"][name]["f1-score"])
+    assert "<th>F1 torch</th>" in (tmp_path / "eval_report_onnx-int8.html").read_text()

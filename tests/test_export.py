@@ -21,6 +21,7 @@ import export
 import main
 from inferer import ModelInferer
 from utils.checkpoint import LEXICAL, ONNX_FILES, TRANSFORMER, VARIANTS_FILE, CheckpointFolder, Int8Quantization
+from utils.runners import choose_backend
 
 # Largest |score - PyTorch float32 score| on the real texts below (82 toxic comments, 80 paper titles), with the tiny
 # checkpoints conftest trains (BERT multi-label / multi-class; RoBERTa and DistilBERT multi-label), plain and fused
@@ -91,7 +92,7 @@ def operators(path) -> collections.Counter:
 @pytest.mark.parametrize("backend", GRAPHS)
 def test_every_graph_scores_like_pytorch(exported, real_texts, task, backend):
     texts, within = real_texts[task], tolerance(backend, recorded_int8(exported[task]))
-    torch_inferer = ModelInferer(exported[task], precision="fp32")
+    torch_inferer = ModelInferer(exported[task], precision="fp32", backend="torch")
     reference, ref_truncated = torch_inferer.score_batch(texts, batch_size=16)
     graph = ModelInferer(exported[task], backend=backend)
     scores, truncated = graph.score_batch(texts, batch_size=16)
@@ -138,7 +139,7 @@ def test_roberta_and_distilbert_graphs_fuse_too(model_type, request, tiny_traine
     checkpoint = tiny_trainer(tmp_path / "run", backbone, model_type, "multilabel", toxic_csv,
                               max_train_samples=64).checkpoint
     texts = real_texts["multilabel"]
-    reference = ModelInferer(checkpoint, precision="fp32").score_batch(texts)[0]
+    reference = ModelInferer(checkpoint, precision="fp32", backend="torch").score_batch(texts)[0]
     # this CPU's choice, and the 7-bit weights of a CPU without VNNI, whichever this one has
     choices = {i.reduce_range: i for i in (export.choose_int8(), export.choose_int8(reduce_range=True))}
     for int8 in choices.values():
@@ -161,7 +162,7 @@ def test_a_cpu_without_vnni_gets_7_bit_weights_within_their_tolerance(multilabel
     assert int8 is not None and int8.reduce_range and "reduce_range=True" in int8.reason
     assert int8.cpu_features == export.int8_cpu_features()
     texts = real_texts["multilabel"]
-    reference = ModelInferer(folder, precision="fp32").score_batch(texts)[0]
+    reference = ModelInferer(folder, precision="fp32", backend="torch").score_batch(texts)[0]
     for backend in ("onnx-int8", "onnx-fused-int8", "onnx-fused-int8-static"):
         assert int8_weight_range(folder / ONNX_FILES[backend]) <= 64  # 7-bit: -64..64
         scores = ModelInferer(folder, backend=backend).score_batch(texts)[0]
@@ -309,7 +310,7 @@ def validation_rows(folder: CheckpointFolder):
 def torch_validation_scores(folder: CheckpointFolder, rows) -> np.ndarray:
     """PyTorch's float32 scores as export measured them: one thread, chunks of 128 rows, batches of 32."""
     threads = torch.get_num_threads()  # the inferer sets it for the process
-    inferer = ModelInferer(folder.path, precision="fp32", num_threads=export.MEASURE_THREADS)
+    inferer = ModelInferer(folder.path, precision="fp32", backend="torch", num_threads=export.MEASURE_THREADS)
     scores = [inferer.score_batch(rows.texts[i:i + 128], 32)[0] for i in range(0, len(rows), 128)]
     torch.set_num_threads(threads)
     return np.vstack(scores)
@@ -338,7 +339,7 @@ def test_a_blended_checkpoint_exports_its_transformer_and_measures_the_blend(exp
     report = folder.variants()
     assert report is not None and [v.backend for v in report.variants] == ["torch", *export.DEFAULT_VARIANTS]
     texts = real_texts["multilabel"]
-    reference = ModelInferer(exported_blend_checkpoint, precision="fp32")
+    reference = ModelInferer(exported_blend_checkpoint, precision="fp32", backend="torch")
     for backend in export.DEFAULT_VARIANTS:  # the graph replaces the transformer; the TF-IDF member stays
         graph = ModelInferer(exported_blend_checkpoint, backend=backend)
         assert set(graph.member_scores(texts[:4])[0]) == {TRANSFORMER, LEXICAL}
@@ -383,7 +384,9 @@ def test_metadata_names_the_backend(exported):
     int8 = ModelInferer(exported["multilabel"], backend="onnx-fused-int8").metadata()
     assert (int8["backend"], int8["quantized"], int8["precision"]) == ("onnx-fused-int8", True, "fp32")
     assert int8["backend_choice"]["measured"]["backend"] == "onnx-fused-int8"
-    assert ModelInferer(exported["multilabel"]).metadata()["backend"] == "torch"
+    default = ModelInferer(exported["multilabel"]).metadata()  # auto, as the server: what export measured decides
+    assert default["backend"] == choose_backend(CheckpointFolder(exported["multilabel"])).backend
+    assert ModelInferer(exported["multilabel"], backend="torch").metadata()["backend"] == "torch"
 
 
 def test_onnx_backend_without_an_export_says_how_to_make_one(multilabel_checkpoint):
