@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import TOXIC_LABELS
+from conftest import TOXIC_LABELS, api_client
 
 import main
 import predict
@@ -180,3 +180,33 @@ def test_predict_runs_quantized(multilabel_checkpoint, inferer, capsys):
     printed = json.loads(capsys.readouterr().out)
     expected = inferer.predict("hello there")["scores"]
     assert printed["scores"] == pytest.approx(expected, abs=0.01)
+
+
+def test_text_and_file_predictions_are_the_servers(exported_checkpoint, comments, tmp_path, monkeypatch, capsys):
+    """The default --backend auto runs what BACKEND=auto serves. Texts batched alike get the very scores: a dynamic
+    int8 graph quantizes each batch's activations with that batch's range, so its scores move (1e-4 on the tiny
+    model) with the texts sharing the batch; hence the file is scored in the API's batches of 32."""
+    client = api_client(monkeypatch, exported_checkpoint)
+    served = client.get("/metadata").get_json()
+    texts = ["You are an idiot.", "Thanks for fixing the references!", ""]
+    assert run_main("--checkpoint", str(exported_checkpoint), *[a for t in texts for a in ("--text", t)]) == 0
+    printed = capsys.readouterr()
+    assert f"backend {served['backend']} (auto: {served['backend_choice']['reason']})" in printed.err
+    answers = client.post("/predict", json={"texts": texts}).get_json()["predictions"]
+    for line, answer in zip(printed.out.splitlines(), answers, strict=True):
+        assert json.loads(line)["scores"] == pytest.approx(answer["scores"], abs=1e-6)
+        assert json.loads(line)["labels"] == answer["labels"]
+    output = tmp_path / "scored.csv"
+    assert run_main("--checkpoint", str(exported_checkpoint), "--input", str(comments), "--output", str(output),
+                    "--eval-batch-size", "32") == 0
+    assert f"backend {served['backend']} (auto:" in capsys.readouterr().err
+    source = pd.read_csv(comments, dtype=str, keep_default_na=False).comment_text.tolist()
+    answers = client.post("/predict", json={"texts": source}).get_json()["predictions"]
+    np.testing.assert_allclose(pd.read_csv(output)[SCORE_COLUMNS].to_numpy(),
+                               [[a["scores"][n] for n in TOXIC_LABELS] for a in answers], rtol=0, atol=1e-6)
+
+
+def test_quantize_beside_an_onnx_backend_is_refused(multilabel_checkpoint, capsys):
+    assert run_main("--checkpoint", str(multilabel_checkpoint), "--quantize", "--backend", "onnx-int8",
+                    "--text", "hi") == 2
+    assert "--quantize runs in PyTorch only" in capsys.readouterr().err
