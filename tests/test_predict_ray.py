@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import ray
-from conftest import TOXIC_LABELS
+from conftest import TOXIC_LABELS, api_client
 from test_packaging import read_pins
 
 import main
@@ -164,6 +164,25 @@ def test_a_folder_of_csv_jsonl_and_parquet_is_scored_once_per_row(ray_address, i
     assert os.listdir(tmp_path) == ["scored"]  # no temporary folder left beside it
     schema = pq.read_schema(next(output.iterdir()))
     assert schema.field("labels").type == pa.list_(pa.string()) and schema.field("truncated").type == pa.bool_()
+
+
+def test_ray_scores_with_the_servers_backend_and_scores(ray_address, inputs, exported_checkpoint, tmp_path, capsys,
+                                                       monkeypatch):
+    """--backend auto, chosen once on the driver as the server chooses; one Ray batch of the 50 rows, scored in
+    the API's forward batches of 32, gives the API's scores (a dynamic int8 graph's move with the batch)."""
+    client = api_client(monkeypatch, exported_checkpoint)
+    served = client.get("/metadata").get_json()
+    source = tmp_path / "rows.csv"
+    read_input(inputs / "a.csv").head(50).to_csv(source, index=False)
+    output = tmp_path / "scored"
+    assert run_main("--ray-address", ray_address, "--checkpoint", str(exported_checkpoint), "--input", str(source),
+                    "--output", str(output), "--num-actors", "1", "--batch-size", "50", "--eval-batch-size", "32") == 0
+    assert f"backend {served['backend']} (auto: {served['backend_choice']['reason']})" in capsys.readouterr().err
+    scored = read_output(output).sort_values(predict_ray.ROW_NUMBER)
+    texts = read_input(source).comment_text.tolist()
+    answers = client.post("/predict", json={"texts": texts}).get_json()["predictions"]
+    np.testing.assert_allclose(scored[SCORE_COLUMNS].to_numpy(dtype=np.float64),
+                               [[a["scores"][n] for n in TOXIC_LABELS] for a in answers], rtol=0, atol=1e-6)
 
 
 class KillingScorer(predict_ray.Scorer):
