@@ -31,7 +31,7 @@ from utils.explain import (
     texts_without_each_word,
 )
 from utils.runners import BackendChoice, build_runner, choose_backend, torch_only_option
-from utils.scoring import scores_from_logits
+from utils.scoring import chosen_labels, scores_from_logits
 
 
 class ModelInferer:
@@ -160,7 +160,8 @@ class ModelInferer:
         score_map = {name: float(s) for name, s in zip(self.label_names, scores, strict=True)}
         if self.task == "multilabel":
             thresholds = self.thresholds if thresholds is None else thresholds
-            labels = [n for n, s, t in zip(self.label_names, scores, thresholds, strict=True) if s >= t]
+            chosen = chosen_labels(scores, thresholds, self.info.at_least_one_label)[0]
+            labels = [n for n, keep in zip(self.label_names, chosen, strict=True) if keep]
         else:
             labels = [self.label_names[int(np.argmax(scores))]]
         answer = {"labels": labels, "scores": score_map, "truncated": bool(truncated)}

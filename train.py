@@ -216,8 +216,10 @@ def data_shape(task: str, splits: DataSplits, tokenizer: PreTrainedTokenizerBase
         rows = np.random.default_rng(seed).choice(len(texts), sample_rows, replace=False)
         texts = [texts[i] for i in sorted(rows)]
     lengths = tuple(len(ids) for ids in tokenizer(texts, truncation=False)["input_ids"])
+    labels = splits.train.labels
+    unlabelled = int((labels.sum(axis=1) == 0).sum()) if task == "multilabel" else 0
     return DataShape(task, len(splits.train), len(splits.validation), len(splits.label_names), lengths,
-                     position_limit(model, tokenizer))
+                     position_limit(model, tokenizer), unlabelled)
 
 
 def position_limit(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> int:
@@ -375,7 +377,9 @@ def finish(state: Run) -> TrainResult:
                       f"max_iter={state.member.lexical.settings.max_iter} before converging")
     thresholds = (tune_thresholds(splits.validation.labels, scores, config.threshold_strategy)
                   if config.task == "multilabel" else None)
-    best_metrics = compute_metrics(config.task, splits.validation.labels, scores, splits.label_names, thresholds)
+    at_least_one = config.task == "multilabel" and config.at_least_one_label == "yes"
+    best_metrics = compute_metrics(config.task, splits.validation.labels, scores, splits.label_names, thresholds,
+                                   at_least_one)
     alone = member_metrics(config.task, splits, validation_members) if validation_members else {}
     if alone:
         metric = PRIMARY_METRIC[config.task]
@@ -395,7 +399,8 @@ def finish(state: Run) -> TrainResult:
                               model_type=config.model_type, backbone=state.backbone, precision=state.precision,
                               text_column=splits.text_column, members=list(members),
                               blend_weights=blend.weights.tolist() if blend is not None else None,
-                              blend_method=blend.method if blend is not None else "logit")
+                              blend_method=blend.method if blend is not None else "logit",
+                              at_least_one_label=at_least_one)
         write_checkpoint(checkpoint, model, state.tokenizer, info,
                          config.to_dict() | {"precision": state.precision, "backbone": state.backbone}, summary,
                          write_members=blend.lexical.save if blend is not None else None)

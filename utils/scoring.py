@@ -8,6 +8,18 @@ from __future__ import annotations
 import numpy as np
 
 
+def chosen_labels(scores: np.ndarray, thresholds: np.ndarray, at_least_one: bool = False) -> np.ndarray:
+    """(N, L) booleans: the multi-label answer, each label whose score reaches its threshold; with
+    `at_least_one`, a text that reaches none gets its best-scoring label (training data where every row has a
+    label)."""
+    scores = np.atleast_2d(scores)
+    chosen = scores >= thresholds
+    if at_least_one:
+        empty = np.flatnonzero(~chosen.any(axis=1))
+        chosen[empty, scores[empty].argmax(axis=1)] = True
+    return chosen
+
+
 def scores_from_logits(task: str, logits: np.ndarray) -> np.ndarray:
     logits = np.asarray(logits, dtype=np.float64)
     if task == "multilabel":
