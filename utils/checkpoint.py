@@ -67,6 +67,8 @@ class ClassifierInfo(BaseModel):
     blend_method: Literal["logit", "probability"] = "logit"
     # multi-label: a text whose scores reach no threshold gets its best label (every training row had one)
     at_least_one_label: bool = False
+    # the served scores' log-odds (log-probabilities) are divided by this, fitted on validation after blending
+    temperature: float = 1.0
 
 
 class VariantRecord(BaseModel):
