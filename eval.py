@@ -29,7 +29,8 @@ def evaluate(inferer: ModelInferer, data: LabeledTexts, batch_size: int = 128) -
     """Metrics of the inferer's scores on `data`, with the checkpoint's thresholds."""
     started = time.time()
     scores, truncated = inferer.score_batch(data.texts, batch_size=batch_size)
-    metrics = compute_metrics(inferer.task, data.labels, scores, inferer.label_names, inferer.thresholds)
+    metrics = compute_metrics(inferer.task, data.labels, scores, inferer.label_names, inferer.thresholds,
+                              inferer.info.at_least_one_label)
     metrics["calibration"] = calibration_metrics(inferer.task, data.labels, scores, inferer.label_names)
     metrics["seconds"] = round(time.time() - started, 2)
     metrics["truncated_texts"] = int(sum(truncated))

@@ -31,7 +31,7 @@ from utils.explain import (
     texts_without_each_word,
 )
 from utils.runners import BackendChoice, build_runner, choose_backend, torch_only_option
-from utils.scoring import scores_from_logits
+from utils.scoring import chosen_labels, scores_from_logits, with_temperature
 
 
 class ModelInferer:
@@ -119,8 +119,12 @@ class ModelInferer:
         """Scores (N, labels) in input order and truncation flags: the blend of the checkpoint's members."""
         members, truncated = self.member_scores(texts, batch_size)
         if self.lexical is None:
-            return members[TRANSFORMER], truncated
-        return self.blend(members[TRANSFORMER], members[LEXICAL]), truncated
+            return self.calibrated(members[TRANSFORMER]), truncated
+        return self.calibrated(self.blend(members[TRANSFORMER], members[LEXICAL])), truncated
+
+    def calibrated(self, scores: np.ndarray) -> np.ndarray:
+        """Scores at the checkpoint's temperature (fitted on validation): what predict, eval and the API give."""
+        return with_temperature(self.task, scores, self.info.temperature)
 
     def blend(self, transformer: np.ndarray, lexical: np.ndarray) -> np.ndarray:
         """The checkpoint's blend of its members' scores (N, labels), with its weights and method."""
@@ -161,7 +165,8 @@ class ModelInferer:
         score_map = {name: float(s) for name, s in zip(self.label_names, scores, strict=True)}
         if self.task == "multilabel":
             thresholds = self.thresholds if thresholds is None else thresholds
-            labels = [n for n, s, t in zip(self.label_names, scores, thresholds, strict=True) if s >= t]
+            chosen = chosen_labels(scores, thresholds, self.info.at_least_one_label)[0]
+            labels = [n for n, keep in zip(self.label_names, chosen, strict=True) if keep]
         else:
             labels = [self.label_names[int(np.argmax(scores))]]
         answer = {"labels": labels, "scores": score_map, "truncated": bool(truncated)}
@@ -216,18 +221,20 @@ class ModelInferer:
         return answer | {"method": method, "words": words, "attributions": attributions}
 
     def _word_scores(self, method: str, item: TextToExplain, label_ids: list[int]) -> np.ndarray:
-        """(labels, words): the transformer's attributions, or for a blended checkpoint the blend's."""
+        """(labels, words): the transformer's attributions, or for a blended checkpoint the blend's; in the served
+        (tempered) log-odds, which divide the model's by the checkpoint's temperature."""
+        temperature = self.info.temperature
         if self.lexical is None:
-            return attribute(method, self.runner, item, self.task, label_ids, self.pad_id)
+            return attribute(method, self.runner, item, self.task, label_ids, self.pad_id) / temperature
         lexical = self.lexical.scores(texts_without_each_word(item))
-        if method == "occlusion":  # the blend itself without each word: exact whatever the blend method
+        if method == "occlusion":  # the served blend itself without each word: exact whatever the blend method
             transformer = occlusion_scores(self.runner.logits, item, self.task, self.pad_id)
-            return drops(self.task, self.blend(transformer, lexical), label_ids)
+            return drops(self.task, self.calibrated(self.blend(transformer, lexical)), label_ids)
         # gradients come from the transformer alone: its word scores and the lexical member's deletions, weighted
         weights = self.blend_weights()[label_ids]
         return blend_word_scores(
             {TRANSFORMER: attribute(method, self.runner, item, self.task, label_ids, self.pad_id),
-             LEXICAL: drops(self.task, lexical, label_ids)}, {TRANSFORMER: weights, LEXICAL: 1 - weights})
+             LEXICAL: drops(self.task, lexical, label_ids)}, {TRANSFORMER: weights, LEXICAL: 1 - weights}) / temperature
 
     def _labels_to_explain(self, labels: Sequence[str] | None, predicted: list[str], scores: np.ndarray) -> list[str]:
         if labels is None:

@@ -29,7 +29,9 @@ from utils.data.report import write_data_report
 from utils.encoding import encode, pad_token_id
 from utils.evaluation.metrics import PRIMARY_METRIC, compute_metrics, tune_thresholds
 from utils.precision import accelerate_mixed_precision, resolve_precision
+from utils.scoring import with_temperature
 from utils.training.batching import EncodedDataset, PaddingCollator, training_loader
+from utils.training.calibration import calibration_summary, fit_temperature
 from utils.training.ensemble import FittedMember, fit_blend, fit_member, member_metrics
 from utils.training.optim import bytes_needed, freeze, loss_weights, parameter_groups
 from utils.training.recipe import (
@@ -216,8 +218,10 @@ def data_shape(task: str, splits: DataSplits, tokenizer: PreTrainedTokenizerBase
         rows = np.random.default_rng(seed).choice(len(texts), sample_rows, replace=False)
         texts = [texts[i] for i in sorted(rows)]
     lengths = tuple(len(ids) for ids in tokenizer(texts, truncation=False)["input_ids"])
+    labels = splits.train.labels
+    unlabelled = int((labels.sum(axis=1) == 0).sum()) if task == "multilabel" else 0
     return DataShape(task, len(splits.train), len(splits.validation), len(splits.label_names), lengths,
-                     position_limit(model, tokenizer))
+                     position_limit(model, tokenizer), unlabelled)
 
 
 def position_limit(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> int:
@@ -373,9 +377,20 @@ def finish(state: Run) -> TrainResult:
         if report.get("unconverged_fits"):  # liblinear's own warning, once per fit, is muted
             state.say(f"{LEXICAL} member: {report['unconverged_fits']} of its logistic regressions stopped at "
                       f"max_iter={state.member.lexical.settings.max_iter} before converging")
+    calibration = None
+    if config.temperature_scaling:  # after blending, before thresholds: they are tuned on the served scores
+        temperature = fit_temperature(config.task, splits.validation.labels, scores)
+        tempered = with_temperature(config.task, scores, temperature)
+        calibration = calibration_summary(config.task, splits.validation.labels, scores, tempered,
+                                          splits.label_names, temperature)
+        scores = tempered
+        state.say(f"temperature {temperature:g}: validation expected calibration error "
+                  f"{calibration['validation_ece_before']:.4f} -> {calibration['validation_ece_after']:.4f}")
     thresholds = (tune_thresholds(splits.validation.labels, scores, config.threshold_strategy)
                   if config.task == "multilabel" else None)
-    best_metrics = compute_metrics(config.task, splits.validation.labels, scores, splits.label_names, thresholds)
+    at_least_one = config.task == "multilabel" and config.at_least_one_label == "yes"
+    best_metrics = compute_metrics(config.task, splits.validation.labels, scores, splits.label_names, thresholds,
+                                   at_least_one)
     alone = member_metrics(config.task, splits, validation_members) if validation_members else {}
     if alone:
         metric = PRIMARY_METRIC[config.task]
@@ -386,7 +401,7 @@ def finish(state: Run) -> TrainResult:
         summary = {"validation": best_metrics, "steps": state.progress.step,
                    "train_seconds": round(time.time() - state.started, 1), "train_rows": len(splits.train),
                    "validation_rows": len(splits.validation), "data_notes": splits.notes,
-                   "recipe": asdict(state.recipe)}
+                   "recipe": asdict(state.recipe), "calibration": calibration}
         if alone:
             summary["validation_members"] = alone
         info = ClassifierInfo(task=config.task, labels=splits.label_names,
@@ -395,7 +410,9 @@ def finish(state: Run) -> TrainResult:
                               model_type=config.model_type, backbone=state.backbone, precision=state.precision,
                               text_column=splits.text_column, members=list(members),
                               blend_weights=blend.weights.tolist() if blend is not None else None,
-                              blend_method=blend.method if blend is not None else "logit")
+                              blend_method=blend.method if blend is not None else "logit",
+                              at_least_one_label=at_least_one,
+                              temperature=calibration["temperature"] if calibration else 1.0)
         write_checkpoint(checkpoint, model, state.tokenizer, info,
                          config.to_dict() | {"precision": state.precision, "backbone": state.backbone}, summary,
                          write_members=blend.lexical.save if blend is not None else None)

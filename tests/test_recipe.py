@@ -14,6 +14,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from utils.checkpoint import LEXICAL, CheckpointFolder
 from utils.config import make_config
 from utils.data.datasets import SHARED_DATA_DIR
+from utils.scoring import chosen_labels
 from utils.training.recipe import (
     MAX_BUDGET_MINUTES,
     MIN_BUDGET_MINUTES,
@@ -29,11 +30,12 @@ from utils.training.recipe import (
 
 # about what MiniLM costs on two cores of an AMD EPYC Zen 4: 0.15 s a step plus 25 us per padded token
 COST = StepCost(fixed=0.15, per_token=25e-6, frozen_share=0.7, frozen_layers=3)
-AUTO = {"max_length": None, "epochs": None, "freeze_layers": None, "ensemble": "auto", "label_smoothing": None}
+AUTO = {"max_length": None, "epochs": None, "freeze_layers": None, "ensemble": "auto", "label_smoothing": None,
+        "at_least_one_label": "auto"}
 
 
-def shape(lengths, rows: int, task: str = "multiclass") -> DataShape:
-    return DataShape(task, rows, rows // 5, 10, tuple(int(v) for v in lengths), 512)
+def shape(lengths, rows: int, task: str = "multiclass", unlabelled: int = 0) -> DataShape:
+    return DataShape(task, rows, rows // 5, 10, tuple(int(v) for v in lengths), 512, unlabelled)
 
 
 def test_short_texts_get_their_whole_length_and_many_epochs():
@@ -58,9 +60,24 @@ def test_long_texts_on_a_small_budget_are_cut_and_half_the_encoder_is_fixed():
 
 
 def test_given_settings_are_kept_and_nothing_is_measured_when_nothing_depends_on_speed():
-    given = {"max_length": 48, "epochs": 1.5, "freeze_layers": 2, "ensemble": "none", "label_smoothing": 0.0}
+    given = {"max_length": 48, "epochs": 1.5, "freeze_layers": 2, "ensemble": "none", "label_smoothing": 0.0,
+             "at_least_one_label": "no"}
     recipe = choose_recipe(shape([10] * 100, 1000), None, given, 32, 180.0, 0.0)
     assert recipe.values == given and set(recipe.reasons.values()) == {"given"}
+
+
+def test_multilabel_data_where_every_row_has_a_label_never_answers_with_none():
+    lengths = [12] * 100
+    labelled = choose_recipe(shape(lengths, 1000, "multilabel"), None, AUTO, 32, 180.0, 0.0)
+    some_empty = choose_recipe(shape(lengths, 1000, "multilabel", unlabelled=40), None, AUTO, 32, 180.0, 0.0)
+    assert labelled.values["at_least_one_label"] == "yes" and some_empty.values["at_least_one_label"] == "no"
+    assert "40 of 1000" in some_empty.reasons["at_least_one_label"]
+    scores = np.array([[0.2, 0.4, 0.1], [0.9, 0.1, 0.7], [0.05, 0.01, 0.3]])
+    thresholds = np.array([0.5, 0.5, 0.5])
+    assert chosen_labels(scores, thresholds).tolist() == [[False, False, False], [True, False, True],
+                                                          [False, False, False]]
+    assert chosen_labels(scores, thresholds, at_least_one=True).tolist() == [
+        [False, True, False], [True, False, True], [False, False, True]]
 
 
 def test_the_choice_is_deterministic_and_epochs_sit_on_a_coarse_grid():

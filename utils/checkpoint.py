@@ -65,6 +65,10 @@ class ClassifierInfo(BaseModel):
     # member has the rest. Chosen on the validation split (models/blend.py).
     blend_weights: list[float] | None = None
     blend_method: Literal["logit", "probability"] = "logit"
+    # multi-label: a text whose scores reach no threshold gets its best label (every training row had one)
+    at_least_one_label: bool = False
+    # the served scores' log-odds (log-probabilities) are divided by this, fitted on validation after blending
+    temperature: float = 1.0
 
 
 class VariantRecord(BaseModel):

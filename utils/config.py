@@ -102,6 +102,12 @@ class Config:
     ensemble: str = _opt("auto", "Blend a TF-IDF + logistic regression member with the transformer, weighted "
                               "per label on the validation split; auto: fit it and keep it where it helps.",
                          ("auto", "tfidf", "none"))
+    at_least_one_label: str = _opt(
+        "auto", "Multi-label: a text that reaches no threshold gets its best label; auto: yes when every training "
+        "row has a label.", ("auto", "yes", "no"))
+    temperature_scaling: bool = _opt(
+        True, "Fit one temperature on the validation rows after blending, so that the served scores are "
+        "calibrated (the thresholds are tuned on them after).")
     # loss
     loss: str = _opt("bce", "Multi-label loss.", ("bce", "focal"))
     focal_gamma: float = _opt(2.0, "Focusing parameter of the focal loss.")

@@ -7,6 +7,31 @@ from __future__ import annotations
 
 import numpy as np
 
+EPS = 1e-12  # probabilities are clipped to [EPS, 1 - EPS] before taking logs
+
+
+def chosen_labels(scores: np.ndarray, thresholds: np.ndarray, at_least_one: bool = False) -> np.ndarray:
+    """(N, L) booleans: the multi-label answer, each label whose score reaches its threshold; with
+    `at_least_one`, a text that reaches none gets its best-scoring label (training data where every row has a
+    label)."""
+    scores = np.atleast_2d(scores)
+    chosen = scores >= thresholds
+    if at_least_one:
+        empty = np.flatnonzero(~chosen.any(axis=1))
+        chosen[empty, scores[empty].argmax(axis=1)] = True
+    return chosen
+
+
+def with_temperature(task: str, scores: np.ndarray, temperature: float) -> np.ndarray:
+    """Scores with their log-odds (multi-label) or log-probabilities (multi-class) divided by `temperature`:
+    above 1 softens over-confident scores, below 1 sharpens; each label's order of texts stays the same."""
+    if temperature == 1.0:
+        return scores
+    clipped = np.clip(np.asarray(scores, dtype=np.float64), EPS, 1 - EPS)
+    if task == "multilabel":
+        return scores_from_logits(task, (np.log(clipped) - np.log1p(-clipped)) / temperature)
+    return scores_from_logits(task, np.log(clipped) / temperature)
+
 
 def scores_from_logits(task: str, logits: np.ndarray) -> np.ndarray:
     logits = np.asarray(logits, dtype=np.float64)

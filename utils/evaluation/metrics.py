@@ -20,6 +20,8 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from utils.scoring import chosen_labels
+
 PRIMARY_METRIC = {"multilabel": "mean_roc_auc", "multiclass": "macro_f1"}
 
 
@@ -99,11 +101,12 @@ def backend_cost(task: str, served: dict[str, Any], reference: dict[str, Any],
 
 
 def multilabel_metrics(y_true: np.ndarray, probs: np.ndarray, label_names: list[str],
-                       thresholds: np.ndarray) -> dict[str, Any]:
-    """Ranking metrics, and threshold metrics at 0.5 and at the given (tuned) thresholds."""
+                       thresholds: np.ndarray, at_least_one: bool = False) -> dict[str, Any]:
+    """Ranking metrics, and threshold metrics at 0.5 and at the given (tuned) thresholds; `at_least_one`: the
+    tuned answer gives a text that reaches no threshold its best label, as the checkpoint serves it."""
     roc, pr = per_label_auc(y_true, probs)
     at_half = (probs >= 0.5).astype(int)
-    at_tuned = (probs >= thresholds).astype(int)
+    at_tuned = chosen_labels(probs, thresholds, at_least_one).astype(int)
     f1_half = per_label(f1_score, y_true, at_half)
     f1_tuned = per_label(f1_score, y_true, at_tuned)
     has_positives = y_true.sum(axis=1) > 0
@@ -181,11 +184,11 @@ def multiclass_metrics(y_true: np.ndarray, probs: np.ndarray, label_names: list[
 
 
 def compute_metrics(task: str, y_true: np.ndarray, probs: np.ndarray, label_names: list[str],
-                    thresholds: np.ndarray | None = None) -> dict[str, Any]:
+                    thresholds: np.ndarray | None = None, at_least_one: bool = False) -> dict[str, Any]:
     if task == "multilabel":
         if thresholds is None:
             thresholds = np.full(len(label_names), 0.5)
-        return multilabel_metrics(y_true, probs, label_names, thresholds)
+        return multilabel_metrics(y_true, probs, label_names, thresholds, at_least_one)
     return multiclass_metrics(y_true, probs, label_names)
 
 

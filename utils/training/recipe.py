@@ -31,7 +31,7 @@ EPOCHS_BEFORE_SHORTENING = 2.0  # texts are cut shorter (down to MIN_LENGTH_FOR_
 EXPORT_SECONDS = 20.0  # graph export and quantization, before measuring each graph on the validation rows
 EXPORT_PASSES = 6  # torch and five graphs each score the validation rows once in the export's measurement
 MULTICLASS_LABEL_SMOOTHING = 0.1  # a common regulariser of softmax heads; it also won conference's validation
-RECIPE_FIELDS = ("max_length", "epochs", "freeze_layers", "ensemble", "label_smoothing")
+RECIPE_FIELDS = ("max_length", "epochs", "freeze_layers", "ensemble", "label_smoothing", "at_least_one_label")
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,7 @@ class DataShape:
     num_labels: int
     token_lengths: tuple[int, ...]  # untruncated, special tokens included, one per training text
     model_max_length: int  # the backbone's position limit
+    rows_without_label: int = 0  # multi-label training rows that carry no label
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,7 @@ def choose_recipe(shape: DataShape, cost: StepCost | None, given: dict[str, Any]
     values, reasons = recipe.values, recipe.reasons
     choose_ensemble(given, values, reasons)
     choose_label_smoothing(shape.task, given, values, reasons)
+    choose_at_least_one_label(shape, given, values, reasons)
     lengths = np.asarray(shape.token_lengths)
     covered = min(shape.model_max_length, max(16, round_up(np.quantile(lengths, COVERED_QUANTILE), 16)))
     export_cost = export_seconds(shape, cost, covered, batch_size) if export else 0.0
@@ -185,6 +187,22 @@ def choose_label_smoothing(task: str, given: dict[str, Any], values: dict[str, A
         reasons["label_smoothing"] = "a softmax head over classes: a common regulariser"
     else:
         values["label_smoothing"], reasons["label_smoothing"] = 0.0, "multi-label: not used"
+
+
+def choose_at_least_one_label(shape: DataShape, given: dict[str, Any], values: dict[str, Any],
+                              reasons: dict[str, str]) -> None:
+    """Data where every row has a label never answers with none: a text reaching no threshold gets its best."""
+    if given.get("at_least_one_label", "auto") != "auto":
+        values["at_least_one_label"], reasons["at_least_one_label"] = given["at_least_one_label"], "given"
+    elif shape.task == "multiclass":
+        values["at_least_one_label"], reasons["at_least_one_label"] = "no", "multi-class: one class per text"
+    elif shape.rows_without_label == 0:
+        values["at_least_one_label"] = "yes"
+        reasons["at_least_one_label"] = "every training row has a label, so no text is answered with none"
+    else:
+        values["at_least_one_label"] = "no"
+        reasons["at_least_one_label"] = (f"{shape.rows_without_label} of {shape.train_rows} training rows have "
+                                         "no label")
 
 
 def choose_length(shape: DataShape, cost: StepCost, batch_size: int, budget: float, covered: int,
