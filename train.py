@@ -194,7 +194,7 @@ def plan_recipe(config: Config, splits: DataSplits, tokenizer: PreTrainedTokeniz
         cost = None
         if needs_speed and accelerator.is_main_process:
             sample = tokenizer(splits.train.texts[:config.batch_size], truncation=False)["input_ids"]
-            cost = measure_step_cost(model, sample, pad_token_id(tokenizer), config.batch_size)
+            cost = measure_step_cost(model, sample, pad_token_id(tokenizer), config.batch_size, accelerator.device)
         budget = (60 * config.time_budget if config.time_budget is not None
                   else default_budget_seconds(len(splits.train)))
         recipe = choose_recipe(shape, cost, given, config.batch_size * accelerator.num_processes, budget,
