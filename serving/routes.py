@@ -11,6 +11,7 @@ from flask import Blueprint, Response, jsonify, request, send_from_directory
 from pydantic import BaseModel
 
 from inferer import ModelInferer, validate_texts
+from serving.costs import check_explain_cost, check_predict_cost
 from serving.errors import ApiError
 from serving.microbatch import QueueFull
 from serving.openapi import FORM_FIELD, openapi_document
@@ -54,6 +55,7 @@ def explain() -> Response:
     state = serving()
     texts, parsed = read_texts(state.schemas.explain_request, "MAX_EXPLAIN_TEXTS")
     labels = parsed.labels  # type: ignore[attr-defined]
+    check_explain_cost(state.settings, state.inferer, texts, labels)
     explanations = []
     for text in texts:
         with state.lock:
@@ -96,7 +98,7 @@ def metadata() -> Response:
     settings = state.settings
     limits = {"max_body_bytes": settings.max_body_bytes, "max_texts": settings.max_texts,
               "max_chars": settings.max_chars, "max_explain_texts": settings.max_explain_texts,
-              "max_tokens": settings.max_tokens}
+              "max_tokens": settings.max_tokens, "max_request_cost": settings.max_request_cost}
     microbatch = ({"wait_ms": settings.microbatch_wait_ms, "max_size": settings.microbatch_max_size,
                    "queue_size": settings.microbatch_queue_size} if state.batcher is not None else None)
     return jsonify(state.inferer.metadata() | {"limits": limits, "microbatch": microbatch})
@@ -125,6 +127,7 @@ def model_summary(inferer: ModelInferer) -> dict[str, Any]:
 def read_predict_request(state: ServingState) -> tuple[list[str], int | None]:
     """The texts (and top_k) of a /predict request: JSON {"text"} or {"texts"}, or the form field `data`."""
     texts, parsed = read_texts(state.schemas.predict_request, "MAX_TEXTS")
+    check_predict_cost(state.settings, state.inferer, texts)
     return texts, parsed.top_k  # type: ignore[attr-defined]
 
 
@@ -135,20 +138,7 @@ def read_texts(model: type[BaseModel], texts_limit: str) -> tuple[list[str], Bas
         texts = validate_texts(texts)
     except (TypeError, ValueError) as error:
         raise ApiError(422, "invalid_text", str(error)) from None
-    check_token_count(serving(), texts)
     return texts, parsed
-
-
-def check_token_count(state: ServingState, texts: list[str]) -> None:
-    """413 when the texts make more than MAX_TOKENS tokens (after truncation: what the forward pass costs).
-    Tokenized here only when the limit can bind: with the defaults (64 texts of at most 128 tokens) it cannot."""
-    limit, max_length = state.settings.max_tokens, state.inferer.max_length
-    if len(texts) * max_length <= limit:
-        return
-    tokens = sum(state.inferer.token_counts(texts))
-    if tokens > limit:
-        raise ApiError(413, "too_many_tokens", f"the texts make {tokens} tokens (each text cut to {max_length}); "
-                                               f"the limit is {limit} per request (MAX_TOKENS)")
 
 
 def read_body() -> Any:

@@ -22,7 +22,8 @@ from inferer import ModelInferer
 from serving.settings import ServingSettings, available_cores
 from utils.precision import resolve_precision
 
-LIMITS = {"max_texts": 3, "max_chars": 100, "max_body_bytes": 4096, "max_explain_texts": 2, "max_tokens": 1000}
+LIMITS = {"max_texts": 3, "max_chars": 100, "max_body_bytes": 4096, "max_explain_texts": 2, "max_tokens": 1000,
+          "max_request_cost": 30_000}
 KEY = "test-key-0123456789"
 
 
@@ -283,6 +284,25 @@ def test_explain_within_predict_limits_is_accepted_and_chunked_bodies_are_capped
     response = client.post("/explain", input_stream=io.BytesIO(body), content_type="application/json",
                            headers={"Transfer-Encoding": "chunked"}, environ_overrides={"wsgi.input_terminated": True})
     assert response.status_code == 413 and error_of(response) == "body_too_large"
+
+
+def test_explain_over_the_cost_budget_is_refused_with_its_cost(inferer):
+    """A long text costs a forward pass per word the model sees: refused before running, saying by how much."""
+    text = " ".join(["you complete idiot"] * 100)
+    cost = inferer.explain_cost(text, label_count=1)
+    assert cost > 40 * inferer.max_length  # about one pass of max_length tokens per word seen
+    app = create_app(inferer, ServingSettings(max_chars=5000, max_request_cost=cost - 1)).test_client()
+    response = app.post("/explain", json={"text": text, "labels": ["toxic"]})
+    assert response.status_code == 413 and error_of(response) == "over_budget"
+    message = response.get_json()["error"]["message"]
+    assert f"costs {cost} tokens" in message and f"limit is {cost - 1}" in message and "MAX_REQUEST_COST" in message
+    assert "fewer texts or shorter ones" in message
+    at_limit = create_app(inferer, ServingSettings(max_chars=5000, max_request_cost=cost)).test_client()
+    assert at_limit.post("/explain", json={"text": text, "labels": ["toxic"]}).status_code == 200
+    tokens = sum(inferer.token_counts([text] * 3))  # /predict: the tokens of its texts after truncation
+    small = create_app(inferer, ServingSettings(max_chars=5000, max_request_cost=tokens - 1)).test_client()
+    response = small.post("/predict", json={"texts": [text] * 3})
+    assert response.status_code == 413 and f"costs {tokens} tokens" in response.get_json()["error"]["message"]
 
 
 @pytest.mark.parametrize(("method", "path", "status"), [("GET", "/explain", 405), ("PUT", "/explain", 405),
