@@ -8,6 +8,8 @@ import hashlib
 import io
 import json
 import re
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -20,10 +22,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from app import create_app
 from inferer import ModelInferer
 from serving.settings import ServingSettings, available_cores
+from utils.explain import prepare_text
 from utils.precision import resolve_precision
 
 LIMITS = {"max_texts": 3, "max_chars": 100, "max_body_bytes": 4096, "max_explain_texts": 2, "max_tokens": 1000,
-          "max_request_cost": 30_000}
+          "max_request_cost": 30_000, "request_timeout": 30.0, "explain_queue_size": 2}
 KEY = "test-key-0123456789"
 
 
@@ -303,6 +306,87 @@ def test_explain_over_the_cost_budget_is_refused_with_its_cost(inferer):
     small = create_app(inferer, ServingSettings(max_chars=5000, max_request_cost=tokens - 1)).test_client()
     response = small.post("/predict", json={"texts": [text] * 3})
     assert response.status_code == 413 and f"costs {tokens} tokens" in response.get_json()["error"]["message"]
+
+
+class SlowRunner:
+    """The real runner, made slow on purpose: every batch of more than one text (an explanation's) sleeps."""
+
+    def __init__(self, runner, seconds: float) -> None:
+        self.runner, self.seconds, self.batches = runner, seconds, 0
+
+    def logits(self, input_ids, attention_mask):
+        if len(input_ids) > 1:
+            self.batches += 1
+            time.sleep(self.seconds)
+        return self.runner.logits(input_ids, attention_mask)
+
+
+def slow_app(checkpoint, seconds: float, **settings):
+    """An app on its own inferer whose explanation batches take `seconds` each, and that runner."""
+    app = create_app(ModelInferer(checkpoint), ServingSettings(max_chars=20_000, **settings))
+    shared = app.extensions["classifier"].inferer.runner
+    shared.runner = SlowRunner(shared.runner, seconds)
+    return app, shared.runner
+
+
+LONG_TEXT = " ".join(["you complete idiot, nobody reads this"] * 60)  # far more words than the 64 tokens hold
+
+
+def test_a_request_past_its_deadline_is_abandoned_with_503_and_the_worker_stays_healthy(multilabel_checkpoint):
+    app, slow = slow_app(multilabel_checkpoint, 0.2, request_timeout=0.3)
+    client = app.test_client()
+    started = time.perf_counter()
+    response = client.post("/explain", json={"text": LONG_TEXT})
+    elapsed = time.perf_counter() - started
+    assert response.status_code == 503 and error_of(response) == "deadline_exceeded"
+    assert response.headers["Retry-After"] == "1" and "REQUEST_TIMEOUT" in response.get_json()["error"]["message"]
+    inferer = app.extensions["classifier"].inferer
+    words_seen = sum(bool(p) for p in prepare_text(inferer.tokenizer, LONG_TEXT, 64, inferer.truncation).pieces)
+    assert slow.batches < -(-(1 + words_seen) // 16)  # fewer than the whole text needs (16 variants a batch)
+    assert 0.3 < elapsed < 0.3 + 1.0, elapsed  # stopped at the first batch boundary past the deadline
+    state = app.extensions["classifier"]
+    with state.turns.turn():  # the model busy: a /predict waits for it until its deadline, no longer
+        started = time.perf_counter()
+        response = client.post("/predict", json={"text": "hello"})
+        assert response.status_code == 503 and error_of(response) == "deadline_exceeded"
+        assert 0.3 < time.perf_counter() - started < 1.5
+    assert client.post("/predict", json={"text": "hello"}).status_code == 200
+    assert client.post("/explain", json={"text": "you idiot"}).status_code == 200
+
+
+def test_an_explanation_in_flight_does_not_hold_up_predict(multilabel_checkpoint):
+    app, slow = slow_app(multilabel_checkpoint, 0.3, request_timeout=60)
+    explained_at: list[float] = []
+
+    def explain() -> None:
+        assert app.test_client().post("/explain", json={"text": LONG_TEXT}).status_code == 200
+        explained_at.append(time.perf_counter())
+
+    explaining = threading.Thread(target=explain)
+    explaining.start()
+    while slow.batches < 2:  # well into the explanation: its batches are taking turns
+        time.sleep(0.01)
+    latencies, answered_at = [], []
+    for _ in range(2):
+        started = time.perf_counter()
+        assert app.test_client().post("/predict", json={"text": "hello"}).status_code == 200
+        answered_at.append(time.perf_counter())
+        latencies.append(answered_at[-1] - started)
+    explaining.join(30)
+    assert explained_at and answered_at[0] < explained_at[0]  # the predictions went between its batches
+    # One explanation batch (0.3 s) at most, then its own pass: not the rest of the explanation (0.6 s or more).
+    assert max(latencies) < 0.3 + 0.25, latencies
+
+
+def test_a_full_explain_queue_answers_503_with_retry_after(inferer):
+    client = create_app(inferer, ServingSettings(explain_queue_size=1)).test_client()
+    with client.application.extensions["classifier"].explain_queue.place(time.monotonic() + 10):
+        response = client.post("/explain", json={"text": "you idiot"})
+        assert response.status_code == 503 and error_of(response) == "explain_busy"
+        assert response.headers["Retry-After"] == "5"
+        assert "EXPLAIN_QUEUE_SIZE" in response.get_json()["error"]["message"]
+        assert client.post("/predict", json={"text": "hello"}).status_code == 200  # /predict has its own way
+    assert client.post("/explain", json={"text": "you idiot"}).status_code == 200
 
 
 @pytest.mark.parametrize(("method", "path", "status"), [("GET", "/explain", 405), ("PUT", "/explain", 405),
