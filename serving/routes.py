@@ -18,6 +18,7 @@ from serving.openapi import FORM_FIELD, openapi_document
 from serving.scheduling import DeadlineExceeded, ExplainQueueFull
 from serving.schemas import parse_request
 from serving.state import PREDICT_BATCH_SIZE, ServingState, serving
+from utils.checkpoint import backbone_name
 
 routes = Blueprint("classifier", __name__)
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
@@ -119,7 +120,7 @@ def metadata() -> Response:
               "request_timeout": settings.request_timeout, "explain_queue_size": settings.explain_places()}
     microbatch = ({"wait_ms": settings.microbatch_wait_ms, "max_size": settings.microbatch_max_size,
                    "queue_size": settings.microbatch_queue_size} if state.batcher is not None else None)
-    return jsonify(state.inferer.metadata() | {"limits": limits, "microbatch": microbatch})
+    return jsonify(public_metadata(state.inferer) | {"limits": limits, "microbatch": microbatch})
 
 
 @routes.get("/metrics", provide_automatic_options=False)
@@ -136,9 +137,17 @@ def openapi() -> Response:
                                     inferer.checkpoint_id))
 
 
+def public_metadata(inferer: ModelInferer) -> dict[str, Any]:
+    """The inferer's metadata without a path of this machine or of the one that trained the model: the
+    checkpoint and the backbone by their names."""
+    return inferer.metadata() | {"backbone": backbone_name(inferer.info.backbone),
+                                 "checkpoint": inferer.checkpoint_path.resolve().name}
+
+
 def model_summary(inferer: ModelInferer) -> dict[str, Any]:
     """Which model answered, in every /predict and /explain answer."""
-    return {"task": inferer.task, "checkpoint_id": inferer.checkpoint_id, "backbone": inferer.info.backbone,
+    return {"task": inferer.task, "checkpoint_id": inferer.checkpoint_id,
+            "backbone": backbone_name(inferer.info.backbone),
             "quantized": inferer.quantized, "precision": inferer.precision, "backend": inferer.backend}
 
 

@@ -10,6 +10,7 @@ import json
 import re
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -456,12 +457,25 @@ def test_metadata_tells_what_is_served(client, multilabel_checkpoint):
     meta = client.get("/metadata").get_json()
     info = json.loads((multilabel_checkpoint / "classifier.json").read_text())
     assert meta["task"] == "multilabel" and meta["labels"] == TOXIC_LABELS
-    assert meta["thresholds"] == info["thresholds"] and meta["backbone"] == info["backbone"]
+    assert meta["thresholds"] == info["thresholds"] and meta["backbone"] == Path(info["backbone"]).name
     assert meta["quantized"] is False and meta["precision"] == resolve_precision("auto", on_gpu=False)
     assert meta["training_metrics"] == json.loads((multilabel_checkpoint / "metrics.json").read_text())
     digest = hashlib.sha256((multilabel_checkpoint / "model.safetensors").read_bytes()).hexdigest()
     assert meta["checkpoint_id"] == digest[:16]
     assert meta["limits"] == LIMITS
+
+
+def test_metadata_and_answers_hold_no_path_of_any_machine(client, multilabel_checkpoint):
+    """The backbone was recorded as an absolute path of the training machine: it is shown by its name only."""
+    info = json.loads((multilabel_checkpoint / "classifier.json").read_text())
+    assert Path(info["backbone"]).is_absolute()
+    answers = [client.get("/metadata").get_data(as_text=True),
+               client.post("/predict", json={"text": "hi"}).get_data(as_text=True),
+               client.post("/explain", json={"text": "hi"}).get_data(as_text=True)]
+    for answer in answers:
+        assert not re.search(r'"(/|[A-Za-z]:\\\\)', answer), answer  # no string starts like an absolute path
+        assert info["backbone"] not in answer and str(multilabel_checkpoint.parent) not in answer
+    assert client.get("/metadata").get_json()["checkpoint"] == multilabel_checkpoint.name
 
 
 def test_metrics_count_requests_latency_texts_and_errors(client):
