@@ -11,11 +11,12 @@ log = logging.getLogger("classifier.api")
 
 
 class ApiError(Exception):
-    """An error answer: HTTP status, a stable machine-readable code and a message for people."""
+    """An error answer: HTTP status, a stable machine-readable code, a message for people and, for a refusal
+    that a later try may pass, the seconds to wait (Retry-After)."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, retry_after: int | None = None) -> None:
         super().__init__(message)
-        self.status, self.code, self.message = status, code, message
+        self.status, self.code, self.message, self.retry_after = status, code, message, retry_after
 
 
 def error_response(status: int, code: str, message: str) -> tuple[Response, int]:
@@ -24,7 +25,10 @@ def error_response(status: int, code: str, message: str) -> tuple[Response, int]
 
 
 def api_error(error: ApiError) -> tuple[Response, int]:
-    return error_response(error.status, error.code, error.message)
+    response, status = error_response(error.status, error.code, error.message)
+    if error.retry_after is not None:
+        response.headers["Retry-After"] = str(error.retry_after)
+    return response, status
 
 
 def http_error(error: HTTPException) -> Response | HTTPException | tuple[Response, int]:

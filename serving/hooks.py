@@ -15,7 +15,6 @@ from serving.state import serving
 
 OPEN_PATHS = ("/health",)  # answered without the API key, for load balancers and container health checks
 PAGE_PATHS = ("/", "/static/")  # the page and its files: public, the page itself asks for the key
-RETRY_AFTER_SECONDS = 1  # told to clients turned away by a full micro-batch queue
 
 
 def start_timer() -> None:
@@ -62,8 +61,6 @@ def record_metrics(response: Response) -> Response:
     serving().metrics.observe_request(endpoint, request.method, response.status_code, seconds)
     if response.status_code == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="classifier"'
-    if response.status_code == 503 and endpoint == "/predict":
-        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
     return response
 
 

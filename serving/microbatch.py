@@ -6,7 +6,8 @@
 One background thread per worker process takes the first waiting request, gathers whatever else arrives within
 `wait_ms` (up to `max_texts` texts), scores them all in one `score_batch` call and hands each request back its
 own rows. The queue of waiting requests is bounded: when it is full, `predict` raises QueueFull at once, so
-the server can answer 503 instead of piling up work it cannot finish.
+the server can answer 503 instead of piling up work it cannot finish. A request whose deadline has passed when
+its batch is gathered is dropped from it with DeadlineExceeded.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from inferer import ModelInferer
+from serving.scheduling import DeadlineExceeded
 
 log = logging.getLogger("classifier.microbatch")
 
@@ -34,6 +36,7 @@ class Job:
 
     texts: list[str]
     top_k: int | None
+    deadline: float | None = None  # time.monotonic() by which it must be answered
     done: threading.Event = field(default_factory=threading.Event)
     answers: list[dict[str, Any]] | None = None
     error: BaseException | None = None
@@ -53,9 +56,11 @@ class MicroBatcher:
         self.thread = threading.Thread(target=self._serve, name="microbatcher", daemon=True)
         self.thread.start()
 
-    def predict(self, texts: list[str], top_k: int | None = None) -> list[dict[str, Any]]:
-        """The answers for `texts`, in order, computed in a forward pass shared with concurrent requests."""
-        job = Job(list(texts), top_k)
+    def predict(self, texts: list[str], top_k: int | None = None, deadline: float | None = None
+                ) -> list[dict[str, Any]]:
+        """The answers for `texts`, in order, computed in a forward pass shared with concurrent requests;
+        DeadlineExceeded when `deadline` (time.monotonic) passes before its batch starts."""
+        job = Job(list(texts), top_k, deadline)
         try:
             self.jobs.put_nowait(job)
         except queue.Full:
@@ -68,7 +73,9 @@ class MicroBatcher:
 
     def _serve(self) -> None:
         while True:
-            jobs = self._gather(self.jobs.get())
+            jobs = self._drop_expired(self._gather(self.jobs.get()))
+            if not jobs:
+                continue
             try:
                 self._answer(jobs)
             except BaseException as error:  # every waiting request must wake up, with the error if need be
@@ -92,6 +99,18 @@ class MicroBatcher:
             jobs.append(job)
             count += len(job.texts)
         return jobs
+
+    @staticmethod
+    def _drop_expired(jobs: list[Job]) -> list[Job]:
+        """The jobs still within their deadline; the others are answered DeadlineExceeded."""
+        now, kept = time.monotonic(), []
+        for job in jobs:
+            if job.deadline is not None and job.deadline <= now:
+                job.error = DeadlineExceeded()
+                job.done.set()
+            else:
+                kept.append(job)
+        return kept
 
     def _answer(self, jobs: list[Job]) -> None:
         texts = [text for job in jobs for text in job.texts]

@@ -11,14 +11,18 @@ from flask import Blueprint, Response, jsonify, request, send_from_directory
 from pydantic import BaseModel
 
 from inferer import ModelInferer, validate_texts
+from serving.costs import check_explain_cost, check_predict_cost
 from serving.errors import ApiError
 from serving.microbatch import QueueFull
 from serving.openapi import FORM_FIELD, openapi_document
+from serving.scheduling import DeadlineExceeded, ExplainQueueFull
 from serving.schemas import parse_request
 from serving.state import PREDICT_BATCH_SIZE, ServingState, serving
+from utils.checkpoint import backbone_name
 
 routes = Blueprint("classifier", __name__)
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+EXPLAIN_RETRY_AFTER = 5  # seconds: about half of the longest explanation MAX_REQUEST_COST lets in
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 # The page runs only its own files: no inline script or style, no other origin, never framed.
 PAGE_HEADERS = {
@@ -32,16 +36,19 @@ PAGE_HEADERS = {
 @routes.post("/predict", provide_automatic_options=False)
 def predict() -> Response:
     state = serving()
+    deadline = state.deadline()
     texts, top_k = read_predict_request(state)
-    if state.batcher is not None:
-        try:
-            predictions = state.batcher.predict(texts, top_k)
-        except QueueFull:
-            raise ApiError(503, "overloaded", f"{state.settings.microbatch_queue_size} requests are already "
-                                              "waiting (MICROBATCH_QUEUE_SIZE); retry shortly") from None
-    else:
-        with state.lock:
-            predictions = state.inferer.predict_batch(texts, batch_size=PREDICT_BATCH_SIZE, top_k=top_k)
+    try:
+        if state.batcher is not None:
+            predictions = state.batcher.predict(texts, top_k, deadline)
+        else:
+            with state.turns.as_caller(urgent=True, deadline=deadline):
+                predictions = state.inferer.predict_batch(texts, batch_size=PREDICT_BATCH_SIZE, top_k=top_k)
+    except QueueFull:
+        raise ApiError(503, "overloaded", f"{state.settings.microbatch_queue_size} requests are already waiting "
+                                          "(MICROBATCH_QUEUE_SIZE); retry shortly", retry_after=1) from None
+    except DeadlineExceeded:
+        raise deadline_exceeded(state) from None
     state.metrics.texts.observe(len(texts))
     state.metrics.truncated.inc(sum(p["truncated"] for p in predictions))
     return jsonify(predictions=predictions, model=model_summary(state.inferer))
@@ -49,21 +56,34 @@ def predict() -> Response:
 
 @routes.post("/explain", provide_automatic_options=False)
 def explain() -> Response:
-    """Per text, a score per word for each asked label (default: the predicted ones); one text at a time under
-    the model lock, so /predict requests get their turn between the texts of a long request."""
+    """Per text, a score per word for each asked label (default: the predicted ones). One explanation runs per
+    worker, EXPLAIN_QUEUE_SIZE - 1 wait, and its forward passes let /predict's go first (serving/scheduling.py)."""
     state = serving()
+    deadline = state.deadline()
     texts, parsed = read_texts(state.schemas.explain_request, "MAX_EXPLAIN_TEXTS")
     labels = parsed.labels  # type: ignore[attr-defined]
-    explanations = []
-    for text in texts:
-        with state.lock:
-            explanations.append(state.inferer.explain(text, labels))
+    check_explain_cost(state.settings, state.inferer, texts, labels)
+    try:
+        with state.explain_queue.place(deadline), state.turns.as_caller(urgent=False, deadline=deadline):
+            explanations = [state.inferer.explain(text, labels) for text in texts]
+    except ExplainQueueFull:
+        raise ApiError(503, "explain_busy", f"{state.explain_queue.size} explanations are already running or "
+                                            "waiting on this worker (EXPLAIN_QUEUE_SIZE); retry after Retry-After "
+                                            "seconds", retry_after=EXPLAIN_RETRY_AFTER) from None
+    except DeadlineExceeded:
+        raise deadline_exceeded(state) from None
     state.metrics.explain_texts.observe(len(texts))
     for explanation in explanations:
         state.metrics.explained_words.observe(len(explanation["words"]))
         for label in explanation["attributions"]:
             state.metrics.explained_labels.labels(label).inc()
     return jsonify(explanations=explanations, model=model_summary(state.inferer))
+
+
+def deadline_exceeded(state: ServingState) -> ApiError:
+    return ApiError(503, "deadline_exceeded", f"not done within {state.settings.request_timeout:g} s "
+                                              "(REQUEST_TIMEOUT): the server is busy and the work was abandoned; "
+                                              "retry after Retry-After seconds", retry_after=1)
 
 
 @routes.get("/", provide_automatic_options=False)
@@ -96,10 +116,11 @@ def metadata() -> Response:
     settings = state.settings
     limits = {"max_body_bytes": settings.max_body_bytes, "max_texts": settings.max_texts,
               "max_chars": settings.max_chars, "max_explain_texts": settings.max_explain_texts,
-              "max_tokens": settings.max_tokens}
+              "max_tokens": settings.max_tokens, "max_request_cost": settings.max_request_cost,
+              "request_timeout": settings.request_timeout, "explain_queue_size": settings.explain_places()}
     microbatch = ({"wait_ms": settings.microbatch_wait_ms, "max_size": settings.microbatch_max_size,
                    "queue_size": settings.microbatch_queue_size} if state.batcher is not None else None)
-    return jsonify(state.inferer.metadata() | {"limits": limits, "microbatch": microbatch})
+    return jsonify(public_metadata(state.inferer) | {"limits": limits, "microbatch": microbatch})
 
 
 @routes.get("/metrics", provide_automatic_options=False)
@@ -116,15 +137,24 @@ def openapi() -> Response:
                                     inferer.checkpoint_id))
 
 
+def public_metadata(inferer: ModelInferer) -> dict[str, Any]:
+    """The inferer's metadata without a path of this machine or of the one that trained the model: the
+    checkpoint and the backbone by their names."""
+    return inferer.metadata() | {"backbone": backbone_name(inferer.info.backbone),
+                                 "checkpoint": inferer.checkpoint_path.resolve().name}
+
+
 def model_summary(inferer: ModelInferer) -> dict[str, Any]:
     """Which model answered, in every /predict and /explain answer."""
-    return {"task": inferer.task, "checkpoint_id": inferer.checkpoint_id, "backbone": inferer.info.backbone,
+    return {"task": inferer.task, "checkpoint_id": inferer.checkpoint_id,
+            "backbone": backbone_name(inferer.info.backbone),
             "quantized": inferer.quantized, "precision": inferer.precision, "backend": inferer.backend}
 
 
 def read_predict_request(state: ServingState) -> tuple[list[str], int | None]:
     """The texts (and top_k) of a /predict request: JSON {"text"} or {"texts"}, or the form field `data`."""
     texts, parsed = read_texts(state.schemas.predict_request, "MAX_TEXTS")
+    check_predict_cost(state.settings, state.inferer, texts)
     return texts, parsed.top_k  # type: ignore[attr-defined]
 
 
@@ -135,20 +165,7 @@ def read_texts(model: type[BaseModel], texts_limit: str) -> tuple[list[str], Bas
         texts = validate_texts(texts)
     except (TypeError, ValueError) as error:
         raise ApiError(422, "invalid_text", str(error)) from None
-    check_token_count(serving(), texts)
     return texts, parsed
-
-
-def check_token_count(state: ServingState, texts: list[str]) -> None:
-    """413 when the texts make more than MAX_TOKENS tokens (after truncation: what the forward pass costs).
-    Tokenized here only when the limit can bind: with the defaults (64 texts of at most 128 tokens) it cannot."""
-    limit, max_length = state.settings.max_tokens, state.inferer.max_length
-    if len(texts) * max_length <= limit:
-        return
-    tokens = sum(state.inferer.token_counts(texts))
-    if tokens > limit:
-        raise ApiError(413, "too_many_tokens", f"the texts make {tokens} tokens (each text cut to {max_length}); "
-                                               f"the limit is {limit} per request (MAX_TOKENS)")
 
 
 def read_body() -> Any:

@@ -55,7 +55,7 @@ class MetadataAnswer(BaseModel):
     backend_choice: dict[str, Any]  # what BACKEND asked for, what runs, why, and its measured speed and cost
     checkpoint_id: str
     training_metrics: dict[str, Any]
-    limits: dict[str, int]
+    limits: dict[str, int | float]
     microbatch: dict[str, int] | None
 
 

@@ -51,15 +51,24 @@ class ServingSettings(BaseSettings):
         8, description="Most texts in one /explain request (each costs a forward pass per word); more gets 413.")
     max_tokens: PositiveInt = Field(
         16_384, description="Most tokens in one /predict request, counted after truncation; more gets 413.")
+    max_request_cost: PositiveInt = Field(
+        30_000, description="Most work in one request, in tokens through the model (/explain: about a forward pass "
+        "per word); more gets 413. 30,000 is about 9 s of one core of an AMD EPYC with all-MiniLM-L6-v2.")
     torch_threads: PositiveInt = Field(
         1, description="Intra-op threads per worker process (torch or ONNX Runtime).")
     workers: PositiveInt | None = Field(None, description="Worker processes; default cores // threads.")
     threads: PositiveInt | None = Field(
         None, description="Request threads per worker; default 4, or 32 with MICROBATCH (requests to batch).")
+    request_timeout: PositiveFloat = Field(
+        30.0, description="Seconds a /predict or /explain request may take in the app; work not done by then is "
+        "abandoned before the next forward pass and answered 503 with Retry-After.")
     microbatch: bool = Field(False, description="Concurrent requests share one forward pass per worker.")
     microbatch_wait_ms: NonNegativeInt = Field(5, description="How long a first request waits for others.")
     microbatch_max_size: PositiveInt = Field(64, description="Most texts in one shared forward pass.")
     microbatch_queue_size: PositiveInt = Field(128, description="Most requests waiting per worker; then 503.")
+    explain_queue_size: PositiveInt | None = Field(
+        None, description="Most /explain requests per worker, the running one included; one more gets 503 with "
+        "Retry-After. Below THREADS, so that /predict always has a thread; default 2, or 1 with 2 threads.")
     header_timeout: PositiveFloat = Field(
         10.0, description="Seconds a client has to send a request's line and headers; then 408 and closed.")
     body_timeout: PositiveFloat = Field(
@@ -81,6 +90,16 @@ class ServingSettings(BaseSettings):
         if value is not None and not (value.get_secret_value().isascii() and value.get_secret_value().isprintable()):
             raise ValueError("must be printable ASCII (e.g. python -c 'import secrets; "
                              "print(secrets.token_urlsafe(32))')")
+        return value
+
+    @field_validator("explain_queue_size")
+    @classmethod
+    def _below_threads(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is None:
+            return value
+        threads = info.data.get("threads") or default_threads(bool(info.data.get("microbatch")))
+        if 1 < threads <= value:
+            raise ValueError(f"must be below THREADS ({threads}): explanations waiting would hold every thread")
         return value
 
     @field_validator("metrics_port")
@@ -113,9 +132,11 @@ class ServingSettings(BaseSettings):
 
     def thread_count(self) -> int:
         """gunicorn threads per worker: with micro-batching, enough for concurrent requests to meet in a batch."""
-        if self.threads is not None:
-            return self.threads
-        return 32 if self.microbatch else 4
+        return self.threads or default_threads(self.microbatch)
+
+    def explain_places(self) -> int:
+        """Explanations one worker holds at once, running or waiting (EXPLAIN_QUEUE_SIZE)."""
+        return self.explain_queue_size or max(1, min(2, self.thread_count() - 1))
 
     def describe(self) -> str:
         """One line per setting, the API key masked."""
@@ -126,6 +147,11 @@ class ServingSettings(BaseSettings):
                 value = "set" if value else "not set (API open)"
             lines.append(f"  {env_name(name):<22} {value}")
         return "serving settings:\n" + "\n".join(lines)
+
+
+def default_threads(microbatch: bool) -> int:
+    """gunicorn threads per worker unless THREADS says: 4, or 32 with micro-batching."""
+    return 32 if microbatch else 4
 
 
 def available_cores(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:

@@ -1,9 +1,8 @@
-"""What one app serves: the loaded inferer, its settings, schemas, metrics and the forward-pass lock."""
+"""What one app serves: the loaded inferer, its settings, schemas, metrics, and who runs on the model when."""
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from dataclasses import dataclass, field
 
@@ -11,6 +10,7 @@ from flask import current_app
 
 from inferer import ModelInferer
 from serving.microbatch import MicroBatcher
+from serving.scheduling import ExplainQueue, ModelTurns, SharedRunner
 from serving.schemas import Schemas, build_schemas
 from serving.settings import ServingSettings
 from serving.telemetry import ServingMetrics
@@ -21,26 +21,33 @@ PREDICT_BATCH_SIZE = 32
 
 @dataclass
 class ServingState:
-    """The lock keeps one forward pass at a time per worker, so torch threads x workers stays within the cores
-    however many requests arrive. With micro-batching, the batcher's one thread runs every forward pass."""
+    """The turns keep one forward pass at a time per worker, so torch threads x workers stays within the cores
+    however many requests arrive; /predict's passes go first (serving/scheduling.py)."""
 
     inferer: ModelInferer
     settings: ServingSettings
     schemas: Schemas
+    explain_queue: ExplainQueue
     metrics: ServingMetrics = field(default_factory=ServingMetrics)
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    turns: ModelTurns = field(default_factory=ModelTurns)
     batcher: MicroBatcher | None = None
 
     @classmethod
     def build(cls, inferer: ModelInferer, settings: ServingSettings) -> ServingState:
-        state = cls(inferer, settings, build_schemas(inferer.label_names, settings))
+        state = cls(inferer, settings, build_schemas(inferer.label_names, settings),
+                    ExplainQueue(settings.explain_places()))
+        runner = inferer.runner.runner if isinstance(inferer.runner, SharedRunner) else inferer.runner
+        inferer.runner = SharedRunner(runner, state.turns)  # every forward pass of this app takes its turn
         if settings.microbatch:  # its thread starts here, in the worker process (gunicorn forks before the app)
             state.batcher = MicroBatcher(inferer, settings.microbatch_wait_ms, settings.microbatch_max_size,
                                          settings.microbatch_queue_size, PREDICT_BATCH_SIZE,
-                                         on_batch=lambda requests, texts: state.metrics.batch_texts.observe(texts),
-                                         lock=state.lock)
+                                         on_batch=lambda requests, texts: state.metrics.batch_texts.observe(texts))
         state.metrics.model.labels(inferer.checkpoint_id, inferer.task, str(inferer.quantized).lower()).set(1)
         return state
+
+    def deadline(self) -> float:
+        """When a request starting now must be done (time.monotonic): REQUEST_TIMEOUT from now."""
+        return time.monotonic() + self.settings.request_timeout
 
 
 def load_inferer(settings: ServingSettings) -> ModelInferer:

@@ -8,6 +8,9 @@ import hashlib
 import io
 import json
 import re
+import threading
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,9 +23,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from app import create_app
 from inferer import ModelInferer
 from serving.settings import ServingSettings, available_cores
+from utils.explain import prepare_text
 from utils.precision import resolve_precision
 
-LIMITS = {"max_texts": 3, "max_chars": 100, "max_body_bytes": 4096, "max_explain_texts": 2, "max_tokens": 1000}
+LIMITS = {"max_texts": 3, "max_chars": 100, "max_body_bytes": 4096, "max_explain_texts": 2, "max_tokens": 1000,
+          "max_request_cost": 30_000, "request_timeout": 30.0, "explain_queue_size": 2}
 KEY = "test-key-0123456789"
 
 
@@ -73,8 +78,8 @@ def test_predict_one_text_answers_labels_scores_and_model(client, inferer):
     np.testing.assert_allclose(list(prediction["scores"].values()), list(expected["scores"].values()), atol=1e-6)
     assert prediction["labels"] == expected["labels"] and prediction["truncated"] is False
     assert body["model"] == {"task": "multilabel", "checkpoint_id": inferer.checkpoint_id,
-                             "backbone": inferer.info.backbone, "quantized": False, "precision": inferer.precision,
-                             "backend": "torch"}
+                             "backbone": Path(inferer.info.backbone).name, "quantized": False,
+                             "precision": inferer.precision, "backend": "torch"}
 
 
 def test_predict_texts_keeps_input_order(client, inferer):
@@ -285,6 +290,106 @@ def test_explain_within_predict_limits_is_accepted_and_chunked_bodies_are_capped
     assert response.status_code == 413 and error_of(response) == "body_too_large"
 
 
+def test_explain_over_the_cost_budget_is_refused_with_its_cost(inferer):
+    """A long text costs a forward pass per word the model sees: refused before running, saying by how much."""
+    text = " ".join(["you complete idiot"] * 100)
+    cost = inferer.explain_cost(text, label_count=1)
+    assert cost > 40 * inferer.max_length  # about one pass of max_length tokens per word seen
+    app = create_app(inferer, ServingSettings(max_chars=5000, max_request_cost=cost - 1)).test_client()
+    response = app.post("/explain", json={"text": text, "labels": ["toxic"]})
+    assert response.status_code == 413 and error_of(response) == "over_budget"
+    message = response.get_json()["error"]["message"]
+    assert f"costs {cost} tokens" in message and f"limit is {cost - 1}" in message and "MAX_REQUEST_COST" in message
+    assert "fewer texts or shorter ones" in message
+    at_limit = create_app(inferer, ServingSettings(max_chars=5000, max_request_cost=cost)).test_client()
+    assert at_limit.post("/explain", json={"text": text, "labels": ["toxic"]}).status_code == 200
+    tokens = sum(inferer.token_counts([text] * 3))  # /predict: the tokens of its texts after truncation
+    small = create_app(inferer, ServingSettings(max_chars=5000, max_request_cost=tokens - 1)).test_client()
+    response = small.post("/predict", json={"texts": [text] * 3})
+    assert response.status_code == 413 and f"costs {tokens} tokens" in response.get_json()["error"]["message"]
+
+
+class SlowRunner:
+    """The real runner, made slow on purpose: every batch of more than one text (an explanation's) sleeps."""
+
+    def __init__(self, runner, seconds: float) -> None:
+        self.runner, self.seconds, self.batches = runner, seconds, 0
+
+    def logits(self, input_ids, attention_mask):
+        if len(input_ids) > 1:
+            self.batches += 1
+            time.sleep(self.seconds)
+        return self.runner.logits(input_ids, attention_mask)
+
+
+def slow_app(checkpoint, seconds: float, **settings):
+    """An app on its own inferer whose explanation batches take `seconds` each, and that runner."""
+    app = create_app(ModelInferer(checkpoint), ServingSettings(max_chars=20_000, **settings))
+    shared = app.extensions["classifier"].inferer.runner
+    shared.runner = SlowRunner(shared.runner, seconds)
+    return app, shared.runner
+
+
+LONG_TEXT = " ".join(["you complete idiot, nobody reads this"] * 60)  # far more words than the 64 tokens hold
+
+
+def test_a_request_past_its_deadline_is_abandoned_with_503_and_the_worker_stays_healthy(multilabel_checkpoint):
+    app, slow = slow_app(multilabel_checkpoint, 0.2, request_timeout=0.3)
+    client = app.test_client()
+    started = time.perf_counter()
+    response = client.post("/explain", json={"text": LONG_TEXT})
+    elapsed = time.perf_counter() - started
+    assert response.status_code == 503 and error_of(response) == "deadline_exceeded"
+    assert response.headers["Retry-After"] == "1" and "REQUEST_TIMEOUT" in response.get_json()["error"]["message"]
+    inferer = app.extensions["classifier"].inferer
+    words_seen = sum(bool(p) for p in prepare_text(inferer.tokenizer, LONG_TEXT, 64, inferer.truncation).pieces)
+    assert slow.batches < -(-(1 + words_seen) // 16)  # fewer than the whole text needs (16 variants a batch)
+    assert 0.3 < elapsed < 0.3 + 1.0, elapsed  # stopped at the first batch boundary past the deadline
+    state = app.extensions["classifier"]
+    with state.turns.turn():  # the model busy: a /predict waits for it until its deadline, no longer
+        started = time.perf_counter()
+        response = client.post("/predict", json={"text": "hello"})
+        assert response.status_code == 503 and error_of(response) == "deadline_exceeded"
+        assert 0.3 < time.perf_counter() - started < 1.5
+    assert client.post("/predict", json={"text": "hello"}).status_code == 200
+    assert client.post("/explain", json={"text": "you idiot"}).status_code == 200
+
+
+def test_an_explanation_in_flight_does_not_hold_up_predict(multilabel_checkpoint):
+    app, slow = slow_app(multilabel_checkpoint, 0.3, request_timeout=60)
+    explained_at: list[float] = []
+
+    def explain() -> None:
+        assert app.test_client().post("/explain", json={"text": LONG_TEXT}).status_code == 200
+        explained_at.append(time.perf_counter())
+
+    explaining = threading.Thread(target=explain)
+    explaining.start()
+    while slow.batches < 2:  # well into the explanation: its batches are taking turns
+        time.sleep(0.01)
+    latencies, answered_at = [], []
+    for _ in range(2):
+        started = time.perf_counter()
+        assert app.test_client().post("/predict", json={"text": "hello"}).status_code == 200
+        answered_at.append(time.perf_counter())
+        latencies.append(answered_at[-1] - started)
+    explaining.join(30)
+    assert explained_at and answered_at[0] < explained_at[0]  # the predictions went between its batches
+    # One explanation batch (0.3 s) at most, then its own pass: not the rest of the explanation (0.6 s or more).
+    assert max(latencies) < 0.3 + 0.25, latencies
+
+
+def test_a_full_explain_queue_answers_503_with_retry_after(inferer):
+    client = create_app(inferer, ServingSettings(explain_queue_size=1)).test_client()
+    with client.application.extensions["classifier"].explain_queue.place(time.monotonic() + 10):
+        response = client.post("/explain", json={"text": "you idiot"})
+        assert response.status_code == 503 and error_of(response) == "explain_busy"
+        assert response.headers["Retry-After"] == "5"
+        assert "EXPLAIN_QUEUE_SIZE" in response.get_json()["error"]["message"]
+        assert client.post("/predict", json={"text": "hello"}).status_code == 200  # /predict has its own way
+    assert client.post("/explain", json={"text": "you idiot"}).status_code == 200
+
+
 @pytest.mark.parametrize(("method", "path", "status"), [("GET", "/explain", 405), ("PUT", "/explain", 405),
                                                         ("POST", "/explain/more", 404)])
 def test_explain_routing_errors_are_json(client, method, path, status):
@@ -352,12 +457,25 @@ def test_metadata_tells_what_is_served(client, multilabel_checkpoint):
     meta = client.get("/metadata").get_json()
     info = json.loads((multilabel_checkpoint / "classifier.json").read_text())
     assert meta["task"] == "multilabel" and meta["labels"] == TOXIC_LABELS
-    assert meta["thresholds"] == info["thresholds"] and meta["backbone"] == info["backbone"]
+    assert meta["thresholds"] == info["thresholds"] and meta["backbone"] == Path(info["backbone"]).name
     assert meta["quantized"] is False and meta["precision"] == resolve_precision("auto", on_gpu=False)
     assert meta["training_metrics"] == json.loads((multilabel_checkpoint / "metrics.json").read_text())
     digest = hashlib.sha256((multilabel_checkpoint / "model.safetensors").read_bytes()).hexdigest()
     assert meta["checkpoint_id"] == digest[:16]
     assert meta["limits"] == LIMITS
+
+
+def test_metadata_and_answers_hold_no_path_of_any_machine(client, multilabel_checkpoint):
+    """The backbone was recorded as an absolute path of the training machine: it is shown by its name only."""
+    info = json.loads((multilabel_checkpoint / "classifier.json").read_text())
+    assert Path(info["backbone"]).is_absolute()
+    answers = [client.get("/metadata").get_data(as_text=True),
+               client.post("/predict", json={"text": "hi"}).get_data(as_text=True),
+               client.post("/explain", json={"text": "hi"}).get_data(as_text=True)]
+    for answer in answers:
+        assert not re.search(r'"(/|[A-Za-z]:\\\\)', answer), answer  # no string starts like an absolute path
+        assert info["backbone"] not in answer and str(multilabel_checkpoint.parent) not in answer
+    assert client.get("/metadata").get_json()["checkpoint"] == multilabel_checkpoint.name
 
 
 def test_metrics_count_requests_latency_texts_and_errors(client):

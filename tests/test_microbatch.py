@@ -87,7 +87,7 @@ def test_a_full_queue_answers_503_with_retry_after(inferer, texts):
     def ask(name: str) -> None:
         results[name] = app.test_client().post("/predict", json={"text": texts[0]}).status_code
 
-    with state.lock:  # the model is busy: the batcher holds the first request, the queue the second
+    with state.batcher.lock:  # the model is busy: the batcher holds the first request, the queue the second
         first = threading.Thread(target=ask, args=("first",))
         first.start()
         wait_until(lambda: taken_and_waiting(state.batcher, taken=1, waiting=0))

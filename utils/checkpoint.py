@@ -11,6 +11,7 @@ and how the int8 graphs were quantized); a checkpoint without them stays complet
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -69,6 +70,17 @@ class ClassifierInfo(BaseModel):
     at_least_one_label: bool = False
     # the served scores' log-odds (log-probabilities) are divided by this, fitted on validation after blending
     temperature: float = 1.0
+
+
+def backbone_name(backbone: str) -> str:
+    """The backbone as a server shows it: a hub name as recorded; a local folder by its name, or a packaged one
+    (site-packages/PACKAGE/...) by its package, never a path of the machine that trained it."""
+    parts = [part for part in re.split(r"[\\/]+", backbone) if part]
+    if not (backbone.startswith(("/", "\\", "~", ".")) or re.match(r"^[A-Za-z]:", backbone)) or not parts:
+        return backbone
+    if "site-packages" in parts[:-1]:
+        return parts[parts.index("site-packages") + 1]
+    return parts[-1]
 
 
 class VariantRecord(BaseModel):

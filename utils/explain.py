@@ -126,6 +126,17 @@ def occlusion_scores(logits_fn: LogitsFn, item: TextToExplain, task: str, pad_id
     return scores_from_logits(task, rows)
 
 
+def transformer_tokens(method: str, item: TextToExplain, label_count: int) -> int:
+    """Tokens `method` feeds the transformer to explain `item`, a backward pass counted as two forward ones:
+    occlusion the input whole, then without each seen word's pieces, whatever the labels; the gradient methods
+    one pass per path point and a backward pass per label."""
+    length = len(item.input_ids)
+    if method == "occlusion":
+        return length + sum(length - len(positions) for positions in item.pieces if positions)
+    steps = IG_STEPS if method == "integrated_gradients" else 1
+    return steps * length * (1 + 2 * label_count)
+
+
 def texts_without_each_word(item: TextToExplain) -> list[str]:
     """The text whole, then with each word's characters replaced by a space (its neighbours stay apart)."""
     return [item.text] + [item.text[:start] + " " + item.text[end:] for start, end in item.words]

@@ -1,0 +1,52 @@
+"""What a request costs before it runs, and the budget it must fit: 413 for more than MAX_TOKENS tokens or more
+than MAX_REQUEST_COST of work.
+
+The unit of work is a token through the transformer (`ModelInferer.predict_cost`, `explain_cost`): /predict
+costs the tokens of its texts after truncation; /explain about one forward pass of each text per word, and for a
+blended checkpoint the TF-IDF member scoring the whole text once per word (its characters converted to tokens).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from inferer import ModelInferer
+from serving.errors import ApiError
+from serving.settings import ServingSettings
+
+
+def check_predict_cost(settings: ServingSettings, inferer: ModelInferer, texts: list[str]) -> None:
+    """413 when the texts make more than MAX_TOKENS tokens (after truncation) or cost over MAX_REQUEST_COST.
+    Tokenized here only when a limit can bind: with the defaults (64 texts of at most 128 tokens) none can."""
+    limit, max_length = settings.max_tokens, inferer.max_length
+    lexical = inferer.lexical_cost(sum(len(text) for text in texts))
+    if len(texts) * max_length <= limit and len(texts) * max_length + lexical <= settings.max_request_cost:
+        return
+    tokens = sum(inferer.token_counts(texts))
+    if tokens > limit:
+        raise ApiError(413, "too_many_tokens", f"the texts make {tokens} tokens (each text cut to {max_length}); "
+                                               f"the limit is {limit} per request (MAX_TOKENS)")
+    if tokens + lexical > settings.max_request_cost:
+        raise over_budget(settings, "scoring these texts", [tokens + lexical], "send fewer or shorter texts")
+
+
+def check_explain_cost(settings: ServingSettings, inferer: ModelInferer, texts: list[str],
+                       labels: Sequence[str] | None) -> None:
+    """413 when explaining the texts would cost more than MAX_REQUEST_COST."""
+    label_count = len(labels) if labels else len(inferer.label_names)
+    costs = [inferer.explain_cost(text, label_count) for text in texts]
+    if sum(costs) <= settings.max_request_cost:
+        return
+    growth = ("words x characters: the TF-IDF member scores the whole text again without each word"
+              if inferer.lexical is not None else "words x tokens: a forward pass without each word")
+    raise over_budget(settings, "explaining these texts", costs,
+                      f"send fewer texts or shorter ones (the cost of a text grows with its {growth}); "
+                      "the number of labels asked does not change it")
+
+
+def over_budget(settings: ServingSettings, what: str, costs: list[int], advice: str) -> ApiError:
+    """The 413 of a request whose work is over MAX_REQUEST_COST, with its cost and how to bring it down."""
+    costliest = max(range(len(costs)), key=costs.__getitem__)
+    per_text = f" (the costliest, text {costliest}, {costs[costliest]})" if len(costs) > 1 else ""
+    return ApiError(413, "over_budget", f"{what} costs {sum(costs)} tokens of model work{per_text}; the limit is "
+                                        f"{settings.max_request_cost} per request (MAX_REQUEST_COST): {advice}")

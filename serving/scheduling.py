@@ -1,0 +1,122 @@
+"""Who runs on the model when: deadlines, /predict's forward passes before explanations', and the bounded queue
+of explanations.
+
+Every forward pass of a worker goes through `SharedRunner`, which takes its turn from `ModelTurns`: one pass at a
+time, a waiting /predict pass before a waiting explanation's, and an explanation's passes cut into small batches,
+so /predict waits at most one such batch. A caller's deadline is checked before each pass: work not done by then
+is abandoned there with DeadlineExceeded. Explanations also take a place in `ExplainQueue` (one runs, the rest
+wait; none past its size).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+EXPLAIN_BATCH_TOKENS = 1024  # an explanation's batch: about 0.3 s of all-MiniLM-L6-v2 on one core
+
+
+class DeadlineExceeded(Exception):
+    """The request's deadline passed before its work was done."""
+
+
+class ExplainQueueFull(Exception):
+    """Every place of the explanation queue is taken."""
+
+
+class ModelTurns:
+    """One forward pass at a time; the callers of a thread say once who they are (`as_caller`), so the passes
+    deep inside `ModelInferer.explain` take the right turn."""
+
+    def __init__(self) -> None:
+        self._free = threading.Condition()
+        self._busy = False
+        self._urgent_waiting = 0
+        self._caller = threading.local()
+
+    @contextmanager
+    def as_caller(self, urgent: bool, deadline: float | None) -> Iterator[None]:
+        """The forward passes of this thread inside: urgent (/predict) or not (/explain), and until when."""
+        self._caller.urgent, self._caller.deadline = urgent, deadline
+        try:
+            yield
+        finally:
+            del self._caller.urgent, self._caller.deadline
+
+    @property
+    def urgent(self) -> bool:
+        return getattr(self._caller, "urgent", True)
+
+    @contextmanager
+    def turn(self) -> Iterator[None]:
+        """The model for one forward pass; DeadlineExceeded when the caller's deadline passes first."""
+        urgent, deadline = self.urgent, getattr(self._caller, "deadline", None)
+        with self._free:
+            self._urgent_waiting += urgent
+            try:
+                while True:
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        raise DeadlineExceeded
+                    if not self._busy and (urgent or not self._urgent_waiting):
+                        break
+                    self._free.wait(remaining)
+                self._busy = True
+            finally:
+                self._urgent_waiting -= urgent
+        try:
+            yield
+        finally:
+            with self._free:
+                self._busy = False
+                self._free.notify_all()
+
+
+class SharedRunner:
+    """A model runner whose forward passes take their turn; a non-urgent caller's in batches of about
+    EXPLAIN_BATCH_TOKENS tokens. Everything else (`model`, `quantized`, ...) is the runner's own."""
+
+    def __init__(self, runner: Any, turns: ModelTurns) -> None:
+        self.runner, self.turns = runner, turns
+        self.device, self.precision, self.quantized = runner.device, runner.precision, runner.quantized
+
+    def logits(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        rows = len(input_ids) if self.turns.urgent else max(1, EXPLAIN_BATCH_TOKENS // max(1, input_ids.shape[1]))
+        parts = []
+        for start in range(0, len(input_ids), rows):
+            with self.turns.turn():
+                parts.append(self.runner.logits(input_ids[start:start + rows], attention_mask[start:start + rows]))
+        return np.concatenate(parts)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.runner, name)
+
+
+class ExplainQueue:
+    """At most `size` explanations per worker, one running and the others waiting their turn."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._places = threading.BoundedSemaphore(size)
+        self._running = threading.Lock()
+
+    @contextmanager
+    def place(self, deadline: float) -> Iterator[None]:
+        """Run inside when it is this request's turn: ExplainQueueFull at once when no place is free,
+        DeadlineExceeded when the deadline passes while it waits."""
+        if not self._places.acquire(blocking=False):
+            raise ExplainQueueFull
+        try:
+            if not self._running.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                raise DeadlineExceeded
+            try:
+                yield
+            finally:
+                self._running.release()
+        finally:
+            self._places.release()
