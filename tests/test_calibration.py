@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from inferer import ModelInferer
+from utils.checkpoint import CheckpointFolder
 from utils.scoring import with_temperature
 from utils.training.calibration import calibration_summary, fit_temperature
 
@@ -42,16 +43,21 @@ def test_the_fitted_temperature_undoes_a_known_overconfidence(task):
         assert (np.argsort(tempered[:, j], kind="stable") == np.argsort(scores[:, j], kind="stable")).all()
 
 
-def test_the_checkpoint_serves_the_tempered_scores_its_thresholds_were_tuned_on(multilabel_checkpoint, toxic_csv):
+def test_the_checkpoint_serves_the_tempered_scores_its_thresholds_were_tuned_on(tmp_path, tiny_trainer, tiny_bert,
+                                                                                toxic_csv):
     import pandas as pd
 
-    inferer = ModelInferer(multilabel_checkpoint)
+    checkpoint = tiny_trainer(tmp_path, tiny_bert, "bert", "multilabel", toxic_csv,
+                              temperature_scaling=True).checkpoint
+    summary = CheckpointFolder(checkpoint).metrics()["calibration"]
+    assert summary["validation_nll_after"] <= summary["validation_nll_before"]
+    inferer = ModelInferer(checkpoint, backend="torch")
     temperature = inferer.info.temperature
-    assert temperature != 1.0 and 0.1 <= temperature <= 10.0  # fitted in training
+    assert temperature == summary["temperature"] != 1.0 and 0.1 <= temperature <= 10.0  # fitted in training
     texts = pd.read_csv(toxic_csv).comment_text.tolist()[:16]
     members, _ = inferer.member_scores(texts)
     served, _ = inferer.score_batch(texts)
     np.testing.assert_allclose(served, with_temperature("multilabel", members["transformer"], temperature),
-                               atol=1e-9)
+                               atol=1e-9)  # the same arithmetic on the same scores
     assert inferer.predict(texts[0])["scores"] == pytest.approx(dict(zip(inferer.label_names, served[0],
-                                                                         strict=True)), abs=1e-9)
+                                                                         strict=True)), abs=1e-6)

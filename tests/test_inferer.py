@@ -213,10 +213,12 @@ def test_the_original_config_call_keeps_working(multilabel_checkpoint):
 
 
 def test_a_default_config_warns_about_input_settings_and_goes_on(multilabel_checkpoint):
-    """The original call with a plain Config(): max_length 128 and truncation differ from the checkpoint's 64 and
-    head_tail; the checkpoint decides, a warning names both values, and the inferer works."""
+    """The original call with a Config whose max_length 128 and truncation differ from the checkpoint's 64 and
+    head_tail; the checkpoint decides, a warning names both values, and the inferer works (a Config that leaves
+    max_length to the recipe, None, says nothing of it)."""
     with pytest.warns(UserWarning) as warned:
-        inferer = ModelInferer(config=Config(truncation="head"), checkpoint_path=multilabel_checkpoint, quantize=True)
+        inferer = ModelInferer(config=Config(max_length=128, truncation="head"),
+                               checkpoint_path=multilabel_checkpoint, quantize=True)
     messages = [str(w.message) for w in warned]
     assert any("config.max_length is 128" in m and "trained with 64" in m for m in messages), messages
     assert any("config.truncation is 'head'" in m and "'head_tail'" in m for m in messages), messages

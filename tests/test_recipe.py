@@ -90,7 +90,7 @@ def test_the_choice_is_deterministic_and_epochs_sit_on_a_coarse_grid():
 
 def test_budget_and_epoch_cap_grow_with_the_file_within_bounds():
     assert default_budget_seconds(100) == 60 * MIN_BUDGET_MINUTES
-    assert default_budget_seconds(10_000) == 300.0
+    assert default_budget_seconds(9_000) == 360.0
     assert default_budget_seconds(10**6) == 60 * MAX_BUDGET_MINUTES
     assert epoch_cap(5) == 30.0 and epoch_cap(50) == 20.0 and epoch_cap(500) == 10.0
 

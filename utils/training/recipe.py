@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,15 +22,15 @@ import torch
 from utils.training.optim import encoder_layers, layer_depth
 
 RECIPE_FILE = "recipe.json"
-SECONDS_PER_1000_ROWS = 30.0  # the default budget grows with the file: 30 s per 1,000 training rows ...
+SECONDS_PER_1000_ROWS = 40.0  # the default budget grows with the file: 40 s per 1,000 training rows ...
 MIN_BUDGET_MINUTES, MAX_BUDGET_MINUTES = 3.0, 20.0  # ... between these bounds
 COVERED_QUANTILE = 0.95  # max_length covers this share of the training texts ...
 MIN_LENGTH_FOR_BUDGET = 64  # ... unless the budget forces it down towards this many tokens
 MAX_STEPS_FOR_EPOCH_CAP = 1000  # small files may take up to this many steps ...
 MIN_EPOCH_CAP, MAX_EPOCH_CAP = 10.0, 30.0  # ... within these epoch caps
 EPOCHS_BEFORE_SHORTENING = 2.0  # texts are cut shorter (down to MIN_LENGTH_FOR_BUDGET) to afford this many epochs
-EXPORT_SECONDS = 20.0  # graph export and quantization, before measuring each graph on the validation rows
-EXPORT_PASSES = 6  # torch and five graphs each score the validation rows once in the export's measurement
+EXPORT_SECONDS = 15.0  # graph export and quantization, before measuring each graph on the validation rows ...
+EXPORT_PASSES = 4  # ... which costs about four passes of torch over them (toxic on a Zen 5: 66 s in all)
 MULTICLASS_LABEL_SMOOTHING = 0.1  # a common regulariser of softmax heads; it also won conference's validation
 RECIPE_FIELDS = ("max_length", "epochs", "freeze_layers", "ensemble", "label_smoothing", "at_least_one_label")
 
@@ -87,7 +88,7 @@ class Recipe:
 
 
 def default_budget_seconds(train_rows: int) -> float:
-    """30 s per 1,000 training rows, between 3 and 20 minutes: larger files get more time."""
+    """40 s per 1,000 training rows, between 3 and 20 minutes: larger files get more time."""
     minutes = SECONDS_PER_1000_ROWS * train_rows / 1000 / 60
     return 60 * min(MAX_BUDGET_MINUTES, max(MIN_BUDGET_MINUTES, minutes))
 
@@ -139,9 +140,7 @@ def choose_recipe(shape: DataShape, cost: StepCost | None, given: dict[str, Any]
     choose_at_least_one_label(shape, given, values, reasons)
     lengths = np.asarray(shape.token_lengths)
     covered = min(shape.model_max_length, max(16, round_up(np.quantile(lengths, COVERED_QUANTILE), 16)))
-    export_cost = export_seconds(shape, cost, covered, batch_size) if export else 0.0
-    recipe.planned_seconds.update(member=round(member_seconds, 1), export=round(export_cost, 1))
-    training_budget = budget_seconds - member_seconds - export_cost
+    recipe.planned_seconds["member"] = round(member_seconds, 1)
     if given.get("max_length") is not None:
         values["max_length"], reasons["max_length"] = given["max_length"], "given"
     if given.get("freeze_layers") is not None:
@@ -150,9 +149,16 @@ def choose_recipe(shape: DataShape, cost: StepCost | None, given: dict[str, Any]
         values["epochs"], reasons["epochs"] = given["epochs"], "given"
     if cost is None:  # nothing left that depends on speed
         return recipe
+
+    def training_budget(length: int) -> float:
+        """What the budget leaves for training once the member and the export at this length are paid."""
+        return budget_seconds - member_seconds - (export_seconds(shape, cost, length, batch_size) if export else 0)
+
     choose_length(shape, cost, batch_size, training_budget, covered, values, reasons)
-    choose_freezing(shape, cost, batch_size, training_budget, values, reasons)
-    choose_epochs(shape, cost, batch_size, training_budget, values, reasons)
+    length = values["max_length"]
+    choose_freezing(shape, cost, batch_size, training_budget(length), values, reasons)
+    choose_epochs(shape, cost, batch_size, training_budget(length), values, reasons)
+    recipe.planned_seconds["export"] = round(export_seconds(shape, cost, length, batch_size) if export else 0, 1)
     frozen = bool(values["freeze_layers"])
     recipe.planned_seconds["training"] = round(
         values["epochs"] * epoch_seconds(shape, cost, values["max_length"], batch_size, frozen), 1)
@@ -205,7 +211,7 @@ def choose_at_least_one_label(shape: DataShape, given: dict[str, Any], values: d
                                          "no label")
 
 
-def choose_length(shape: DataShape, cost: StepCost, batch_size: int, budget: float, covered: int,
+def choose_length(shape: DataShape, cost: StepCost, batch_size: int, budget: Callable[[int], float], covered: int,
                   values: dict[str, Any], reasons: dict[str, str]) -> None:
     """The length covering 95% of the training texts, halved while the budget affords fewer than two epochs
     (no lower than 64 tokens: head and tail of longer texts are kept, and the TF-IDF member reads them whole)."""
@@ -215,7 +221,7 @@ def choose_length(shape: DataShape, cost: StepCost, batch_size: int, budget: flo
     length = covered
     frozen = bool(values.get("freeze_layers"))
     while (length > MIN_LENGTH_FOR_BUDGET
-           and budget / epoch_seconds(shape, cost, length, batch_size, frozen) < EPOCHS_BEFORE_SHORTENING):
+           and budget(length) / epoch_seconds(shape, cost, length, batch_size, frozen) < EPOCHS_BEFORE_SHORTENING):
         length = max(MIN_LENGTH_FOR_BUDGET, round_up(length / 2, 16))
     share = float(np.mean(lengths <= length))
     values["max_length"] = length
