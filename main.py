@@ -33,6 +33,10 @@ def main(argv: list[str] | None = None) -> int:
             import eval as evaluation
 
             evaluation.run(config, require_checkpoint(config))
+        elif config.mode == "predict" and config.engine == "ray":  # files, globs or folders on a Ray cluster
+            import predict_ray
+
+            predict_ray.run(config, require_checkpoint(config))
         elif config.mode == "predict":
             import predict
 

@@ -28,11 +28,8 @@ LABEL_SEPARATOR = "|"
 
 
 def run(config: Config, checkpoint: str | Path) -> None:
-    if config.engine == "ray":  # files, globs or folders scored on a Ray cluster: predict_ray.py
-        import predict_ray
-
-        predict_ray.run(config, checkpoint)
-        return
+    """`--mode predict` on one process (main.py sends `--engine ray` to predict_ray.py, which reuses this
+    module's scoring of a chunk)."""
     if bool(config.text) == bool(config.input):
         raise ValueError("--mode predict needs --text (repeatable) or --input FILE --output FILE, one of the two")
     if config.input and not config.output:

@@ -22,7 +22,7 @@ LAYERS = [
     ("command line", ["main.py"]),
 ]
 PROJECT_PACKAGES = ("models", "utils", "serving")
-TOP_MODULES = ("train", "inferer", "eval", "predict", "export", "app", "main")
+TOP_MODULES = ("train", "inferer", "eval", "predict", "predict_ray", "export", "app", "main")
 
 
 def layer_of(relative: str) -> int | None:

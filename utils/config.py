@@ -73,8 +73,8 @@ class Config:
     pooling: str = _opt("mean", "Sentence vector for the head: mean of tokens, or the stock [CLS] head.",
                         ("mean", "cls"))
     max_length: int | None = _opt(
-        None, "Tokens per text after truncation; default: the recipe's choice (covering 95 percent of the training texts "
-        "within the time budget).")
+        None, "Tokens per text after truncation; default: the recipe's choice (covering 95 percent of the training "
+        "texts within the time budget).")
     truncation: str = _opt("head_tail", "Keep the head of long texts, or head and tail.", ("head", "head_tail"))
     freeze_encoder: bool = _opt(False, "Train only the classification head.")
     freeze_embeddings: bool = _opt(True, "Keep the word embeddings fixed (faster; they barely move).")

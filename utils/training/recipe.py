@@ -50,16 +50,25 @@ class DataShape:
 
 @dataclass(frozen=True)
 class StepCost:
-    """Seconds per training step of one batch: fixed + per_token x padded tokens, and the cost with the lower
-    half of the encoder frozen as a share of the full step (measured on this CPU)."""
+    """Seconds of one training step of `batch_size` texts padded to each of `lengths`, measured on this machine
+    (not linear in the length: the larger activations fall out of the caches), and a step's share of that with
+    the lower half of the encoder fixed."""
 
-    fixed: float
-    per_token: float
+    batch_size: int
+    lengths: tuple[int, ...]
+    seconds: tuple[float, ...]
     frozen_share: float
     frozen_layers: int  # how many layers the frozen measurement fixed
 
-    def step_seconds(self, tokens: float, frozen: bool) -> float:
-        return (self.fixed + self.per_token * tokens) * (self.frozen_share if frozen else 1.0)
+    def seconds_per_text(self, length: float, frozen: bool = False) -> float:
+        """One text's share of a training step at this padded length: interpolated between the measured lengths,
+        extended along the last two beyond them."""
+        x, y = np.asarray(self.lengths, dtype=float), np.asarray(self.seconds) / self.batch_size
+        if length <= x[-1]:
+            share = float(np.interp(length, x, y))
+        else:
+            share = float(y[-1] + (y[-1] - y[-2]) / (x[-1] - x[-2]) * (length - x[-1]))
+        return share * (self.frozen_share if frozen else 1.0)
 
 
 @dataclass
@@ -93,13 +102,12 @@ def default_budget_seconds(train_rows: int) -> float:
     return 60 * min(MAX_BUDGET_MINUTES, max(MIN_BUDGET_MINUTES, minutes))
 
 
-def padded_tokens(lengths: np.ndarray, max_length: int, batch_size: int, seed: int = 0, draws: int = 200) -> float:
-    """Expected tokens of one padded batch: each batch pads to its longest text, cut at max_length."""
+def padded_length(lengths: np.ndarray, max_length: int, batch_size: int, seed: int = 0, draws: int = 200) -> float:
+    """Expected length of one padded training batch: each batch pads to its longest text, cut at max_length."""
     rng = np.random.default_rng(seed)
     clipped = np.minimum(lengths, max_length)
     size = min(batch_size, len(clipped))
-    return float(np.mean([clipped[rng.choice(len(clipped), size, replace=False)].max() * size
-                          for _ in range(draws)]))
+    return float(np.mean([clipped[rng.choice(len(clipped), size, replace=False)].max() for _ in range(draws)]))
 
 
 def round_up(value: float, multiple: int) -> int:
@@ -122,11 +130,15 @@ def epoch_seconds(shape: DataShape, cost: StepCost, max_length: int, batch_size:
     """One pass over the training rows plus one evaluation of the validation rows (a forward pass is about a
     third of a training step)."""
     lengths = np.asarray(shape.token_lengths)
-    steps = math.ceil(shape.train_rows / batch_size)
-    train = steps * cost.step_seconds(padded_tokens(lengths, max_length, batch_size), frozen)
-    validation_tokens = float(np.minimum(lengths, max_length).mean()) * shape.validation_rows
-    return train + (cost.fixed * math.ceil(shape.validation_rows / batch_size)
-                    + cost.per_token * validation_tokens) / 3
+    train_texts = math.ceil(shape.train_rows / batch_size) * batch_size
+    train = train_texts * cost.seconds_per_text(padded_length(lengths, max_length, batch_size), frozen)
+    return train + forward_seconds(shape, cost, max_length)
+
+
+def forward_seconds(shape: DataShape, cost: StepCost, max_length: int) -> float:
+    """One pass over the validation rows, batched by length (a forward pass is about a third of a step)."""
+    mean_length = float(np.minimum(np.asarray(shape.token_lengths), max_length).mean())
+    return shape.validation_rows * cost.seconds_per_text(mean_length) / 3
 
 
 def choose_recipe(shape: DataShape, cost: StepCost | None, given: dict[str, Any], batch_size: int,
@@ -152,27 +164,24 @@ def choose_recipe(shape: DataShape, cost: StepCost | None, given: dict[str, Any]
 
     def training_budget(length: int) -> float:
         """What the budget leaves for training once the member and the export at this length are paid."""
-        return budget_seconds - member_seconds - (export_seconds(shape, cost, length, batch_size) if export else 0)
+        return budget_seconds - member_seconds - (export_seconds(shape, cost, length) if export else 0)
 
     choose_length(shape, cost, batch_size, training_budget, covered, values, reasons)
     length = values["max_length"]
     choose_freezing(shape, cost, batch_size, training_budget(length), values, reasons)
     choose_epochs(shape, cost, batch_size, training_budget(length), values, reasons)
-    recipe.planned_seconds["export"] = round(export_seconds(shape, cost, length, batch_size) if export else 0, 1)
+    recipe.planned_seconds["export"] = round(export_seconds(shape, cost, length) if export else 0, 1)
     frozen = bool(values["freeze_layers"])
     recipe.planned_seconds["training"] = round(
         values["epochs"] * epoch_seconds(shape, cost, values["max_length"], batch_size, frozen), 1)
     return recipe
 
 
-def export_seconds(shape: DataShape, cost: StepCost | None, max_length: int, batch_size: int) -> float:
+def export_seconds(shape: DataShape, cost: StepCost | None, max_length: int) -> float:
     """The export's graphs and its measurement: each graph scores the validation rows once."""
     if cost is None:
         return EXPORT_SECONDS
-    lengths = np.minimum(np.asarray(shape.token_lengths), max_length)
-    forward = (cost.fixed * math.ceil(shape.validation_rows / batch_size)
-               + cost.per_token * float(lengths.mean()) * shape.validation_rows) / 3
-    return EXPORT_SECONDS + EXPORT_PASSES * forward
+    return EXPORT_SECONDS + EXPORT_PASSES * forward_seconds(shape, cost, max_length)
 
 
 def choose_ensemble(given: dict[str, Any], values: dict[str, Any], reasons: dict[str, str]) -> None:
@@ -262,16 +271,14 @@ def choose_epochs(shape: DataShape, cost: StepCost, batch_size: int, budget: flo
 
 
 def measure_step_cost(model: Any, input_ids: list[list[int]], pad_token_id: int, batch_size: int,
-                      device: torch.device | str = "cpu", lengths: tuple[int, int] = (16, 128)) -> StepCost:
+                      device: torch.device | str = "cpu", lengths: tuple[int, ...] = (16, 64, 128)) -> StepCost:
     """Time forward + backward of real training texts at two lengths, and with the lower half of the encoder
     fixed, on the device training uses; the model's weights and gradients are left as they were (no optimizer
     step)."""
     model.to(device).train()
     frozen_layers = encoder_layers(model) // 2
     timings = {length: step_time(model, input_ids, pad_token_id, batch_size, length, device) for length in lengths}
-    short, long = lengths
-    per_token = max(0.0, (timings[long] - timings[short]) / ((long - short) * batch_size))
-    fixed = max(1e-4, timings[short] - per_token * short * batch_size)
+    long = lengths[-1]
     trainable = {name: p.requires_grad for name, p in model.named_parameters()}
     try:
         for name, parameter in model.named_parameters():
@@ -282,7 +289,8 @@ def measure_step_cost(model: Any, input_ids: list[list[int]], pad_token_id: int,
         for name, parameter in model.named_parameters():
             parameter.requires_grad_(trainable[name])
     model.zero_grad(set_to_none=True)
-    return StepCost(fixed, per_token, min(1.0, frozen / timings[long]), frozen_layers)
+    return StepCost(batch_size, tuple(lengths), tuple(timings[length] for length in lengths),
+                    min(1.0, frozen / timings[long]), frozen_layers)
 
 
 def step_time(model: Any, input_ids: list[list[int]], pad_token_id: int, batch_size: int, length: int,
