@@ -433,35 +433,27 @@ def fit_multiclass(x: Any, y: np.ndarray, x_val: Any, y_val: np.ndarray | None,
                    settings: LexicalSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, dict[str, Any]]:
     """A multinomial model, or with NB weighting one binary NB-LR per class (softmax over their logits).
 
-    With validation, C maximises macro-F1, ties broken by accuracy.
+    With validation, C maximises macro-F1, ties broken by accuracy; the values of C are fitted side by side, one
+    process per core (150 intents on 15,000 rows: 200 s one after another on two cores).
     """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import accuracy_score, f1_score
+    from joblib import Parallel, delayed
+    from tqdm.auto import tqdm
 
     num_classes = int(y.max()) + 1 if y_val is None else int(max(y.max(), y_val.max())) + 1
     binary = np.eye(num_classes, dtype=int)[y]
     ratios = (np.stack([nb_log_count_ratio(x, binary[:, j], settings.nb_alpha) for j in range(num_classes)])
               if settings.nb_weighting else None)
+    cs = candidate_cs(settings, x_val is not None)
+    fits = Parallel(n_jobs=min(len(cs), len(os.sched_getaffinity(0))), max_nbytes=None, return_as="generator")(
+        delayed(fit_classes)(x, y, binary, ratios, c, num_classes, settings) for c in cs)
+    models: list[tuple[np.ndarray, np.ndarray]] = list(  # pyright: ignore
+        tqdm(fits, total=len(cs), desc="tfidf member (C values)", unit="C"))
     best: tuple[tuple[float, float], float, np.ndarray, np.ndarray] | None = None
     grid = []
-    for c in candidate_cs(settings, x_val is not None):
-        if ratios is not None:
-            pairs = [binary_logistic(x.multiply(ratios[j]).tocsr(), binary[:, j], c, settings)
-                     for j in range(num_classes)]
-            coef, intercept = np.stack([p[0] for p in pairs]), np.array([p[1] for p in pairs])
-        else:
-            model = LogisticRegression(C=c, class_weight=settings.class_weight, solver="newton-cg",
-                                       tol=settings.tol, max_iter=settings.max_iter).fit(x, y)
-            coef, intercept = model.coef_.astype(np.float64), model.intercept_.astype(np.float64)
-            if coef.shape[0] != num_classes:
-                raise ValueError(f"training labels hold {coef.shape[0]} of {num_classes} classes")
+    for c, (coef, intercept) in zip(cs, models, strict=True):
         key = (0.0, 0.0)
         if x_val is not None:
-            logits = np.stack([(x_val.multiply(ratios[j]).tocsr() if ratios is not None else x_val) @ coef[j]
-                               for j in range(num_classes)], axis=1) + intercept
-            predicted = logits.argmax(axis=1)
-            key = (float(f1_score(y_val, predicted, average="macro", labels=list(range(num_classes)),
-                                  zero_division=0)), float(accuracy_score(y_val, predicted)))
+            key = multiclass_validation(x_val, y_val, coef, intercept, ratios, num_classes)
             grid.append({"C": c, "macro_f1": key[0], "accuracy": key[1]})
         if best is None or key > best[0]:
             best = (key, c, coef, intercept)
@@ -470,3 +462,31 @@ def fit_multiclass(x: Any, y: np.ndarray, x_val: Any, y_val: np.ndarray | None,
     if grid:
         report.update({"validation_macro_f1": best[0][0], "validation_accuracy": best[0][1]})
     return best[2], best[3], ratios, report
+
+
+def fit_classes(x: Any, y: np.ndarray, binary: np.ndarray, ratios: np.ndarray | None, c: float, num_classes: int,
+                settings: LexicalSettings) -> tuple[np.ndarray, np.ndarray]:
+    """Coefficients (classes, features) and intercepts at one C."""
+    from sklearn.linear_model import LogisticRegression
+
+    if ratios is not None:
+        pairs = [binary_logistic(x.multiply(ratios[j]).tocsr(), binary[:, j], c, settings)
+                 for j in range(num_classes)]
+        return np.stack([p[0] for p in pairs]), np.array([p[1] for p in pairs])
+    model = LogisticRegression(C=c, class_weight=settings.class_weight, solver="newton-cg", tol=settings.tol,
+                               max_iter=settings.max_iter).fit(x, y)
+    if model.coef_.shape[0] != num_classes:
+        raise ValueError(f"training labels hold {model.coef_.shape[0]} of {num_classes} classes")
+    return model.coef_.astype(np.float64), model.intercept_.astype(np.float64)
+
+
+def multiclass_validation(x_val: Any, y_val: Any, coef: np.ndarray, intercept: np.ndarray,
+                          ratios: np.ndarray | None, num_classes: int) -> tuple[float, float]:
+    """Validation macro-F1 and accuracy of one fit."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    logits = np.stack([(x_val.multiply(ratios[j]).tocsr() if ratios is not None else x_val) @ coef[j]
+                       for j in range(num_classes)], axis=1) + intercept
+    predicted = logits.argmax(axis=1)
+    return (float(f1_score(y_val, predicted, average="macro", labels=list(range(num_classes)), zero_division=0)),
+            float(accuracy_score(y_val, predicted)))
