@@ -238,7 +238,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     checkpoint = Path(args.checkpoint)
     folder = CheckpointFolder(checkpoint)
-    if not all(folder.onnx_file(v["backend"]).is_file() for v in VARIANTS.values() if "backend" in v):
+    if not all(folder.onnx_file(v["backend"]).is_file() for v in VARIANTS.values()
+               if v.get("backend", "torch") != "torch"):
         _, seconds = timed(lambda: export.run(checkpoint, static_int8=True))
         print(f"exported and measured the ONNX graphs in {seconds:.0f} s", file=sys.stderr)
     data = held_out_texts(checkpoint, args.texts)

@@ -5,7 +5,7 @@ the same rows of toxic, side by side in one run:
 
 Writes the first --rows comments of toxic/train.csv to one CSV file and starts one local Ray cluster (timed apart, as
 `--engine ray` starts one per command). Then, for each --actors count n, in pairs on the same cores: `predict.run`
-in this process with n torch threads (the file read in 4,096-row chunks), and `predict.run(engine="ray")` with n
+in this process with n torch threads (the file read in 4,096-row chunks), and `predict_ray.run` with n
 actors of 1 CPU and 1 torch thread. Each time is the whole command after Python's imports: model loading, actor
 start-up, reading, scoring, writing and the row check. Every Ray output is compared with its pair's single-process one
 (each row once, scores within SCORE_TOLERANCE). Prints a table and appends the record to
@@ -79,8 +79,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                              "seconds": time.perf_counter() - started})
                 output = work / f"ray-{cores}"
                 started = time.perf_counter()
-                predict.run(make_config(**settings, output=str(output), engine="ray", num_actors=cores,
-                                        cpus_per_actor=1, batch_size=args.batch_size), checkpoint)
+                predict_ray.run(make_config(**settings, output=str(output), engine="ray", num_actors=cores,
+                                            cpus_per_actor=1, batch_size=args.batch_size), checkpoint)
                 rows.append({"engine": "ray", "actors": cores, "threads": 1, "seconds": time.perf_counter() - started,
                              "max_abs_diff": max_score_difference(output, pd.read_csv(single))})
         torch.set_num_threads(default_threads)

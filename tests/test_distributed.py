@@ -27,7 +27,8 @@ def test_two_process_run_writes_one_checkpoint_and_counts_each_example_once(tiny
     assert result.returncode == 0, result.stderr[-3000:]
     assert "processes: 2" in result.stdout
     assert sorted(p.name for p in output_dir.iterdir() if not p.name.startswith(".")) == [
-        "checkpoint", "curves.png", "eval_report.html", "eval_report.json", "metrics.jsonl", "states"]
+        "checkpoint", "curves.png", "data_report.json", "eval_report.html", "eval_report.json", "metrics.jsonl",
+        "recipe.json", "states"]
     metrics = json.loads((output_dir / "checkpoint" / "metrics.json").read_text())
     # 256 training rows in batches of 16 shared by 2 processes: 8 optimizer steps, not 16
     assert metrics["steps"] == 8

@@ -277,7 +277,10 @@ def test_sigterm_under_load_finishes_what_arrived_and_refuses_the_rest(multilabe
     in_flight = [outcome for sent, answered, outcome in events if sent < term < answered]
     assert set(before) == {"200"} and len(before) > 10, before
     assert in_flight and set(in_flight) == {"200"}  # requests under way at SIGTERM were finished
-    assert set(after) <= {"200", "ConnectionRefusedError"} and "ConnectionRefusedError" in after, after
+    # after SIGTERM a request is answered in full or not at all: refused once the socket is closed, or reset when
+    # it raced the close on a kept-alive connection (seen in 1 of 3 runs on a 2-core AMD EPYC); never a 5xx
+    refused = {"ConnectionRefusedError", "ConnectionResetError", "RemoteDisconnected"}
+    assert set(after) <= {"200"} | refused and "ConnectionRefusedError" in after, after
     assert returncode == 0 and "Shutting down: Master" in server.output()
 
 

@@ -24,6 +24,7 @@ import eval as evaluation
 from app import create_app
 from inferer import ModelInferer
 from serving.settings import ServingSettings
+from utils.checkpoint import backbone_name
 from utils.config import make_config
 from utils.explain import split_words
 
@@ -118,7 +119,7 @@ def test_page_shows_scores_thresholds_predicted_labels_and_highlighted_words(bro
         browser.get(base)
         wait_for(browser, lambda d: elements(d, "#card dl"), "no model card")
         card = elements(browser, "#card")[0].text
-        for expected in ("multi-label", inferer.info.backbone, "transformer", *TOXIC_LABELS,
+        for expected in ("multi-label", backbone_name(inferer.info.backbone), "transformer", *TOXIC_LABELS,
                          f"{inferer.thresholds[0]:.4f}", "mean roc auc"):
             assert expected in card, expected
         assert elements(browser, "#key-panel")[0].get_attribute("hidden") is not None  # no key asked for

@@ -120,12 +120,13 @@ def test_a_bf16_trained_checkpoint_is_float32_and_loads_anywhere(tiny_bert, toxi
                     "--text-column", "comment_text", "--label-columns", ",".join(TOXIC_LABELS),
                     "--model-name-or-path", str(tiny_bert), "--pooling", "cls", "--max-train-samples", "64",
                     "--epochs", "1", "--batch-size", "16", "--max-length", "32", "--precision", "bf16",
-                    "--test-split", "0.2", "--output-dir", str(tmp_path)], check=True, capture_output=True)
+                    "--test-split", "0.2", "--ensemble", "none", "--no-temperature-scaling",
+                    "--output-dir", str(tmp_path)], check=True, capture_output=True)
     checkpoint = tmp_path / "checkpoint"
     assert json.loads((checkpoint / "classifier.json").read_text())["precision"] == "bf16"
     assert {tensor.dtype for tensor in load_file(checkpoint / "model.safetensors").values()} == {torch.float32}
     plain = AutoModelForSequenceClassification.from_pretrained(checkpoint).eval()
-    inferer = ModelInferer(checkpoint, precision="fp32")
+    inferer = ModelInferer(checkpoint, precision="fp32", backend="torch")
     batch = inferer.tokenizer(["you are kind", "go away, idiot"], padding=True, return_tensors="pt")
     with torch.no_grad():
         plain_scores = torch.sigmoid(plain(**batch).logits).numpy()

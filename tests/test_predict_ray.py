@@ -304,7 +304,7 @@ def test_input_files_from_a_file_a_folder_or_a_glob(inputs, tmp_path):
     assert predict_ray.input_files(str(inputs / "**" / "*.parquet")) == [inputs / "nested" / "c.parquet"]
     assert predict_ray.input_files(str(tmp_path)) == [tmp_path / "x.csv"]  # hidden folders and _ names skipped
     for pattern, message in ((inputs / "README.md", "unknown file type '.md'"), (tmp_path / "none", "no such file"),
-                             (tmp_path / "*.tsv", "no .csv, .tsv, .jsonl, .ndjson, .parquet files there")):
+                             (tmp_path / "*.tsv", "no .csv, .tsv, .txt, .jsonl, .ndjson, .parquet, .xlsx files there")):
         with pytest.raises(DataError, match=re.escape(message)):
             predict_ray.input_files(str(pattern))
 
