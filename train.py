@@ -25,7 +25,7 @@ from models.losses import build_loss
 from utils.checkpoint import LEXICAL, TRANSFORMER, ClassifierInfo, write_checkpoint
 from utils.config import Config
 from utils.data.prepare import DataSplits, prepare_splits
-from utils.data.report import write_data_report
+from utils.data.report import add_to_data_report, write_data_report
 from utils.encoding import encode, pad_token_id
 from utils.evaluation.metrics import PRIMARY_METRIC, compute_metrics, tune_thresholds
 from utils.precision import accelerate_mixed_precision, resolve_precision
@@ -175,8 +175,12 @@ def encode_splits(splits: DataSplits, tokenizer: PreTrainedTokenizerBase, config
     """Token ids of the training rows (with labels) and of the validation rows."""
     train_encoded = encode(tokenizer, splits.train.texts, config.max_length, config.truncation)
     validation_encoded = encode(tokenizer, splits.validation.texts, config.max_length, config.truncation)
-    accelerator.print(f"{sum(train_encoded.truncated)} of {len(splits.train)} training texts were longer than "
+    longer = {"max_length": config.max_length, "truncation": config.truncation,
+              "train": int(sum(train_encoded.truncated)), "validation": int(sum(validation_encoded.truncated))}
+    accelerator.print(f"{longer['train']} of {len(splits.train)} training texts were longer than "
                       f"{config.max_length} tokens and were cut ({config.truncation})")
+    if accelerator.is_main_process:
+        add_to_data_report(Path(config.output_dir), "texts_longer_than_window", longer)
     return EncodedDataset(train_encoded.input_ids, splits.train.labels), EncodedDataset(validation_encoded.input_ids)
 
 

@@ -25,6 +25,7 @@ from utils.training.recipe import (
     default_budget_seconds,
     epoch_cap,
     measure_step_cost,
+    padded_length,
     round_epochs,
 )
 
@@ -88,6 +89,15 @@ def test_the_choice_is_deterministic_and_epochs_sit_on_a_coarse_grid():
     assert [round_epochs(e) for e in (0.6, 1.3, 3.9, 7.7)] == [0.5, 1.0, 3.5, 7.0]
 
 
+def test_batches_are_padded_as_the_length_grouped_sampler_pads_them():
+    lengths = np.random.default_rng(3).integers(5, 51, 20_000)  # uniform 5..50 tokens, mean 27.5
+    grouped = padded_length(lengths, 512, 32)
+    assert 27.5 < grouped < 30  # sorted megabatches: a batch pads little beyond its own texts
+    assert 14 < padded_length(lengths, 16, 32) <= 16  # cut at 16; only the shortest batches pad less
+    random_batches = np.mean([lengths[np.random.default_rng(i).choice(20_000, 32)].max() for i in range(100)])
+    assert random_batches > 48  # what padding random batches would cost
+
+
 def test_budget_and_epoch_cap_grow_with_the_file_within_bounds():
     assert default_budget_seconds(100) == 60 * MIN_BUDGET_MINUTES
     assert default_budget_seconds(9_000) == 360.0
@@ -145,6 +155,8 @@ def test_a_file_unlike_the_shared_ones_gets_a_recipe_and_a_blend_no_worse_than_i
     assert "95th percentile" in saved.reasons["max_length"] and saved.planned_seconds["export"] == 0.0
     assert sum(saved.planned_seconds.values()) <= 30.0 + 1.0  # within the budget, rounding aside
     assert saved.values["ensemble"] == "tfidf" and config.max_length == saved.values["max_length"]
+    longer = json.loads((tmp_path / "data_report.json").read_text())["texts_longer_than_window"]
+    assert longer["max_length"] == saved.values["max_length"] and longer["train"] > 0  # the report counts the cut
     folder = CheckpointFolder(result.checkpoint)
     assert folder.info.max_length == saved.values["max_length"]
     summary = folder.metrics()

@@ -89,6 +89,14 @@ def report_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def add_to_data_report(folder: Path, key: str, value: Any) -> None:
+    """One more entry in the run's data_report.json, known only once the recipe has chosen (the window)."""
+    path = folder / REPORT_FILE
+    report = json.loads(path.read_text(encoding="utf-8"))
+    report[key] = value
+    path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
 def write_data_report(splits: DataSplits, folder: Path) -> Path:
     """Print the report and save it as data_report.json in `folder` (the run's output folder)."""
     report = data_report(splits)
