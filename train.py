@@ -36,6 +36,7 @@ from utils.training.ensemble import FittedMember, fit_blend, fit_member, member_
 from utils.training.optim import bytes_needed, freeze, loss_weights, parameter_groups
 from utils.training.recipe import (
     RECIPE_FIELDS,
+    SPEED_FIELDS,
     DataShape,
     Recipe,
     choose_recipe,
@@ -194,7 +195,7 @@ def plan_recipe(config: Config, splits: DataSplits, tokenizer: PreTrainedTokeniz
     if recipe is None:
         given = {name: getattr(config, name) for name in RECIPE_FIELDS}
         shape = data_shape(config.task, splits, tokenizer, model, config.seed)
-        needs_speed = any(given[name] is None for name in ("max_length", "epochs", "freeze_layers"))
+        needs_speed = any(given[name] is None for name in SPEED_FIELDS)
         cost = None
         if needs_speed and accelerator.is_main_process:
             sample = tokenizer(splits.train.texts[:config.batch_size], truncation=False)["input_ids"]

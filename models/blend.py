@@ -11,26 +11,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from utils.scoring import EPS, logit, scores_from_logits
+
 METHODS = ("logit", "probability")
 DEFAULT_METHODS = {"multilabel": "logit", "multiclass": "probability"}
 DEFAULT_STEP = 0.05  # the weight grid: 0, 0.05, ..., 1
 SMOOTHING_WINDOW = 2  # multi-class: the weight's macro-F1 is averaged with two grid neighbours on each side
 DEFAULT_SHRINKAGE = 30.0  # validation positives at which a label's own weight and the pooled one count equally
-EPS = 1e-12  # probabilities are clipped to [EPS, 1 - EPS] before taking logits
-
-
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, EPS, 1 - EPS)
-    return np.log(p) - np.log1p(-p)
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return np.exp(-np.logaddexp(0.0, -x))
-
-
-def _softmax(x: np.ndarray) -> np.ndarray:
-    shifted = np.exp(x - x.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
 
 
 def blend_scores(task: str, weights: np.ndarray | float, transformer_scores: np.ndarray,
@@ -46,9 +33,9 @@ def blend_scores(task: str, weights: np.ndarray | float, transformer_scores: np.
     if method != "logit":
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if task == "multilabel":
-        return _sigmoid(weights * _logit(first) + (1 - weights) * _logit(second))
+        return scores_from_logits(task, weights * logit(first) + (1 - weights) * logit(second))
     log_first, log_second = np.log(np.clip(first, EPS, 1)), np.log(np.clip(second, EPS, 1))
-    return _softmax(weights * log_first + (1 - weights) * log_second)
+    return scores_from_logits(task, weights * log_first + (1 - weights) * log_second)
 
 
 def weight_grid(step: float) -> np.ndarray:

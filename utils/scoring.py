@@ -22,15 +22,20 @@ def chosen_labels(scores: np.ndarray, thresholds: np.ndarray, at_least_one: bool
     return chosen
 
 
+def logit(probabilities: np.ndarray) -> np.ndarray:
+    """Log-odds of probabilities clipped to [EPS, 1 - EPS]."""
+    clipped = np.clip(np.asarray(probabilities, dtype=np.float64), EPS, 1 - EPS)
+    return np.log(clipped) - np.log1p(-clipped)
+
+
 def with_temperature(task: str, scores: np.ndarray, temperature: float) -> np.ndarray:
     """Scores with their log-odds (multi-label) or log-probabilities (multi-class) divided by `temperature`:
     above 1 softens over-confident scores, below 1 sharpens; each label's order of texts stays the same."""
     if temperature == 1.0:
         return scores
-    clipped = np.clip(np.asarray(scores, dtype=np.float64), EPS, 1 - EPS)
     if task == "multilabel":
-        return scores_from_logits(task, (np.log(clipped) - np.log1p(-clipped)) / temperature)
-    return scores_from_logits(task, np.log(clipped) / temperature)
+        return scores_from_logits(task, logit(scores) / temperature)
+    return scores_from_logits(task, np.log(np.clip(np.asarray(scores, dtype=np.float64), EPS, 1 - EPS)) / temperature)
 
 
 def scores_from_logits(task: str, logits: np.ndarray) -> np.ndarray:

@@ -33,6 +33,7 @@ EXPORT_SECONDS = 15.0  # graph export and quantization, before measuring each gr
 EXPORT_PASSES = 4  # ... which costs about four passes of torch over them (toxic on a Zen 5: 66 s in all)
 MULTICLASS_LABEL_SMOOTHING = 0.1  # a common regulariser of softmax heads; it also won conference's validation
 MEGABATCH = 50  # batches that training's length-grouped sampler sorts together
+SPEED_FIELDS = ("max_length", "freeze_layers", "epochs")  # the choices that depend on the measured speed
 RECIPE_FIELDS = ("max_length", "epochs", "freeze_layers", "ensemble", "label_smoothing", "at_least_one_label")
 
 
@@ -160,12 +161,9 @@ def choose_recipe(shape: DataShape, cost: StepCost | None, given: dict[str, Any]
     lengths = np.asarray(shape.token_lengths)
     covered = min(shape.model_max_length, max(16, round_up(np.quantile(lengths, COVERED_QUANTILE), 16)))
     recipe.planned_seconds["member"] = round(member_seconds, 1)
-    if given.get("max_length") is not None:
-        values["max_length"], reasons["max_length"] = given["max_length"], "given"
-    if given.get("freeze_layers") is not None:
-        values["freeze_layers"], reasons["freeze_layers"] = given["freeze_layers"], "given"
-    if given.get("epochs") is not None:
-        values["epochs"], reasons["epochs"] = given["epochs"], "given"
+    for name in SPEED_FIELDS:
+        if given.get(name) is not None:
+            values[name], reasons[name] = given[name], "given"
     if cost is None:  # nothing left that depends on speed
         return recipe
 
@@ -178,9 +176,8 @@ def choose_recipe(shape: DataShape, cost: StepCost | None, given: dict[str, Any]
     choose_freezing(shape, cost, batch_size, training_budget(length), values, reasons)
     choose_epochs(shape, cost, batch_size, training_budget(length), values, reasons)
     recipe.planned_seconds["export"] = round(export_seconds(shape, cost, length) if export else 0, 1)
-    frozen = bool(values["freeze_layers"])
     recipe.planned_seconds["training"] = round(
-        values["epochs"] * epoch_seconds(shape, cost, values["max_length"], batch_size, frozen), 1)
+        values["epochs"] * epoch_seconds(shape, cost, length, batch_size, bool(values["freeze_layers"])), 1)
     return recipe
 
 
