@@ -49,6 +49,7 @@ class LexicalSettings:
     c: float = 2.0  # inverse regularisation strength used without a validation split
     c_grid: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)  # tried on a validation split
     c_per_label: bool = True  # multi-label: choose C for each label (else one C by mean ROC AUC)
+    c_patience: int | None = 2  # per label, stop rising C after this many in a row below its best; None: all
     class_weight: str | None = "balanced"  # scikit-learn class_weight: None or 'balanced'
     max_iter: int = 1000  # solver iterations per fit
     tol: float = 1e-4  # solver tolerance
@@ -379,15 +380,19 @@ def fit_label(x: Any, y: np.ndarray, x_val: Any, y_val: np.ndarray | None, ratio
         x = x.multiply(ratios).tocsr()
         x_val = x_val.multiply(ratios).tocsr() if x_val is not None else None
     scored = x_val is not None and y_val is not None and len(np.unique(y_val)) == 2
+    patience = settings.c_patience if scored and settings.c_per_label else None
     pairs, aucs, unconverged = [], [], 0
-    for c in cs:
+    for c in cs:  # rising C: the slowest fits come last, and are skipped once the curve has turned down
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ConvergenceWarning)
             coef, intercept = binary_logistic(x, y, c, settings)
         unconverged += sum(issubclass(w.category, ConvergenceWarning) for w in caught)
         pairs.append((coef, intercept))
         aucs.append(float(roc_auc_score(y_val, x_val @ coef + intercept)) if scored else np.nan)
-    return pairs, aucs, unconverged
+        if patience is not None and len(aucs) - 1 - int(np.argmax(aucs)) >= patience:
+            break
+    skipped = len(cs) - len(pairs)  # reported as NaN, never chosen
+    return pairs + [pairs[-1]] * skipped, aucs + [np.nan] * skipped, unconverged
 
 
 def fit_multilabel(x: Any, y: np.ndarray, x_val: Any, y_val: np.ndarray | None,

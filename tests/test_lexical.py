@@ -128,7 +128,26 @@ def test_c_is_chosen_on_validation(toxic):
     grid = model.fit_report["validation_roc_auc"]
     assert set(grid) == {"0.5", "2.0", "8.0"}
     for j, c in enumerate(model.fit_report["c_per_label"]):
-        assert grid[str(c)][j] == max(grid[k][j] for k in grid)
+        assert grid[str(c)][j] == max(grid[k][j] for k in grid if grid[k][j] is not None)
+
+
+def test_rising_c_stops_once_validation_turns_down(toxic):
+    """Each label stops after two C values below its best; where its whole curve has one peak the choice is
+    the whole grid's, and the skipped values (the slowest fits) are reported as unscored."""
+    fit_texts, fit_labels, other_texts, other_labels = toxic
+    grid = (0.05, 0.25, 1.0, 4.0, 16.0)
+    whole, stopped = (LexicalModel.fit(fit_texts, fit_labels, "multilabel",
+                                       LexicalSettings(c_grid=grid, c=1.0, c_patience=patience),
+                                       validation=(other_texts, other_labels)) for patience in (None, 2))
+    curves = np.array([whole.fit_report["validation_roc_auc"][str(c)] for c in grid], dtype=float)
+    kept = np.array([stopped.fit_report["validation_roc_auc"][str(c)] for c in grid], dtype=float)
+    assert np.isnan(kept).any()  # some label stopped early
+    for j in range(curves.shape[1]):
+        scored = ~np.isnan(kept[:, j])
+        assert np.allclose(kept[scored, j], curves[scored, j])  # the same fits up to the stop
+        peaks = int(np.sum(np.diff(np.sign(np.diff(curves[:, j]))) < 0))
+        if peaks <= 1:
+            assert stopped.fit_report["c_per_label"][j] == whole.fit_report["c_per_label"][j]
 
 
 @pytest.fixture(scope="module")
