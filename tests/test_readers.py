@@ -11,7 +11,7 @@ import eval as evaluation
 from inferer import ModelInferer
 from predict import predict_file
 from utils.config import make_config
-from utils.data.files import open_file
+from utils.data.files import has_header, open_file
 from utils.data.prepare import prepare_splits, resolve_source
 from utils.data.readers import DataError
 from utils.data.report import REPORT_FILE, data_report, write_data_report
@@ -49,6 +49,33 @@ def test_a_windows_1252_file_is_decoded_and_its_encoding_said(titles, tmp_path):
     assert splits.label_names == CONFERENCES
     given = read_user_file(path, encoding="latin-1")
     assert given.files[0]["encoding"] == "latin-1" and sorted(all_texts(given)) == sorted(titles.Title)
+
+
+def test_a_file_without_a_header_row_is_read_from_its_first_row(toxic_csv, titles, tmp_path, capsys):
+    """GoEmotions' own layout: text, label ids joined by commas, a row id, and no header; the ids become label
+    names in numeric order. A class-per-row CSV without a header: its first class repeats below."""
+    toxic = pd.read_csv(toxic_csv).head(200)
+    ids = [",".join(str(j) for j in np.flatnonzero(row)) or "11" for row in toxic[TOXIC_LABELS].to_numpy()]
+    path = tmp_path / "emotions.tsv"
+    pd.DataFrame({"text": toxic.comment_text.str.replace(r"\s+", " ", regex=True), "labels": ids,
+                  "id": [f"e{i:06x}" for i in range(200)]}).to_csv(path, sep="\t", header=False, index=False)
+    splits = read_user_file(path, task="multilabel")
+    assert splits.files[0]["header"] is False and splits.files[0]["rows_used"] == 200
+    assert splits.files[0]["layout"]["text_column"] == "column_1"
+    assert splits.files[0]["layout"]["id_column"] == "column_3"
+    assert splits.label_names == sorted(set(",".join(ids).split(",")), key=int)  # "2" before "11"
+    assert "its first row holds data" in capsys.readouterr().out
+    plain = tmp_path / "titles.csv"
+    titles.sort_values("Conference").to_csv(plain, header=False, index=False)
+    assert read_user_file(plain).files[0]["header"] is False
+    assert read_user_file(plain).label_names == CONFERENCES
+
+
+@pytest.mark.parametrize("first_row", ["id,comment_text,toxic", "Comment Text,Label,Row", "text,intent,2nd"])
+def test_a_header_row_is_kept_as_names(first_row):
+    rows = "\n".join(f"r{i},this is the text of row number {i} in the file,{i % 2}" for i in range(30))
+    assert has_header(f"{first_row}\n{rows}\n", ",", "csv", truncated=False)
+    assert not has_header(rows, ",", "csv", truncated=False)
 
 
 def test_a_semicolon_separated_file_is_sniffed(titles, tmp_path):

@@ -57,7 +57,7 @@ class Config:
     val_split: float = _opt(0.15, "Fraction of the training rows held out (stratified) for validation.")
     test_split: float | None = _opt(
         None, "Fraction of rows held out (stratified, before the validation split) as the test set when "
-        "there is no --test-data; default: 0.2 for conference, 0.15 for toxic and your own files.")
+        "there is no --test-data and the data has no test file; default: 0.15.")
     max_train_samples: int | None = _opt(None, "Use at most this many training rows (stratified sample).")
     validation_data: str | None = _opt(
         None, "File of validation rows (thresholds, early stopping); no validation split is then taken from --data.")

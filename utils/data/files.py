@@ -5,6 +5,7 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,9 @@ SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".tsv": "tsv", ".tab": "tsv",
             ".xlsx": "xlsx", ".parquet": "parquet"}
 DELIMITERS = ",;\t|"
 SAMPLE_BYTES = 1 << 20  # what the encoding and the delimiter are told from
+NUMBERS = re.compile(r"\s*-?\d+(\.\d+)?(\s*[,;|]\s*-?\d+(\.\d+)?)*\s*")  # a number or a list of numbers
+SENTENCE_CHARS, SENTENCE_WORDS = 40, 5  # a first-row cell this long reads as a text, not a column's name
+HEADER_CHECK_ROWS = 200  # the rows below the first that its cells are compared with
 
 
 @dataclass(frozen=True)
@@ -33,10 +37,12 @@ class FileReading:
     delimiter: str | None = None
     sheet: str | None = None
     found: tuple[str, ...] = ()  # what was detected rather than given, for the report
+    header: bool = True  # False: the first row is data, and the columns are named column_1, column_2, ...
 
     def describe(self) -> dict[str, Any]:
         return {"file": str(self.path), "format": self.format, "encoding": self.encoding,
-                "delimiter": self.delimiter, "sheet": self.sheet, "detected": list(self.found)}
+                "delimiter": self.delimiter, "sheet": self.sheet, "header": self.header,
+                "detected": list(self.found)}
 
 
 def open_file(path: str | Path, encoding: str | None = None, delimiter: str | None = None,
@@ -64,7 +70,9 @@ def open_file(path: str | Path, encoding: str | None = None, delimiter: str | No
     elif len(delimiter.encode("unicode_escape").decode()) > 2 or not delimiter:
         raise DataError(f"--delimiter {delimiter!r}: expected one character")
     delimiter = "\t" if delimiter == "\\t" else delimiter
-    return FileReading(path, fmt, encoding, delimiter, found=tuple(found))
+    sample = sample_bytes.decode(encoding, errors="replace")
+    header = has_header(sample, delimiter, fmt, truncated=len(sample_bytes) == SAMPLE_BYTES)
+    return FileReading(path, fmt, encoding, delimiter, found=(*found, "header"), header=header)
 
 
 def file_format(path: Path) -> str:
@@ -149,6 +157,23 @@ def sniff_delimiter(sample: str, truncated: bool) -> str:
     return max(fields, key=lambda d: fields[d]) if fields else ","
 
 
+def has_header(sample: str, delimiter: str, fmt: str, truncated: bool) -> bool:
+    """Whether the first record names the columns. It does not when one of its cells reads as data: a number or
+    a list of numbers, a sentence, or a value its column holds again in the rows below (a class name)."""
+    quoting = csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL  # as the file is read
+    rows = [row for row in csv.reader(io.StringIO(sample), delimiter=delimiter, quoting=quoting) if row]
+    rows = rows[:-1] if truncated and len(rows) > 2 else rows  # the last record may be cut
+    if len(rows) < 2:
+        return True
+    below = rows[1:HEADER_CHECK_ROWS + 1]
+    for j, cell in enumerate(rows[0]):
+        sentence = len(cell) >= SENTENCE_CHARS and len(cell.split()) >= SENTENCE_WORDS
+        repeated = bool(cell.strip()) and sum(len(row) > j and row[j] == cell for row in below) >= 2
+        if NUMBERS.fullmatch(cell) or sentence or repeated:
+            return False
+    return True
+
+
 def iter_frames(reading: FileReading, chunksize: int | None = None,
                 column_names: Sequence[str] | None = None) -> Iterator[pd.DataFrame]:
     """The file as data frames of raw values (text stays text: no NA guessing), in chunks if asked."""
@@ -181,10 +206,15 @@ def delimited_frames(reading: FileReading, chunksize: int | None,
                                "chunksize": chunksize, "encoding": reading.encoding}
     if column_names:
         options.update(header=None, names=list(column_names))
+    elif not reading.header:
+        options["header"] = None
     if reading.format == "tsv":
         options["quoting"] = 3  # csv.QUOTE_NONE: GoEmotions-style TSV carries raw quotes in text
     result = pd.read_csv(reading.path, **options)
-    yield from (result if chunksize else [result])
+    for frame in result if chunksize else [result]:
+        if options.get("header", 0) is None and not column_names:
+            frame.columns = [f"column_{index + 1}" for index in range(frame.shape[1])]
+        yield frame
 
 
 def sheet_name(reading: FileReading) -> str | int:

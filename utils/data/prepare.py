@@ -7,13 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from utils.config import Config
-from utils.data.datasets import BUILTIN_DATASETS, locate_file
+from utils.data.datasets import BUILTIN_DATASETS, DEFAULT_TEST_SPLIT, locate_file
 from utils.data.files import FileReading, open_file
 from utils.data.layout import infer_layout
 from utils.data.readers import ColumnLayout, DataError, LabeledTexts, read_label_names, read_labeled_texts
 from utils.data.splits import stratified_split
-
-USER_TEST_SPLIT = 0.15  # held out from a user's file that comes without --test-data
 
 
 @dataclass
@@ -63,7 +61,7 @@ def resolve_source(config: Config) -> DataSource:
         raise DataError(f"{config.data}: not a built-in dataset ({', '.join(BUILTIN_DATASETS)}) and no such file")
     layout = infer_columns(config)
     names = read_label_names(config.labels_file) if config.labels_file else None
-    test_split = config.test_split if config.test_split is not None else USER_TEST_SPLIT
+    test_split = config.test_split if config.test_split is not None else DEFAULT_TEST_SPLIT
     return DataSource(Path(config.data), Path(config.test_data) if config.test_data else None,
                       0.0 if config.test_data else test_split, layout, names, names is not None, validation)
 
@@ -79,6 +77,9 @@ def infer_columns(config: Config) -> ColumnLayout:
 
     The config itself is completed, so that the checkpoint and its training config record the columns."""
     reading = open_data_file(Path(str(config.data)), config)
+    if not reading.header:
+        print(f"{config.data}: its first row holds data, not column names; the columns are called column_1, "
+              "column_2, ... (in the file's order)")
     layout, found = infer_layout(reading, config.task, config.text_column, config.label_columns,
                                  config.label_column, config.label_delimiter)
     config.text_column, config.label_column = layout.text_column, layout.label_column

@@ -215,7 +215,7 @@ def read_label_column(frame: pd.DataFrame, texts: list[str], path: Path, task: s
             cell = []
         cells.append(cell)
     names = (list(label_names) if label_names is not None else
-             sorted({n for row, cell in enumerate(cells) if row not in invalid for n in cell}))
+             sorted({n for row, cell in enumerate(cells) if row not in invalid for n in cell}, key=label_order))
     index = {name: i for i, name in enumerate(names)}
     if task == "multiclass":
         labels = np.array([index[cell[0]] if cell else 0 for cell in cells], dtype=np.int64)
@@ -228,6 +228,11 @@ def read_label_column(frame: pd.DataFrame, texts: list[str], path: Path, task: s
     data.unseen_texts = [texts[row] for row in unseen_rows]
     data.unseen_labels = list(unseen_rows.values())
     return data
+
+
+def label_order(name: str) -> tuple[int, int | str]:
+    """Label names in order: integer ids by value (2 before 10), then the others alphabetically."""
+    return (0, int(name)) if name.lstrip("-").isdigit() else (1, name)
 
 
 def without_rows(data: LabeledTexts, rows: dict[int, str], rows_read: int) -> LabeledTexts:
