@@ -150,6 +150,23 @@ def test_rising_c_stops_once_validation_turns_down(toxic):
             assert stopped.fit_report["c_per_label"][j] == whole.fit_report["c_per_label"][j]
 
 
+def test_multiclass_c_search_stops_once_validation_turns_down(conference):
+    """Rising C, two at a time: the search ends two values past the best macro-F1, and chooses as the whole
+    grid does when the grid's curve has one peak."""
+    fit_texts, fit_labels, other_texts, other_labels = conference
+    grid = (0.05, 0.25, 1.0, 4.0, 16.0, 64.0)
+    whole, stopped = (LexicalModel.fit(fit_texts, fit_labels, "multiclass",
+                                       LexicalSettings(nb_weighting=False, c_grid=grid, c=1.0, c_patience=patience),
+                                       validation=(other_texts, other_labels)) for patience in (None, 2))
+    curve = [(point["macro_f1"], point["accuracy"]) for point in whole.fit_report["validation_grid"]]
+    kept = [(point["macro_f1"], point["accuracy"]) for point in stopped.fit_report["validation_grid"]]
+    assert len(curve) == 6 and kept == curve[:len(kept)]
+    assert len(kept) - 1 - kept.index(max(kept)) >= 2 or len(kept) == 6
+    if len(kept) < 6 and max(curve) == max(kept):
+        assert stopped.fit_report["C"] == whole.fit_report["C"]
+        np.testing.assert_array_equal(stopped.coef, whole.coef)
+
+
 @pytest.fixture(scope="module")
 def saved(toxic, conference, tmp_path_factory) -> dict[str, tuple[LexicalModel, Path, list[str]]]:
     """Each task's default model (NB-weighted multi-label, multinomial multi-class) and an NB-weighted

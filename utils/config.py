@@ -86,7 +86,7 @@ class Config:
         None, "Passes over the training rows (fractions allowed); default: as many as the time budget affords.")
     time_budget: float | None = _opt(
         None, "Minutes for training, the TF-IDF member and the export's measurement together, which the recipe "
-        "plans epochs and text length for; default: 30 s per 1,000 training rows, between 3 and 20 minutes.")
+        "plans epochs and text length for; default: 40 s per 1,000 training rows, between 3 and 20 minutes.")
     batch_size: int = _opt(32, "Texts per optimizer step and process, before accumulation.")
     eval_batch_size: int = _opt(128, "Texts per forward pass in evaluation.")
     learning_rate: float = _opt(1e-4, "Peak AdamW learning rate of the encoder's top layer.")
