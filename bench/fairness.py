@@ -77,7 +77,8 @@ def long_text(source: list[str], start: int, chars: int) -> str:
     """Comments from `start` on, joined by spaces and cut to `chars` characters at a word's end."""
     parts: list[str] = []
     for comment in itertools.islice(itertools.cycle(source), start, None):
-        parts.append(" ".join(comment.split()))
+        if comment.split():  # one space between words: the words are what bisection counts
+            parts.append(" ".join(comment.split()))
         if sum(len(part) + 1 for part in parts) > chars:
             break
     return " ".join(parts)[:chars].rsplit(" ", 1)[0]
@@ -284,7 +285,7 @@ def unexpected(statuses: dict[str, int]) -> dict[str, int]:
 
 def goals(record: dict[str, Any]) -> list[dict[str, Any]]:
     """Issue 25's goals, each with the measured figure."""
-    alone, mixed = (record["phases"][name]["/predict"]["p99_ms"] for name in ("predict only", "mixed"))
+    alone, mixed = (record["phases"][name].get("/predict", {}).get("p99_ms") for name in ("predict only", "mixed"))
     ratio = mixed / alone if alone and mixed else None
     latencies = [row["seconds"] for row in record["solo"]] + [
         route["max_ms"] / 1000 for phase in record["phases"].values() for route in phase.values()]
@@ -335,9 +336,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def describe(request: dict[str, Any]) -> dict[str, Any]:
+    """A worst-case request in figures (its texts themselves are not kept: up to a MiB of them)."""
     texts = request["body"]["texts"]
-    return {"cost": request["cost"], "texts": len(texts), "chars": [len(text) for text in texts],
-            "words": [len(text.split()) for text in texts], "labels": len(request["body"].get("labels") or [])}
+    return {"cost": request["cost"], "texts": len(texts), "longest_text_chars": max(map(len, texts)),
+            "words": sum(len(text.split()) for text in texts), "labels": len(request["body"].get("labels") or [])}
 
 
 def server_shape() -> dict[str, Any]:

@@ -146,7 +146,7 @@ def test_fairness_benchmark(multilabel_checkpoint, tmp_path):
     assert explain["labels"] == 6 and 0 < explain["cost"] <= limits["max_request_cost"]
     # as costly as the limits allow: every text it may hold, or the budget all but spent
     assert explain["texts"] == limits["max_explain_texts"] or explain["cost"] > 0.9 * limits["max_request_cost"]
-    assert max(explain["chars"]) <= limits["max_chars"] and 0 < predict["texts"] <= limits["max_texts"]
+    assert explain["longest_text_chars"] <= limits["max_chars"] and 0 < predict["texts"] <= limits["max_texts"]
     assert [(row["route"], row["status"]) for row in record["solo"]] == [("/explain", "200"), ("/predict", "200")]
     assert [(name, set(phase)) for name, phase in record["phases"].items()] == [
         ("predict only", {"/predict"}), ("mixed", {"/predict", "/explain"})]
