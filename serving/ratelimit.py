@@ -19,8 +19,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-# About 100 bytes a client: 10,000 is about 1 MiB per worker, and more distinct clients in one minute than a
-# single worker can answer requests for at any RATE_LIMIT worth setting.
+# A few hundred bytes a client, so a few MiB per worker. A client's first request is always let in, so the table
+# holds at most the clients served in the last minute, and one worker serves far fewer requests a minute here.
 MAX_CLIENTS = 10_000
 
 
