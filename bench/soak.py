@@ -9,8 +9,13 @@ runs `--clients` threads that POST one real toxic comment per request over keep-
 (and every connection error by name), requests/s and latency p50/p99 of the 200s, the slowest /health, and the
 resident memory of all the server's processes at start, after `--warmup` seconds and at the end. The second
 phase does the same while `--slow` connections are held open: half send their headers, half their body, one byte
-a second, and each one the server closes is opened again. The load generator shares the cores with the server.
-Prints a table, appends to docs/results/bench_soak.json and draws docs/bench_soak.png.
+a second, and each one the server closes is opened again. With `--explain-clients N`, both phases also run N
+clients sending the costliest /explain the limits accept (bench/fairness.py builds it) in a loop, each waiting out
+a 503's or 429's Retry-After; the goals of issue 25 are then checked: no answer but 200 and deliberate 429/503
+with Retry-After, resident memory growing less than 10% after the warm-up. The load generator shares the cores
+with the server. Prints a table, appends to docs/results/bench_soak.json and draws docs/bench_soak.png.
+
+    python bench/soak.py --checkpoint outputs/run/checkpoint --explain-clients 4     # issue 25's soak
 """
 
 from __future__ import annotations
@@ -36,12 +41,15 @@ if str(ROOT) not in sys.path:  # so that `python bench/soak.py` finds the projec
     sys.path.insert(0, str(ROOT))
 
 from bench.api import DATA, start_server  # noqa: E402
+from bench.fairness import Answer, Load, unexpected, worst_case_explain  # noqa: E402
 from bench.records import append_record, figure_path, machine, new_record, results_path, save_figure  # noqa: E402
 
 RESULTS = results_path("bench_soak.json")
 PLOT = figure_path("bench_soak.png")
 SAMPLE_SECONDS = 2.0  # memory sampling period
 WINDOW_SECONDS = 10.0  # latency percentiles over time, for the plot
+RSS_GROWTH_GOAL = 0.10  # after the warm-up, to the end (issue 25)
+EXPLAIN_TIMEOUT = 120.0  # an /explain client waits this long: past any deadline, so a late answer is counted
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -52,6 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--slow", type=int, default=200, help="Slow connections held open in the second phase.")
     parser.add_argument("--warmup", type=float, default=60.0,
                         help="Memory growth is measured from this many seconds into the load to its end.")
+    parser.add_argument("--explain-clients", type=int, default=0,
+                        help="Clients sending the costliest legal /explain in a loop, in both phases.")
     parser.add_argument("--port", type=int, default=18941)
     return parser.parse_args(argv)
 
@@ -179,8 +189,8 @@ def load(port: int, texts: list[str], clients: int, seconds: float) -> list[tupl
                 response = connection.getresponse()
                 response.read()
                 status = str(response.status)
-                if response.status == 503 and response.getheader("Retry-After") is None:
-                    status = "503 without Retry-After"
+                if response.status in (429, 503) and response.getheader("Retry-After") is None:
+                    status = f"{response.status} without Retry-After"
             except (OSError, http.client.HTTPException) as error:
                 status = type(error).__name__
                 connection.close()
@@ -235,7 +245,26 @@ def health_seconds(port: int) -> float:
 # --- one phase, the whole run ----------------------------------------------------------------------------------
 
 
-def run_phase(name: str, args: argparse.Namespace, texts: list[str], slow: int) -> dict[str, Any]:
+def explain_clients(args: argparse.Namespace, body: dict[str, Any] | None) -> Load | None:
+    """The --explain-clients threads, sending `body` for as long as the /predict load runs; None without them."""
+    if body is None or not args.explain_clients:
+        return None
+    clients = Load(args.port, args.seconds, sys.maxsize, EXPLAIN_TIMEOUT)
+    return clients.start(clients.explain_client, args.explain_clients, body)
+
+
+def explain_body(checkpoint: str, texts: list[str]) -> dict[str, Any]:
+    """The costliest /explain that the limits of this environment, which the server inherits, accept."""
+    from inferer import ModelInferer
+    from serving.settings import ServingSettings
+
+    limits = ServingSettings().model_dump(include={"max_request_cost", "max_explain_texts", "max_chars",
+                                                   "max_body_bytes"})
+    return worst_case_explain(ModelInferer(checkpoint), limits, texts)[0]
+
+
+def run_phase(name: str, args: argparse.Namespace, texts: list[str], slow: int,
+              explain: dict[str, Any] | None) -> dict[str, Any]:
     server = start_server(str(Path(args.checkpoint).resolve()), args.port, {})
     slow_clients = SlowClients(args.port, slow)
     try:
@@ -245,15 +274,18 @@ def run_phase(name: str, args: argparse.Namespace, texts: list[str], slow: int) 
             memory.start()
             health = Sampler(lambda: health_seconds(args.port), 1.0)
             health.start()
+            explaining = explain_clients(args, explain)
             answers = load(args.port, texts, args.clients, args.seconds)
+            explained = explaining.join() if explaining is not None else []
             health_samples = health.stop()
             memory_samples = memory.stop()
             held = slow_clients.open_now()
     finally:
         server.terminate()
         server.wait(60)
-    return phase_record(name, args, answers, at_start, memory_samples, health_samples, slow, held,
-                        dict(slow_clients.statuses), slow_clients.opened)
+    record = phase_record(name, args, answers, at_start, memory_samples, health_samples, slow, held,
+                          dict(slow_clients.statuses), slow_clients.opened)
+    return record | explain_record(args, explained, record)
 
 
 def phase_record(name: str, args: argparse.Namespace, answers: list[tuple[float, float, str]], at_start: float,
@@ -284,15 +316,30 @@ def phase_record(name: str, args: argparse.Namespace, answers: list[tuple[float,
     }
 
 
+def explain_record(args: argparse.Namespace, explained: list[Answer], phase: dict[str, Any]) -> dict[str, Any]:
+    """The /explain clients' answers, and issue 25's goals for the phase: no answer of either route but 200 and
+    deliberate 429/503 with Retry-After, memory growing less than RSS_GROWTH_GOAL after the warm-up."""
+    statuses = dict(Counter(status for *_, status in explained))
+    surprises = Counter(unexpected(phase["statuses"])) + Counter(unexpected(statuses))
+    return {"explain_clients": args.explain_clients, "explain_requests": len(explained),
+            "explain_statuses": statuses,
+            "explain_max_ms": max(latency for _, _, latency, _ in explained) * 1000 if explained else None,
+            "unexpected": dict(surprises),
+            "goals": {"no_unexpected_answers": not surprises,
+                      "rss_growth_under_goal": phase["rss_growth_after_warmup"] < RSS_GROWTH_GOAL}}
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     texts = pd.read_csv(DATA).comment_text.str.slice(0, 1000).sample(2000, random_state=0).tolist()
-    phases = [run_phase("plain", args, texts, 0), run_phase("slow clients", args, texts, args.slow)]
+    explain = explain_body(str(Path(args.checkpoint).resolve()), texts) if args.explain_clients else None
+    phases = [run_phase("plain", args, texts, 0, explain), run_phase("slow clients", args, texts, args.slow, explain)]
     from serving.settings import ServingSettings
 
     settings = ServingSettings()
     record = new_record(machine=machine(), checkpoint=str(Path(args.checkpoint).resolve()), seconds=args.seconds,
-                        clients=args.clients, warmup=min(args.warmup, args.seconds / 2),
+                        clients=args.clients, explain_clients=args.explain_clients,
+                        warmup=min(args.warmup, args.seconds / 2),
                         server={"workers": settings.worker_count(), "threads": settings.thread_count(),
                                 "torch_threads": settings.torch_threads, "header_timeout": settings.header_timeout,
                                 "body_timeout": settings.body_timeout, "max_connections": settings.max_connections},
@@ -315,6 +362,13 @@ def print_table(record: dict[str, Any]) -> None:
         print(f"| {phase['phase']} ({phase['slow_connections']} slow) | {phase['req_per_s']:.1f} | "
               f"{phase['p50_ms']:.0f} | {phase['p99_ms']:.0f} | {answers} | {phase['health_max_ms']:.0f} | "
               f"{rss[0]:.0f} / {rss[1]:.0f} / {rss[2]:.0f} | {phase['rss_growth_after_warmup']:+.1%} |")
+    for phase in record["phases"]:
+        if phase["explain_clients"]:
+            answers = ", ".join(f"{status}: {count}" for status, count in sorted(phase["explain_statuses"].items()))
+            print(f"\n{phase['phase']}: /explain of {phase['explain_clients']} clients: {answers}; slowest "
+                  f"{phase['explain_max_ms'] or 0:.0f} ms")
+        goals = ", ".join(f"{goal} {'met' if met else 'MISSED'}" for goal, met in phase["goals"].items())
+        print(f"{phase['phase']}: unexpected answers {phase['unexpected'] or 'none'}; {goals}")
 
 
 def plot(record: dict[str, Any]) -> None:

@@ -1,4 +1,5 @@
-"""What runs around every request: the timer, the API key check, chunked-body limits and the metrics."""
+"""What runs around every request: the timer, the API key check, the rate limit, chunked-body limits and the
+metrics."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ from flask import Flask, Response, g, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from serving.errors import ApiError
-from serving.settings import METRICS_LISTENER
+from serving.settings import METRICS_LISTENER, ServingSettings
 from serving.state import serving
 
 OPEN_PATHS = ("/health",)  # answered without the API key, for load balancers and container health checks
 PAGE_PATHS = ("/", "/static/")  # the page and its files: public, the page itself asks for the key
+RATE_LIMITED_PATHS = ("/predict", "/explain")  # the routes that run the model: the work RATE_LIMIT shares out
 
 
 def start_timer() -> None:
@@ -36,6 +38,29 @@ def check_api_key() -> None:
     if not any(hmac.compare_digest(o.encode("utf-8", "surrogatepass"), wanted) for o in offered if o):
         raise ApiError(401, "unauthorized", "missing or wrong API key: send `Authorization: Bearer KEY` or "
                                             "`X-API-Key: KEY`")
+
+
+def check_rate_limit() -> None:
+    """With RATE_LIMIT set, 429 for a POST /predict or /explain of a client that has used its allowance. After the
+    key check, so that only holders of the key take a place among the buckets."""
+    state = serving()
+    if state.rate_limiter is None or request.method != "POST" or request.path not in RATE_LIMITED_PATHS:
+        return
+    client, who = rate_limit_client(state.settings)
+    wait = state.rate_limiter.retry_after(client)
+    if wait is not None:
+        raise ApiError(429, "rate_limited", f"more than {state.settings.rate_limit} /predict and /explain requests "
+                                            f"a minute from {who} (RATE_LIMIT, counted by each worker process); "
+                                            f"retry after {wait} s (Retry-After)", retry_after=wait)
+
+
+def rate_limit_client(settings: ServingSettings) -> tuple[str, str]:
+    """The request's client for RATE_LIMIT: its name among the buckets, and how the 429 calls it."""
+    if settings.rate_limit_by == "key" and settings.api_key is not None:
+        return "key", "this API key"  # check_api_key let the request in, so it holds the one key
+    # The connection's own address: a proxy's X-Forwarded-For is not trusted, any client could write one.
+    address = request.remote_addr or "unknown"
+    return f"address {address}", f"this address ({address})"
 
 
 def is_page_path(path: str) -> bool:
@@ -67,5 +92,6 @@ def record_metrics(response: Response) -> Response:
 def register_hooks(app: Flask) -> None:
     app.before_request(start_timer)
     app.before_request(check_api_key)
+    app.before_request(check_rate_limit)
     app.before_request(buffer_chunked_body)
     app.after_request(record_metrics)

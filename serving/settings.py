@@ -69,6 +69,13 @@ class ServingSettings(BaseSettings):
     explain_queue_size: PositiveInt | None = Field(
         None, description="Most /explain requests per worker, the running one included; one more gets 503 with "
         "Retry-After. Below THREADS, so that /predict always has a thread; default 2, or 1 with 2 threads.")
+    rate_limit: PositiveInt | None = Field(
+        None, description="Most /predict and /explain requests a minute per client and per worker process (a "
+        "token bucket: a minute's worth at once, then one every 60 / RATE_LIMIT s); one more gets 429 with "
+        "Retry-After. Unset: no limit.")
+    rate_limit_by: Literal["key", "address"] = Field(
+        "key", description="Who a client is for RATE_LIMIT: key (the API key when APP_APIKEY is set, so every "
+        "holder of the one key shares one allowance; else the address) or address (the connection's address).")
     header_timeout: PositiveFloat = Field(
         10.0, description="Seconds a client has to send a request's line and headers; then 408 and closed.")
     body_timeout: PositiveFloat = Field(

@@ -1,4 +1,5 @@
-"""What one app serves: the loaded inferer, its settings, schemas, metrics, and who runs on the model when."""
+"""What one app serves: the loaded inferer, its settings, schemas, metrics, who runs on the model when, and how
+often each client may ask (RATE_LIMIT)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from flask import current_app
 
 from inferer import ModelInferer
 from serving.microbatch import MicroBatcher
+from serving.ratelimit import RateLimiter
 from serving.scheduling import ExplainQueue, ModelTurns, SharedRunner
 from serving.schemas import Schemas, build_schemas
 from serving.settings import ServingSettings
@@ -31,6 +33,7 @@ class ServingState:
     metrics: ServingMetrics = field(default_factory=ServingMetrics)
     turns: ModelTurns = field(default_factory=ModelTurns)
     batcher: MicroBatcher | None = None
+    rate_limiter: RateLimiter | None = None  # RATE_LIMIT's buckets, this worker's own
 
     @classmethod
     def build(cls, inferer: ModelInferer, settings: ServingSettings) -> ServingState:
@@ -42,6 +45,8 @@ class ServingState:
             state.batcher = MicroBatcher(inferer, settings.microbatch_wait_ms, settings.microbatch_max_size,
                                          settings.microbatch_queue_size, PREDICT_BATCH_SIZE,
                                          on_batch=lambda requests, texts: state.metrics.batch_texts.observe(texts))
+        if settings.rate_limit is not None:
+            state.rate_limiter = RateLimiter(settings.rate_limit)
         state.metrics.model.labels(inferer.checkpoint_id, inferer.task, str(inferer.quantized).lower()).set(1)
         return state
 

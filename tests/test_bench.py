@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.fairness import unexpected
 from bench.inference import VARIANTS
 from utils.checkpoint import CheckpointFolder
 from utils.runners import choose_backend
@@ -128,3 +129,33 @@ def test_explain_benchmark(checkpoint_copy, tmp_path):
                              "--cost-only"], out)
     cost = json.loads((out / "explain_faithfulness.json").read_text())[-1]["cost"]
     assert all(figures["wall_seconds_per_text"] > 0 for figures in cost.values())
+
+
+def test_fairness_benchmark(multilabel_checkpoint, tmp_path):
+    """The mixed load at its smallest: the worst-case requests built from the server's limits, each alone, then
+    /predict without and with an /explain client, every answer counted."""
+    out = tmp_path / "out"
+    done = run_bench("fairness.py", ["--checkpoint", str(multilabel_checkpoint), "--seconds", "2",
+                                     "--predict-clients", "2", "--explain-clients", "1", "--max-requests", "40",
+                                     "--solo-repeats", "1", "--port", str(free_port())], out, WORKERS="1")
+    (record,) = records(out / "bench_fairness.json")
+    limits = record["limits"]
+    assert (record["predict_clients"], record["explain_clients"]) == (2, 1)
+    assert record["deadline_s"] == limits["request_timeout"] + 1
+    explain, predict = record["worst_case"]["/explain"], record["worst_case"]["/predict"]
+    assert explain["labels"] == 6 and 0 < explain["cost"] <= limits["max_request_cost"]
+    # as costly as the limits allow: every text it may hold, or the budget all but spent
+    assert explain["texts"] == limits["max_explain_texts"] or explain["cost"] > 0.9 * limits["max_request_cost"]
+    assert explain["longest_text_chars"] <= limits["max_chars"] and 0 < predict["texts"] <= limits["max_texts"]
+    assert [(row["route"], row["status"]) for row in record["solo"]] == [("/explain", "200"), ("/predict", "200")]
+    assert [(name, set(phase)) for name, phase in record["phases"].items()] == [
+        ("predict only", {"/predict"}), ("mixed", {"/predict", "/explain"})]
+    for phase in record["phases"].values():
+        assert 0 < sum(route["requests"] for route in phase.values()) <= 40
+        for route in phase.values():
+            assert unexpected(route["statuses"]) == {} and route["max_ms"] / 1000 <= record["deadline_s"]
+        assert phase["/predict"]["statuses"]["200"] > 0 and phase["/predict"]["p50_ms"] <= phase["/predict"]["p99_ms"]
+    goals = record["goals"]
+    assert len(goals) == 4 and all(isinstance(goal["met"], bool) for goal in goals)
+    assert goals[1]["met"] and goals[3]["met"]  # no answer past its deadline, none but 200 and deliberate refusals
+    assert "| goal |" in done.stdout and "| mixed | /explain |" in done.stdout
