@@ -30,7 +30,8 @@ def run_config(tmp_path_factory, tiny_bert, toxic_csv) -> Path:
         "label_columns": ["toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate"],
         "model_name_or_path": str(tiny_bert), "epochs": 2, "batch_size": 16,
         "max_length": 64, "test_split": 0.2, "val_split": 0.2, "pooling": "cls", "eval_every": 10,
-        "save_every": 5, "learning_rate": 1e-3, "freeze_embeddings": False}))
+        "save_every": 5, "learning_rate": 1e-3, "freeze_embeddings": False,
+        "export_onnx": False}))  # resuming is what is tested here; the export has its own tests
     return path
 
 
