@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import os
 import signal
 import socket
@@ -35,6 +34,7 @@ from urllib.parse import unquote_to_bytes
 import h11
 from gunicorn.workers.base import Worker
 
+from serving.errors import ApiError, body_too_large, error_body
 from serving.settings import METRICS_LISTENER, ServingSettings
 
 MODEL_ROUTES = {("POST", "/predict"), ("POST", "/explain")}  # those that wait for the model: model pool
@@ -45,14 +45,6 @@ MAX_HEAD_BYTES = 32_768  # request line and headers together; more gets 431
 SHUTDOWN_LINGER = 1.0  # seconds an idle kept-alive connection may still bring one request after SIGTERM
 LINGER_SECONDS = 1.0  # after an error answer, how long the rest of a request is read and dropped
 HEARTBEAT_SECONDS = 1.0
-
-
-class Refusal(Exception):
-    """A request the worker answers itself, before the app: an HTTP status and the API's JSON error."""
-
-    def __init__(self, status: int, code: str, message: str, retry_after: int | None = None) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.retry_after = status, code, message, retry_after
 
 
 @dataclass(eq=False)  # kept in a set: hashed by identity
@@ -213,7 +205,7 @@ class BufferingWorker(Worker):
             while True:
                 try:
                     request, body = await self.read_request(connection)
-                except Refusal as refusal:
+                except ApiError as refusal:
                     self.metrics.refused.labels(refusal.code).inc()
                     await self.refuse(connection, refusal)
                     return
@@ -260,8 +252,8 @@ class BufferingWorker(Worker):
         except TimeoutError:
             if not received:  # a silent connection is closed without a word
                 return None, b""
-            raise Refusal(408, "header_timeout", f"the request line and headers took over "
-                                                 f"{self.settings.header_timeout:g} s (HEADER_TIMEOUT)") from None
+            raise ApiError(408, "header_timeout", f"the request line and headers took over "
+                                                  f"{self.settings.header_timeout:g} s (HEADER_TIMEOUT)") from None
         finally:
             connection.idle = False
         if isinstance(event, h11.ConnectionClosed):
@@ -269,7 +261,7 @@ class BufferingWorker(Worker):
         assert isinstance(event, h11.Request)  # noqa: S101 (h11's order of events)
         # h11 bounds a head still arriving; one that arrived whole in a single read is measured here
         if len(event.target) + sum(len(name) + len(value) + 4 for name, value in event.headers) > MAX_HEAD_BYTES:
-            raise Refusal(431, "headers_too_large", f"the request line and headers are over {MAX_HEAD_BYTES} bytes")
+            raise ApiError(431, "headers_too_large", f"the request line and headers are over {MAX_HEAD_BYTES} bytes")
         return event, await self.read_body(connection, event)
 
     def next_event(self, http: h11.Connection) -> Any:
@@ -280,14 +272,14 @@ class BufferingWorker(Worker):
                 raise  # the client left mid-request: nobody to answer
             status = error.error_status_hint
             code = "headers_too_large" if status == 431 else "bad_request"
-            raise Refusal(status, code, f"malformed HTTP request: {error}") from None
+            raise ApiError(status, code, f"malformed HTTP request: {error}") from None
 
     async def read_body(self, connection: Connection, request: h11.Request) -> bytes:
         """The body, refused at once when it says it is too large, cut off when it grows too large or slow."""
         http, limit = connection.http, self.settings.max_body_bytes
         length = int(dict(request.headers).get(b"content-length", b"0") or 0)
         if length > limit:
-            raise Refusal(413, "body_too_large", f"the request body is over {limit} bytes (MAX_BODY_BYTES)")
+            raise body_too_large(limit)
         if http.they_are_waiting_for_100_continue:
             go_on = h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
             connection.writer.write(http.send(go_on))
@@ -302,24 +294,23 @@ class BufferingWorker(Worker):
                     elif isinstance(event, h11.Data):
                         size += len(event.data)
                         if size > limit:
-                            raise Refusal(413, "body_too_large",
-                                          f"the request body is over {limit} bytes (MAX_BODY_BYTES)")
+                            raise body_too_large(limit)
                         self.reserve(len(event.data))
                         held += len(event.data)
                         chunks.append(bytes(event.data))
                     elif isinstance(event, h11.EndOfMessage):
                         return b"".join(chunks)
         except TimeoutError:
-            raise Refusal(408, "body_timeout", f"the request body took over {self.settings.body_timeout:g} s "
-                                               "(BODY_TIMEOUT)") from None
+            raise ApiError(408, "body_timeout", f"the request body took over {self.settings.body_timeout:g} s "
+                                                "(BODY_TIMEOUT)") from None
         except BaseException:
             self.release(held)
             raise
 
     def reserve(self, size: int) -> None:
         if self.buffered + size > self.settings.max_buffered_bytes:
-            raise Refusal(503, "overloaded", "this worker holds too many request bodies (MAX_BUFFERED_BYTES); "
-                                             "retry shortly", retry_after=1)
+            raise ApiError(503, "overloaded", "this worker holds too many request bodies (MAX_BUFFERED_BYTES); "
+                                              "retry shortly", retry_after=1)
         self.buffered += size
 
     def release(self, size: int) -> None:
@@ -330,7 +321,8 @@ class BufferingWorker(Worker):
         environ = self.environ(connection, request, body)
         method, path = environ["REQUEST_METHOD"], environ["PATH_INFO"]
         if connection.metrics_only and path not in METRICS_LISTENER_ROUTES:
-            return error_answer(404, "not_found", "this port (METRICS_PORT) serves GET /metrics and /health only")
+            return error_answer(ApiError(404, "not_found", "this port (METRICS_PORT) serves GET /metrics and /health "
+                                                           "only"))
         pool = self.light_pool if connection.metrics_only or (method, path) not in MODEL_ROUTES else self.model_pool
         started = self.loop.time()
         answer = await self.loop.run_in_executor(pool, self.call_app, environ)
@@ -361,7 +353,8 @@ class BufferingWorker(Worker):
             status, headers = started[0]
         except Exception:
             self.log.exception("error in the app on %s %s", environ["REQUEST_METHOD"], environ["PATH_INFO"])
-            return error_answer(500, "internal_error", "internal server error; the server log has the details")
+            return error_answer(ApiError(500, "internal_error", "internal server error; the server log has the "
+                                                                "details"))
         code, _, reason = status.partition(" ")
         return Answer(int(code), reason, headers, body)
 
@@ -409,16 +402,15 @@ class BufferingWorker(Worker):
             self.stop()
         return http.our_state is h11.DONE and http.their_state is h11.DONE and self.alive
 
-    async def refuse(self, connection: Connection, refusal: Refusal) -> None:
+    async def refuse(self, connection: Connection, refusal: ApiError) -> None:
         """Answer with the API's JSON error and close; the rest of the request is read and dropped for a moment,
-        so that closing does not reset the connection before the client reads the answer."""
-        body = json.dumps({"error": {"code": refusal.code, "message": refusal.message}}).encode()
-        head = [f"HTTP/1.1 {refusal.status} {h11_reason(refusal.status)}", "Content-Type: application/json",
-                f"Content-Length: {len(body)}", "Connection: close"]
-        if refusal.retry_after is not None:
-            head.append(f"Retry-After: {refusal.retry_after}")
+        so that closing does not reset the connection before the client reads the answer. Written by hand, not
+        through h11: a malformed or cut-off request leaves h11 in a state that sends nothing more."""
+        answer = error_answer(refusal)
+        head = [f"HTTP/1.1 {answer.status} {answer.reason}", *(f"{name}: {value}" for name, value in answer.headers),
+                "Connection: close"]
         writer = connection.writer
-        writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
+        writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + answer.body)
         try:
             async with asyncio.timeout(LINGER_SECONDS):
                 await writer.drain()
@@ -451,10 +443,13 @@ class FrontMetrics:
                                ["code"], registry=None)
 
 
-def error_answer(status: int, code: str, message: str) -> Answer:
-    body = json.dumps({"error": {"code": code, "message": message}}).encode()
-    return Answer(status, h11_reason(status), [("Content-Type", "application/json"),
-                                               ("Content-Length", str(len(body)))], body)
+def error_answer(error: ApiError) -> Answer:
+    """The API's JSON error, with the body serving/errors.py gives the app's own errors."""
+    body = error_body(error.code, error.message)
+    headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+    if error.retry_after is not None:
+        headers.append(("Retry-After", str(error.retry_after)))
+    return Answer(error.status, h11_reason(error.status), headers, body)
 
 
 def h11_reason(status: int) -> str:
