@@ -1,13 +1,11 @@
-"""What runs around every request: the timer, the API key check, chunked-body limits and the metrics."""
+"""What runs around every request: the timer, the API key check and the metrics."""
 
 from __future__ import annotations
 
 import hmac
-import io
 import time
 
 from flask import Flask, Response, g, request
-from werkzeug.exceptions import RequestEntityTooLarge
 
 from serving.errors import ApiError
 from serving.settings import METRICS_LISTENER
@@ -42,19 +40,6 @@ def is_page_path(path: str) -> bool:
     return path == PAGE_PATHS[0] or path.startswith(PAGE_PATHS[1])
 
 
-def buffer_chunked_body() -> None:
-    """Read a chunked body here, refusing one byte over MAX_BODY_BYTES: it has no Content-Length to check, and
-    werkzeug would cut it at the limit without an error (a truncated text would then be scored)."""
-    if request.headers.get("Transfer-Encoding", "").lower() != "chunked" or request.content_length is not None:
-        return
-    limit = serving().settings.max_body_bytes
-    data = request.environ["wsgi.input"].read(limit + 1)
-    if len(data) > limit:
-        raise RequestEntityTooLarge()
-    request.environ["wsgi.input"] = io.BytesIO(data)
-    request.environ["CONTENT_LENGTH"] = str(len(data))
-
-
 def record_metrics(response: Response) -> Response:
     endpoint = request.url_rule.rule if request.url_rule else "unmatched"  # never the raw path: bounded labels
     seconds = time.perf_counter() - g.get("started", time.perf_counter())
@@ -67,5 +52,4 @@ def record_metrics(response: Response) -> Response:
 def register_hooks(app: Flask) -> None:
     app.before_request(start_timer)
     app.before_request(check_api_key)
-    app.before_request(buffer_chunked_body)
     app.after_request(record_metrics)

@@ -275,16 +275,16 @@ class BufferingWorker(Worker):
             raise ApiError(status, code, f"malformed HTTP request: {error}") from None
 
     async def read_body(self, connection: Connection, request: h11.Request) -> bytes:
-        """The body, refused at once when it says it is too large, cut off when it grows too large or slow."""
-        http, limit = connection.http, self.settings.max_body_bytes
-        length = int(dict(request.headers).get(b"content-length", b"0") or 0)
-        if length > limit:
-            raise body_too_large(limit)
+        """The whole body, de-chunked. The one place a body is held to MAX_BODY_BYTES whatever its framing: refused
+        at once when its Content-Length is over, cut off the moment a chunked one grows over; the app then always
+        gets a body of known length, so it has no chunked bodies to bound."""
+        http = connection.http
+        self.check_body_size(int(dict(request.headers).get(b"content-length", b"0") or 0))
         if http.they_are_waiting_for_100_continue:
             go_on = h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
             connection.writer.write(http.send(go_on))
         chunks: list[bytes] = []
-        size = held = 0
+        held = 0
         try:
             async with asyncio.timeout(self.settings.body_timeout):
                 while True:
@@ -292,9 +292,7 @@ class BufferingWorker(Worker):
                     if event is h11.NEED_DATA:
                         http.receive_data(await connection.reader.read(READ_SIZE))
                     elif isinstance(event, h11.Data):
-                        size += len(event.data)
-                        if size > limit:
-                            raise body_too_large(limit)
+                        self.check_body_size(held + len(event.data))
                         self.reserve(len(event.data))
                         held += len(event.data)
                         chunks.append(bytes(event.data))
@@ -306,6 +304,10 @@ class BufferingWorker(Worker):
         except BaseException:
             self.release(held)
             raise
+
+    def check_body_size(self, size: int) -> None:
+        if size > self.settings.max_body_bytes:
+            raise body_too_large(self.settings.max_body_bytes)
 
     def reserve(self, size: int) -> None:
         if self.buffered + size > self.settings.max_buffered_bytes:
