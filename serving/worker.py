@@ -13,6 +13,11 @@ still runs one forward pass at a time), everything else to a small pool of its o
 answer while the model is busy. On SIGTERM the worker stops accepting, serves the requests it has, answers a request
 that arrives on a kept-alive connection within SHUTDOWN_LINGER with `Connection: close`, and exits.
 
+To the app this is a plain WSGI server (PEP 3333; tests/test_worker_wsgi.py runs the API under wsgiref.validate):
+the body is a buffer of known length (a chunked one is de-chunked here, under the same MAX_BODY_BYTES, so the app
+never sees one), the bytes it gives write() come before its iterable's, and the iterable's close() is always called.
+What the worker refuses itself carries the API's JSON error body (serving/errors.py).
+
 No torch here: gunicorn imports the worker class in the master process, before any fork.
 """
 
@@ -24,12 +29,12 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
-from urllib.parse import unquote_to_bytes
+from urllib.parse import unquote_to_bytes, urlsplit
 
 import h11
 from gunicorn.workers.base import Worker
@@ -336,50 +341,41 @@ class BufferingWorker(Worker):
 
     def call_app(self, environ: dict[str, Any]) -> Answer:
         """Run the WSGI app on one request (in a pool thread) and collect its whole answer."""
-        started: list[tuple[str, list[tuple[str, str]]]] = []
-
-        def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-            if exc_info and started:
-                raise exc_info[1].with_traceback(exc_info[2])
-            started[:] = [(status, headers)]
-            return lambda data: None
-
+        response = CollectedResponse()
         try:
-            result: Iterable[bytes] = self.wsgi(environ, start_response)
+            result: Iterable[bytes] = self.wsgi(environ, response.start_response)
             try:
-                body = b"".join(result)
+                for data in result:
+                    response.write(data)
             finally:
                 close = getattr(result, "close", None)
-                if close is not None:
+                if close is not None:  # PEP 3333: whether or not iterating failed (it frees the app's resources)
                     close()
-            status, headers = started[0]
+            return response.answer()
         except Exception:
             self.log.exception("error in the app on %s %s", environ["REQUEST_METHOD"], environ["PATH_INFO"])
             return error_answer(ApiError(500, "internal_error", "internal server error; the server log has the "
                                                                 "details"))
-        code, _, reason = status.partition(" ")
-        return Answer(int(code), reason, headers, body)
 
     def environ(self, connection: Connection, request: h11.Request, body: bytes) -> dict[str, Any]:
-        """The WSGI environ of a complete request: the body is a buffer with its length known."""
+        """The WSGI environ (PEP 3333) of a complete request: the body a buffer of known length; the client and the
+        scheme as the peer says."""
         target = request.target.decode("latin-1")
-        path, _, query = target.partition("?")
-        server = connection.writer.get_extra_info("sockname") or ("", 0)
-        peer = connection.writer.get_extra_info("peername") or ("", 0)
+        path, query = split_target(target)
+        server_name, server_port = host_and_port(connection.writer.get_extra_info("sockname"))
         environ: dict[str, Any] = {
-            "REQUEST_METHOD": request.method.decode("ascii"), "SCRIPT_NAME": "",
-            "PATH_INFO": unquote_to_bytes(path).decode("latin-1"), "QUERY_STRING": query, "RAW_URI": target,
-            "SERVER_NAME": str(server[0]), "SERVER_PORT": str(server[1]),
-            "SERVER_PROTOCOL": f"HTTP/{request.http_version.decode('ascii')}",
-            "REMOTE_ADDR": str(peer[0]), "REMOTE_PORT": str(peer[1]), "CONTENT_LENGTH": str(len(body)),
-            "wsgi.version": (1, 0), "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(body),
-            "wsgi.errors": sys.stderr, "wsgi.multithread": True, "wsgi.multiprocess": True,
-            "wsgi.run_once": False, "wsgi.input_terminated": True, METRICS_LISTENER: connection.metrics_only,
+            "REQUEST_METHOD": request.method.decode("ascii"), "SCRIPT_NAME": "", "PATH_INFO": path,
+            "QUERY_STRING": query, "RAW_URI": target, "SERVER_NAME": server_name, "SERVER_PORT": server_port,
+            "SERVER_PROTOCOL": f"HTTP/{request.http_version.decode('ascii')}", "CONTENT_LENGTH": str(len(body)),
+            "wsgi.version": (1, 0), "wsgi.input": io.BytesIO(body), "wsgi.errors": sys.stderr,
+            "wsgi.multithread": True, "wsgi.multiprocess": True, "wsgi.run_once": False,
+            "wsgi.input_terminated": True, METRICS_LISTENER: connection.metrics_only,
+            **client_variables(connection.writer.get_extra_info("peername")),
         }
         for name, value in request.headers:  # h11 lower-cases names
             key = name.decode("latin-1").upper().replace("-", "_")
             if key in ("CONTENT_LENGTH", "TRANSFER_ENCODING"):
-                continue  # the body is complete and de-chunked: its length is known
+                continue  # the body is complete and de-chunked: CONTENT_LENGTH above is its length
             key = key if key == "CONTENT_TYPE" else f"HTTP_{key}"
             text = value.decode("latin-1")
             environ[key] = f"{environ[key]},{text}" if key in environ else text
@@ -423,6 +419,42 @@ class BufferingWorker(Worker):
             pass
 
 
+class CollectedResponse:
+    """One app call's answer, collected whole before a byte is sent: start_response's status and headers, then the
+    body, the bytes given to write() first and the iterable's after (the order PEP 3333 sends them in)."""
+
+    def __init__(self) -> None:
+        self.status: str | None = None
+        self.headers: list[tuple[str, str]] = []
+        self.chunks: list[bytes] = []
+
+    def start_response(self, status: str, headers: list[tuple[str, str]],
+                       exc_info: Any = None) -> Callable[[bytes], None]:
+        if exc_info is not None and self.chunks:  # PEP 3333: from the first body byte on, headers count as sent
+            raise exc_info[1].with_traceback(exc_info[2])
+        if exc_info is None and self.status is not None:
+            raise RuntimeError("start_response called twice without exc_info")
+        if not isinstance(status, str) or not all(isinstance(n, str) and isinstance(v, str) for n, v in headers):
+            raise TypeError(f"the status and the headers must be str (PEP 3333): {status!r}, {headers!r}")
+        self.status, self.headers = status, list(headers)
+        return self.write
+
+    def write(self, data: bytes) -> None:
+        """start_response's write callable, and each item of the app's iterable."""
+        if not isinstance(data, bytes):
+            raise TypeError(f"the body must be bytes (PEP 3333), got {type(data).__name__}")
+        if data and self.status is None:
+            raise RuntimeError("body bytes before start_response")
+        if data:
+            self.chunks.append(data)
+
+    def answer(self) -> Answer:
+        if self.status is None:
+            raise RuntimeError("the app returned without calling start_response")
+        code, _, reason = self.status.partition(" ")
+        return Answer(int(code), reason, self.headers, b"".join(self.chunks))
+
+
 @dataclass
 class AccessInfo:
     """The fields of gunicorn's access log taken from a response (status, headers, bytes sent) or a request."""
@@ -452,6 +484,27 @@ def error_answer(error: ApiError) -> Answer:
     if error.retry_after is not None:
         headers.append(("Retry-After", str(error.retry_after)))
     return Answer(error.status, h11_reason(error.status), headers, body)
+
+
+def split_target(target: str) -> tuple[str, str]:
+    """PATH_INFO (%-escapes undone, bytes as latin-1 str, as PEP 3333 asks) and QUERY_STRING of a request target. An
+    absolute target (`GET http://host/path`, as proxies may send) gives its path; `OPTIONS *` has none."""
+    path, _, query = target.partition("?")
+    if not path.startswith("/"):
+        path = urlsplit(path).path if "://" in path else ""
+    return unquote_to_bytes(path).decode("latin-1"), query
+
+
+def host_and_port(address: Any) -> tuple[str, str]:
+    """A socket address as the environ's strings: (host, port) of an IP one, (path, "") of a UNIX socket's."""
+    if isinstance(address, tuple):
+        return str(address[0]), str(address[1])
+    return str(address or ""), ""
+
+
+def client_variables(peer: Any) -> dict[str, str]:
+    address, port = host_and_port(peer)
+    return {"REMOTE_ADDR": address, "REMOTE_PORT": port, "wsgi.url_scheme": "http"}
 
 
 def h11_reason(status: int) -> str:
