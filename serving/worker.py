@@ -16,7 +16,9 @@ that arrives on a kept-alive connection within SHUTDOWN_LINGER with `Connection:
 To the app this is a plain WSGI server (PEP 3333; tests/test_worker_wsgi.py runs the API under wsgiref.validate):
 the body is a buffer of known length (a chunked one is de-chunked here, under the same MAX_BODY_BYTES, so the app
 never sees one), the bytes it gives write() come before its iterable's, and the iterable's close() is always called.
-What the worker refuses itself carries the API's JSON error body (serving/errors.py).
+Behind a proxy that gunicorn's forwarded_allow_ips lists, X-Forwarded-For gives REMOTE_ADDR and gunicorn's
+secure_scheme_headers give wsgi.url_scheme (ProxyTrust); from any other peer those headers change nothing. What the
+worker refuses itself carries the API's JSON error body (serving/errors.py).
 
 No torch here: gunicorn imports the worker class in the master process, before any fork.
 """
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import ipaddress
 import os
 import signal
 import socket
@@ -75,6 +78,68 @@ class Answer:
     body: bytes
 
 
+@dataclass(frozen=True)
+class ProxyTrust:
+    """gunicorn's forwarded_allow_ips and secure_scheme_headers, applied as gunicorn's own workers apply them: a peer
+    on the list (a proxy in front) may say who the client is (X-Forwarded-For) and that it came over TLS (the scheme
+    headers); from any other peer they are only what the client claims: passed on as headers, changing nothing.
+    gunicorn itself takes REMOTE_ADDR from the PROXY protocol only; X-Forwarded-For is what ingresses send."""
+
+    any_peer: bool  # "*": every peer is a proxy (gunicorn's "disable checking")
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    scheme_headers: dict[bytes, bytes]  # h11's lower-case header name -> the exact value that means https
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> ProxyTrust:
+        allowed = list(cfg.forwarded_allow_ips)
+        return cls("*" in allowed, tuple(ipaddress.ip_network(entry) for entry in allowed if entry != "*"),
+                   {name.lower().encode("latin-1"): value.encode("latin-1")
+                    for name, value in cfg.secure_scheme_headers.items()})
+
+    def client_and_scheme(self, peer: Any, headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
+        """REMOTE_ADDR, REMOTE_PORT and wsgi.url_scheme of a request from `peer` (a UNIX socket's peer is trusted, as
+        gunicorn trusts it: only the host can connect there)."""
+        address, port = host_and_port(peer)
+        variables = {"REMOTE_ADDR": address, "REMOTE_PORT": port, "wsgi.url_scheme": "http"}
+        if not (self.any_peer or not isinstance(peer, tuple) or self.listed(address)):
+            return variables
+        variables["wsgi.url_scheme"] = self.scheme(headers)
+        client = self.forwarded_client(headers)
+        if client is not None:
+            variables["REMOTE_ADDR"] = client
+            del variables["REMOTE_PORT"]  # the proxy's: the client's port is not forwarded
+        return variables
+
+    def listed(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self.networks)
+
+    def scheme(self, headers: list[tuple[bytes, bytes]]) -> str:
+        """https when the proxy's scheme header says so; headers that disagree are refused, as gunicorn does."""
+        says_tls = {value == self.scheme_headers[name] for name, value in headers if name in self.scheme_headers}
+        if len(says_tls) > 1:
+            raise ApiError(400, "bad_request", "the proxy's scheme headers disagree on whether the request came over "
+                                               "TLS (gunicorn's secure_scheme_headers)")
+        return "https" if says_tls == {True} else "http"
+
+    def forwarded_client(self, headers: list[tuple[bytes, bytes]]) -> str | None:
+        """The client's address in X-Forwarded-For: the rightmost hop that is not one of our proxies, since each proxy
+        appends the address it got the request from and the hops left of our first proxy's are whatever the client
+        wrote. None when the header is absent or that hop is not an IP address (the peer's address stands)."""
+        hops = [hop.strip() for name, value in headers if name == b"x-forwarded-for"
+                for hop in value.decode("latin-1").split(",")]
+        if not hops:
+            return None
+        hop = next((hop for hop in reversed(hops) if not self.listed(hop)), hops[0])
+        try:
+            return str(ipaddress.ip_address(hop))
+        except ValueError:
+            return None
+
+
 class BufferingWorker(Worker):
     """A gunicorn worker: asyncio + h11 in front, the WSGI app in threads behind."""
 
@@ -87,6 +152,7 @@ class BufferingWorker(Worker):
 
     def init_process(self) -> None:
         self.settings = ServingSettings.from_env()
+        self.proxy = ProxyTrust.from_config(self.cfg)
         self.loop = asyncio.new_event_loop()
         asyncio.set_event_loop(self.loop)
         self.connections: set[Connection] = set()
@@ -325,7 +391,11 @@ class BufferingWorker(Worker):
 
     async def answer(self, connection: Connection, request: h11.Request, body: bytes) -> Answer:
         """The app's answer, computed in a thread of the pool the route belongs to."""
-        environ = self.environ(connection, request, body)
+        try:
+            environ = self.environ(connection, request, body)
+        except ApiError as refusal:  # the request was read whole: answered, and the connection may go on
+            self.metrics.refused.labels(refusal.code).inc()
+            return error_answer(refusal)
         method, path = environ["REQUEST_METHOD"], environ["PATH_INFO"]
         if connection.metrics_only and path not in METRICS_LISTENER_ROUTES:
             return error_answer(ApiError(404, "not_found", "this port (METRICS_PORT) serves GET /metrics and /health "
@@ -359,7 +429,7 @@ class BufferingWorker(Worker):
 
     def environ(self, connection: Connection, request: h11.Request, body: bytes) -> dict[str, Any]:
         """The WSGI environ (PEP 3333) of a complete request: the body a buffer of known length; the client and the
-        scheme as the peer says."""
+        scheme as the peer says, or as a trusted proxy in front reports them (ProxyTrust)."""
         target = request.target.decode("latin-1")
         path, query = split_target(target)
         server_name, server_port = host_and_port(connection.writer.get_extra_info("sockname"))
@@ -370,7 +440,7 @@ class BufferingWorker(Worker):
             "wsgi.version": (1, 0), "wsgi.input": io.BytesIO(body), "wsgi.errors": sys.stderr,
             "wsgi.multithread": True, "wsgi.multiprocess": True, "wsgi.run_once": False,
             "wsgi.input_terminated": True, METRICS_LISTENER: connection.metrics_only,
-            **client_variables(connection.writer.get_extra_info("peername")),
+            **self.proxy.client_and_scheme(connection.writer.get_extra_info("peername"), request.headers),
         }
         for name, value in request.headers:  # h11 lower-cases names
             key = name.decode("latin-1").upper().replace("-", "_")
@@ -500,11 +570,6 @@ def host_and_port(address: Any) -> tuple[str, str]:
     if isinstance(address, tuple):
         return str(address[0]), str(address[1])
     return str(address or ""), ""
-
-
-def client_variables(peer: Any) -> dict[str, str]:
-    address, port = host_and_port(peer)
-    return {"REMOTE_ADDR": address, "REMOTE_PORT": port, "wsgi.url_scheme": "http"}
 
 
 def h11_reason(status: int) -> str:

@@ -1,7 +1,8 @@
 """serving/worker.py as a WSGI server (PEP 3333), over real sockets to a real gunicorn: the API and the small apps
 of tests/wsgi_probe.py run under wsgiref.validate, which fails a request (500, and an AssertionError in the log) on
 any environ key or type, wsgi.input / wsgi.errors, status, header or body iterable out of the spec; bytes given to
-write() come before the iterable's; the worker's own refusals carry the app's error body."""
+write() come before the iterable's; the worker's own refusals carry the app's error body; X-Forwarded-For and the
+scheme headers count from a peer in gunicorn's forwarded_allow_ips (FORWARDED_ALLOW_IPS) only."""
 
 from __future__ import annotations
 
@@ -19,12 +20,15 @@ from serving.errors import error_body
 PROBE_COMMAND = [*server_command()[:-1], "--pythonpath", "tests", "wsgi_probe:create_validated_app()"]
 JSON = {"Content-Type": "application/json"}
 PREDICT = json.dumps({"text": "Thanks for fixing the references!"}).encode()
+PROXY, NOT_A_PROXY = "127.0.0.1", "127.0.0.2"  # FORWARDED_ALLOW_IPS lists the first; loopback has both
+# 127.0.0.1 forwards for a proxy that saw 203.0.113.9; 198.51.100.7 is only what that client wrote
+FORWARDED = {"X-Forwarded-For": "198.51.100.7, 203.0.113.9, 127.0.0.1", "X-Forwarded-Proto": "https"}
 
 
 @pytest.fixture(scope="module")
 def server(multilabel_checkpoint, tmp_path_factory):
     with running_server(multilabel_checkpoint, tmp_path_factory.mktemp("wsgi"), command=PROBE_COMMAND, WORKERS="1",
-                        MAX_BODY_BYTES="65536", FORWARDED_ALLOW_IPS="127.0.0.1") as running:
+                        MAX_BODY_BYTES="65536", FORWARDED_ALLOW_IPS=PROXY) as running:
         yield running
 
 
@@ -97,3 +101,24 @@ def test_the_workers_refusals_carry_the_apis_error_body(server):
     status, headers, body = send(server, "GET", "/nowhere")  # the app's 404, the same shape byte for byte
     assert (status, headers["Content-Type"]) == (404, "application/json")
     assert body == error_body(**json.loads(body)["error"])
+
+
+def test_a_proxy_in_forwarded_allow_ips_gives_the_client_and_the_scheme(server):
+    environ = environ_of(server, headers=FORWARDED, source=PROXY)
+    assert (environ["REMOTE_ADDR"], environ["wsgi.url_scheme"]) == ("203.0.113.9", "https")
+    assert "REMOTE_PORT" not in environ  # the proxy's port would not be the client's
+    assert f'203.0.113.9 "GET {ENVIRON_PATH} HTTP/1.1" 200' in server.output()  # the access log names the client
+
+
+def test_forwarding_headers_from_a_peer_not_in_forwarded_allow_ips_change_nothing(server):
+    environ = environ_of(server, headers=FORWARDED, source=NOT_A_PROXY)
+    assert (environ["REMOTE_ADDR"], environ["wsgi.url_scheme"]) == (NOT_A_PROXY, "http")
+    assert environ["HTTP_X_FORWARDED_FOR"] == FORWARDED["X-Forwarded-For"]  # passed on as a header, nothing more
+
+
+def test_scheme_headers_that_disagree_are_refused_from_a_proxy_only(server):
+    """As gunicorn's own workers: a proxy whose secure_scheme_headers say both https and http sent a bad request."""
+    disagreeing = {"X-Forwarded-Proto": "https", "X-Forwarded-Ssl": "off"}
+    status, _, body = send(server, "GET", ENVIRON_PATH, headers=disagreeing, source=PROXY)
+    assert status == 400 and body == error_body("bad_request", json.loads(body)["error"]["message"])
+    assert environ_of(server, headers=disagreeing, source=NOT_A_PROXY)["wsgi.url_scheme"] == "http"
