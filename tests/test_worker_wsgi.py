@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import json
 from collections.abc import Iterable
+from email.message import Message
 
 import pytest
 from test_faults import Server, running_server
@@ -33,14 +34,13 @@ def server(multilabel_checkpoint, tmp_path_factory):
 
 
 def send(server: Server, method: str, target: str, body: bytes | Iterable[bytes] | None = None,
-         headers: dict[str, str] | None = None, source: str = "127.0.0.1") -> tuple[int, dict[str, str], bytes]:
+         headers: dict[str, str] | None = None, source: str = "127.0.0.1") -> tuple[int, Message, bytes]:
     """(status, headers, body) of one request from the address `source`; an iterable body goes chunked."""
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30, source_address=(source, 0))
     try:
-        connection.request(method, target, body=body, headers=headers or {},
-                           encode_chunked=body is not None and not isinstance(body, bytes))
+        connection.request(method, target, body=body, headers=headers or {})
         response = connection.getresponse()
-        return response.status, dict(response.getheaders()), response.read()
+        return response.status, response.headers, response.read()
     finally:
         connection.close()
 
