@@ -1,10 +1,12 @@
-"""Every error answer as JSON {"error": {"code", "message"}}: the API's own, werkzeug's and unexpected ones."""
+"""Every error answer as JSON {"error": {"code", "message"}}: the API's own, werkzeug's, unexpected ones and the
+refusals the worker (serving/worker.py) makes before the app, all from `error_body`."""
 
 from __future__ import annotations
 
+import json
 import logging
 
-from flask import Flask, Response, current_app, jsonify, request
+from flask import Flask, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger("classifier.api")
@@ -19,9 +21,18 @@ class ApiError(Exception):
         self.status, self.code, self.message, self.retry_after = status, code, message, retry_after
 
 
+def error_body(code: str, message: str) -> bytes:
+    """The one error document, as bytes: the worker answers with it outside any Flask app, so not jsonify."""
+    return json.dumps({"error": {"code": code, "message": message}}, separators=(",", ":")).encode() + b"\n"
+
+
+def body_too_large(limit: int) -> ApiError:
+    return ApiError(413, "body_too_large", f"the request body is over {limit} bytes (MAX_BODY_BYTES)")
+
+
 def error_response(status: int, code: str, message: str) -> tuple[Response, int]:
     current_app.extensions["classifier"].metrics.errors.labels(code).inc()
-    return jsonify(error={"code": code, "message": message}), status
+    return Response(error_body(code, message), mimetype="application/json"), status
 
 
 def api_error(error: ApiError) -> tuple[Response, int]:
@@ -36,9 +47,9 @@ def http_error(error: HTTPException) -> Response | HTTPException | tuple[Respons
     if error.code is None or error.code < 400:
         return error
     code, message = (error.name or "error").lower().replace(" ", "_"), error.description or error.name
-    if error.code == 413:
-        limit = current_app.extensions["classifier"].settings.max_body_bytes
-        code, message = "body_too_large", f"the request body is over {limit} bytes (MAX_BODY_BYTES)"
+    if error.code == 413:  # werkzeug's, from MAX_CONTENT_LENGTH: only where no worker refused the body first
+        too_large = body_too_large(current_app.extensions["classifier"].settings.max_body_bytes)
+        code, message = too_large.code, too_large.message
     response, status = error_response(error.code, code, message)
     allowed = error.get_response().headers.get("Allow")
     if allowed:

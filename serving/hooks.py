@@ -1,14 +1,11 @@
-"""What runs around every request: the timer, the API key check, the rate limit, chunked-body limits and the
-metrics."""
+"""What runs around every request: the timer, the API key check, the rate limit and the metrics."""
 
 from __future__ import annotations
 
 import hmac
-import io
 import time
 
 from flask import Flask, Response, g, request
-from werkzeug.exceptions import RequestEntityTooLarge
 
 from serving.errors import ApiError
 from serving.settings import METRICS_LISTENER, ServingSettings
@@ -58,26 +55,14 @@ def rate_limit_client(settings: ServingSettings) -> tuple[str, str]:
     """The request's client for RATE_LIMIT: its name among the buckets, and how the 429 calls it."""
     if settings.rate_limit_by == "key" and settings.api_key is not None:
         return "key", "this API key"  # check_api_key let the request in, so it holds the one key
-    # The connection's own address: a proxy's X-Forwarded-For is not trusted, any client could write one.
+    # The client's address as the worker gives it: the connection's, or behind a proxy listed in
+    # FORWARDED_ALLOW_IPS the client that proxy names (any other X-Forwarded-For is ignored).
     address = request.remote_addr or "unknown"
     return f"address {address}", f"this address ({address})"
 
 
 def is_page_path(path: str) -> bool:
     return path == PAGE_PATHS[0] or path.startswith(PAGE_PATHS[1])
-
-
-def buffer_chunked_body() -> None:
-    """Read a chunked body here, refusing one byte over MAX_BODY_BYTES: it has no Content-Length to check, and
-    werkzeug would cut it at the limit without an error (a truncated text would then be scored)."""
-    if request.headers.get("Transfer-Encoding", "").lower() != "chunked" or request.content_length is not None:
-        return
-    limit = serving().settings.max_body_bytes
-    data = request.environ["wsgi.input"].read(limit + 1)
-    if len(data) > limit:
-        raise RequestEntityTooLarge()
-    request.environ["wsgi.input"] = io.BytesIO(data)
-    request.environ["CONTENT_LENGTH"] = str(len(data))
 
 
 def record_metrics(response: Response) -> Response:
@@ -93,5 +78,4 @@ def register_hooks(app: Flask) -> None:
     app.before_request(start_timer)
     app.before_request(check_api_key)
     app.before_request(check_rate_limit)
-    app.before_request(buffer_chunked_body)
     app.after_request(record_metrics)

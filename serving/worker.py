@@ -13,6 +13,13 @@ still runs one forward pass at a time), everything else to a small pool of its o
 answer while the model is busy. On SIGTERM the worker stops accepting, serves the requests it has, answers a request
 that arrives on a kept-alive connection within SHUTDOWN_LINGER with `Connection: close`, and exits.
 
+To the app this is a plain WSGI server (PEP 3333; tests/test_worker_wsgi.py runs the API under wsgiref.validate):
+the body is a buffer of known length (a chunked one is de-chunked here, under the same MAX_BODY_BYTES, so the app
+never sees one), the bytes it gives write() come before its iterable's, and the iterable's close() is always called.
+Behind a proxy that gunicorn's forwarded_allow_ips lists, X-Forwarded-For gives REMOTE_ADDR and gunicorn's
+secure_scheme_headers give wsgi.url_scheme (ProxyTrust); from any other peer those headers change nothing. What the
+worker refuses itself carries the API's JSON error body (serving/errors.py).
+
 No torch here: gunicorn imports the worker class in the master process, before any fork.
 """
 
@@ -20,21 +27,22 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
+import ipaddress
 import os
 import signal
 import socket
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
-from urllib.parse import unquote_to_bytes
+from urllib.parse import unquote_to_bytes, urlsplit
 
 import h11
 from gunicorn.workers.base import Worker
 
+from serving.errors import ApiError, body_too_large, error_body
 from serving.settings import METRICS_LISTENER, ServingSettings
 
 MODEL_ROUTES = {("POST", "/predict"), ("POST", "/explain")}  # those that wait for the model: model pool
@@ -45,14 +53,6 @@ MAX_HEAD_BYTES = 32_768  # request line and headers together; more gets 431
 SHUTDOWN_LINGER = 1.0  # seconds an idle kept-alive connection may still bring one request after SIGTERM
 LINGER_SECONDS = 1.0  # after an error answer, how long the rest of a request is read and dropped
 HEARTBEAT_SECONDS = 1.0
-
-
-class Refusal(Exception):
-    """A request the worker answers itself, before the app: an HTTP status and the API's JSON error."""
-
-    def __init__(self, status: int, code: str, message: str, retry_after: int | None = None) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.retry_after = status, code, message, retry_after
 
 
 @dataclass(eq=False)  # kept in a set: hashed by identity
@@ -78,6 +78,68 @@ class Answer:
     body: bytes
 
 
+@dataclass(frozen=True)
+class ProxyTrust:
+    """gunicorn's forwarded_allow_ips and secure_scheme_headers, applied as gunicorn's own workers apply them: a peer
+    on the list (a proxy in front) may say who the client is (X-Forwarded-For) and that it came over TLS (the scheme
+    headers); from any other peer they are only what the client claims: passed on as headers, changing nothing.
+    gunicorn itself takes REMOTE_ADDR from the PROXY protocol only; X-Forwarded-For is what ingresses send."""
+
+    any_peer: bool  # "*": every peer is a proxy (gunicorn's "disable checking")
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    scheme_headers: dict[bytes, bytes]  # h11's lower-case header name -> the exact value that means https
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> ProxyTrust:
+        allowed = list(cfg.forwarded_allow_ips)
+        return cls("*" in allowed, tuple(ipaddress.ip_network(entry) for entry in allowed if entry != "*"),
+                   {name.lower().encode("latin-1"): value.encode("latin-1")
+                    for name, value in cfg.secure_scheme_headers.items()})
+
+    def client_and_scheme(self, peer: Any, headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
+        """REMOTE_ADDR, REMOTE_PORT and wsgi.url_scheme of a request from `peer` (a UNIX socket's peer is trusted, as
+        gunicorn trusts it: only the host can connect there)."""
+        address, port = host_and_port(peer)
+        variables = {"REMOTE_ADDR": address, "REMOTE_PORT": port, "wsgi.url_scheme": "http"}
+        if not (self.any_peer or not isinstance(peer, tuple) or self.listed(address)):
+            return variables
+        variables["wsgi.url_scheme"] = self.scheme(headers)
+        client = self.forwarded_client(headers)
+        if client is not None:
+            variables["REMOTE_ADDR"] = client
+            del variables["REMOTE_PORT"]  # the proxy's: the client's port is not forwarded
+        return variables
+
+    def listed(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self.networks)
+
+    def scheme(self, headers: list[tuple[bytes, bytes]]) -> str:
+        """https when the proxy's scheme header says so; headers that disagree are refused, as gunicorn does."""
+        says_tls = {value == self.scheme_headers[name] for name, value in headers if name in self.scheme_headers}
+        if len(says_tls) > 1:
+            raise ApiError(400, "bad_request", "the proxy's scheme headers disagree on whether the request came over "
+                                               "TLS (gunicorn's secure_scheme_headers)")
+        return "https" if says_tls == {True} else "http"
+
+    def forwarded_client(self, headers: list[tuple[bytes, bytes]]) -> str | None:
+        """The client's address in X-Forwarded-For: the rightmost hop that is not one of our proxies, since each proxy
+        appends the address it got the request from and the hops left of our first proxy's are whatever the client
+        wrote. None when the header is absent or that hop is not an IP address (the peer's address stands)."""
+        hops = [hop.strip() for name, value in headers if name == b"x-forwarded-for"
+                for hop in value.decode("latin-1").split(",")]
+        if not hops:
+            return None
+        hop = next((hop for hop in reversed(hops) if not self.listed(hop)), hops[0])
+        try:
+            return str(ipaddress.ip_address(hop))
+        except ValueError:
+            return None
+
+
 class BufferingWorker(Worker):
     """A gunicorn worker: asyncio + h11 in front, the WSGI app in threads behind."""
 
@@ -90,6 +152,7 @@ class BufferingWorker(Worker):
 
     def init_process(self) -> None:
         self.settings = ServingSettings.from_env()
+        self.proxy = ProxyTrust.from_config(self.cfg)
         self.loop = asyncio.new_event_loop()
         asyncio.set_event_loop(self.loop)
         self.connections: set[Connection] = set()
@@ -213,7 +276,7 @@ class BufferingWorker(Worker):
             while True:
                 try:
                     request, body = await self.read_request(connection)
-                except Refusal as refusal:
+                except ApiError as refusal:
                     self.metrics.refused.labels(refusal.code).inc()
                     await self.refuse(connection, refusal)
                     return
@@ -260,8 +323,8 @@ class BufferingWorker(Worker):
         except TimeoutError:
             if not received:  # a silent connection is closed without a word
                 return None, b""
-            raise Refusal(408, "header_timeout", f"the request line and headers took over "
-                                                 f"{self.settings.header_timeout:g} s (HEADER_TIMEOUT)") from None
+            raise ApiError(408, "header_timeout", f"the request line and headers took over "
+                                                  f"{self.settings.header_timeout:g} s (HEADER_TIMEOUT)") from None
         finally:
             connection.idle = False
         if isinstance(event, h11.ConnectionClosed):
@@ -269,7 +332,7 @@ class BufferingWorker(Worker):
         assert isinstance(event, h11.Request)  # noqa: S101 (h11's order of events)
         # h11 bounds a head still arriving; one that arrived whole in a single read is measured here
         if len(event.target) + sum(len(name) + len(value) + 4 for name, value in event.headers) > MAX_HEAD_BYTES:
-            raise Refusal(431, "headers_too_large", f"the request line and headers are over {MAX_HEAD_BYTES} bytes")
+            raise ApiError(431, "headers_too_large", f"the request line and headers are over {MAX_HEAD_BYTES} bytes")
         return event, await self.read_body(connection, event)
 
     def next_event(self, http: h11.Connection) -> Any:
@@ -280,19 +343,19 @@ class BufferingWorker(Worker):
                 raise  # the client left mid-request: nobody to answer
             status = error.error_status_hint
             code = "headers_too_large" if status == 431 else "bad_request"
-            raise Refusal(status, code, f"malformed HTTP request: {error}") from None
+            raise ApiError(status, code, f"malformed HTTP request: {error}") from None
 
     async def read_body(self, connection: Connection, request: h11.Request) -> bytes:
-        """The body, refused at once when it says it is too large, cut off when it grows too large or slow."""
-        http, limit = connection.http, self.settings.max_body_bytes
-        length = int(dict(request.headers).get(b"content-length", b"0") or 0)
-        if length > limit:
-            raise Refusal(413, "body_too_large", f"the request body is over {limit} bytes (MAX_BODY_BYTES)")
+        """The whole body, de-chunked. The one place a body is held to MAX_BODY_BYTES whatever its framing: refused
+        at once when its Content-Length is over, cut off the moment a chunked one grows over; the app then always
+        gets a body of known length, so it has no chunked bodies to bound."""
+        http = connection.http
+        self.check_body_size(int(dict(request.headers).get(b"content-length", b"0") or 0))
         if http.they_are_waiting_for_100_continue:
             go_on = h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
             connection.writer.write(http.send(go_on))
         chunks: list[bytes] = []
-        size = held = 0
+        held = 0
         try:
             async with asyncio.timeout(self.settings.body_timeout):
                 while True:
@@ -300,26 +363,27 @@ class BufferingWorker(Worker):
                     if event is h11.NEED_DATA:
                         http.receive_data(await connection.reader.read(READ_SIZE))
                     elif isinstance(event, h11.Data):
-                        size += len(event.data)
-                        if size > limit:
-                            raise Refusal(413, "body_too_large",
-                                          f"the request body is over {limit} bytes (MAX_BODY_BYTES)")
+                        self.check_body_size(held + len(event.data))
                         self.reserve(len(event.data))
                         held += len(event.data)
                         chunks.append(bytes(event.data))
                     elif isinstance(event, h11.EndOfMessage):
                         return b"".join(chunks)
         except TimeoutError:
-            raise Refusal(408, "body_timeout", f"the request body took over {self.settings.body_timeout:g} s "
-                                               "(BODY_TIMEOUT)") from None
+            raise ApiError(408, "body_timeout", f"the request body took over {self.settings.body_timeout:g} s "
+                                                "(BODY_TIMEOUT)") from None
         except BaseException:
             self.release(held)
             raise
 
+    def check_body_size(self, size: int) -> None:
+        if size > self.settings.max_body_bytes:
+            raise body_too_large(self.settings.max_body_bytes)
+
     def reserve(self, size: int) -> None:
         if self.buffered + size > self.settings.max_buffered_bytes:
-            raise Refusal(503, "overloaded", "this worker holds too many request bodies (MAX_BUFFERED_BYTES); "
-                                             "retry shortly", retry_after=1)
+            raise ApiError(503, "overloaded", "this worker holds too many request bodies (MAX_BUFFERED_BYTES); "
+                                              "retry shortly", retry_after=1)
         self.buffered += size
 
     def release(self, size: int) -> None:
@@ -327,10 +391,15 @@ class BufferingWorker(Worker):
 
     async def answer(self, connection: Connection, request: h11.Request, body: bytes) -> Answer:
         """The app's answer, computed in a thread of the pool the route belongs to."""
-        environ = self.environ(connection, request, body)
+        try:
+            environ = self.environ(connection, request, body)
+        except ApiError as refusal:  # the request was read whole: answered, and the connection may go on
+            self.metrics.refused.labels(refusal.code).inc()
+            return error_answer(refusal)
         method, path = environ["REQUEST_METHOD"], environ["PATH_INFO"]
         if connection.metrics_only and path not in METRICS_LISTENER_ROUTES:
-            return error_answer(404, "not_found", "this port (METRICS_PORT) serves GET /metrics and /health only")
+            return error_answer(ApiError(404, "not_found", "this port (METRICS_PORT) serves GET /metrics and /health "
+                                                           "only"))
         pool = self.light_pool if connection.metrics_only or (method, path) not in MODEL_ROUTES else self.model_pool
         started = self.loop.time()
         answer = await self.loop.run_in_executor(pool, self.call_app, environ)
@@ -342,49 +411,41 @@ class BufferingWorker(Worker):
 
     def call_app(self, environ: dict[str, Any]) -> Answer:
         """Run the WSGI app on one request (in a pool thread) and collect its whole answer."""
-        started: list[tuple[str, list[tuple[str, str]]]] = []
-
-        def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-            if exc_info and started:
-                raise exc_info[1].with_traceback(exc_info[2])
-            started[:] = [(status, headers)]
-            return lambda data: None
-
+        response = CollectedResponse()
         try:
-            result: Iterable[bytes] = self.wsgi(environ, start_response)
+            result: Iterable[bytes] = self.wsgi(environ, response.start_response)
             try:
-                body = b"".join(result)
+                for data in result:
+                    response.write(data)
             finally:
                 close = getattr(result, "close", None)
-                if close is not None:
+                if close is not None:  # PEP 3333: whether or not iterating failed (it frees the app's resources)
                     close()
-            status, headers = started[0]
+            return response.answer()
         except Exception:
             self.log.exception("error in the app on %s %s", environ["REQUEST_METHOD"], environ["PATH_INFO"])
-            return error_answer(500, "internal_error", "internal server error; the server log has the details")
-        code, _, reason = status.partition(" ")
-        return Answer(int(code), reason, headers, body)
+            return error_answer(ApiError(500, "internal_error", "internal server error; the server log has the "
+                                                                "details"))
 
     def environ(self, connection: Connection, request: h11.Request, body: bytes) -> dict[str, Any]:
-        """The WSGI environ of a complete request: the body is a buffer with its length known."""
+        """The WSGI environ (PEP 3333) of a complete request: the body a buffer of known length; the client and the
+        scheme as the peer says, or as a trusted proxy in front reports them (ProxyTrust)."""
         target = request.target.decode("latin-1")
-        path, _, query = target.partition("?")
-        server = connection.writer.get_extra_info("sockname") or ("", 0)
-        peer = connection.writer.get_extra_info("peername") or ("", 0)
+        path, query = split_target(target)
+        server_name, server_port = host_and_port(connection.writer.get_extra_info("sockname"))
         environ: dict[str, Any] = {
-            "REQUEST_METHOD": request.method.decode("ascii"), "SCRIPT_NAME": "",
-            "PATH_INFO": unquote_to_bytes(path).decode("latin-1"), "QUERY_STRING": query, "RAW_URI": target,
-            "SERVER_NAME": str(server[0]), "SERVER_PORT": str(server[1]),
-            "SERVER_PROTOCOL": f"HTTP/{request.http_version.decode('ascii')}",
-            "REMOTE_ADDR": str(peer[0]), "REMOTE_PORT": str(peer[1]), "CONTENT_LENGTH": str(len(body)),
-            "wsgi.version": (1, 0), "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(body),
-            "wsgi.errors": sys.stderr, "wsgi.multithread": True, "wsgi.multiprocess": True,
-            "wsgi.run_once": False, "wsgi.input_terminated": True, METRICS_LISTENER: connection.metrics_only,
+            "REQUEST_METHOD": request.method.decode("ascii"), "SCRIPT_NAME": "", "PATH_INFO": path,
+            "QUERY_STRING": query, "RAW_URI": target, "SERVER_NAME": server_name, "SERVER_PORT": server_port,
+            "SERVER_PROTOCOL": f"HTTP/{request.http_version.decode('ascii')}", "CONTENT_LENGTH": str(len(body)),
+            "wsgi.version": (1, 0), "wsgi.input": io.BytesIO(body), "wsgi.errors": sys.stderr,
+            "wsgi.multithread": True, "wsgi.multiprocess": True, "wsgi.run_once": False,
+            "wsgi.input_terminated": True, METRICS_LISTENER: connection.metrics_only,
+            **self.proxy.client_and_scheme(connection.writer.get_extra_info("peername"), request.headers),
         }
         for name, value in request.headers:  # h11 lower-cases names
             key = name.decode("latin-1").upper().replace("-", "_")
             if key in ("CONTENT_LENGTH", "TRANSFER_ENCODING"):
-                continue  # the body is complete and de-chunked: its length is known
+                continue  # the body is complete and de-chunked: CONTENT_LENGTH above is its length
             key = key if key == "CONTENT_TYPE" else f"HTTP_{key}"
             text = value.decode("latin-1")
             environ[key] = f"{environ[key]},{text}" if key in environ else text
@@ -409,16 +470,15 @@ class BufferingWorker(Worker):
             self.stop()
         return http.our_state is h11.DONE and http.their_state is h11.DONE and self.alive
 
-    async def refuse(self, connection: Connection, refusal: Refusal) -> None:
+    async def refuse(self, connection: Connection, refusal: ApiError) -> None:
         """Answer with the API's JSON error and close; the rest of the request is read and dropped for a moment,
-        so that closing does not reset the connection before the client reads the answer."""
-        body = json.dumps({"error": {"code": refusal.code, "message": refusal.message}}).encode()
-        head = [f"HTTP/1.1 {refusal.status} {h11_reason(refusal.status)}", "Content-Type: application/json",
-                f"Content-Length: {len(body)}", "Connection: close"]
-        if refusal.retry_after is not None:
-            head.append(f"Retry-After: {refusal.retry_after}")
+        so that closing does not reset the connection before the client reads the answer. Written by hand, not
+        through h11: a malformed or cut-off request leaves h11 in a state that sends nothing more."""
+        answer = error_answer(refusal)
+        head = [f"HTTP/1.1 {answer.status} {answer.reason}", *(f"{name}: {value}" for name, value in answer.headers),
+                "Connection: close"]
         writer = connection.writer
-        writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
+        writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + answer.body)
         try:
             async with asyncio.timeout(LINGER_SECONDS):
                 await writer.drain()
@@ -427,6 +487,42 @@ class BufferingWorker(Worker):
                     pass
         except (TimeoutError, ConnectionError, OSError):
             pass
+
+
+class CollectedResponse:
+    """One app call's answer, collected whole before a byte is sent: start_response's status and headers, then the
+    body, the bytes given to write() first and the iterable's after (the order PEP 3333 sends them in)."""
+
+    def __init__(self) -> None:
+        self.status: str | None = None
+        self.headers: list[tuple[str, str]] = []
+        self.chunks: list[bytes] = []
+
+    def start_response(self, status: str, headers: list[tuple[str, str]],
+                       exc_info: Any = None) -> Callable[[bytes], None]:
+        if exc_info is not None and self.chunks:  # PEP 3333: from the first body byte on, headers count as sent
+            raise exc_info[1].with_traceback(exc_info[2])
+        if exc_info is None and self.status is not None:
+            raise RuntimeError("start_response called twice without exc_info")
+        if not isinstance(status, str) or not all(isinstance(n, str) and isinstance(v, str) for n, v in headers):
+            raise TypeError(f"the status and the headers must be str (PEP 3333): {status!r}, {headers!r}")
+        self.status, self.headers = status, list(headers)
+        return self.write
+
+    def write(self, data: bytes) -> None:
+        """start_response's write callable, and each item of the app's iterable."""
+        if not isinstance(data, bytes):
+            raise TypeError(f"the body must be bytes (PEP 3333), got {type(data).__name__}")
+        if data and self.status is None:
+            raise RuntimeError("body bytes before start_response")
+        if data:
+            self.chunks.append(data)
+
+    def answer(self) -> Answer:
+        if self.status is None:
+            raise RuntimeError("the app returned without calling start_response")
+        code, _, reason = self.status.partition(" ")
+        return Answer(int(code), reason, self.headers, b"".join(self.chunks))
 
 
 @dataclass
@@ -451,10 +547,29 @@ class FrontMetrics:
                                ["code"], registry=None)
 
 
-def error_answer(status: int, code: str, message: str) -> Answer:
-    body = json.dumps({"error": {"code": code, "message": message}}).encode()
-    return Answer(status, h11_reason(status), [("Content-Type", "application/json"),
-                                               ("Content-Length", str(len(body)))], body)
+def error_answer(error: ApiError) -> Answer:
+    """The API's JSON error, with the body serving/errors.py gives the app's own errors."""
+    body = error_body(error.code, error.message)
+    headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+    if error.retry_after is not None:
+        headers.append(("Retry-After", str(error.retry_after)))
+    return Answer(error.status, h11_reason(error.status), headers, body)
+
+
+def split_target(target: str) -> tuple[str, str]:
+    """PATH_INFO (%-escapes undone, bytes as latin-1 str, as PEP 3333 asks) and QUERY_STRING of a request target. An
+    absolute target (`GET http://host/path`, as proxies may send) gives its path; `OPTIONS *` has none."""
+    path, _, query = target.partition("?")
+    if not path.startswith("/"):
+        path = urlsplit(path).path if "://" in path else ""
+    return unquote_to_bytes(path).decode("latin-1"), query
+
+
+def host_and_port(address: Any) -> tuple[str, str]:
+    """A socket address as the environ's strings: (host, port) of an IP one, (path, "") of a UNIX socket's."""
+    if isinstance(address, tuple):
+        return str(address[0]), str(address[1])
+    return str(address or ""), ""
 
 
 def h11_reason(status: int) -> str:

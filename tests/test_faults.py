@@ -71,15 +71,18 @@ class Server:
 
 
 @contextmanager
-def running_server(checkpoint: Path, tmp_path: Path, **environ: str) -> Iterator[Server]:
-    """The documented serving command from the project root; stopped with SIGTERM (then SIGKILL) at the end."""
+def running_server(checkpoint: Path, tmp_path: Path, *, command: list[str] | None = None,
+                   **environ: str) -> Iterator[Server]:
+    """The documented serving command (or `command`) from the project root; stopped with SIGTERM (then SIGKILL) at
+    the end."""
     port = free_port()
     workers = int(environ.setdefault("WORKERS", "2"))
     env = {"PATH": f"{VENV_BIN}:/usr/bin:/bin", "HOME": str(tmp_path), "LANG": "C.UTF-8",
            "CHECKPOINT_PATH": str(checkpoint), "HOST": "127.0.0.1", "PORT": str(port), **environ}
     log = tmp_path / f"server-{port}.log"
     with log.open("w") as log_file:
-        process = subprocess.Popen(server_command(), cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command or server_command(), cwd=ROOT, env=env, stdout=log_file,
+                                   stderr=subprocess.STDOUT)
     server = Server(process, port, log, workers, environ.get("APP_APIKEY"))
     try:
         server.wait_ready(workers)

@@ -52,6 +52,21 @@ def test_a_chunked_body_is_counted_as_it_arrives(server):
     assert statuses(answer) == [200] and b'"predictions"' in answer
 
 
+@pytest.mark.parametrize("path", [b"/predict", b"/explain"])
+@pytest.mark.parametrize(("size", "status"), [(65536, 200), (65537, 413)])
+def test_a_chunked_body_is_held_to_max_body_bytes_to_the_byte(server, path, size, status):
+    """The worker de-chunks every body under MAX_BODY_BYTES, the one place that limit is applied to one: the app
+    gets a body of known length, never a chunked one to cut at the limit without a word."""
+    body = json.dumps({"text": "padding"}).encode().ljust(size)
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (body[:40_000], body[40_000:]))
+    head = b"POST %s HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n" % path
+    answer = exchange(server.port, head + b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n" + chunks
+                      + b"0\r\n\r\n")
+    assert statuses(answer) == [status]
+    if status == 413:
+        assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "body_too_large"
+
+
 def test_malformed_requests_and_oversized_heads_are_refused(server):
     answer = exchange(server.port, b"NOT HTTP AT ALL\r\n\r\n")
     assert statuses(answer) == [400] and b'"bad_request"' in answer
