@@ -64,9 +64,10 @@ class TrainResult:
     seconds: float
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Run:
-    """Everything one training run works with; `progress` owns the position and early stopping."""
+    """Everything one training run works with; `progress` owns the position and early stopping. Built with
+    keywords only: many of its fields share a type."""
 
     config: Config
     accelerator: Accelerator
@@ -156,9 +157,11 @@ def set_up(config: Config) -> Run:
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
     progress = Progress(identity=run_identity(config.task, splits.label_names, backbone, config.model_type,
                                               config.pooling, config.max_length))
-    state = Run(config, accelerator, splits, tokenizer, model, optimizer, scheduler, loader, generator,
-                validation_set, PaddingCollator(pad_token_id(tokenizer)), backbone, precision, total_steps,
-                steps_per_epoch, started, progress, recipe, member, tracking=tracking)
+    state = Run(config=config, accelerator=accelerator, splits=splits, tokenizer=tokenizer, model=model,
+                optimizer=optimizer, scheduler=scheduler, loader=loader, generator=generator,
+                validation_set=validation_set, collate=PaddingCollator(pad_token_id(tokenizer)), backbone=backbone,
+                precision=precision, total_steps=total_steps, steps_per_epoch=steps_per_epoch, started=started,
+                progress=progress, recipe=recipe, member=member, tracking=tracking)
     resume(state)
     state.model, state.optimizer, state.loader, state.scheduler = accelerator.prepare(model, optimizer, loader,
                                                                                       scheduler)
