@@ -165,7 +165,7 @@ class PredictionArguments:
     _argument_group_name: ClassVar[str] = "eval and predict"
 
     checkpoint: str | None = _opt(None, "Checkpoint folder to evaluate or predict with.")
-    eval_batch_size: int = _opt(128, "Texts per forward pass in evaluation.")
+    eval_batch_size: int = _opt(128, "Texts per forward pass when scoring: training's validation, eval, predict, Ray.")
     text: list[str] = _opt([], "Text to classify in predict mode (repeat for several).")
     input: str | None = _opt(None, "CSV/JSONL file to score in predict mode.")
     output: str | None = _opt(None, "Where predict mode writes the scored file; export mode: the float32 graph "
