@@ -21,7 +21,6 @@ graphs beside FILE instead (FILE, then its `.int8.onnx`, `.fused.onnx`, ... twin
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import importlib.util
 import logging
 import platform
@@ -309,14 +308,13 @@ def measure_variants(checkpoint: str | Path, data: LabeledTexts, backends: list[
 def training_rows(checkpoint: str | Path) -> tuple[LabeledTexts, LabeledTexts] | None:
     """(validation, training) LabeledTexts of the run that wrote the checkpoint, split again from its
     training_config.json exactly as training split them; None (and why) where the data is gone."""
-    from utils.config import Config, make_config
+    from utils.config import config_from_saved
     from utils.data.prepare import prepare_splits
     from utils.data.readers import DataError
 
     settings = CheckpointFolder(checkpoint).training_config()
-    known = {f.name for f in dataclasses.fields(Config)}
     try:
-        splits = prepare_splits(make_config(**{k: v for k, v in settings.items() if k in known}))
+        splits = prepare_splits(config_from_saved(settings))
     except (DataError, OSError, ValueError, TypeError) as error:
         say(f"no validation rows to measure the graphs on ({error}): BACKEND=auto will serve torch")
         return None

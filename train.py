@@ -32,7 +32,7 @@ from utils.precision import accelerate_mixed_precision, resolve_precision
 from utils.scoring import with_temperature
 from utils.training.batching import EncodedDataset, PaddingCollator, training_loader
 from utils.training.calibration import calibration_summary, fit_temperature
-from utils.training.ensemble import FittedMember, fit_blend, fit_member, member_metrics
+from utils.training.ensemble import Blend, FittedMember, fit_blend, fit_member, member_metrics
 from utils.training.optim import bytes_needed, freeze, loss_weights, parameter_groups
 from utils.training.recipe import (
     RECIPE_FIELDS,
@@ -64,9 +64,10 @@ class TrainResult:
     seconds: float
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Run:
-    """Everything one training run works with; `progress` owns the position and early stopping."""
+    """Everything one training run works with; `progress` owns the position and early stopping. Built with
+    keywords only: many of its fields share a type."""
 
     config: Config
     accelerator: Accelerator
@@ -156,9 +157,11 @@ def set_up(config: Config) -> Run:
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
     progress = Progress(identity=run_identity(config.task, splits.label_names, backbone, config.model_type,
                                               config.pooling, config.max_length))
-    state = Run(config, accelerator, splits, tokenizer, model, optimizer, scheduler, loader, generator,
-                validation_set, PaddingCollator(pad_token_id(tokenizer)), backbone, precision, total_steps,
-                steps_per_epoch, started, progress, recipe, member, tracking=tracking)
+    state = Run(config=config, accelerator=accelerator, splits=splits, tokenizer=tokenizer, model=model,
+                optimizer=optimizer, scheduler=scheduler, loader=loader, generator=generator,
+                validation_set=validation_set, collate=PaddingCollator(pad_token_id(tokenizer)), backbone=backbone,
+                precision=precision, total_steps=total_steps, steps_per_epoch=steps_per_epoch, started=started,
+                progress=progress, recipe=recipe, member=member, tracking=tracking)
     resume(state)
     state.model, state.optimizer, state.loader, state.scheduler = accelerator.prepare(model, optimizer, loader,
                                                                                       scheduler)
@@ -358,70 +361,107 @@ def save_state(state: Run) -> Path:
 # --- finish ----------------------------------------------------------------------------------------------
 
 
+@dataclass(kw_only=True)
+class Served:
+    """What finish chose on the validation rows for serving, and the validation metrics it reached."""
+
+    blend: Blend | None
+    calibration: dict[str, Any] | None
+    thresholds: np.ndarray | None
+    at_least_one: bool
+    metrics: dict[str, Any]
+    members_alone: dict[str, dict]
+
+
 def finish(state: Run) -> TrainResult:
-    """The best model back, thresholds tuned on validation, the checkpoint written."""
+    """The best model back; the blend, the temperature and thresholds fitted on validation; the checkpoint written."""
     config, accelerator, splits = state.config, state.accelerator, state.splits
     model = accelerator.unwrap_model(state.model)
     model.load_state_dict(state.best_state)
-    scores = validation_scores(config.task, model, state.validation_set, state.collate, config.eval_batch_size,
-                               accelerator)
-    members = {TRANSFORMER: scores}
-    blend = None
-    validation_members = {}
-    if state.member is not None:  # on every process alike: all of them report the same metrics
-        blend = fit_blend(config.task, splits, scores, state.member)
-        validation_members = {TRANSFORMER: scores, LEXICAL: state.member.validation_scores}
-        if np.all(blend.weights >= 1.0):
-            state.say(f"{LEXICAL} member left out: the transformer alone scored best on validation")
-            blend = None
-        else:
-            members[LEXICAL] = state.member.validation_scores
-            scores = blend.scores(config.task, members[TRANSFORMER], members[LEXICAL])
-            state.say(f"{LEXICAL} member blended; transformer share " + ", ".join(f"{w:.2f}" for w in blend.weights))
-        report = state.member.lexical.fit_report
-        if report.get("unconverged_fits"):  # liblinear's own warning, once per fit, is muted
-            state.say(f"{LEXICAL} member: {report['unconverged_fits']} of its logistic regressions stopped at "
-                      f"max_iter={state.member.lexical.settings.max_iter} before converging")
-    calibration = None
-    if config.temperature_scaling:  # after blending, before thresholds: they are tuned on the served scores
-        temperature = fit_temperature(config.task, splits.validation.labels, scores)
-        tempered = with_temperature(config.task, scores, temperature)
-        calibration = calibration_summary(config.task, splits.validation.labels, scores, tempered,
-                                          splits.label_names, temperature)
-        scores = tempered
-        state.say(f"temperature {temperature:g}: validation expected calibration error "
-                  f"{calibration['validation_ece_before']:.4f} -> {calibration['validation_ece_after']:.4f}")
+    transformer = validation_scores(config.task, model, state.validation_set, state.collate, config.eval_batch_size,
+                                    accelerator)
+    blend, scores = blend_member(state, transformer)  # on every process alike: all report the same metrics
+    scores, calibration = calibrate(state, scores)  # before thresholds: they are tuned on the served scores
     thresholds = (tune_thresholds(splits.validation.labels, scores, config.threshold_strategy)
                   if config.task == "multilabel" else None)
     at_least_one = config.task == "multilabel" and config.at_least_one_label == "yes"
-    best_metrics = compute_metrics(config.task, splits.validation.labels, scores, splits.label_names, thresholds,
-                                   at_least_one)
-    alone = member_metrics(config.task, splits, validation_members) if validation_members else {}
-    if alone:
-        metric = PRIMARY_METRIC[config.task]
-        state.say(f"validation {metric}: " + " / ".join(f"{name} alone {m[metric]:.4f}" for name, m in alone.items())
-                  + f" / {'blend' if blend is not None else 'served (transformer)'} {best_metrics[metric]:.4f}")
+    metrics = compute_metrics(config.task, splits.validation.labels, scores, splits.label_names, thresholds,
+                              at_least_one)
+    served = Served(blend=blend, calibration=calibration, thresholds=thresholds, at_least_one=at_least_one,
+                    metrics=metrics, members_alone=members_alone(state, transformer, blend, metrics))
     checkpoint = state.output_dir / "checkpoint"
     if accelerator.is_main_process:
-        summary = {"validation": best_metrics, "steps": state.progress.step,
-                   "train_seconds": round(time.time() - state.started, 1), "train_rows": len(splits.train),
-                   "validation_rows": len(splits.validation), "data_notes": splits.notes,
-                   "recipe": asdict(state.recipe), "calibration": calibration}
-        if alone:
-            summary["validation_members"] = alone
-        info = ClassifierInfo(task=config.task, labels=splits.label_names,
-                              thresholds=thresholds.tolist() if thresholds is not None else None,
-                              max_length=config.max_length, truncation=config.truncation, pooling=config.pooling,
-                              model_type=config.model_type, backbone=state.backbone, precision=state.precision,
-                              text_column=splits.text_column, members=list(members),
-                              blend_weights=blend.weights.tolist() if blend is not None else None,
-                              blend_method=blend.method if blend is not None else "logit",
-                              at_least_one_label=at_least_one,
-                              temperature=calibration["temperature"] if calibration else 1.0)
-        write_checkpoint(checkpoint, model, state.tokenizer, info,
-                         config.to_dict() | {"precision": state.precision, "backbone": state.backbone}, summary,
-                         write_members=blend.lexical.save if blend is not None else None)
-        state.say(f"checkpoint written to {checkpoint}")
+        save_checkpoint(state, model, served, checkpoint)
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    return TrainResult(checkpoint, best_metrics, state.progress.step, time.time() - state.started)
+    return TrainResult(checkpoint, metrics, state.progress.step, time.time() - state.started)
+
+
+def blend_member(state: Run, transformer: np.ndarray) -> tuple[Blend | None, np.ndarray]:
+    """The TF-IDF member's blend, its weights chosen on validation, and the blended validation scores; no blend
+    and the transformer's scores without a member, or where the transformer alone scored best."""
+    member = state.member
+    if member is None:
+        return None, transformer
+    report = member.lexical.fit_report
+    if report.get("unconverged_fits"):  # liblinear's own warning, once per fit, is muted
+        state.say(f"{LEXICAL} member: {report['unconverged_fits']} of its logistic regressions stopped at "
+                  f"max_iter={member.lexical.settings.max_iter} before converging")
+    blend = fit_blend(state.config.task, state.splits, transformer, member)
+    if np.all(blend.weights >= 1.0):
+        state.say(f"{LEXICAL} member left out: the transformer alone scored best on validation")
+        return None, transformer
+    state.say(f"{LEXICAL} member blended; transformer share " + ", ".join(f"{w:.2f}" for w in blend.weights))
+    return blend, blend.scores(state.config.task, transformer, member.validation_scores)
+
+
+def calibrate(state: Run, scores: np.ndarray) -> tuple[np.ndarray, dict[str, Any] | None]:
+    """With --temperature-scaling: the scores under one temperature fitted on validation, and its summary."""
+    config, splits = state.config, state.splits
+    if not config.temperature_scaling:
+        return scores, None
+    temperature = fit_temperature(config.task, splits.validation.labels, scores)
+    tempered = with_temperature(config.task, scores, temperature)
+    calibration = calibration_summary(config.task, splits.validation.labels, scores, tempered, splits.label_names,
+                                      temperature)
+    state.say(f"temperature {temperature:g}: validation expected calibration error "
+              f"{calibration['validation_ece_before']:.4f} -> {calibration['validation_ece_after']:.4f}")
+    return tempered, calibration
+
+
+def members_alone(state: Run, transformer: np.ndarray, blend: Blend | None,
+                  served_metrics: dict[str, Any]) -> dict[str, dict]:
+    """Each member's validation metrics alone, told beside the served scores'; none without a TF-IDF member."""
+    if state.member is None:
+        return {}
+    task = state.config.task
+    alone = member_metrics(task, state.splits, {TRANSFORMER: transformer, LEXICAL: state.member.validation_scores})
+    metric = PRIMARY_METRIC[task]
+    state.say(f"validation {metric}: " + " / ".join(f"{name} alone {m[metric]:.4f}" for name, m in alone.items())
+              + f" / {'blend' if blend is not None else 'served (transformer)'} {served_metrics[metric]:.4f}")
+    return alone
+
+
+def save_checkpoint(state: Run, model: PreTrainedModel, served: Served, checkpoint: Path) -> None:
+    """The checkpoint folder: weights, tokenizer, what serving needs (ClassifierInfo), settings and metrics."""
+    config, splits, blend = state.config, state.splits, served.blend
+    summary = {"validation": served.metrics, "steps": state.progress.step,
+               "train_seconds": round(time.time() - state.started, 1), "train_rows": len(splits.train),
+               "validation_rows": len(splits.validation), "data_notes": splits.notes,
+               "recipe": asdict(state.recipe), "calibration": served.calibration}
+    if served.members_alone:
+        summary["validation_members"] = served.members_alone
+    info = ClassifierInfo(task=config.task, labels=splits.label_names,
+                          thresholds=served.thresholds.tolist() if served.thresholds is not None else None,
+                          max_length=config.max_length, truncation=config.truncation, pooling=config.pooling,
+                          model_type=config.model_type, backbone=state.backbone, precision=state.precision,
+                          text_column=splits.text_column,
+                          members=[TRANSFORMER] if blend is None else [TRANSFORMER, LEXICAL],
+                          blend_weights=blend.weights.tolist() if blend is not None else None,
+                          blend_method=blend.method if blend is not None else "logit",
+                          at_least_one_label=served.at_least_one,
+                          temperature=served.calibration["temperature"] if served.calibration else 1.0)
+    write_checkpoint(checkpoint, model, state.tokenizer, info,
+                     config.to_dict() | {"precision": state.precision, "backbone": state.backbone}, summary,
+                     write_members=blend.lexical.save if blend is not None else None)
+    state.say(f"checkpoint written to {checkpoint}")

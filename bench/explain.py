@@ -31,7 +31,7 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 
 from bench.records import append_record, figure_path, machine, new_record, results_path, save_figure  # noqa: E402
 from inferer import ModelInferer  # noqa: E402
-from utils.config import Config, make_config  # noqa: E402
+from utils.config import config_from_saved  # noqa: E402
 from utils.data.prepare import prepare_splits  # noqa: E402
 from utils.explain import METHODS, TextToExplain, attribute, prepare_text, score_sequences  # noqa: E402
 from utils.scoring import scores_from_logits  # noqa: E402
@@ -57,9 +57,7 @@ def parse_args() -> argparse.Namespace:
 
 def held_out_texts(inferer: ModelInferer, count: int, min_words: int, seed: int) -> list[str]:
     """Validation rows of the checkpoint's own run with at least one predicted label, in a seeded order."""
-    fields = set(Config.__dataclass_fields__) - {"mode", "config"}
-    settings = {k: v for k, v in inferer.checkpoint.training_config().items() if k in fields}
-    validation = prepare_splits(make_config(**settings)).validation
+    validation = prepare_splits(config_from_saved(inferer.checkpoint.training_config())).validation
     order = np.random.default_rng(seed).permutation(len(validation))
     chosen: list[str] = []
     for start in range(0, len(order), 256):

@@ -31,7 +31,7 @@ from safetensors.numpy import load_file, save_file  # noqa: E402
 from scipy.sparse import hstack  # noqa: E402
 
 from bench.records import machine, results_path  # noqa: E402
-from models.blend import blend_scores, choose_blend_weights, roc_auc  # noqa: E402
+from models.blend import blend_scores  # noqa: E402
 from models.lexical import (  # noqa: E402
     LexicalModel,
     LexicalSettings,
@@ -43,6 +43,7 @@ from utils.config import parse_config  # noqa: E402
 from utils.data.datasets import BUILTIN_DATASETS  # noqa: E402
 from utils.data.prepare import DataSplits, prepare_splits  # noqa: E402
 from utils.evaluation.metrics import compute_metrics, tune_thresholds  # noqa: E402
+from utils.training.blend_weights import choose_blend_weights, roc_auc  # noqa: E402
 
 # one change at a time against the base (the baseline's settings: the starting point of the measurements)
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -249,7 +250,8 @@ def multilabel_strategies() -> list[dict[str, Any]]:
     return out
 
 
-# reported on validation (in-sample) and test beside the best by validation halves; the first is blend.py's default
+# reported on validation (in-sample) and test beside the best by validation halves; the first is the default
+# of utils/training/blend_weights.py
 REPORTED = [{"method": "logit", "shrinkage": 30.0}, {"method": "logit", "shrinkage": 0.0},
             {"method": "probability", "shrinkage": 0.0}, {"method": "logit", "shrinkage": np.inf},
             {"method": "quantile", "shrinkage": 30.0}, {"method": "logit", "fixed": 0.5}]

@@ -28,7 +28,9 @@ from utils.config import make_config
 from utils.data.datasets import SHARED_DATA_DIR
 
 hf_logging.set_verbosity_error()
+# the label lists of the real rows the fixtures read, for every test to import
 TOXIC_LABELS = ["toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate"]
+CONFERENCES = ["INFOCOM", "ISCAS", "SIGGRAPH", "VLDB", "WWW"]
 
 
 @pytest.fixture(scope="session")

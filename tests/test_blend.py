@@ -6,13 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import TOXIC_LABELS
 from sklearn.metrics import roc_auc_score
 
-from models.blend import blend_scores, choose_blend_weights, roc_auc
+from models.blend import blend_scores
 from models.lexical import LexicalModel, LexicalSettings
 from utils.data.datasets import SHARED_DATA_DIR
+from utils.training.blend_weights import choose_blend_weights, roc_auc
 
-TOXIC_LABELS = ["toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate"]
 # measured: at most 1.1e-16 between a weight-1 (or 0) logit blend and that member's probabilities here (exact
 # for probability averaging); probabilities beyond [1e-12, 1 - 1e-12] are clipped before taking logits
 EXTREME_WEIGHT_TOLERANCE = 1e-15

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import TOXIC_LABELS
 
 from utils.config import Config
 
 ROOT = Path(__file__).resolve().parents[1]
-TOXIC_LABELS = ["toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 

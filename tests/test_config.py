@@ -5,7 +5,16 @@ import json
 
 import pytest
 
-from utils.config import Config, build_parser, make_config, parse_config, read_config_file
+from utils.config import (
+    PARTS,
+    Config,
+    DataArguments,
+    build_parser,
+    config_from_saved,
+    make_config,
+    parse_config,
+    read_config_file,
+)
 
 
 def test_defaults_pick_the_dataset_of_the_task():
@@ -20,6 +29,22 @@ def test_every_field_is_a_flag():
     for f in dataclasses.fields(Config):
         assert "--" + f.name.replace("_", "-") in flags
     assert "--no-freeze-encoder" in flags  # booleans can be switched both ways
+
+
+def test_each_setting_is_declared_once_by_its_job():
+    declared = [f.name for part in PARTS for f in dataclasses.fields(part)]
+    assert declared == [f.name for f in dataclasses.fields(Config)]  # Config is the parts, in the order of --help
+    assert "text_column" in {f.name for f in dataclasses.fields(DataArguments)}
+
+
+def test_help_lists_the_flags_under_their_job():
+    parser = build_parser()
+    headings = {group.title: {o for action in group._group_actions for o in action.option_strings}
+                for group in parser._action_groups}
+    assert [part._argument_group_name for part in PARTS] == [g.title for g in parser._action_groups][2:]
+    assert {"--text-column", "--val-split"} <= headings["data"]
+    assert {"--ray-address", "--num-actors"} <= headings["Ray"]
+    assert {"--freeze-encoder", "--no-freeze-encoder"} <= headings["training"]  # the added switch sits beside it
 
 
 def test_flags_override_the_config_file(tmp_path):
@@ -101,6 +126,18 @@ def test_to_dict_round_trips():
     config = make_config(task="multiclass", label_column="y", text_column="x", data="f.csv", epochs=0.5)
     assert make_config(**config.to_dict()) == config
     assert json.loads(json.dumps(config.to_dict()))["epochs"] == 0.5
+
+
+def test_a_checkpoints_flat_saved_config_loads_from_any_version():
+    """training_config.json is one flat mapping; training adds the resolved backbone, and an older version may
+    have saved a setting that is gone: both are left out."""
+    saved = make_config(task="multiclass", data="f.csv", label_column="y", epochs=2).to_dict()
+    assert config_from_saved(saved | {"backbone": "/models/minilm", "retired_setting": 3}) == make_config(**saved)
+    old = {"task": "multilabel", "mode": "train", "data": "toxic", "epochs": 1.5, "max_length": 64, "seed": 7,
+           "precision": "fp32", "ensemble": "tfidf", "backbone": "x"}
+    config = config_from_saved(old)
+    assert (config.epochs, config.max_length, config.seed, config.ensemble) == (1.5, 64, 7, "tfidf")
+    assert config.batch_size == 32  # what the old file did not name takes today's default
 
 
 def test_the_shipped_toxic_recipe_sets_its_documented_fields():

@@ -7,6 +7,7 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import CONFERENCES, TOXIC_LABELS
 
 from utils.config import make_config
 from utils.data.datasets import BUILTIN_DATASETS, SHARED_DATA_DIR
@@ -14,7 +15,6 @@ from utils.data.files import file_format
 from utils.data.prepare import prepare_splits, resolve_source
 from utils.data.readers import ColumnLayout, DataError, read_label_names, read_labeled_texts
 
-TOXIC_LABELS = list(BUILTIN_DATASETS["toxic"].label_columns)
 JIGSAW = ColumnLayout("comment_text", label_columns=tuple(TOXIC_LABELS))
 GOEMOTIONS = BUILTIN_DATASETS["goemotions"]
 GOEMOTIONS_LAYOUT = ColumnLayout(GOEMOTIONS.text_column, label_column=GOEMOTIONS.label_column,
@@ -84,7 +84,7 @@ def test_label_column_of_names_in_tsv_with_header(tmp_path):
 def test_multiclass_label_column(conference_csv):
     frame = pd.read_csv(conference_csv)
     data = read_labeled_texts(conference_csv, "multiclass", ColumnLayout("Title", label_column="Conference"))
-    assert data.label_names == sorted(frame.Conference.unique()) == ["INFOCOM", "ISCAS", "SIGGRAPH", "VLDB", "WWW"]
+    assert data.label_names == sorted(frame.Conference.unique()) == CONFERENCES
     assert data.labels.dtype == np.int64
     assert [data.label_names[i] for i in data.labels] == frame.Conference.tolist()
 
@@ -270,7 +270,7 @@ def test_conference_like_file_needs_no_column_flags(conference_csv, capsys):
     splits = prepare_splits(config)
     assert "inferred text column 'Title', label column 'Conference'" in capsys.readouterr().out
     assert (config.text_column, config.label_column) == ("Title", "Conference")  # recorded for the checkpoint
-    assert splits.label_names == ["INFOCOM", "ISCAS", "SIGGRAPH", "VLDB", "WWW"]
+    assert splits.label_names == CONFERENCES
     assert splits.test is not None and len(splits.test) == 45  # the default held-out 15%, stratified
     assert len(splits.train) + len(splits.validation) == 255
     assert any("held out 45 rows (15%" in note and "no --test-data" in note for note in splits.notes)

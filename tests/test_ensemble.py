@@ -19,7 +19,7 @@ from app import create_app
 from inferer import ModelInferer
 from serving.settings import ServingSettings
 from utils.checkpoint import LEXICAL, LEXICAL_CONFIG_FILE, LEXICAL_WEIGHTS_FILE, TRANSFORMER, CheckpointFolder
-from utils.config import make_config
+from utils.config import config_from_saved
 from utils.data.prepare import prepare_splits
 from utils.evaluation.metrics import PRIMARY_METRIC, compute_metrics
 
@@ -42,9 +42,8 @@ def blended_multiclass(tmp_path_factory, tiny_trainer, tiny_bert, conference_csv
 
 
 def training_config(checkpoint: Path, **overrides):
-    """The Config the checkpoint was trained with (training_config.json adds the resolved backbone)."""
-    saved = {k: v for k, v in CheckpointFolder(checkpoint).training_config().items() if k != "backbone"}
-    return make_config(**saved | overrides)
+    """The Config the checkpoint was trained with, changed by `overrides`."""
+    return config_from_saved(CheckpointFolder(checkpoint).training_config() | overrides)
 
 
 def validation_rows(checkpoint: Path):

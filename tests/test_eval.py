@@ -11,7 +11,7 @@ import matplotlib.image
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import api_client
+from conftest import CONFERENCES, TOXIC_LABELS, api_client
 from sklearn.metrics import f1_score, roc_auc_score
 
 import eval as evaluation
@@ -22,8 +22,6 @@ from utils.data.prepare import read_test_set
 from utils.data.readers import DataError
 from utils.evaluation.metrics import compute_metrics
 
-TOXIC_LABELS = ["toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate"]
-CONFERENCES = ["INFOCOM", "ISCAS", "SIGGRAPH", "VLDB", "WWW"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 

@@ -19,7 +19,7 @@ import main
 from eval import evaluate
 from inferer import ModelInferer
 from models import load_classifier
-from utils.config import Config, make_config, parse_config
+from utils.config import Config, config_from_saved, parse_config
 from utils.data.prepare import read_test_set
 
 # int8 dynamic quantization of the tiny model moved scores by at most 2.1e-4 (multi-label) and 8.5e-5
@@ -199,9 +199,7 @@ def test_metadata_describes_the_checkpoint(multilabel, multilabel_checkpoint):
 
 
 def training_config(checkpoint) -> Config:
-    saved = json.loads((checkpoint / "training_config.json").read_text())
-    fields = {f.name for f in dataclasses.fields(Config)}
-    return make_config(**{k: v for k, v in saved.items() if k in fields})
+    return config_from_saved(json.loads((checkpoint / "training_config.json").read_text()))
 
 
 def test_the_original_config_call_keeps_working(multilabel_checkpoint):

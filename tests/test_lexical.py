@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import TOXIC_LABELS
 from scipy.sparse import csr_matrix, hstack
 from sklearn.linear_model import LogisticRegression
 
@@ -20,7 +21,6 @@ from models.lexical import CONFIG_FILE, WEIGHTS_FILE, LexicalModel, LexicalSetti
 from utils.data.datasets import SHARED_DATA_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
-TOXIC_LABELS = ["toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate"]
 # measured on these rows: at most 2.5e-16 between the numpy transform and TfidfVectorizer, and 1.3e-15
 # between the numpy scores and LogisticRegression.predict_proba
 TRANSFORM_TOLERANCE = 1e-14

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import TOXIC_LABELS
 from safetensors import safe_open
 from sklearn.utils.class_weight import compute_class_weight
 
@@ -17,10 +18,7 @@ from models.losses import (
     build_loss,
     parse_weights,
 )
-from utils.data.datasets import BUILTIN_DATASETS
 from utils.data.readers import ColumnLayout, read_labeled_texts
-
-TOXIC_LABELS = list(BUILTIN_DATASETS["toxic"].label_columns)
 
 
 @pytest.fixture(scope="module")

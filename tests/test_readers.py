@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import CONFERENCES, TOXIC_LABELS
 
 import eval as evaluation
 from inferer import ModelInferer
@@ -15,9 +16,6 @@ from utils.data.files import has_header, open_file
 from utils.data.prepare import prepare_splits, resolve_source
 from utils.data.readers import DataError
 from utils.data.report import REPORT_FILE, data_report, write_data_report
-
-TOXIC_LABELS = ["toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate"]
-CONFERENCES = ["INFOCOM", "ISCAS", "SIGGRAPH", "VLDB", "WWW"]
 
 
 @pytest.fixture

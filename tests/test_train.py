@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import CONFERENCES, TOXIC_LABELS
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -21,8 +22,6 @@ from utils.evaluation.metrics import PRIMARY_METRIC, compute_metrics
 from utils.training.optim import freeze, loss_weights, parameter_groups
 from utils.training.state import Progress
 
-TOXIC_LABELS = ["toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate"]
-CONFERENCES = ["INFOCOM", "ISCAS", "SIGGRAPH", "VLDB", "WWW"]
 SHORT = {"max_length": 32, "max_train_samples": 64}  # a few steps on short inputs for the tests' own runs
 PROBLEM_TYPES = {"multilabel": "multi_label_classification", "multiclass": "single_label_classification"}
 

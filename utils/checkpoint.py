@@ -63,7 +63,7 @@ class ClassifierInfo(BaseModel):
     text_column: str | None = None  # the column training read the texts from
     members: list[str] = [TRANSFORMER]  # the models whose scores the checkpoint blends
     # The transformer's share in the blend: one per label (multi-label) or one for every class; the lexical
-    # member has the rest. Chosen on the validation split (models/blend.py).
+    # member has the rest. Chosen on the validation split (utils/training/blend_weights.py).
     blend_weights: list[float] | None = None
     blend_method: Literal["logit", "probability"] = "logit"
     # multi-label: a text whose scores reach no threshold gets its best label (every training row had one)

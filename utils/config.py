@@ -1,4 +1,5 @@
-"""Every setting of the toolkit in one dataclass, filled from defaults, a JSON/YAML file and the command line."""
+"""Every setting of the toolkit: declared by job in dataclasses, read as one flat Config from defaults, a JSON/YAML
+file and the command line."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 from transformers import HfArgumentParser
@@ -33,14 +34,23 @@ def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any
 
 
 @dataclass
-class Config:
-    """Hyperparameters and paths; every field is a command-line flag (`max_length` -> `--max-length`)."""
+class TaskArguments:
+    """What to do, and the seed that splits, initialisation and batch order draw from."""
 
-    # what to do
+    _argument_group_name: ClassVar[str] = "what to do"
+
     task: str = _opt("multilabel", "Multi-label (sigmoid per label) or multi-class (softmax).", TASKS)
     mode: str = _opt("train", "train (then evaluate), eval, predict or export.", MODES)
     config: str | None = _opt(None, "JSON or YAML file with any of these fields; flags override it.")
-    # data
+    seed: int = _opt(42, "Seed for splits, initialisation and batch order.")
+
+
+@dataclass
+class DataArguments:
+    """Which files, which columns, how they are read and split."""
+
+    _argument_group_name: ClassVar[str] = "data"
+
     data: str | None = _opt(
         None, "Built-in dataset (toxic, goemotions, conference) or a CSV/TSV/TXT/JSONL/XLSX/Parquet file. "
         "Default: toxic for multilabel, conference for multiclass.")
@@ -66,7 +76,14 @@ class Config:
     sheet: str | None = _opt(None, "Sheet of .xlsx files to read (default: the first).")
     drop_invalid: bool = _opt(False, "Drop rows with an empty text or a missing label (counted in the data report) "
                               "instead of stopping at the first.")
-    # model
+
+
+@dataclass
+class ModelArguments:
+    """The network and how it reads a text; training, evaluation and prediction alike."""
+
+    _argument_group_name: ClassVar[str] = "model"
+
     model_type: str = _opt("bert", "Backbone family.", ("bert", "roberta", "distilbert"))
     model_name_or_path: str | None = _opt(
         None, "Hub name or local folder of the pretrained encoder; default: the shipped all-MiniLM-L6-v2.")
@@ -76,19 +93,27 @@ class Config:
         None, "Tokens per text after truncation; default: the recipe's choice (covering 95 percent of the training "
         "texts within the time budget).")
     truncation: str = _opt("head_tail", "Keep the head of long texts, or head and tail.", ("head", "head_tail"))
+    precision: str = _opt("auto", "auto: bf16 on AMX CPUs and bf16 GPUs, fp32 elsewhere.",
+                          ("auto", "fp32", "bf16", "fp16"))
+
+
+@dataclass
+class TrainingArguments:
+    """The training loop: its length, optimisation, loss, evaluations and saved states."""
+
+    _argument_group_name: ClassVar[str] = "training"
+
     freeze_encoder: bool = _opt(False, "Train only the classification head.")
     freeze_embeddings: bool = _opt(True, "Keep the word embeddings fixed (faster; they barely move).")
     freeze_layers: int | None = _opt(
         None, "Also fix all embeddings and the lowest N encoder layers (no backward pass through them); default: "
         "the recipe's choice (half the layers when the budget affords fewer than two epochs, else none).")
-    # optimisation
     epochs: float | None = _opt(
         None, "Passes over the training rows (fractions allowed); default: as many as the time budget affords.")
     time_budget: float | None = _opt(
         None, "Minutes for training, the TF-IDF member and the export's measurement together, which the recipe "
         "plans epochs and text length for; default: 40 s per 1,000 training rows, between 3 and 20 minutes.")
     batch_size: int = _opt(32, "Texts per optimizer step and process, before accumulation.")
-    eval_batch_size: int = _opt(128, "Texts per forward pass in evaluation.")
     learning_rate: float = _opt(1e-4, "Peak AdamW learning rate of the encoder's top layer.")
     head_learning_rate: float | None = _opt(None, "Learning rate of the head; default: --learning-rate.")
     layer_decay: float = _opt(0.9, "Layer-wise learning-rate decay (1.0: the same rate for every layer).")
@@ -96,19 +121,6 @@ class Config:
     weight_decay: float = _opt(0.01, "AdamW weight decay (not on biases and LayerNorm).")
     gradient_accumulation_steps: int = _opt(1, "Batches per optimizer step.")
     max_grad_norm: float = _opt(1.0, "Gradient clipping norm (0 disables).")
-    seed: int = _opt(42, "Seed for splits, initialisation and batch order.")
-    precision: str = _opt("auto", "auto: bf16 on AMX CPUs and bf16 GPUs, fp32 elsewhere.",
-                          ("auto", "fp32", "bf16", "fp16"))
-    ensemble: str = _opt("auto", "Blend a TF-IDF + logistic regression member with the transformer, weighted "
-                              "per label on the validation split; auto: fit it and keep it where it helps.",
-                         ("auto", "tfidf", "none"))
-    at_least_one_label: str = _opt(
-        "auto", "Multi-label: a text that reaches no threshold gets its best label; auto: yes when every training "
-        "row has a label.", ("auto", "yes", "no"))
-    temperature_scaling: bool = _opt(
-        True, "Fit one temperature on the validation rows after blending, so that the served scores are "
-        "calibrated (the thresholds are tuned on them after).")
-    # loss
     loss: str = _opt("bce", "Multi-label loss.", ("bce", "focal"))
     focal_gamma: float = _opt(2.0, "Focusing parameter of the focal loss.")
     pos_weight: str = _opt("auto", "Multi-label positive weights: auto ((N-pos)/pos, capped), none, or v1,v2,..")
@@ -116,20 +128,44 @@ class Config:
     pos_weight_cap: float = _opt(100.0, "Upper bound of an automatic pos_weight.")
     class_weights: str = _opt("none", "Multi-class weights: auto (balanced), none, or v1,v2,..")
     label_smoothing: float | None = _opt(None, "Multi-class label smoothing; default: 0.1 (multi-class), 0.")
-    # evaluation and checkpoints
     eval_every: int = _opt(0, "Evaluate every N optimizer steps (0: once per epoch).")
     early_stopping_patience: int = _opt(0, "Stop after N evaluations without improvement (0: never).")
-    threshold_strategy: str = _opt("shrunk", "Multi-label thresholds tuned on validation for F1: each label's "
-                                   "own, shrunk towards one pooled value where the label has few positives.",
-                                   ("shrunk", "per_label", "global", "fixed"))
     output_dir: str = _opt("outputs/run", "Folder for the checkpoint, logs and reports.")
     resume_from_checkpoint: str | None = _opt(
         None, "Training state folder to resume from, or 'auto' for the latest one in --output-dir.")
     save_every: int = _opt(0, "Save a resumable training state every N optimizer steps (0: at evaluations).")
     keep_last: int = _opt(2, "How many training states to keep.")
-    checkpoint: str | None = _opt(None, "Checkpoint folder to evaluate or predict with.")
     num_workers: int = _opt(0, "DataLoader worker processes.")
-    # predict / export
+
+
+@dataclass
+class ScoringArguments:
+    """What training's finish makes of the model's scores: the blend, the temperature, the thresholds."""
+
+    _argument_group_name: ClassVar[str] = "served scores"
+
+    ensemble: str = _opt("auto", "Blend a TF-IDF + logistic regression member with the transformer, weighted "
+                              "per label on the validation split; auto: fit it and keep it where it helps.",
+                         ("auto", "tfidf", "none"))
+    temperature_scaling: bool = _opt(
+        True, "Fit one temperature on the validation rows after blending, so that the served scores are "
+        "calibrated (the thresholds are tuned on them after).")
+    threshold_strategy: str = _opt("shrunk", "Multi-label thresholds tuned on validation for F1: each label's "
+                                   "own, shrunk towards one pooled value where the label has few positives.",
+                                   ("shrunk", "per_label", "global", "fixed"))
+    at_least_one_label: str = _opt(
+        "auto", "Multi-label: a text that reaches no threshold gets its best label; auto: yes when every training "
+        "row has a label.", ("auto", "yes", "no"))
+
+
+@dataclass
+class PredictionArguments:
+    """Scoring with a checkpoint: which one, what, and with which backend."""
+
+    _argument_group_name: ClassVar[str] = "eval and predict"
+
+    checkpoint: str | None = _opt(None, "Checkpoint folder to evaluate or predict with.")
+    eval_batch_size: int = _opt(128, "Texts per forward pass when scoring: training's validation, eval, predict, Ray.")
     text: list[str] = _opt([], "Text to classify in predict mode (repeat for several).")
     input: str | None = _opt(None, "CSV/JSONL file to score in predict mode.")
     output: str | None = _opt(None, "Where predict mode writes the scored file; export mode: the float32 graph "
@@ -140,6 +176,14 @@ class Config:
         AUTO, "What eval, predict and Ray score with, as the server's BACKEND: auto picks the fastest exported graph "
         "whose validation cost export measured within bounds, else torch (--quantize or a --precision other than "
         "auto/fp32 mean torch); or one backend by name.", (AUTO, *BACKENDS))
+
+
+@dataclass
+class RayArguments:
+    """predict --engine ray: Ray Data actors over files, globs or folders."""
+
+    _argument_group_name: ClassVar[str] = "Ray"
+
     engine: str = _opt("single", "predict --input on one process, or on Ray Data (files, globs or folders; "
                        "a folder of Parquet or CSV shards out).", ENGINES)
     num_actors: int | None = _opt(None, "Ray: scoring actors, each loading the model once (default: the "
@@ -147,6 +191,14 @@ class Config:
     cpus_per_actor: int = _opt(1, "Ray: CPUs (and torch threads) per scoring actor.")
     ray_address: str | None = _opt(None, "Ray: address of a running cluster to join (host:port or 'auto'); "
                                    "default: start a local one on this machine's cores.")
+
+
+@dataclass
+class ExportArguments:
+    """The graphs written beside the checkpoint and measured for serving."""
+
+    _argument_group_name: ClassVar[str] = "ONNX export"
+
     export_onnx: bool = _opt(
         True, "After training, export the ONNX graphs into the checkpoint and measure each one's speed and "
         "validation cost (what serving's BACKEND=auto picks from); needs requirements_onnx.txt.")
@@ -156,8 +208,21 @@ class Config:
         "auto", "Export's int8 graphs with 7-bit weights (yes) or 8-bit (no); auto: 7-bit only on an x86 CPU "
         "without VNNI or AMX, whose int8 kernels can saturate 8-bit ones.", ("auto", "yes", "no"))
 
+
+# The parts in the order --help lists them. HfArgumentParser reads them as one command line, and Config is their
+# fields as one object: the bases of a dataclass give their fields from the last one, hence Config's reversed list.
+@dataclass
+class Config(ExportArguments, RayArguments, PredictionArguments, ScoringArguments, TrainingArguments,
+             ModelArguments, DataArguments, TaskArguments):
+    """Every setting as the one object the code passes around; each field is a command-line flag
+    (`max_length` -> `--max-length`), declared in the part of its job."""
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+PARTS = (TaskArguments, DataArguments, ModelArguments, TrainingArguments, ScoringArguments, PredictionArguments,
+         RayArguments, ExportArguments)
 
 
 def field_types() -> dict[str, Any]:
@@ -173,15 +238,19 @@ def scalar_type(annotation: Any) -> type:
 
 
 def build_parser() -> HfArgumentParser:
-    """transformers' dataclass parser over Config; a flag not given stays None, so that --config can sit under
-    the flags that were given."""
-    parser = HfArgumentParser(Config, description=(
+    """transformers' dataclass parser over the parts, each under its heading; a flag not given stays None, so that
+    --config can sit under the flags that were given."""
+    parser = HfArgumentParser(PARTS, description=(
         "Fine-tune, evaluate and run BERT-family text classifiers. Every flag can also be set in a --config "
         "file; settings left unset in training are chosen from the data and the time budget (the recipe)."))
-    for f in dataclasses.fields(Config):  # HfArgumentParser adds --no-X only for booleans that default to True
-        if field_types()[f.name] is bool and f.default is False:
-            parser.add_argument(f"--no-{f.name.replace('_', '-')}", action="store_false", dest=f.name,
-                                help=f"Turn --{f.name.replace('_', '-')} off.")
+    groups = {group.title: group for group in parser._action_groups}
+    annotations = field_types()
+    for part in PARTS:  # HfArgumentParser adds --no-X only for booleans that default to True
+        for f in dataclasses.fields(part):
+            if annotations[f.name] is bool and f.default is False:
+                flag = f.name.replace("_", "-")
+                groups[part._argument_group_name].add_argument(
+                    f"--no-{flag}", action="store_false", dest=f.name, help=f"Turn --{flag} off.")
     parser.set_defaults(**{f.name: None for f in dataclasses.fields(Config)})
     return parser
 
@@ -213,6 +282,13 @@ def parse_config(argv: list[str] | None = None) -> Config:
 
 def default_dataset(task: str) -> str:
     return "toxic" if task == "multilabel" else "conference"
+
+
+def config_from_saved(settings: dict[str, Any]) -> Config:
+    """The Config of a checkpoint's training_config.json, one flat mapping in every version; its keys that are no
+    setting (the resolved backbone, a setting an older version had) are left out."""
+    known = {f.name for f in dataclasses.fields(Config)}
+    return make_config(**{k: v for k, v in settings.items() if k in known})
 
 
 def _split_commas(items: list[str] | str) -> list[str]:

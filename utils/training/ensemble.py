@@ -8,10 +8,11 @@ from dataclasses import dataclass
 import numpy as np
 from joblib.externals.loky import get_reusable_executor
 
-from models.blend import DEFAULT_METHODS, blend_scores, choose_blend_weights
+from models.blend import DEFAULT_METHODS, blend_scores
 from models.lexical import LexicalModel
 from utils.data.prepare import DataSplits
 from utils.evaluation.metrics import compute_metrics
+from utils.training.blend_weights import choose_blend_weights
 
 
 @dataclass
