@@ -1,13 +1,25 @@
-"""The OpenAPI 3.1 document of the routes, generated from the pydantic models that validate and answer."""
+"""The OpenAPI 3.1 document of the routes: pydantic's JSON schema of the models that validate and answer, with this
+server's labels and limits filled in."""
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from serving.schemas import ErrorAnswer, MetadataAnswer, Schemas, StatusAnswer
+from serving.schemas import (
+    FILL,
+    ErrorAnswer,
+    ExplainAnswer,
+    ExplainRequest,
+    MetadataAnswer,
+    PredictAnswer,
+    PredictRequest,
+    StatusAnswer,
+    fill,
+)
 from serving.settings import ServingSettings
 
 FORM_FIELD = "data"  # the original API's form field
@@ -20,9 +32,11 @@ def answer(description: str, schema: str | dict[str, Any], media: str = "applica
     return {"description": description, "content": {media: {"schema": schema}}}
 
 
-def component_schemas(schemas: Schemas) -> dict[str, Any]:
-    models: list[type[BaseModel]] = [schemas.predict_request, schemas.predict_answer, schemas.explain_request,
-                                     schemas.explain_answer, ErrorAnswer, StatusAnswer, MetadataAnswer]
+@cache
+def component_schemas() -> dict[str, Any]:
+    """The models' JSON schema as pydantic writes it: the same for every app until filled."""
+    models: list[type[BaseModel]] = [PredictRequest, PredictAnswer, ExplainRequest, ExplainAnswer, ErrorAnswer,
+                                     StatusAnswer, MetadataAnswer]
     keyed, top = models_json_schema([(m, "validation") for m in models], ref_template=REF)
     components = dict(top.get("$defs", {}))
     for (model, _), ref in keyed.items():
@@ -31,8 +45,7 @@ def component_schemas(schemas: Schemas) -> dict[str, Any]:
     return components
 
 
-def openapi_document(settings: ServingSettings, schemas: Schemas, labels: list[str], task: str,
-                     checkpoint_id: str, extra_paths: dict[str, Any] | None = None) -> dict[str, Any]:
+def openapi_document(settings: ServingSettings, labels: list[str], task: str, checkpoint_id: str) -> dict[str, Any]:
     """The whole document, with this server's labels, limits and security filled in."""
     secured = settings.api_key is not None
     unauthorized = {"401": answer("Missing or wrong API key.", "ErrorAnswer")} if secured else {}
@@ -48,7 +61,7 @@ def openapi_document(settings: ServingSettings, schemas: Schemas, labels: list[s
         predict_errors["503"] = answer("Too many requests waiting for a micro-batch; retry after Retry-After "
                                        "seconds.", "ErrorAnswer")
     form = {"type": "object", "required": [FORM_FIELD],
-            "properties": {FORM_FIELD: {"type": "string", "maxLength": settings.max_chars}}}
+            "properties": {FORM_FIELD: {"type": "string", **fill(maxLength="max_chars")}}}
     explain_errors = predict_errors | {
         "413": answer(f"Body over {settings.max_body_bytes} bytes, more than {settings.max_explain_texts} texts "
                       f"(MAX_EXPLAIN_TEXTS), a text over {settings.max_chars} characters, or more than "
@@ -89,7 +102,6 @@ def openapi_document(settings: ServingSettings, schemas: Schemas, labels: list[s
                          answer("The served model.", "MetadataAnswer")),
         "/metrics": get("Prometheus metrics.", answer("Prometheus text format.", {"type": "string"}, "text/plain")),
         "/openapi.json": get("This document.", answer("OpenAPI 3.1 document.", {"type": "object"})),
-        **(extra_paths or {}),
     }
     for item in paths.values():  # 405 (other methods) and 500 can come from any route
         for operation in item.values():
@@ -100,7 +112,7 @@ def openapi_document(settings: ServingSettings, schemas: Schemas, labels: list[s
         "info": {"title": "Text classifier", "version": checkpoint_id,
                  "description": f"{task} classifier over labels {', '.join(labels)}."},
         "paths": paths,
-        "components": {"schemas": component_schemas(schemas)},
+        "components": {"schemas": component_schemas()},
     }
     if secured:
         document["components"]["securitySchemes"] = {
@@ -109,4 +121,20 @@ def openapi_document(settings: ServingSettings, schemas: Schemas, labels: list[s
             "query": {"type": "apiKey", "in": "query", "name": "key"}}
         document["security"] = [{"bearer": []}, {"header": []}, {"query": []}]
         paths["/health"]["get"]["security"] = []
-    return document
+    return filled(document, document_values(settings, labels))
+
+
+def document_values(settings: ServingSettings, labels: list[str]) -> dict[str, Any]:
+    """What the FILL marks name: the settings, and the labels."""
+    return settings.model_dump(exclude={"api_key"}) | {
+        "labels": labels, "label_count": len(labels), "scores": {label: {"type": "number"} for label in labels}}
+
+
+def filled(node: Any, values: dict[str, Any]) -> Any:
+    """A copy of `node` with every FILL mark replaced by the app's values it names."""
+    if isinstance(node, list):
+        return [filled(item, values) for item in node]
+    if not isinstance(node, dict):
+        return node
+    marks = {keyword: values[name] for keyword, name in node.get(FILL, {}).items()}
+    return {key: filled(value, values) for key, value in node.items() if key != FILL} | marks

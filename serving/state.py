@@ -1,4 +1,4 @@
-"""What one app serves: the loaded inferer, its settings, schemas, metrics, and who runs on the model when."""
+"""What one app serves: the loaded inferer, its settings, request limits, metrics, and who runs on the model when."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from flask import current_app
 from inferer import ModelInferer
 from serving.microbatch import MicroBatcher
 from serving.scheduling import ExplainQueue, ModelTurns, SharedRunner
-from serving.schemas import Schemas, build_schemas
+from serving.schemas import Limits
 from serving.settings import ServingSettings
 from serving.telemetry import ServingMetrics
 
@@ -26,7 +26,7 @@ class ServingState:
 
     inferer: ModelInferer
     settings: ServingSettings
-    schemas: Schemas
+    limits: Limits  # the validation context of its requests
     explain_queue: ExplainQueue
     metrics: ServingMetrics = field(default_factory=ServingMetrics)
     turns: ModelTurns = field(default_factory=ModelTurns)
@@ -34,7 +34,7 @@ class ServingState:
 
     @classmethod
     def build(cls, inferer: ModelInferer, settings: ServingSettings) -> ServingState:
-        state = cls(inferer, settings, build_schemas(inferer.label_names, settings),
+        state = cls(inferer, settings, Limits.of(inferer.label_names, settings),
                     ExplainQueue(settings.explain_places()))
         runner = inferer.runner.runner if isinstance(inferer.runner, SharedRunner) else inferer.runner
         inferer.runner = SharedRunner(runner, state.turns)  # every forward pass of this app takes its turn
