@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request, send_from_directory
-from pydantic import BaseModel
 
 from inferer import ModelInferer, validate_texts
 from serving.costs import check_explain_cost, check_predict_cost
@@ -16,7 +15,7 @@ from serving.errors import ApiError
 from serving.microbatch import QueueFull
 from serving.openapi import FORM_FIELD, openapi_document
 from serving.scheduling import DeadlineExceeded, ExplainQueueFull
-from serving.schemas import parse_request
+from serving.schemas import AnyRequest, ExplainRequest, PredictRequest, parse_request
 from serving.state import PREDICT_BATCH_SIZE, ServingState, serving
 from utils.checkpoint import backbone_name
 
@@ -60,8 +59,8 @@ def explain() -> Response:
     worker, EXPLAIN_QUEUE_SIZE - 1 wait, and its forward passes let /predict's go first (serving/scheduling.py)."""
     state = serving()
     deadline = state.deadline()
-    texts, parsed = read_texts(state.schemas.explain_request, "MAX_EXPLAIN_TEXTS")
-    labels = parsed.labels  # type: ignore[attr-defined]
+    texts, parsed = read_texts(ExplainRequest, state)
+    labels = parsed.labels
     check_explain_cost(state.settings, state.inferer, texts, labels)
     try:
         with state.explain_queue.place(deadline), state.turns.as_caller(urgent=False, deadline=deadline):
@@ -133,8 +132,7 @@ def metrics() -> Response:
 def openapi() -> Response:
     state = serving()
     inferer = state.inferer
-    return jsonify(openapi_document(state.settings, state.schemas, inferer.label_names, inferer.task,
-                                    inferer.checkpoint_id))
+    return jsonify(openapi_document(state.settings, inferer.label_names, inferer.task, inferer.checkpoint_id))
 
 
 def public_metadata(inferer: ModelInferer) -> dict[str, Any]:
@@ -153,14 +151,14 @@ def model_summary(inferer: ModelInferer) -> dict[str, Any]:
 
 def read_predict_request(state: ServingState) -> tuple[list[str], int | None]:
     """The texts (and top_k) of a /predict request: JSON {"text"} or {"texts"}, or the form field `data`."""
-    texts, parsed = read_texts(state.schemas.predict_request, "MAX_TEXTS")
+    texts, parsed = read_texts(PredictRequest, state)
     check_predict_cost(state.settings, state.inferer, texts)
-    return texts, parsed.top_k  # type: ignore[attr-defined]
+    return texts, parsed.top_k
 
 
-def read_texts(model: type[BaseModel], texts_limit: str) -> tuple[list[str], BaseModel]:
+def read_texts(model: type[AnyRequest], state: ServingState) -> tuple[list[str], AnyRequest]:
     """The valid texts of a request and its validated body, by the rules every text route shares."""
-    texts, parsed = parse_request(model, read_body(), texts_limit)
+    texts, parsed = parse_request(model, read_body(), state.limits)
     try:
         texts = validate_texts(texts)
     except (TypeError, ValueError) as error:

@@ -1,5 +1,5 @@
-"""What one app serves: the loaded inferer, its settings, schemas, metrics, who runs on the model when, and how
-often each client may ask (RATE_LIMIT)."""
+"""What one app serves: the loaded inferer, its settings, request limits, metrics, who runs on the model when, and
+how often each client may ask (RATE_LIMIT)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from inferer import ModelInferer
 from serving.microbatch import MicroBatcher
 from serving.ratelimit import RateLimiter
 from serving.scheduling import ExplainQueue, ModelTurns, SharedRunner
-from serving.schemas import Schemas, build_schemas
+from serving.schemas import Limits
 from serving.settings import ServingSettings
 from serving.telemetry import ServingMetrics
 
@@ -28,7 +28,7 @@ class ServingState:
 
     inferer: ModelInferer
     settings: ServingSettings
-    schemas: Schemas
+    limits: Limits  # the validation context of its requests
     explain_queue: ExplainQueue
     metrics: ServingMetrics = field(default_factory=ServingMetrics)
     turns: ModelTurns = field(default_factory=ModelTurns)
@@ -37,7 +37,7 @@ class ServingState:
 
     @classmethod
     def build(cls, inferer: ModelInferer, settings: ServingSettings) -> ServingState:
-        state = cls(inferer, settings, build_schemas(inferer.label_names, settings),
+        state = cls(inferer, settings, Limits.of(inferer.label_names, settings),
                     ExplainQueue(settings.explain_places()))
         runner = inferer.runner.runner if isinstance(inferer.runner, SharedRunner) else inferer.runner
         inferer.runner = SharedRunner(runner, state.turns)  # every forward pass of this app takes its turn

@@ -57,6 +57,13 @@ def error_of(response) -> str:
     return body["error"]["code"]
 
 
+def documented_codes(client, path: str, status: int) -> set[str]:
+    """The error codes the OpenAPI document lists for `path`'s answers of `status`."""
+    document = client.get("/openapi.json", headers={"X-API-Key": KEY}).get_json()
+    answer = next(iter(document["paths"][path].values()))["responses"][str(status)]
+    return set(answer["content"]["application/json"]["examples"])
+
+
 def metric_values(client, headers=None) -> dict[tuple[str, tuple], float]:
     text = client.get("/metrics", headers=headers).get_data(as_text=True)
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
@@ -149,6 +156,7 @@ def test_predict_errors_are_json_with_the_right_status(client, request_kwargs, s
     response = client.post("/predict", **request_kwargs)
     assert response.status_code == status
     assert error_of(response) == code
+    assert code in documented_codes(client, "/predict", status)
 
 
 def test_limits_at_the_edge_are_accepted(client):
@@ -160,9 +168,10 @@ def test_tokens_over_max_tokens_are_refused_after_truncation(inferer):
     tokens = sum(inferer.token_counts(texts))
     at_limit = create_app(inferer, ServingSettings(max_tokens=tokens)).test_client()
     assert at_limit.post("/predict", json={"texts": texts}).status_code == 200
-    response = create_app(inferer, ServingSettings(max_tokens=tokens - 1)).test_client().post(
-        "/predict", json={"texts": texts})
+    refusing = create_app(inferer, ServingSettings(max_tokens=tokens - 1)).test_client()
+    response = refusing.post("/predict", json={"texts": texts})
     assert response.status_code == 413 and error_of(response) == "too_many_tokens"
+    assert "too_many_tokens" in documented_codes(refusing, "/predict", 413)
     assert f"make {tokens} tokens" in response.get_json()["error"]["message"] and f"is {tokens - 1}" in \
         response.get_json()["error"]["message"]
     # A text longer than the model takes counts what the model reads: max_length tokens.
@@ -258,6 +267,7 @@ def test_explain_errors_are_json_with_the_right_status(client, request_kwargs, s
     response = client.post("/explain", **request_kwargs)
     assert response.status_code == status
     assert error_of(response) == code
+    assert code in documented_codes(client, "/explain", status)
 
 
 def test_explain_error_messages_name_the_limit_and_the_labels(client):
@@ -285,6 +295,7 @@ def test_explain_over_the_cost_budget_is_refused_with_its_cost(inferer):
     app = create_app(inferer, ServingSettings(max_chars=5000, max_request_cost=cost - 1)).test_client()
     response = app.post("/explain", json={"text": text, "labels": ["toxic"]})
     assert response.status_code == 413 and error_of(response) == "over_budget"
+    assert "over_budget" in documented_codes(app, "/explain", 413) & documented_codes(app, "/predict", 413)
     message = response.get_json()["error"]["message"]
     assert f"costs {cost} tokens" in message and f"limit is {cost - 1}" in message and "MAX_REQUEST_COST" in message
     assert "fewer texts or shorter ones" in message
@@ -328,6 +339,7 @@ def test_a_request_past_its_deadline_is_abandoned_with_503_and_the_worker_stays_
     elapsed = time.perf_counter() - started
     assert response.status_code == 503 and error_of(response) == "deadline_exceeded"
     assert response.headers["Retry-After"] == "1" and "REQUEST_TIMEOUT" in response.get_json()["error"]["message"]
+    assert "deadline_exceeded" in documented_codes(client, "/explain", 503) & documented_codes(client, "/predict", 503)
     inferer = app.extensions["classifier"].inferer
     words_seen = sum(bool(p) for p in prepare_text(inferer.tokenizer, LONG_TEXT, 64, inferer.truncation).pieces)
     assert slow.batches < -(-(1 + words_seen) // 16)  # fewer than the whole text needs (16 variants a batch)
@@ -373,6 +385,7 @@ def test_a_full_explain_queue_answers_503_with_retry_after(inferer):
         assert response.status_code == 503 and error_of(response) == "explain_busy"
         assert response.headers["Retry-After"] == "5"
         assert "EXPLAIN_QUEUE_SIZE" in response.get_json()["error"]["message"]
+        assert "explain_busy" in documented_codes(client, "/explain", 503)
         assert client.post("/predict", json={"text": "hello"}).status_code == 200  # /predict has its own way
     assert client.post("/explain", json={"text": "you idiot"}).status_code == 200
 
@@ -620,7 +633,7 @@ EXCHANGES = [  # (method, path, request kwargs): together they produce every doc
 
 
 @pytest.mark.parametrize("api_key", [None, KEY])
-def test_openapi_document_matches_what_the_server_does(inferer, api_key):
+def test_openapi_document_matches_what_the_server_does(inferer, api_key, monkeypatch):
     app = create_app(inferer, ServingSettings(api_key=api_key, **LIMITS))
     client = app.test_client()
     auth = {"X-API-Key": KEY}
@@ -630,8 +643,10 @@ def test_openapi_document_matches_what_the_server_does(inferer, api_key):
               for method in (rule.methods or set()) - {"HEAD", "OPTIONS"}}
     assert routes == {(path, method) for path, item in document["paths"].items() for method in item}
     seen = set()
-    for method, path, kwargs in EXCHANGES:
-        response = client.open(path, method=method, headers=auth, **kwargs)
+
+    def exchange(method: str, path: str, kwargs: dict, headers: dict | None = None) -> None:
+        """One request; its answer as documented: status, media type, body, error code and headers."""
+        response = client.open(path, method=method, headers=auth if headers is None else headers, **kwargs)
         route = "/static/{filename}" if path.startswith("/static/") else path
         documented = document["paths"][route][method.lower()]["responses"]
         status = str(response.status_code)
@@ -641,15 +656,23 @@ def test_openapi_document_matches_what_the_server_does(inferer, api_key):
         if media == "application/json":
             check_schema(response.get_json(), documented[status]["content"][media]["schema"], document,
                          f"{method} {path} {status}")
+        if response.status_code >= 400:
+            assert error_of(response) in documented[status]["content"][media]["examples"], f"{method} {path}"
+        for header in ("Retry-After", "WWW-Authenticate"):
+            assert (header in response.headers) == (header in documented[status].get("headers", {})), header
         if "json" in kwargs and status == "200":
             request_schema = "ExplainRequest" if path == "/explain" else "PredictRequest"
             check_schema(kwargs["json"], {"$ref": f"#/components/schemas/{request_schema}"}, document)
         seen.add((route, method.lower(), status))
+
+    for method, path, kwargs in EXCHANGES:
+        exchange(method, path, kwargs)
+    monkeypatch.setattr(app.extensions["classifier"], "deadline", lambda: 0.0)  # every request already too late
+    for path in ("/predict", "/explain"):
+        exchange("POST", path, {"json": {"text": "hello"}})
     if api_key:
         for path, item in document["paths"].items():
-            response = client.open(path.replace("{filename}", "app.js"), method=next(iter(item)).upper())
-            assert str(response.status_code) in item[next(iter(item))]["responses"]
-            seen.add((path, next(iter(item)), str(response.status_code)))
+            exchange(next(iter(item)).upper(), path.replace("{filename}", "app.js"), {}, headers={})
     documented_answers = {(path, method, status) for path, item in document["paths"].items()
                           for method, operation in item.items() for status in operation["responses"]
                           if status != "default"}
@@ -664,6 +687,29 @@ def test_openapi_document_matches_what_the_server_does(inferer, api_key):
     assert (texts["maxItems"], texts["items"]["maxLength"]) == (LIMITS["max_texts"], LIMITS["max_chars"])
     texts = document["components"]["schemas"]["ExplainRequest"]["properties"]["texts"]["anyOf"][0]
     assert (texts["maxItems"], texts["items"]["maxLength"]) == (LIMITS["max_explain_texts"], LIMITS["max_chars"])
+    labels = document["components"]["schemas"]["ExplainRequest"]["properties"]["labels"]["anyOf"][0]
+    assert (labels["items"]["enum"], labels["maxItems"]) == (TOXIC_LABELS, len(TOXIC_LABELS))
+
+
+def test_openapi_lists_every_error_code_of_each_status(inferer):
+    """The refusals added after the first document are in it: the cost budget, deadlines, the explanation queue,
+    the micro-batch queue (only with MICROBATCH) and the API key (only with one set)."""
+    client = create_app(inferer, ServingSettings(**LIMITS)).test_client()
+    assert documented_codes(client, "/predict", 413) == {"body_too_large", "too_many_texts", "text_too_long",
+                                                         "too_many_tokens", "over_budget"}
+    assert documented_codes(client, "/explain", 413) == {"body_too_large", "too_many_texts", "text_too_long",
+                                                         "over_budget"}
+    assert documented_codes(client, "/predict", 503) == {"deadline_exceeded"}
+    assert documented_codes(client, "/explain", 503) == {"deadline_exceeded", "explain_busy"}
+    assert documented_codes(client, "/explain", 422) == {"invalid_request", "invalid_text", "empty_texts",
+                                                         "missing_text", "invalid_labels"}
+    document = client.get("/openapi.json").get_json()
+    assert "Retry-After" in document["paths"]["/explain"]["post"]["responses"]["503"]["headers"]
+    assert not any("401" in operation["responses"] for item in document["paths"].values()
+                   for operation in item.values())
+    batching = create_app(inferer, ServingSettings(microbatch=True, api_key=KEY, **LIMITS)).test_client()
+    assert documented_codes(batching, "/predict", 503) == {"deadline_exceeded", "overloaded"}
+    assert documented_codes(batching, "/metadata", 401) == {"unauthorized"}
 
 
 # --- fuzzing /predict --------------------------------------------------------------------------------------
