@@ -62,6 +62,8 @@ ERRORS = {
                                     "model's max length (MAX_TOKENS)"),
     "over_budget": Refusal(413, "more than {max_request_cost} tokens of model work (MAX_REQUEST_COST)"),
     "unsupported_media_type": Refusal(415, "neither JSON nor a form"),
+    "rate_limited": Refusal(429, "more than {rate_limit} /predict and /explain requests a minute from this client "
+                                 "(RATE_LIMIT, counted by each worker)", ("Retry-After",), only_with="rate_limit"),
     "invalid_request": Refusal(422, "not a JSON object, a wrong or unknown field, or a value out of range"),
     "invalid_text": Refusal(422, "a text that is not a string or not valid Unicode"),
     "empty_texts": Refusal(422, "an empty list of texts"),
@@ -74,7 +76,8 @@ ERRORS = {
                                  "(EXPLAIN_QUEUE_SIZE)", ("Retry-After",)),
 }
 TEXT_ROUTE_ERRORS = ("invalid_json", "body_too_large", "text_too_long", "over_budget", "unsupported_media_type",
-                     "invalid_request", "invalid_text", "empty_texts", "missing_text", "deadline_exceeded")
+                     "invalid_request", "invalid_text", "empty_texts", "missing_text", "deadline_exceeded",
+                     "rate_limited")
 
 
 @dataclass(frozen=True)

@@ -693,7 +693,8 @@ def test_openapi_document_matches_what_the_server_does(inferer, api_key, monkeyp
 
 def test_openapi_lists_every_error_code_of_each_status(inferer):
     """The refusals added after the first document are in it: the cost budget, deadlines, the explanation queue,
-    the micro-batch queue (only with MICROBATCH) and the API key (only with one set)."""
+    the micro-batch queue (only with MICROBATCH), the API key (only with one set) and the rate limit (only with
+    RATE_LIMIT)."""
     client = create_app(inferer, ServingSettings(**LIMITS)).test_client()
     assert documented_codes(client, "/predict", 413) == {"body_too_large", "too_many_texts", "text_too_long",
                                                          "too_many_tokens", "over_budget"}
@@ -707,9 +708,15 @@ def test_openapi_lists_every_error_code_of_each_status(inferer):
     assert "Retry-After" in document["paths"]["/explain"]["post"]["responses"]["503"]["headers"]
     assert not any("401" in operation["responses"] for item in document["paths"].values()
                    for operation in item.values())
-    batching = create_app(inferer, ServingSettings(microbatch=True, api_key=KEY, **LIMITS)).test_client()
+    assert not any("429" in operation["responses"] for item in document["paths"].values()
+                   for operation in item.values())
+    batching = create_app(inferer, ServingSettings(microbatch=True, api_key=KEY, rate_limit=60, **LIMITS)
+                          ).test_client()
     assert documented_codes(batching, "/predict", 503) == {"deadline_exceeded", "overloaded"}
     assert documented_codes(batching, "/metadata", 401) == {"unauthorized"}
+    assert documented_codes(batching, "/explain", 429) == {"rate_limited"}  # only with RATE_LIMIT
+    responses = batching.get("/openapi.json", headers={"X-API-Key": KEY}).get_json()["paths"]
+    assert "Retry-After" in responses["/predict"]["post"]["responses"]["429"]["headers"]
 
 
 # --- fuzzing /predict --------------------------------------------------------------------------------------
