@@ -16,6 +16,7 @@ from serving.microbatch import QueueFull
 from serving.openapi import FORM_FIELD, openapi_document
 from serving.scheduling import DeadlineExceeded, ExplainQueueFull
 from serving.schemas import AnyRequest, ExplainRequest, PredictRequest, parse_request
+from serving.settings import RECEIVED_AT
 from serving.state import PREDICT_BATCH_SIZE, ServingState, serving
 from utils.checkpoint import backbone_name
 
@@ -35,7 +36,7 @@ PAGE_HEADERS = {
 @routes.post("/predict", provide_automatic_options=False)
 def predict() -> Response:
     state = serving()
-    deadline = state.deadline()
+    deadline = state.deadline(request.environ.get(RECEIVED_AT))
     texts, top_k = read_predict_request(state)
     try:
         if state.batcher is not None:
@@ -58,7 +59,7 @@ def explain() -> Response:
     """Per text, a score per word for each asked label (default: the predicted ones). One explanation runs per
     worker, EXPLAIN_QUEUE_SIZE - 1 wait, and its forward passes let /predict's go first (serving/scheduling.py)."""
     state = serving()
-    deadline = state.deadline()
+    deadline = state.deadline(request.environ.get(RECEIVED_AT))
     texts, parsed = read_texts(ExplainRequest, state)
     labels = parsed.labels
     check_explain_cost(state.settings, state.inferer, texts, labels)

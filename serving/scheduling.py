@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-EXPLAIN_BATCH_TOKENS = 1024  # an explanation's batch: about 0.3 s of all-MiniLM-L6-v2 on one core
+EXPLAIN_BATCH_TOKENS = 512  # an explanation's batch, what a /predict pass may wait for: about 0.15 s of
+# all-MiniLM-L6-v2 on one core (1,024 tokens let /predict's p99 grow 2.5x beside explanations: docs/SERVING.md)
 
 
 class DeadlineExceeded(Exception):

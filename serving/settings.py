@@ -26,6 +26,7 @@ from utils.runners import AUTO, BACKENDS
 
 # The WSGI environ key the worker (serving/worker.py) sets on requests that came in on METRICS_PORT.
 METRICS_LISTENER = "classifier.metrics_listener"
+RECEIVED_AT = "classifier.received_at"  # environ: time.monotonic() when the worker had the whole request
 Backend = Literal["auto", "torch", "onnx", "onnx-int8", "onnx-fused", "onnx-fused-int8", "onnx-fused-int8-static"]
 assert Backend.__args__ == (AUTO, *BACKENDS)  # noqa: S101 (one list of backends: the runners')
 

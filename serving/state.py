@@ -50,9 +50,10 @@ class ServingState:
         state.metrics.model.labels(inferer.checkpoint_id, inferer.task, str(inferer.quantized).lower()).set(1)
         return state
 
-    def deadline(self) -> float:
-        """When a request starting now must be done (time.monotonic): REQUEST_TIMEOUT from now."""
-        return time.monotonic() + self.settings.request_timeout
+    def deadline(self, received_at: float | None = None) -> float:
+        """When a request must be done (time.monotonic): REQUEST_TIMEOUT from when the worker had all of it (the
+        wait for a free thread counts), else from now."""
+        return (time.monotonic() if received_at is None else received_at) + self.settings.request_timeout
 
 
 def load_inferer(settings: ServingSettings) -> ModelInferer:

@@ -32,6 +32,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -43,7 +44,7 @@ import h11
 from gunicorn.workers.base import Worker
 
 from serving.errors import ApiError, body_too_large, error_body
-from serving.settings import METRICS_LISTENER, ServingSettings
+from serving.settings import METRICS_LISTENER, RECEIVED_AT, ServingSettings
 
 MODEL_ROUTES = {("POST", "/predict"), ("POST", "/explain")}  # those that wait for the model: model pool
 METRICS_LISTENER_ROUTES = {"/metrics", "/health"}  # all that METRICS_PORT serves
@@ -401,6 +402,7 @@ class BufferingWorker(Worker):
             return error_answer(ApiError(404, "not_found", "this port (METRICS_PORT) serves GET /metrics and /health "
                                                            "only"))
         pool = self.light_pool if connection.metrics_only or (method, path) not in MODEL_ROUTES else self.model_pool
+        environ[RECEIVED_AT] = time.monotonic()  # a request's deadline counts its wait for a thread of the pool
         started = self.loop.time()
         answer = await self.loop.run_in_executor(pool, self.call_app, environ)
         self.nr += 1

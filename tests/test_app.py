@@ -21,7 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app import create_app
 from inferer import ModelInferer
-from serving.settings import ServingSettings, available_cores
+from serving.scheduling import EXPLAIN_BATCH_TOKENS
+from serving.settings import RECEIVED_AT, ServingSettings, available_cores
 from utils.explain import prepare_text
 from utils.precision import resolve_precision
 
@@ -342,7 +343,8 @@ def test_a_request_past_its_deadline_is_abandoned_with_503_and_the_worker_stays_
     assert "deadline_exceeded" in documented_codes(client, "/explain", 503) & documented_codes(client, "/predict", 503)
     inferer = app.extensions["classifier"].inferer
     words_seen = sum(bool(p) for p in prepare_text(inferer.tokenizer, LONG_TEXT, 64, inferer.truncation).pieces)
-    assert slow.batches < -(-(1 + words_seen) // 16)  # fewer than the whole text needs (16 variants a batch)
+    per_batch = EXPLAIN_BATCH_TOKENS // 64  # variants of the 64-token text in one batch
+    assert slow.batches < -(-(1 + words_seen) // per_batch)  # fewer than the whole text needs
     assert 0.3 < elapsed < 0.3 + 1.0, elapsed  # stopped at the first batch boundary past the deadline
     state = app.extensions["classifier"]
     with state.turns.turn():  # the model busy: a /predict waits for it until its deadline, no longer
@@ -351,6 +353,10 @@ def test_a_request_past_its_deadline_is_abandoned_with_503_and_the_worker_stays_
         assert response.status_code == 503 and error_of(response) == "deadline_exceeded"
         assert 0.3 < time.perf_counter() - started < 1.5
     assert client.post("/predict", json={"text": "hello"}).status_code == 200
+    # the deadline counts from when the worker had the whole request: a request that waited for a thread past it
+    # is not started at all
+    waited = client.post("/predict", json={"text": "hello"}, environ_base={RECEIVED_AT: time.monotonic() - 0.5})
+    assert waited.status_code == 503 and error_of(waited) == "deadline_exceeded"
     assert client.post("/explain", json={"text": "you idiot"}).status_code == 200
 
 
@@ -667,7 +673,7 @@ def test_openapi_document_matches_what_the_server_does(inferer, api_key, monkeyp
 
     for method, path, kwargs in EXCHANGES:
         exchange(method, path, kwargs)
-    monkeypatch.setattr(app.extensions["classifier"], "deadline", lambda: 0.0)  # every request already too late
+    monkeypatch.setattr(app.extensions["classifier"], "deadline", lambda received_at=None: 0.0)  # all too late
     for path in ("/predict", "/explain"):
         exchange("POST", path, {"json": {"text": "hello"}})
     if api_key:
