@@ -3,9 +3,10 @@ of explanations.
 
 Every forward pass of a worker goes through `SharedRunner`, which takes its turn from `ModelTurns`: one pass at a
 time, a waiting /predict pass before a waiting explanation's, and an explanation's passes cut into small batches,
-so /predict waits at most one such batch. A caller's deadline is checked before each pass: work not done by then
-is abandoned there with DeadlineExceeded. Explanations also take a place in `ExplainQueue` (one runs, the rest
-wait; none past its size).
+so /predict waits at most one such batch. A blend's TF-IDF member (`SharedLexical`) takes turns the same way: an
+explanation scores the text without each word, a CPU-bound loop as long as the transformer's passes. A caller's
+deadline is checked before each pass: work not done by then is abandoned there with DeadlineExceeded.
+Explanations also take a place in `ExplainQueue` (one runs, the rest wait; none past its size).
 """
 
 from __future__ import annotations
@@ -96,6 +97,32 @@ class SharedRunner:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.runner, name)
+
+
+class SharedLexical:
+    """The TF-IDF member, whose scoring takes its turn like a forward pass; a non-urgent caller's texts in chunks of
+    about EXPLAIN_BATCH_TOKENS tokens' worth of CPU time (`chars_per_token` characters a token)."""
+
+    def __init__(self, lexical: Any, turns: ModelTurns, chars_per_token: int) -> None:
+        self.lexical, self.turns = lexical, turns
+        self.chunk_chars = EXPLAIN_BATCH_TOKENS * chars_per_token
+
+    def scores(self, texts: list[str]) -> np.ndarray:
+        if self.turns.urgent:
+            with self.turns.turn():
+                return self.lexical.scores(texts)
+        parts, start = [], 0
+        while start < len(texts):
+            end, chars = start, 0
+            while end < len(texts) and (end == start or chars + len(texts[end]) <= self.chunk_chars):
+                chars, end = chars + len(texts[end]), end + 1
+            with self.turns.turn():
+                parts.append(self.lexical.scores(texts[start:end]))
+            start = end
+        return np.concatenate(parts) if parts else self.lexical.scores(texts)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.lexical, name)
 
 
 class ExplainQueue:
