@@ -26,6 +26,7 @@ from utils.checkpoint import LEXICAL_CONFIG_FILE as CONFIG_FILE  # the contract 
 from utils.checkpoint import LEXICAL_WEIGHTS_FILE as WEIGHTS_FILE
 
 FORMAT_VERSION = 1
+IN_PROCESS_ROWS = 1000  # training rows below which the member is fitted in this process
 TASKS = ("multilabel", "multiclass")
 
 
@@ -365,6 +366,12 @@ def binary_logistic(x: Any, y: np.ndarray, c: float, settings: LexicalSettings) 
     return model.coef_.ravel().astype(np.float64), float(model.intercept_[0])  # pyright: ignore[reportIndexIssue]
 
 
+def fit_processes(rows: int, tasks: int) -> int:
+    """One process per core for the fits, except on a small file, whose fits take less than starting the
+    processes (each imports scikit-learn: about a second)."""
+    return 1 if rows < IN_PROCESS_ROWS else max(1, min(tasks, len(os.sched_getaffinity(0))))
+
+
 def candidate_cs(settings: LexicalSettings, has_validation: bool) -> list[float]:
     return sorted(set(settings.c_grid) | {settings.c}) if has_validation else [settings.c]
 
@@ -408,7 +415,7 @@ def fit_multilabel(x: Any, y: np.ndarray, x_val: Any, y_val: np.ndarray | None,
 
     # one process per core fits labels side by side (not threads: liblinear shuffles with one global generator);
     # each gets writable copies of the features (liblinear refuses joblib's read-only memory maps)
-    labels_in_order = Parallel(n_jobs=min(num_labels, len(os.sched_getaffinity(0))), max_nbytes=None,
+    labels_in_order = Parallel(n_jobs=fit_processes(x.shape[0], num_labels), max_nbytes=None,
                                return_as="generator")(
         delayed(fit_label)(x, y[:, j], x_val, None if y_val is None else y_val[:, j],
                            None if ratios is None else ratios[j], cs, settings)
@@ -450,7 +457,7 @@ def fit_multiclass(x: Any, y: np.ndarray, x_val: Any, y_val: np.ndarray | None,
     ratios = (np.stack([nb_log_count_ratio(x, binary[:, j], settings.nb_alpha) for j in range(num_classes)])
               if settings.nb_weighting else None)
     cs = candidate_cs(settings, x_val is not None)
-    workers = min(len(cs), len(os.sched_getaffinity(0)))
+    workers = fit_processes(x.shape[0], len(cs))
     patience = settings.c_patience if x_val is not None else None
     keys: list[tuple[float, float]] = []
     models: list[tuple[np.ndarray, np.ndarray]] = []

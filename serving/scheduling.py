@@ -3,8 +3,9 @@ of explanations.
 
 Every forward pass of a worker goes through `SharedRunner`, which takes its turn from `ModelTurns`: one pass at a
 time, a waiting /predict pass before a waiting explanation's, and an explanation's passes cut into small batches,
-so /predict waits at most one such batch. A blend's TF-IDF member (`SharedLexical`) takes turns the same way: an
-explanation scores the text without each word, a CPU-bound loop as long as the transformer's passes. A caller's
+so /predict waits at most one such batch. A blend's TF-IDF member (`SharedLexical`) scores an explanation's texts
+(the text without each word, a CPU-bound loop as long as the transformer's passes) in chunks, giving way to
+waiting /predict passes before each. A caller's
 deadline is checked before each pass: work not done by then is abandoned there with DeadlineExceeded.
 Explanations also take a place in `ExplainQueue` (one runs, the rest wait; none past its size).
 """
@@ -54,6 +55,19 @@ class ModelTurns:
     def urgent(self) -> bool:
         return getattr(self._caller, "urgent", True)
 
+    def give_way(self) -> None:
+        """Before CPU work that needs no turn of its own: wait while /predict passes wait for theirs, and raise
+        DeadlineExceeded once the caller's deadline has passed."""
+        deadline = getattr(self._caller, "deadline", None)
+        with self._free:
+            while True:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise DeadlineExceeded
+                if not self._urgent_waiting:
+                    return
+                self._free.wait(remaining)
+
     @contextmanager
     def turn(self) -> Iterator[None]:
         """The model for one forward pass; DeadlineExceeded when the caller's deadline passes first."""
@@ -100,8 +114,10 @@ class SharedRunner:
 
 
 class SharedLexical:
-    """The TF-IDF member, whose scoring takes its turn like a forward pass; a non-urgent caller's texts in chunks of
-    about EXPLAIN_BATCH_TOKENS tokens' worth of CPU time (`chars_per_token` characters a token)."""
+    """The TF-IDF member as an explanation uses it: its texts scored in chunks of about EXPLAIN_BATCH_TOKENS tokens'
+    worth of CPU time (`chars_per_token` characters a token), each after giving way to waiting /predict passes and
+    only before the deadline. Its chunks take no turn: holding the model for pure-Python scoring made /predict
+    wait behind it (p99 10x, docs/SERVING.md)."""
 
     def __init__(self, lexical: Any, turns: ModelTurns, chars_per_token: int) -> None:
         self.lexical, self.turns = lexical, turns
@@ -109,15 +125,14 @@ class SharedLexical:
 
     def scores(self, texts: list[str]) -> np.ndarray:
         if self.turns.urgent:
-            with self.turns.turn():
-                return self.lexical.scores(texts)
+            return self.lexical.scores(texts)
         parts, start = [], 0
         while start < len(texts):
             end, chars = start, 0
             while end < len(texts) and (end == start or chars + len(texts[end]) <= self.chunk_chars):
                 chars, end = chars + len(texts[end]), end + 1
-            with self.turns.turn():
-                parts.append(self.lexical.scores(texts[start:end]))
+            self.turns.give_way()
+            parts.append(self.lexical.scores(texts[start:end]))
             start = end
         return np.concatenate(parts) if parts else self.lexical.scores(texts)
 

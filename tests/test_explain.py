@@ -243,26 +243,27 @@ def blended_multiclass(tmp_path_factory, tiny_trainer, tiny_bert, conference_csv
     return ModelInferer(result.checkpoint, precision="fp32")
 
 
-def test_the_servers_member_scores_an_explanation_in_turns_and_stops_at_its_deadline(blended):
-    """Served, the TF-IDF member's scoring of a text without each word takes model turns in chunks (so /predict
-    goes between them) and is abandoned at the deadline like the transformer's passes; the scores are the same."""
+def test_the_servers_member_scores_an_explanation_in_chunks_and_stops_at_its_deadline(blended):
+    """Served, the TF-IDF member's scoring of a text without each word goes in chunks, each after giving way to
+    waiting /predict passes, and is abandoned at the deadline like the transformer's passes; the scores are the
+    same."""
     from serving.scheduling import DeadlineExceeded, ModelTurns, SharedLexical
 
     turns = ModelTurns()
     shared = SharedLexical(blended.lexical, turns, chars_per_token=1)  # chunks of 512 characters
     texts = [f"you are a stupid idiot number {i}, go away and never come back here again" for i in range(60)]
-    taken = []
-    original_turn = turns.turn
-    turns.turn = lambda: (taken.append(1), original_turn())[1]  # count the turns, take them for real
+    gave_way = []
+    original = turns.give_way
+    turns.give_way = lambda: (gave_way.append(1), original())[1]  # count the chunks, give way for real
     with turns.as_caller(urgent=False, deadline=time.monotonic() + 60):
         np.testing.assert_array_equal(shared.scores(texts), blended.lexical.scores(texts))
-    assert len(taken) >= sum(map(len, texts)) // 512  # several chunks, one turn each
+    assert len(gave_way) >= sum(map(len, texts)) // 512  # several chunks
     with turns.as_caller(urgent=False, deadline=time.monotonic() - 1), pytest.raises(DeadlineExceeded):
         shared.scores(texts)
-    with turns.as_caller(urgent=True, deadline=None):  # /predict: one turn, the whole batch
-        taken.clear()
+    with turns.as_caller(urgent=True, deadline=None):  # /predict: the whole batch at once
+        gave_way.clear()
         shared.scores(texts)
-        assert len(taken) == 1
+        assert not gave_way
 
 
 def target(inferer: ModelInferer, text: str, label: str) -> float:
