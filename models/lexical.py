@@ -465,7 +465,8 @@ def fit_multiclass(x: Any, y: np.ndarray, x_val: Any, y_val: np.ndarray | None,
             tqdm(total=len(cs), desc="tfidf member (C values)", unit="C") as bar:
         for start in range(0, len(cs), workers):
             batch = cs[start:start + workers]
-            models += parallel(delayed(fit_classes)(x, y, binary, ratios, c, num_classes, settings) for c in batch)
+            fitted = parallel(delayed(fit_classes)(x, y, binary, ratios, c, num_classes, settings) for c in batch)
+            models += [pair for pair in fitted if pair is not None]  # joblib's list, typed loosely
             keys += [multiclass_validation(x_val, y_val, coef, intercept, ratios, num_classes)
                      if x_val is not None else (0.0, 0.0) for coef, intercept in models[start:]]
             bar.update(len(batch))
