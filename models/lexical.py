@@ -17,7 +17,7 @@ import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 from safetensors.numpy import load_file, save_file
@@ -466,7 +466,7 @@ def fit_multiclass(x: Any, y: np.ndarray, x_val: Any, y_val: np.ndarray | None,
         for start in range(0, len(cs), workers):
             batch = cs[start:start + workers]
             fitted = parallel(delayed(fit_classes)(x, y, binary, ratios, c, num_classes, settings) for c in batch)
-            models += [pair for pair in fitted if pair is not None]  # joblib's list, typed loosely
+            models += cast(list[tuple[np.ndarray, np.ndarray]], fitted)  # joblib's list, typed loosely
             keys += [multiclass_validation(x_val, y_val, coef, intercept, ratios, num_classes)
                      if x_val is not None else (0.0, 0.0) for coef, intercept in models[start:]]
             bar.update(len(batch))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -58,30 +58,17 @@ class ModelTurns:
     def give_way(self) -> None:
         """Before CPU work that needs no turn of its own: wait while /predict passes wait for theirs, and raise
         DeadlineExceeded once the caller's deadline has passed."""
-        deadline = getattr(self._caller, "deadline", None)
         with self._free:
-            while True:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    raise DeadlineExceeded
-                if not self._urgent_waiting:
-                    return
-                self._free.wait(remaining)
+            self._wait_until(lambda: not self._urgent_waiting)
 
     @contextmanager
     def turn(self) -> Iterator[None]:
         """The model for one forward pass; DeadlineExceeded when the caller's deadline passes first."""
-        urgent, deadline = self.urgent, getattr(self._caller, "deadline", None)
+        urgent = self.urgent
         with self._free:
             self._urgent_waiting += urgent
             try:
-                while True:
-                    remaining = None if deadline is None else deadline - time.monotonic()
-                    if remaining is not None and remaining <= 0:
-                        raise DeadlineExceeded
-                    if not self._busy and (urgent or not self._urgent_waiting):
-                        break
-                    self._free.wait(remaining)
+                self._wait_until(lambda: not self._busy and (urgent or not self._urgent_waiting))
                 self._busy = True
             finally:
                 self._urgent_waiting -= urgent
@@ -91,6 +78,17 @@ class ModelTurns:
             with self._free:
                 self._busy = False
                 self._free.notify_all()
+
+    def _wait_until(self, ready: Callable[[], bool]) -> None:
+        """With `_free` held: wait for `ready()`, or raise DeadlineExceeded once the caller's deadline passes."""
+        deadline = getattr(self._caller, "deadline", None)
+        while True:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise DeadlineExceeded
+            if ready():
+                return
+            self._free.wait(remaining)
 
 
 class SharedRunner:
