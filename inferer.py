@@ -28,7 +28,6 @@ from utils.explain import (
     drops,
     occlusion_scores,
     prepare_text,
-    texts_without_each_word,
     transformer_tokens,
 )
 from utils.runners import BackendChoice, build_runner, choose_backend, torch_only_option
@@ -37,6 +36,9 @@ from utils.scoring import chosen_labels, scores_from_logits, with_temperature
 # The TF-IDF member's characters that take the CPU time of one transformer token: 512k characters a second against
 # 3.5k tokens a second for all-MiniLM-L6-v2 at 64 tokens, one thread, AMD EPYC (docs/SERVING.md).
 LEXICAL_CHARS_PER_TOKEN = 150
+# An explanation's TF-IDF scoring of the text without each word takes as long as reading the text this many times
+# (models/lexical_occlusion.py; measured on 20,000 characters of toxic comments, docs/SERVING.md).
+OCCLUSION_READINGS = 3
 
 
 class ModelInferer:
@@ -170,9 +172,10 @@ class ModelInferer:
 
     def explain_cost(self, text: str, label_count: int, method: str = DEFAULT_METHOD) -> int:
         """The work of `explain(text)` for `label_count` labels, in predict_cost's unit: its prediction, then
-        the method's passes; a blend's TF-IDF member scores the whole text once more per word."""
+        the method's passes; a blend's TF-IDF member scores the text OCCLUSION_READINGS times more (the text
+        without each word, updated around each)."""
         item = prepare_text(self.tokenizer, text, self.max_length, self.truncation)
-        chars = (2 + len(item.words)) * len(text)
+        chars = (1 + OCCLUSION_READINGS) * len(text)
         return len(item.input_ids) + transformer_tokens(method, item, label_count) + self.lexical_cost(chars)
 
     def result(self, scores: np.ndarray, truncated: bool, top_k: int | None = None,
@@ -246,7 +249,7 @@ class ModelInferer:
         temperature = self.info.temperature
         if self.lexical is None:
             return attribute(method, self.runner, item, self.task, label_ids, self.pad_id) / temperature
-        lexical = self.lexical.scores(texts_without_each_word(item))
+        lexical = self.lexical.occlusion_scores(item.text, item.words)
         if method == "occlusion":  # the served blend itself without each word: exact whatever the blend method
             transformer = occlusion_scores(self.runner.logits, item, self.task, self.pad_id)
             return drops(self.task, self.calibrated(self.blend(transformer, lexical)), label_ids)

@@ -37,10 +37,10 @@ def check_explain_cost(settings: ServingSettings, inferer: ModelInferer, texts: 
     costs = [inferer.explain_cost(text, label_count) for text in texts]
     if sum(costs) <= settings.max_request_cost:
         return
-    growth = ("words x characters: the TF-IDF member scores the whole text again without each word"
-              if inferer.lexical is not None else "words x tokens: a forward pass without each word")
+    lexical = ", and its characters: the TF-IDF member reads it again" if inferer.lexical is not None else ""
     raise over_budget(settings, "explaining these texts", costs,
-                      f"send fewer texts or shorter ones (the cost of a text grows with its {growth}); "
+                      "send fewer texts or shorter ones (the cost of a text grows with the words the model sees x "
+                      f"its tokens: a forward pass without each word{lexical}); "
                       "the number of labels asked does not change it")
 
 

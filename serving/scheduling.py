@@ -3,10 +3,10 @@ of explanations.
 
 Every forward pass of a worker goes through `SharedRunner`, which takes its turn from `ModelTurns`: one pass at a
 time, a waiting /predict pass before a waiting explanation's, and an explanation's passes cut into small batches,
-so /predict waits at most one such batch. A blend's TF-IDF member (`SharedLexical`) scores an explanation's texts
-(the text without each word, a CPU-bound loop as long as the transformer's passes) in chunks, giving way to
-waiting /predict passes before each. A caller's
-deadline is checked before each pass: work not done by then is abandoned there with DeadlineExceeded.
+so /predict waits at most one such batch. A blend's TF-IDF member (`SharedLexical`) scores an explanation's text
+(whole, then without each word: pure Python, a fraction of the transformer's passes) after giving way to waiting
+/predict passes. A caller's deadline is checked before each pass: work not done by then is abandoned there with
+DeadlineExceeded.
 Explanations also take a place in `ExplainQueue` (one runs, the rest wait; none past its size).
 """
 
@@ -112,27 +112,21 @@ class SharedRunner:
 
 
 class SharedLexical:
-    """The TF-IDF member as an explanation uses it: its texts scored in chunks of about EXPLAIN_BATCH_TOKENS tokens'
-    worth of CPU time (`chars_per_token` characters a token), each after giving way to waiting /predict passes and
-    only before the deadline. Its chunks take no turn: holding the model for pure-Python scoring made /predict
-    wait behind it (p99 10x, docs/SERVING.md)."""
+    """The TF-IDF member as an explanation uses it: its scoring (the text whole, then without each word) after
+    giving way to waiting /predict passes, and only before the deadline. It takes no turn: holding the model for
+    pure-Python scoring made /predict wait behind it (p99 10x, docs/SERVING.md)."""
 
-    def __init__(self, lexical: Any, turns: ModelTurns, chars_per_token: int) -> None:
+    def __init__(self, lexical: Any, turns: ModelTurns) -> None:
         self.lexical, self.turns = lexical, turns
-        self.chunk_chars = EXPLAIN_BATCH_TOKENS * chars_per_token
 
     def scores(self, texts: list[str]) -> np.ndarray:
-        if self.turns.urgent:
-            return self.lexical.scores(texts)
-        parts, start = [], 0
-        while start < len(texts):
-            end, chars = start, 0
-            while end < len(texts) and (end == start or chars + len(texts[end]) <= self.chunk_chars):
-                chars, end = chars + len(texts[end]), end + 1
+        if not self.turns.urgent:
             self.turns.give_way()
-            parts.append(self.lexical.scores(texts[start:end]))
-            start = end
-        return np.concatenate(parts) if parts else self.lexical.scores(texts)
+        return self.lexical.scores(texts)
+
+    def occlusion_scores(self, text: str, spans: list[tuple[int, int]]) -> np.ndarray:
+        self.turns.give_way()
+        return self.lexical.occlusion_scores(text, spans)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.lexical, name)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from flask import current_app
 
-from inferer import LEXICAL_CHARS_PER_TOKEN, ModelInferer
+from inferer import ModelInferer
 from serving.microbatch import MicroBatcher
 from serving.ratelimit import RateLimiter
 from serving.scheduling import ExplainQueue, ModelTurns, SharedLexical, SharedRunner
@@ -43,7 +43,7 @@ class ServingState:
         inferer.runner = SharedRunner(runner, state.turns)  # every forward pass of this app takes its turn
         if inferer.lexical is not None:  # and so does the TF-IDF member's scoring
             lexical = inferer.lexical.lexical if isinstance(inferer.lexical, SharedLexical) else inferer.lexical
-            inferer.lexical = SharedLexical(lexical, state.turns, LEXICAL_CHARS_PER_TOKEN)  # pyright: ignore
+            inferer.lexical = SharedLexical(lexical, state.turns)  # pyright: ignore
         if settings.microbatch:  # its thread starts here, in the worker process (gunicorn forks before the app)
             state.batcher = MicroBatcher(inferer, settings.microbatch_wait_ms, settings.microbatch_max_size,
                                          settings.microbatch_queue_size, PREDICT_BATCH_SIZE,

@@ -27,7 +27,6 @@ from utils.explain import (
     prepare_text,
     score_sequences,
     split_words,
-    texts_without_each_word,
 )
 from utils.scoring import scores_from_logits
 
@@ -243,26 +242,28 @@ def blended_multiclass(tmp_path_factory, tiny_trainer, tiny_bert, conference_csv
     return ModelInferer(result.checkpoint, precision="fp32")
 
 
-def test_the_servers_member_scores_an_explanation_in_chunks_and_stops_at_its_deadline(blended):
-    """Served, the TF-IDF member's scoring of a text without each word goes in chunks, each after giving way to
-    waiting /predict passes, and is abandoned at the deadline like the transformer's passes; the scores are the
-    same."""
+def test_the_servers_member_gives_way_and_stops_at_the_deadline(blended):
+    """Served, the TF-IDF member scores an explanation's text (whole and without each word) after giving way to
+    waiting /predict passes, and not past the deadline, like the transformer's passes; the scores are the same."""
     from serving.scheduling import DeadlineExceeded, ModelTurns, SharedLexical
 
     turns = ModelTurns()
-    shared = SharedLexical(blended.lexical, turns, chars_per_token=1)  # chunks of 512 characters
-    texts = [f"you are a stupid idiot number {i}, go away and never come back here again" for i in range(60)]
+    shared = SharedLexical(blended.lexical, turns)
+    text = "you are a stupid idiot, go away and never come back here again"
+    spans = split_words(text)
     gave_way = []
     original = turns.give_way
-    turns.give_way = lambda: (gave_way.append(1), original())[1]  # count the chunks, give way for real
+    turns.give_way = lambda: (gave_way.append(1), original())[1]  # count, and give way for real
     with turns.as_caller(urgent=False, deadline=time.monotonic() + 60):
-        np.testing.assert_array_equal(shared.scores(texts), blended.lexical.scores(texts))
-    assert len(gave_way) >= sum(map(len, texts)) // 512  # several chunks
+        np.testing.assert_array_equal(shared.occlusion_scores(text, spans),
+                                      blended.lexical.occlusion_scores(text, spans))
+        np.testing.assert_array_equal(shared.scores([text]), blended.lexical.scores([text]))
+    assert len(gave_way) == 2
     with turns.as_caller(urgent=False, deadline=time.monotonic() - 1), pytest.raises(DeadlineExceeded):
-        shared.scores(texts)
-    with turns.as_caller(urgent=True, deadline=None):  # /predict: the whole batch at once
+        shared.occlusion_scores(text, spans)
+    with turns.as_caller(urgent=True, deadline=None):  # /predict scores at once
         gave_way.clear()
-        shared.scores(texts)
+        shared.scores([text])
         assert not gave_way
 
 
@@ -309,7 +310,8 @@ def test_gradient_methods_on_a_blend_weight_each_members_word_scores(blended):
     item = prepare_text(blended.tokenizer, text, blended.max_length, blended.truncation)
     label_ids = [TOXIC_LABELS.index("toxic"), TOXIC_LABELS.index("insult")]
     transformer = attribute("gradient_x_input", blended.runner, item, "multilabel", label_ids, blended.pad_id)
-    lexical = drops("multilabel", blended.lexical.scores(texts_without_each_word(item)), label_ids)
+    shorter = [text] + [text[:start] + " " + text[end:] for start, end in item.words]
+    lexical = drops("multilabel", blended.lexical.scores(shorter), label_ids)
     weights = blended.blend_weights()[label_ids][:, None]
     expected = weights * transformer + (1 - weights) * lexical
     np.testing.assert_allclose([answer["attributions"][name] for name in ("toxic", "insult")], expected, atol=1e-5)

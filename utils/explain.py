@@ -137,11 +137,6 @@ def transformer_tokens(method: str, item: TextToExplain, label_count: int) -> in
     return steps * length * (1 + 2 * label_count)
 
 
-def texts_without_each_word(item: TextToExplain) -> list[str]:
-    """The text whole, then with each word's characters replaced by a space (its neighbours stay apart)."""
-    return [item.text] + [item.text[:start] + " " + item.text[end:] for start, end in item.words]
-
-
 def score_targets(task: str, scores: np.ndarray) -> np.ndarray:
     """What attributions explain, from probabilities: log-odds (multi-label) or log-probabilities (multi-class)."""
     clipped = np.clip(np.asarray(scores, dtype=np.float64), 1e-12, 1 - 1e-12)
