@@ -37,8 +37,8 @@ from utils.scoring import chosen_labels, scores_from_logits, with_temperature
 # 3.5k tokens a second for all-MiniLM-L6-v2 at 64 tokens, one thread, AMD EPYC (docs/SERVING.md).
 LEXICAL_CHARS_PER_TOKEN = 150
 # An explanation's TF-IDF scoring of the text without each word takes as long as reading the text this many times
-# (models/lexical_occlusion.py; measured on 20,000 characters of toxic comments, docs/SERVING.md).
-OCCLUSION_READINGS = 3
+# (models/lexical_occlusion.py; 3.9x at 2,000 characters of toxic comments, 5.1x at 20,000: docs/SERVING.md).
+OCCLUSION_READINGS = 5
 
 
 class ModelInferer:

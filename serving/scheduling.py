@@ -12,6 +12,7 @@ Explanations also take a place in `ExplainQueue` (one runs, the rest wait; none 
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,8 +21,9 @@ from typing import Any
 
 import numpy as np
 
-EXPLAIN_BATCH_TOKENS = 512  # an explanation's batch, what a /predict pass may wait for: about 0.15 s of
+EXPLAIN_BATCH_TOKENS = 128  # an explanation's batch, what a /predict pass may wait for: about 20 ms of int8
 # all-MiniLM-L6-v2 on one core (1,024 tokens let /predict's p99 grow 2.5x beside explanations: docs/SERVING.md)
+PREDICT_QUIET_S = 0.01  # an explanation's work starts only this long after the last /predict pass
 
 
 class DeadlineExceeded(Exception):
@@ -34,12 +36,15 @@ class ExplainQueueFull(Exception):
 
 class ModelTurns:
     """One forward pass at a time; the callers of a thread say once who they are (`as_caller`), so the passes
-    deep inside `ModelInferer.explain` take the right turn."""
+    deep inside `ModelInferer.explain` take the right turn. An explanation's work waits while /predict passes wait,
+    and until PREDICT_QUIET_S has passed since the last one ended: a /predict stream keeps the model between its
+    requests."""
 
     def __init__(self) -> None:
         self._free = threading.Condition()
         self._busy = False
         self._urgent_waiting = 0
+        self._urgent_ended = -math.inf  # time.monotonic() when the last /predict pass ended
         self._caller = threading.local()
 
     @contextmanager
@@ -56,10 +61,10 @@ class ModelTurns:
         return getattr(self._caller, "urgent", True)
 
     def give_way(self) -> None:
-        """Before CPU work that needs no turn of its own: wait while /predict passes wait for theirs, and raise
-        DeadlineExceeded once the caller's deadline has passed."""
+        """Before CPU work that needs no turn of its own: wait until /predict is quiet, and raise DeadlineExceeded
+        once the caller's deadline has passed."""
         with self._free:
-            self._wait_until(lambda: not self._urgent_waiting)
+            self._wait_until(self._until_predict_quiet)
 
     @contextmanager
     def turn(self) -> Iterator[None]:
@@ -68,7 +73,7 @@ class ModelTurns:
         with self._free:
             self._urgent_waiting += urgent
             try:
-                self._wait_until(lambda: not self._busy and (urgent or not self._urgent_waiting))
+                self._wait_until(lambda: math.inf if self._busy else 0.0 if urgent else self._until_predict_quiet())
                 self._busy = True
             finally:
                 self._urgent_waiting -= urgent
@@ -77,18 +82,28 @@ class ModelTurns:
         finally:
             with self._free:
                 self._busy = False
+                if urgent:
+                    self._urgent_ended = time.monotonic()
                 self._free.notify_all()
 
-    def _wait_until(self, ready: Callable[[], bool]) -> None:
-        """With `_free` held: wait for `ready()`, or raise DeadlineExceeded once the caller's deadline passes."""
+    def _until_predict_quiet(self) -> float:
+        """0 when no /predict pass waits and none ended in the last PREDICT_QUIET_S; else how long to wait at most
+        before asking again (inf: until a pass ends)."""
+        if self._urgent_waiting:
+            return math.inf
+        return max(0.0, self._urgent_ended + PREDICT_QUIET_S - time.monotonic())
+
+    def _wait_until(self, pause: Callable[[], float]) -> None:
+        """With `_free` held: wait until `pause()` is 0, or raise DeadlineExceeded once the caller's deadline passes."""
         deadline = getattr(self._caller, "deadline", None)
         while True:
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
+            remaining = math.inf if deadline is None else deadline - time.monotonic()
+            if remaining <= 0:
                 raise DeadlineExceeded
-            if ready():
+            wait = min(pause(), remaining)
+            if wait <= 0:
                 return
-            self._free.wait(remaining)
+            self._free.wait(None if wait == math.inf else wait)
 
 
 class SharedRunner:

@@ -4,6 +4,7 @@ fuzzed bodies."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -21,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app import create_app
 from inferer import ModelInferer
-from serving.scheduling import EXPLAIN_BATCH_TOKENS
+from serving.scheduling import EXPLAIN_BATCH_TOKENS, PREDICT_QUIET_S, DeadlineExceeded, ModelTurns
 from serving.settings import RECEIVED_AT, ServingSettings, available_cores
 from utils.explain import prepare_text
 from utils.precision import resolve_precision
@@ -382,6 +383,41 @@ def test_an_explanation_in_flight_does_not_hold_up_predict(multilabel_checkpoint
     assert explained_at and answered_at[0] < explained_at[0]  # the predictions went between its batches
     # One explanation batch (0.3 s) at most, then its own pass: not the rest of the explanation (0.6 s or more).
     assert max(latencies) < 0.3 + 0.25, latencies
+
+
+def test_an_explanation_goes_only_once_predict_has_been_quiet():
+    """Strict priority: an explanation's pass (or other work) starts PREDICT_QUIET_S after the last /predict pass,
+    so a stream of /predict passes keeps the model between its requests; the explanation waits to its deadline."""
+    turns = ModelTurns()
+    with turns.as_caller(urgent=True, deadline=None), turns.turn():
+        pass
+    ended = time.monotonic()
+    with turns.as_caller(urgent=False, deadline=ended + 5), turns.turn():
+        assert PREDICT_QUIET_S - 0.002 <= time.monotonic() - ended < PREDICT_QUIET_S + 0.1
+    streaming = threading.Event()
+
+    def predict_stream() -> None:
+        with turns.as_caller(urgent=True, deadline=None):
+            while not streaming.is_set():
+                with turns.turn():
+                    time.sleep(0.002)
+                time.sleep(PREDICT_QUIET_S / 4)  # the next request comes sooner than the quiet period
+
+    stream = threading.Thread(target=predict_stream)
+    stream.start()
+    try:
+        for work in (turns.turn, contextlib.nullcontext):  # a forward pass, or work that only gives way
+            started = time.monotonic()
+            with turns.as_caller(urgent=False, deadline=started + 0.3), pytest.raises(DeadlineExceeded):
+                turns.give_way()
+                with work():
+                    pass
+            assert 0.3 <= time.monotonic() - started < 0.3 + 0.1
+    finally:
+        streaming.set()
+        stream.join()
+    with turns.as_caller(urgent=False, deadline=time.monotonic() + 1), turns.turn():  # quiet again: it goes
+        pass
 
 
 def test_a_full_explain_queue_answers_503_with_retry_after(inferer):
