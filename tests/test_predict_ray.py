@@ -36,6 +36,8 @@ SCORE_COLUMNS = [f"score_{name}" for name in TOXIC_LABELS]
 # batch per file) on the tiny test model; MiniLM in bench/ray_predict.py differed by up to 4.3e-8.
 SCORE_TOLERANCE = 5e-8
 FILE_ROWS = {"a.csv": 300, "b.jsonl": 250, "nested/c.parquet": 200}
+# One test process runs them all (`make test`'s --dist loadgroup): one Ray cluster at a time on this machine.
+pytestmark = pytest.mark.xdist_group("ray")
 
 
 def free_port() -> int:
