@@ -82,6 +82,8 @@ class ChunkedText:
 def occlusion_logits(model: LinearTfIdf, text: str, spans: Sequence[tuple[int, int]]) -> np.ndarray:
     """(1 + spans, L) logits: the text whole, then with each span's characters replaced by one space."""
     chunked = ChunkedText(model, text)
+    if chunked.tokens != model.pattern.findall(normalize(text, model.settings)):  # a token pattern across spaces
+        return model.logits([text] + [text[:start] + " " + text[end:] for start, end in spans])
     logits = np.tile(model.intercept.astype(np.float64), (1 + len(spans), 1))
     rescore = np.zeros(1 + len(spans), dtype=bool)
     offset = 0

@@ -320,6 +320,16 @@ def test_occlusion_scores_any_spans_exactly(saved, text, cuts):
                                rtol=0, atol=OCCLUSION_TOLERANCE)
 
 
+def test_occlusion_scores_with_a_token_pattern_across_spaces_are_still_exact(toxic):
+    """A pattern whose tokens span whitespace breaks the chunk-by-chunk reading: each shorter text is scored whole."""
+    texts, labels = toxic[0][:200], toxic[1][:200]
+    model = LexicalModel.fit(texts, labels, "multilabel", LexicalSettings(token_pattern=r"\w+ \w+", char_ngrams=None))
+    text = "you are an idiot. go away now"
+    spans = split_words(text)
+    np.testing.assert_allclose(model.occlusion_scores(text, spans), model.scores(shorter_texts(text, spans)),
+                               rtol=0, atol=OCCLUSION_TOLERANCE)
+
+
 def test_load_refuses_another_format_version(saved, tmp_path):
     _, folder, _ = saved["multiclass"]
     description = json.loads((folder / CONFIG_FILE).read_text())
