@@ -36,7 +36,7 @@ CONFERENCES = ["INFOCOM", "ISCAS", "SIGGRAPH", "VLDB", "WWW"]
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Under pytest-xdist (`make test`: a process per core), each process and the servers and trainings it starts
+    """Under pytest-xdist (`make test`: a process per CPU), each process and the servers and trainings it starts
     get their share of the cores: several OpenMP pools spinning on the same cores run many times slower."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
     if workers:
