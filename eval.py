@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from inferer import ModelInferer
-from utils.config import Config
+from utils.config import AUTO_TASK, Config
 from utils.data.prepare import read_test_set
 from utils.data.readers import LabeledTexts
 from utils.data.report import REPORT_FILE as DATA_REPORT_FILE
@@ -114,6 +114,7 @@ def run(config: Config, checkpoint: str | Path) -> dict[str, Any]:
     """Evaluate `checkpoint` on the test data the config names with --backend (auto: what the server serves);
     write the report and plots beside it."""
     inferer = ModelInferer(checkpoint, quantize=config.quantize, precision=config.precision, backend=config.backend)
+    config.task = inferer.task if config.task == AUTO_TASK else config.task  # the data is read as it was trained
     data = read_test_set(config, inferer.label_names)
     result = evaluate(inferer, data, config.eval_batch_size)
     metrics = result["metrics"]

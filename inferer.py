@@ -91,7 +91,7 @@ class ModelInferer:
     def _check_config(self, config: Any) -> None:
         """Task and labels must match the checkpoint; input settings the checkpoint decides only warn."""
         task = getattr(config, "task", None)
-        if task is not None and task != self.task:
+        if task not in (None, "auto", self.task):  # auto (utils.config.AUTO_TASK): the checkpoint's own
             raise ValueError(f"config.task is {task!r} but the checkpoint {self.checkpoint_path} is {self.task!r}; "
                              "drop or correct the config")
         for field, used in (("max_length", self.max_length), ("truncation", self.truncation)):

@@ -249,3 +249,50 @@ def test_predict_writes_a_latin1_semicolon_file_back_in_kind(multilabel_checkpoi
     scored = pd.read_parquet(parquet_out)
     pd.testing.assert_frame_equal(scored[frame.columns], frame.reset_index(drop=True))
     assert list(scored.columns[len(frame.columns):]) == added
+
+
+@pytest.mark.parametrize(("labels", "task", "reason"), [
+    (lambda frame: frame.Conference, "multiclass", "holds one class"),  # one class a row, as clinc150's intents
+    (lambda frame: ["|".join([c] + ([CONFERENCES[0]] if i % 3 == 0 and c != CONFERENCES[0] else []))
+                    for i, c in enumerate(frame.Conference)], "multilabel", "hold several labels"),
+])
+def test_without_task_a_files_label_column_says_which_task(titles, tmp_path, capsys, labels, task, reason):
+    path = tmp_path / "file.csv"
+    pd.DataFrame({"Title": titles.Title, "Venue": labels(titles)}).to_csv(path, index=False)
+    config = make_config(data=str(path), test_split=0.0)
+    splits = prepare_splits(config)
+    out = capsys.readouterr().out
+    assert config.task == task and f"inferred task {task}: " in out and reason in out
+    assert splits.label_names == sorted(CONFERENCES)
+    assert splits.train.labels.ndim == (1 if task == "multiclass" else 2)
+    asked = make_config(task="multilabel", data=str(path), test_split=0.0)  # a given task is kept
+    assert prepare_splits(asked).train.labels.ndim == 2 and asked.task == "multilabel"
+
+
+def test_without_task_0_1_columns_json_lists_and_built_in_datasets_keep_their_task(toxic_csv, tmp_path, capsys):
+    assert prepare_splits(config := make_config(data=str(toxic_csv))).train.labels.shape[1] == 6
+    assert config.task == "multilabel" and "one 0/1 column per label" in capsys.readouterr().out
+    tagged, _ = joined_labels(toxic_csv, json.dumps)
+    tagged.to_json(path := tmp_path / "tagged.jsonl", orient="records", lines=True)
+    assert prepare_splits(config := make_config(data=str(path))).label_names == sorted(TOXIC_LABELS)
+    assert config.task == "multilabel"
+    assert (config := make_config(data="conference")).task == "auto"
+    prepare_splits(config)
+    assert config.task == "multiclass"
+
+
+def test_a_later_row_with_several_classes_names_the_flag(titles, tmp_path):
+    """The task is read from the first 2,000 rows; a row past them with two classes stops the run, saying how."""
+    frame = pd.concat([titles] * 8, ignore_index=True)[["Title", "Conference"]]
+    frame["Title"] = [f"{title}, part {i}" for i, title in enumerate(frame.Title)]
+    frame.loc[2100, "Conference"] = json.dumps(["VLDB", "WWW"])
+    frame.to_csv(path := tmp_path / "file.csv", index=False)
+    with pytest.raises(DataError, match="row 2101.*expected exactly one class.*--task multilabel"):
+        read_user_file(path, task="auto")
+
+
+def test_eval_without_task_reads_the_data_as_the_checkpoint_was_trained(multiclass_checkpoint, conference_csv,
+                                                                        tmp_path):
+    config = make_config(data=str(conference_csv), test_data=str(conference_csv), output_dir=str(tmp_path / "e"))
+    report = evaluation.run(config, multiclass_checkpoint)
+    assert config.task == "multiclass" and report["metrics"]["examples"] == len(pd.read_csv(conference_csv))

@@ -213,9 +213,10 @@ def splits_with(labels: np.ndarray, names: list[str]) -> DataSplits:
 
 def test_loss_weights_follow_the_config():
     multilabel = splits_with(np.array([[1, 0], [0, 0], [0, 0], [1, 1]], dtype=np.float32), ["a", "b"])
-    np.testing.assert_allclose(loss_weights(make_config(pos_weight_cap=2.5), multilabel), [1.0, 2.5])
-    np.testing.assert_allclose(loss_weights(make_config(pos_weight="2,3"), multilabel), [2.0, 3.0])
-    assert loss_weights(make_config(pos_weight="none"), multilabel) is None
+    task = "multilabel"  # as reading the data resolves it
+    np.testing.assert_allclose(loss_weights(make_config(task=task, pos_weight_cap=2.5), multilabel), [1.0, 2.5])
+    np.testing.assert_allclose(loss_weights(make_config(task=task, pos_weight="2,3"), multilabel), [2.0, 3.0])
+    assert loss_weights(make_config(task=task, pos_weight="none"), multilabel) is None
     multiclass = splits_with(np.array([0, 0, 0, 1]), ["a", "b"])
     assert loss_weights(make_config(task="multiclass"), multiclass) is None
     np.testing.assert_allclose(loss_weights(make_config(task="multiclass", class_weights="auto"), multiclass),

@@ -17,6 +17,7 @@ from transformers import HfArgumentParser
 from utils.runners import AUTO, BACKENDS, torch_only_option
 
 TASKS = ("multilabel", "multiclass")
+AUTO_TASK = "auto"  # the data's task: a built-in dataset's own; a file's from its label columns (utils/data/layout.py)
 MODES = ("train", "eval", "predict", "export")
 ENGINES = ("single", "ray")
 
@@ -39,7 +40,9 @@ class TaskArguments:
 
     _argument_group_name: ClassVar[str] = "what to do"
 
-    task: str = _opt("multilabel", "Multi-label (sigmoid per label) or multi-class (softmax).", TASKS)
+    task: str = _opt(AUTO_TASK, "Multi-label (sigmoid per label) or multi-class (softmax); auto: the data's (a file "
+                     "with 0/1 label columns or several labels in a row is multi-label, one class a row "
+                     "multi-class; an evaluated checkpoint's own).", (*TASKS, AUTO_TASK))
     mode: str = _opt("train", "train (then evaluate), eval, predict or export.", MODES)
     config: str | None = _opt(None, "JSON or YAML file with any of these fields; flags override it.")
     seed: int = _opt(42, "Seed for splits, initialisation and batch order.")
@@ -281,7 +284,7 @@ def parse_config(argv: list[str] | None = None) -> Config:
 
 
 def default_dataset(task: str) -> str:
-    return "toxic" if task == "multilabel" else "conference"
+    return "conference" if task == "multiclass" else "toxic"
 
 
 def config_from_saved(settings: dict[str, Any]) -> Config:

@@ -112,6 +112,18 @@ def infer_layout(reading: FileReading, task: str, text_column: str | None = None
     raise ambiguous(reading, columns, "which columns hold the labels")
 
 
+def infer_task(reading: FileReading, layout: ColumnLayout, sample_rows: int = 2000) -> tuple[str, str]:
+    """The task a file's layout (as read for multi-label) implies, and why: 0/1 label columns, or a label column
+    with several labels in a row among its first `sample_rows`, are multi-label; one class a row is multi-class."""
+    if layout.label_columns:
+        return "multilabel", "one 0/1 column per label"
+    frame = next(iter_frames(reading, chunksize=sample_rows))
+    column = find_columns(frame, [layout.label_column or ""], reading.path)[0]
+    if any(len(cell_items(value, layout.label_delimiter) or []) > 1 for value in frame[column].tolist()):
+        return "multilabel", f"rows of column '{column}' hold several labels"
+    return "multiclass", f"every row of column '{column}' holds one class (of the first {sample_rows} read)"
+
+
 def ambiguous(reading: FileReading, columns: list[str], question: str) -> DataError:
     return DataError(f"{reading.path}: cannot tell {question} from its columns ({', '.join(map(repr, columns))}); "
                      "give --text-column and --label-columns (one 0/1 column per label) or --label-column")

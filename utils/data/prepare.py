@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from utils.config import Config
+from utils.config import AUTO_TASK, Config
 from utils.data.datasets import BUILTIN_DATASETS, DEFAULT_TEST_SPLIT, locate_file
 from utils.data.files import FileReading, open_file
-from utils.data.layout import infer_layout
+from utils.data.layout import infer_layout, infer_task
 from utils.data.readers import ColumnLayout, DataError, LabeledTexts, read_label_names, read_labeled_texts
 from utils.data.splits import stratified_split
 
@@ -45,6 +46,7 @@ def resolve_source(config: Config) -> DataSource:
     validation = Path(config.validation_data) if config.validation_data else None
     builtin = BUILTIN_DATASETS.get(config.data or "")
     if builtin is not None:
+        config.task = builtin.task if config.task == AUTO_TASK else config.task
         if builtin.task != config.task:
             raise DataError(f"dataset '{builtin.name}' is {builtin.task}, but --task is {config.task}")
         layout = ColumnLayout(builtin.text_column, builtin.label_columns, builtin.label_column,
@@ -80,14 +82,20 @@ def infer_columns(config: Config) -> ColumnLayout:
     if not reading.header:
         print(f"{config.data}: its first row holds data, not column names; the columns are called column_1, "
               "column_2, ... (in the file's order)")
-    layout, found = infer_layout(reading, config.task, config.text_column, config.label_columns,
-                                 config.label_column, config.label_delimiter)
+    auto = config.task == AUTO_TASK
+    layout, found = infer_layout(reading, "multilabel" if auto else config.task, config.text_column,
+                                 config.label_columns, config.label_column, config.label_delimiter)
+    if auto:  # the most general reading first, then the task it implies
+        config.task, why = infer_task(reading, layout)
+        layout = layout if config.task == "multilabel" else dataclasses.replace(layout, label_delimiter=None)
     config.text_column, config.label_column = layout.text_column, layout.label_column
     config.label_columns = list(layout.label_columns)
     config.label_delimiter = layout.label_delimiter if layout.label_column else config.label_delimiter
     if found:
         print(f"{config.data}: inferred {found} (give --text-column and --label-column or --label-columns to "
               "choose otherwise)")
+    if auto:
+        print(f"{config.data}: inferred task {config.task}: {why} (give --task to choose otherwise)")
     return layout
 
 

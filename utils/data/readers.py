@@ -209,7 +209,8 @@ def read_label_column(frame: pd.DataFrame, texts: list[str], path: Path, task: s
         unseen: list[str] | None = [] if keep_unseen else None
         cell = parse_label_cell(value, label_names, delimiter, labels_by_id, path, row + 1, column, unseen)
         if task == "multiclass" and len(cell) != 1:
-            raise DataError(f"{path}: row {row + 1}, column '{column}': expected exactly one class, got {cell!r}")
+            raise DataError(f"{path}: row {row + 1}, column '{column}': expected exactly one class, got {cell!r} "
+                            "(--task multilabel reads rows with several labels, or none)")
         if unseen:
             unseen_rows[row] = unseen
             cell = []
