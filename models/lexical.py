@@ -400,9 +400,12 @@ def fit_classes(x: Any, y: np.ndarray, binary: np.ndarray, ratios: np.ndarray | 
         return np.stack([p[0] for p in pairs]), np.array([p[1] for p in pairs])
     model = LogisticRegression(C=c, class_weight=settings.class_weight, solver="newton-cg", tol=settings.tol,
                                max_iter=settings.max_iter).fit(x, y)
-    if model.coef_.shape[0] != num_classes:
-        raise ValueError(f"training labels hold {model.coef_.shape[0]} of {num_classes} classes")
-    return model.coef_.astype(np.float64), model.intercept_.astype(np.float64)
+    coef, intercept = model.coef_.astype(np.float64), model.intercept_.astype(np.float64)
+    if len(model.classes_) != num_classes:
+        raise ValueError(f"training labels hold {len(model.classes_)} of {num_classes} classes")
+    if num_classes == 2:  # scikit-learn's one logit z of class 1: softmax over (-z/2, z/2) gives its sigmoid
+        return np.concatenate([-coef, coef]) / 2, np.concatenate([-intercept, intercept]) / 2
+    return coef, intercept
 
 
 def multiclass_validation(x_val: Any, y_val: Any, coef: np.ndarray, intercept: np.ndarray,

@@ -104,6 +104,19 @@ def test_multiclass_scores_equal_sklearn_predict_proba(conference):
     np.testing.assert_allclose(model.scores(other_texts), expected, rtol=0, atol=SCORE_TOLERANCE)
 
 
+def test_two_classes_score_as_scikit_learns_binary_model(conference):
+    """Two classes: scikit-learn fits one logit; the member serves the same probabilities as a softmax of two."""
+    texts, labels, other, _ = conference
+    keep = labels < 2
+    texts, labels = [t for t, k in zip(texts, keep, strict=True) if k], labels[keep]
+    settings = LexicalSettings.for_task("multiclass")
+    model = LexicalModel.fit(texts, labels, "multiclass", settings)
+    reference = LogisticRegression(C=settings.c, class_weight=settings.class_weight, solver="newton-cg",
+                                   tol=settings.tol, max_iter=settings.max_iter).fit(as_scipy(model, texts), labels)
+    np.testing.assert_allclose(model.scores(other), reference.predict_proba(as_scipy(model, other)),
+                               rtol=0, atol=SCORE_TOLERANCE)
+
+
 def test_multilabel_scores_equal_sklearn_predict_proba(toxic):
     fit_texts, fit_labels, other_texts, _ = toxic
     settings = LexicalSettings(c=2.0, class_weight=None, nb_weighting=False)
