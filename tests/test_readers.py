@@ -12,6 +12,7 @@ import eval as evaluation
 from inferer import ModelInferer
 from predict import predict_file
 from utils.config import make_config
+from utils.data.datasets import SHARED_DATA_DIR
 from utils.data.files import has_header, open_file
 from utils.data.prepare import prepare_splits, resolve_source
 from utils.data.readers import DataError
@@ -296,3 +297,13 @@ def test_eval_without_task_reads_the_data_as_the_checkpoint_was_trained(multicla
     config = make_config(data=str(conference_csv), test_data=str(conference_csv), output_dir=str(tmp_path / "e"))
     report = evaluation.run(config, multiclass_checkpoint)
     assert config.task == "multiclass" and report["metrics"]["examples"] == len(pd.read_csv(conference_csv))
+
+
+def test_many_classes_of_few_examples_are_read_as_the_label_column(tmp_path, capsys):
+    """150 intents of 3 examples each: too many names for a small vocabulary, but the one column beside the text
+    repeats every value, so it is the labels."""
+    frame = pd.read_csv(SHARED_DATA_DIR / "clinc150" / "train.csv").groupby("intent").head(3)
+    frame.to_csv(path := tmp_path / "few.csv", index=False)
+    splits = prepare_splits(config := make_config(data=str(path), test_split=0.0))
+    assert config.task == "multiclass" and len(splits.label_names) == 150
+    assert "label column 'intent'" in capsys.readouterr().out

@@ -54,6 +54,14 @@ def test_multiclass_split_keeps_class_proportions(conference_labels):
     assert np.abs(held_counts - total * 0.2).max() <= 1
 
 
+def test_one_0_1_label_splits_as_its_two_classes(toxic_labels):
+    """A file of one 0/1 label column (multi-label with one label) keeps its positives' share on both sides."""
+    single = toxic_labels[:, :1]
+    kept, held = stratified_split(single, 0.2, seed=0)
+    assert_partition(kept, held, len(single), round(len(single) * 0.2))
+    assert abs(single[held].sum() - single.sum() * 0.2) <= 1
+
+
 @pytest.mark.parametrize("which", ["toxic_labels", "conference_labels"])
 def test_same_seed_same_split_other_seed_other_split(request, which):
     labels = request.getfixturevalue(which)

@@ -49,6 +49,12 @@ def label_like(values: Sequence[Any], delimiter: str | None) -> bool:
     return small_vocabulary(names, len(values)) and len(names) < len(values)
 
 
+def repeats(values: Sequence[Any]) -> bool:
+    """Two rows or more a value on average: the one column left beside the text is its labels, however many (150
+    intents of 3 examples each have too many names for `label_like`)."""
+    return bool(values) and 2 * len({str(v) for v in values}) <= len(values)
+
+
 def detect_label_delimiter(values: Sequence[Any], where: str) -> str | None:
     """The one of | ; , that splits the column into a small vocabulary of names (JSON arrays and lists need
     none); None when no cell joins several; several that fit, or none that fits, stop with the readings."""
@@ -104,7 +110,7 @@ def infer_layout(reading: FileReading, task: str, text_column: str | None = None
         delimiter = label_delimiter
         if task == "multilabel" and delimiter is None:
             delimiter = detect_label_delimiter(values[rest[0]], f"{path}, column '{rest[0]}'")
-        if label_column or rest == binary or label_like(values[rest[0]], delimiter):
+        if label_column or rest == binary or label_like(values[rest[0]], delimiter) or repeats(values[rest[0]]):
             found += [] if label_column else [f"label column {rest[0]!r}"]
             found += [f"labels joined by {delimiter!r}"] if delimiter and not label_delimiter else []
             return (ColumnLayout(texts[0].strip(), label_column=rest[0].strip(), label_delimiter=delimiter,

@@ -13,16 +13,17 @@ def stratified_split(labels: np.ndarray, held_out: float, seed: int) -> tuple[np
     n_held = int(round(n * held_out))
     if n_held == 0:
         return np.arange(n), np.array([], dtype=int)
-    if labels.ndim == 2:
+    target = labels[:, 0] if labels.ndim == 2 and labels.shape[1] == 1 else labels  # one 0/1 label: two classes
+    if target.ndim == 2:
         splitter = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=n_held, random_state=seed)
     else:
-        _, counts = np.unique(labels, return_counts=True)
+        _, counts = np.unique(target, return_counts=True)
         if counts.min() < 2 or n_held < len(counts):
             rng = np.random.default_rng(seed)
             order = rng.permutation(n)
             return cover_rare_labels(labels, order[n_held:], order[:n_held])
         splitter = StratifiedShuffleSplit(n_splits=1, test_size=n_held, random_state=seed)
-    kept, held = next(splitter.split(np.zeros((n, 1)), labels))
+    kept, held = next(splitter.split(np.zeros((n, 1)), target))
     return cover_rare_labels(labels, kept, held)
 
 
