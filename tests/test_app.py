@@ -22,7 +22,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app import create_app
 from inferer import ModelInferer
-from serving.scheduling import EXPLAIN_BATCH_TOKENS, PREDICT_QUIET_S, DeadlineExceeded, ModelTurns
+from serving import scheduling
+from serving.scheduling import EXPLAIN_BATCH_TOKENS, DeadlineExceeded, ModelTurns
 from serving.settings import RECEIVED_AT, ServingSettings, available_cores
 from utils.explain import prepare_text
 from utils.precision import resolve_precision
@@ -385,15 +386,19 @@ def test_an_explanation_in_flight_does_not_hold_up_predict(multilabel_checkpoint
     assert max(latencies) < 0.3 + 0.25, latencies
 
 
-def test_an_explanation_goes_only_once_predict_has_been_quiet():
+def test_an_explanation_goes_only_once_predict_has_been_quiet(monkeypatch):
     """Strict priority: an explanation's pass (or other work) starts PREDICT_QUIET_S after the last /predict pass,
-    so a stream of /predict passes keeps the model between its requests; the explanation waits to its deadline."""
+    so a stream of /predict passes keeps the model between its requests; the explanation waits to its deadline.
+    The quiet period is raised to 0.2 s here so that a busy test machine's scheduling cannot open a gap in the
+    stream (10 ms, the default, is measured in docs/SERVING.md)."""
+    quiet = 0.2
+    monkeypatch.setattr(scheduling, "PREDICT_QUIET_S", quiet)
     turns = ModelTurns()
     with turns.as_caller(urgent=True, deadline=None), turns.turn():
         pass
     ended = time.monotonic()
     with turns.as_caller(urgent=False, deadline=ended + 5), turns.turn():
-        assert PREDICT_QUIET_S - 0.002 <= time.monotonic() - ended < PREDICT_QUIET_S + 0.1
+        assert quiet - 0.002 <= time.monotonic() - ended < quiet + 0.1
     streaming = threading.Event()
 
     def predict_stream() -> None:
@@ -401,22 +406,22 @@ def test_an_explanation_goes_only_once_predict_has_been_quiet():
             while not streaming.is_set():
                 with turns.turn():
                     time.sleep(0.002)
-                time.sleep(PREDICT_QUIET_S / 4)  # the next request comes sooner than the quiet period
+                time.sleep(0.005)  # the next request comes far sooner than the quiet period
 
     stream = threading.Thread(target=predict_stream)
     stream.start()
     try:
         for work in (turns.turn, contextlib.nullcontext):  # a forward pass, or work that only gives way
             started = time.monotonic()
-            with turns.as_caller(urgent=False, deadline=started + 0.3), pytest.raises(DeadlineExceeded):
+            with turns.as_caller(urgent=False, deadline=started + 0.5), pytest.raises(DeadlineExceeded):
                 turns.give_way()
                 with work():
                     pass
-            assert 0.3 <= time.monotonic() - started < 0.3 + 0.1
+            assert 0.5 <= time.monotonic() - started < 0.5 + 0.2
     finally:
         streaming.set()
         stream.join()
-    with turns.as_caller(urgent=False, deadline=time.monotonic() + 1), turns.turn():  # quiet again: it goes
+    with turns.as_caller(urgent=False, deadline=time.monotonic() + 2), turns.turn():  # quiet again: it goes
         pass
 
 
