@@ -27,8 +27,9 @@ COPY serving/ ./serving/
 # the page at / (HTML, CSS, JS): served from the image itself, nothing fetched from elsewhere
 COPY serving/static/ ./serving/static/
 COPY models/ ./models/
-COPY utils/__init__.py utils/atomic.py utils/checkpoint.py utils/encoding.py utils/explain.py utils/precision.py \
-     utils/runners.py utils/scoring.py ./utils/
+COPY utils/__init__.py ./utils/
+COPY utils/checkpoint/ ./utils/checkpoint/
+COPY utils/inference/ ./utils/inference/
 
 # The checkpoint: a folder of the build context (default docker/model/, see its README), or a volume on /model.
 ARG CHECKPOINT_DIR=docker/model

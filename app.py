@@ -11,11 +11,11 @@ from __future__ import annotations
 from flask import Flask
 
 from inferer import ModelInferer
+from serving.context import ServingState, load_inferer
 from serving.errors import register_error_handlers
 from serving.hooks import register_hooks
 from serving.routes import routes
 from serving.settings import ServingSettings
-from serving.state import ServingState, load_inferer
 
 
 def create_app(inferer: ModelInferer | None = None, settings: ServingSettings | None = None) -> Flask:

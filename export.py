@@ -2,7 +2,7 @@
 
     python main.py --mode export --checkpoint DIR [--onnx-static-int8] [--output FILE]
 
-Writes into DIR (file names: utils/checkpoint.py ONNX_FILES; ModelInferer's `backend` in brackets):
+Writes into DIR (file names: utils/checkpoint/contract.py ONNX_FILES; ModelInferer's `backend` in brackets):
 - model.onnx [onnx]: the classifier as (input_ids, attention_mask) -> logits, standard operators only, dynamic
   batch and sequence axes (opset 17);
 - model.int8.onnx [onnx-int8]: the same with int8 MatMul weights (dynamic quantization): 8-bit where the CPU has
@@ -13,7 +13,7 @@ Writes into DIR (file names: utils/checkpoint.py ONNX_FILES; ModelInferer's `bac
 - with --onnx-static-int8, model.fused.int8-static.onnx [onnx-fused-int8-static]: static int8, the activations'
   ranges calibrated on training rows.
 Then, where the training data is still where training_config.json says, it scores the validation rows with the
-float32 PyTorch model and with every graph and writes variants.json (utils/checkpoint.py VariantsReport): the
+float32 PyTorch model and with every graph and writes variants.json (utils/checkpoint/contract.py VariantsReport): the
 speed and metric cost of each, which BACKEND=auto chooses from, and the int8 choice. `--output FILE` writes the
 graphs beside FILE instead (FILE, then its `.int8.onnx`, `.fused.onnx`, ... twins) and measures nothing.
 """
@@ -36,8 +36,8 @@ import numpy as np
 import torch
 
 from models import load_classifier
-from utils.checkpoint import ONNX_FILES, CheckpointFolder, Int8Quantization, VariantRecord, VariantsReport
-from utils.runners import QUALITY_METRIC
+from utils.checkpoint.contract import ONNX_FILES, CheckpointFolder, Int8Quantization, VariantRecord, VariantsReport
+from utils.inference.runners import QUALITY_METRIC
 
 if TYPE_CHECKING:
     from utils.data.readers import LabeledTexts
@@ -173,7 +173,7 @@ class CalibrationBatches:
     def __init__(self, checkpoint: str | Path, texts: list[str], batch_size: int = 32) -> None:
         from transformers import AutoTokenizer
 
-        from utils.encoding import encode, pad_batch, pad_token_id, sorted_batches
+        from utils.inference.tokens import encode, pad_batch, pad_token_id, sorted_batches
 
         info = CheckpointFolder(checkpoint).info
         tokenizer = AutoTokenizer.from_pretrained(checkpoint)

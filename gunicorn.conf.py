@@ -18,8 +18,8 @@ import tempfile
 from pathlib import Path
 
 from serving.settings import ServingSettings
-from utils.checkpoint import CheckpointError, CheckpointFolder
-from utils.runners import choose_backend, torch_only_option
+from utils.checkpoint.contract import CheckpointError, CheckpointFolder
+from utils.inference.runners import choose_backend, torch_only_option
 
 APP_LOAD_ERROR = 4  # gunicorn's own exit status for an application that cannot be loaded
 settings = ServingSettings.from_env()
@@ -84,7 +84,7 @@ def on_exit(server) -> None:
 def post_fork(server, worker) -> None:
     import logging
 
-    # the thread count itself is set where the model loads (utils/runners.py), for whichever engine runs it
+    # the thread count itself is set where the model loads (utils/inference/runners.py), for whichever engine runs it
     app_log = logging.getLogger("classifier")  # the app's messages go where gunicorn's own go
     app_log.handlers, app_log.propagate = server.log.error_log.handlers, False
     app_log.setLevel(logging.INFO)

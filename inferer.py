@@ -18,9 +18,9 @@ from transformers import AutoTokenizer
 
 from models.blend import blend_scores
 from models.lexical import LexicalModel
-from utils.checkpoint import LEXICAL, TRANSFORMER, CheckpointFolder
-from utils.encoding import TRUNCATIONS, encode, pad_batch, pad_token_id, sorted_batches
-from utils.explain import (
+from models.scoring import chosen_labels, scores_from_logits, with_temperature
+from utils.checkpoint.contract import LEXICAL, TRANSFORMER, CheckpointFolder
+from utils.inference.explain import (
     DEFAULT_METHOD,
     TextToExplain,
     attribute,
@@ -30,8 +30,8 @@ from utils.explain import (
     prepare_text,
     transformer_tokens,
 )
-from utils.runners import BackendChoice, build_runner, choose_backend, torch_only_option
-from utils.scoring import chosen_labels, scores_from_logits, with_temperature
+from utils.inference.runners import BackendChoice, build_runner, choose_backend, torch_only_option
+from utils.inference.tokens import TRUNCATIONS, encode, pad_batch, pad_token_id, sorted_batches
 
 # The TF-IDF member's characters that take the CPU time of one transformer token: 512k characters a second against
 # 3.5k tokens a second for all-MiniLM-L6-v2 at 64 tokens, one thread, AMD EPYC (docs/SERVING.md).
@@ -48,10 +48,10 @@ class ModelInferer:
     settings that differ (max length, truncation) are named in a warning, and the checkpoint's are used.
     `threshold` replaces the checkpoint's tuned multi-label thresholds: one number for every label, or one per
     label. `backend` "auto" (the default, as the server, eval and predict) picks the fastest of the checkpoint's
-    exported graphs whose validation cost export measured within bounds (utils/runners.py `choose_backend`), else
-    PyTorch; "torch" is PyTorch whatever was exported (gradients for `explain`, a GPU); "onnx", "onnx-int8",
-    "onnx-fused", ... run one graph in ONNX Runtime on the CPU. `quantize`, a `precision` other than auto/fp32 or
-    a GPU `device` make "auto" PyTorch.
+    exported graphs whose validation cost export measured within bounds (`choose_backend`), else PyTorch; "torch"
+    is PyTorch whatever was exported (gradients for `explain`, a GPU); "onnx", "onnx-int8", "onnx-fused", ... run one
+    graph in ONNX Runtime on the CPU. `quantize`, a `precision` other than auto/fp32 or a GPU `device` make "auto"
+    PyTorch.
     """
 
     def __init__(self, checkpoint_path: str | Path, quantize: bool = False, device: str | None = None,

@@ -18,7 +18,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from inferer import ModelInferer
-from utils.atomic import staged_file
+from utils.checkpoint.atomic import staged_file
 from utils.config import Config
 from utils.data.files import DataError, FileReading, find_columns, iter_frames, open_file
 

@@ -37,9 +37,9 @@ from ray.data import Datasink
 from ray.data.block import BlockAccessor
 from ray.exceptions import UserCodeException
 
-from utils.checkpoint import CheckpointFolder
+from utils.checkpoint.contract import CheckpointFolder
 from utils.data.files import DataError, find_columns, iter_frames, open_file
-from utils.runners import AUTO, choose_backend, torch_only_option
+from utils.inference.runners import AUTO, choose_backend, torch_only_option
 
 if TYPE_CHECKING:
     from utils.config import Config

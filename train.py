@@ -22,17 +22,17 @@ from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from models import build_classifier, default_backbone_path
 from models.losses import build_loss
-from utils.checkpoint import LEXICAL, TRANSFORMER, ClassifierInfo, write_checkpoint
+from models.scoring import with_temperature
+from utils.checkpoint.contract import LEXICAL, TRANSFORMER, ClassifierInfo, write_checkpoint
 from utils.config import Config
 from utils.data.prepare import DataSplits, prepare_splits
 from utils.data.report import add_to_data_report, write_data_report
-from utils.encoding import encode, pad_token_id
 from utils.evaluation.metrics import PRIMARY_METRIC, compute_metrics, tune_thresholds
-from utils.precision import accelerate_mixed_precision, resolve_precision
-from utils.scoring import with_temperature
+from utils.inference.precision import accelerate_mixed_precision, resolve_precision
+from utils.inference.tokens import encode, pad_token_id
 from utils.training.batching import EncodedDataset, PaddingCollator, training_loader
+from utils.training.blend import Blend, FittedMember, fit_blend, fit_member, member_metrics
 from utils.training.calibration import calibration_summary, fit_temperature
-from utils.training.ensemble import Blend, FittedMember, fit_blend, fit_member, member_metrics
 from utils.training.optim import bytes_needed, freeze, loss_weights, parameter_groups
 from utils.training.recipe import (
     RECIPE_FIELDS,
@@ -43,8 +43,7 @@ from utils.training.recipe import (
     default_budget_seconds,
     measure_step_cost,
 )
-from utils.training.signals import StopRequest, TrainingInterrupted
-from utils.training.state import (
+from utils.training.resume import (
     Progress,
     check_writable,
     find_resume_dir,
@@ -53,6 +52,7 @@ from utils.training.state import (
     run_identity,
     save_training_state,
 )
+from utils.training.signals import StopRequest, TrainingInterrupted
 from utils.training.validation import primary_metric, validation_scores
 
 

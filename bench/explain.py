@@ -31,10 +31,10 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 
 from bench.records import append_record, figure_path, machine, new_record, results_path, save_figure  # noqa: E402
 from inferer import ModelInferer  # noqa: E402
+from models.scoring import scores_from_logits  # noqa: E402
 from utils.config import config_from_saved  # noqa: E402
 from utils.data.prepare import prepare_splits  # noqa: E402
-from utils.explain import METHODS, TextToExplain, attribute, prepare_text, score_sequences  # noqa: E402
-from utils.scoring import scores_from_logits  # noqa: E402
+from utils.inference.explain import METHODS, TextToExplain, attribute, prepare_text, score_sequences  # noqa: E402
 
 RESULTS = results_path("explain_faithfulness.json")
 PLOT = figure_path("explain_deletion.png")

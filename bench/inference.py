@@ -36,7 +36,7 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 import export  # noqa: E402
 from bench.records import append_record, figure_path, machine, new_record, results_path, save_figure  # noqa: E402
 from inferer import ModelInferer  # noqa: E402
-from utils.checkpoint import CheckpointFolder  # noqa: E402
+from utils.checkpoint.contract import CheckpointFolder  # noqa: E402
 from utils.config import make_config  # noqa: E402
 from utils.data.prepare import read_test_set  # noqa: E402
 from utils.data.readers import LabeledTexts  # noqa: E402
@@ -53,7 +53,7 @@ VARIANTS = {  # name: ModelInferer arguments
 }
 FP32_BATCH_PATHS = ("torch fp32", "onnx fp32", "onnx fused fp32")
 INT8_VARIANTS = ("torch int8 (dynamic)", "onnx int8", "onnx fused int8", "onnx fused int8 static")
-MAX_ROC_AUC_COST = 0.003  # the int8 goal's quality bound, as BACKEND=auto's (utils/runners.py MAX_COST)
+MAX_ROC_AUC_COST = 0.003  # the int8 goal's quality bound, as BACKEND=auto's (utils/inference/runners.py MAX_COST)
 
 
 def parse_args() -> argparse.Namespace:

@@ -32,18 +32,13 @@ from scipy.sparse import hstack  # noqa: E402
 
 from bench.records import machine, results_path  # noqa: E402
 from models.blend import blend_scores  # noqa: E402
-from models.lexical import (  # noqa: E402
-    LexicalModel,
-    LexicalSettings,
-    build_vectorizers,
-    fit_multiclass,
-    fit_multilabel,
-)
+from models.lexical import LexicalSettings  # noqa: E402
 from utils.config import parse_config  # noqa: E402
 from utils.data.datasets import BUILTIN_DATASETS  # noqa: E402
 from utils.data.prepare import DataSplits, prepare_splits  # noqa: E402
 from utils.evaluation.metrics import compute_metrics, tune_thresholds  # noqa: E402
 from utils.training.blend_weights import choose_blend_weights, roc_auc  # noqa: E402
+from utils.training.lexical_fit import build_vectorizers, fit_lexical, fit_multiclass, fit_multilabel  # noqa: E402
 
 # one change at a time against the base (the baseline's settings: the starting point of the measurements)
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -149,7 +144,7 @@ def lexical_command(data: str, scores_dir: Path, variant_names: list[str] | None
     best = combined if best_row["variant"].startswith("combined") else variants[best_row["variant"]]
     print(f"  best on validation: {best_row['variant']}", flush=True)
     started = time.perf_counter()
-    model = LexicalModel.fit(splits.train.texts, splits.train.labels, task, best,
+    model = fit_lexical(splits.train.texts, splits.train.labels, task, best,
                              (splits.validation.texts, splits.validation.labels))
     fit_seconds = time.perf_counter() - started
     started = time.perf_counter()

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from models.classifiers import CLASSIFIERS
     from models.factory import build_classifier, default_backbone_path, load_classifier
 
+WEIGHTS_FILE = "model.safetensors"  # the classifier's weights in a checkpoint folder (utils/checkpoint reads the name)
 _HOMES = {"CLASSIFIERS": "models.classifiers", "build_classifier": "models.factory",
           "default_backbone_path": "models.factory", "load_classifier": "models.factory"}
 __all__ = ["CLASSIFIERS", "build_classifier", "default_backbone_path", "load_classifier"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from utils.scoring import EPS, logit, scores_from_logits
+from models.scoring import EPS, logit, scores_from_logits
 
 METHODS = ("logit", "probability")
 DEFAULT_METHODS = {"multilabel": "logit", "multiclass": "probability"}

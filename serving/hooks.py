@@ -7,9 +7,9 @@ import time
 
 from flask import Flask, Response, g, request
 
+from serving.context import serving
 from serving.errors import ApiError
 from serving.settings import METRICS_LISTENER, ServingSettings
-from serving.state import serving
 
 OPEN_PATHS = ("/health",)  # answered without the API key, for load balancers and container health checks
 PAGE_PATHS = ("/", "/static/")  # the page and its files: public, the page itself asks for the key

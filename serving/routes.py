@@ -10,6 +10,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request, send_from_directory
 
 from inferer import ModelInferer, validate_texts
+from serving.context import PREDICT_BATCH_SIZE, ServingState, serving
 from serving.costs import check_explain_cost, check_predict_cost
 from serving.errors import ApiError
 from serving.microbatch import QueueFull
@@ -17,8 +18,7 @@ from serving.openapi import FORM_FIELD, openapi_document
 from serving.scheduling import DeadlineExceeded, ExplainQueueFull
 from serving.schemas import AnyRequest, ExplainRequest, PredictRequest, parse_request
 from serving.settings import RECEIVED_AT
-from serving.state import PREDICT_BATCH_SIZE, ServingState, serving
-from utils.checkpoint import backbone_name
+from utils.checkpoint.contract import backbone_name
 
 routes = Blueprint("classifier", __name__)
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")

@@ -22,7 +22,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from utils.runners import AUTO, BACKENDS
+from utils.inference.runners import AUTO, BACKENDS
 
 # The WSGI environ key the worker (serving/worker.py) sets on requests that came in on METRICS_PORT.
 METRICS_LISTENER = "classifier.metrics_listener"

@@ -25,8 +25,8 @@ from inferer import ModelInferer
 from serving import scheduling
 from serving.scheduling import EXPLAIN_BATCH_TOKENS, DeadlineExceeded, ModelTurns
 from serving.settings import RECEIVED_AT, ServingSettings, available_cores
-from utils.explain import prepare_text
-from utils.precision import resolve_precision
+from utils.inference.explain import prepare_text
+from utils.inference.precision import resolve_precision
 
 LIMITS = {"max_texts": 3, "max_chars": 100, "max_body_bytes": 4096, "max_explain_texts": 2, "max_tokens": 1000,
           "max_request_cost": 30_000, "request_timeout": 30.0, "explain_queue_size": 2}

@@ -10,8 +10,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 # Lowest first. A module may import from its own layer and the layers below it.
 LAYERS = [
-    ("base", ["models", "utils/__init__.py", "utils/atomic.py", "utils/checkpoint.py", "utils/encoding.py",
-              "utils/explain.py", "utils/precision.py", "utils/runners.py", "utils/scoring.py"]),
+    ("models", ["models"]),
+    ("checkpoint", ["utils/__init__.py", "utils/checkpoint"]),
+    ("inference pieces", ["utils/inference"]),
     ("settings", ["utils/config.py"]),
     ("data", ["utils/data"]),
     ("metrics", ["utils/evaluation"]),
@@ -80,8 +81,20 @@ def test_no_import_from_a_layer_above(path):
     assert upward == [], f"{path.name} ({LAYERS[own][0]}) imports from above: {upward}"
 
 
-def test_the_serving_image_copies_only_base_modules_of_utils():
-    dockerfile = (ROOT / "Dockerfile").read_text()
-    copied = {word.removeprefix("utils/") for word in dockerfile.split() if word.startswith("utils/")}
-    base = {m.removeprefix("utils/") for m in LAYERS[0][1] if m.startswith("utils/")}
-    assert copied == base
+def test_models_import_nothing_else_of_the_project():
+    outside = [f"{path.relative_to(ROOT)}: {name}" for path in sorted((ROOT / "models").glob("*.py"))
+               for name in imported_modules(path)
+               if (module_path(name) or "models").split("/")[0] != "models"]
+    assert outside == []
+
+
+# What the serving images hold of utils/: the layers below settings, as whole folders.
+SERVED_UTILS = {m for _, members in LAYERS[1:3] for m in members}
+
+
+def test_the_serving_images_copy_whole_folders_of_the_layers_below_settings():
+    for dockerfile in ("Dockerfile", "Dockerfile.onnx"):
+        lines = (ROOT / dockerfile).read_text().splitlines()
+        words = [w for line in lines if line.startswith("COPY ") for w in line.split()]
+        copied = {w.rstrip("/") for w in words if w.startswith("utils/")}
+        assert copied == SERVED_UTILS, dockerfile

@@ -17,8 +17,8 @@ import pytest
 
 from bench.fairness import unexpected
 from bench.inference import VARIANTS
-from utils.checkpoint import CheckpointFolder
-from utils.runners import choose_backend
+from utils.checkpoint.contract import CheckpointFolder
+from utils.inference.runners import choose_backend
 
 ROOT = Path(__file__).resolve().parent.parent
 

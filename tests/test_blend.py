@@ -10,9 +10,10 @@ from conftest import TOXIC_LABELS
 from sklearn.metrics import roc_auc_score
 
 from models.blend import blend_scores
-from models.lexical import LexicalModel, LexicalSettings
+from models.lexical import LexicalSettings
 from utils.data.datasets import SHARED_DATA_DIR
 from utils.training.blend_weights import choose_blend_weights, roc_auc
+from utils.training.lexical_fit import fit_lexical
 
 # measured: at most 1.1e-16 between a weight-1 (or 0) logit blend and that member's probabilities here (exact
 # for probability averaging); probabilities beyond [1e-12, 1 - 1e-12] are clipped before taking logits
@@ -23,8 +24,8 @@ def member_scores(task: str, texts: list[str], labels: np.ndarray, n_fit: int, n
     """Two real, different members fitted on the first rows (a word model stands in for the transformer):
     their scores on the validation rows and on the remaining 'test' rows."""
     fit, val, test = slice(0, n_fit), slice(n_fit, n_fit + n_val), slice(n_fit + n_val, None)
-    first = LexicalModel.fit(texts[fit], labels[fit], task, LexicalSettings(char_ngrams=None, c=4.0))
-    second = LexicalModel.fit(texts[fit], labels[fit], task,
+    first = fit_lexical(texts[fit], labels[fit], task, LexicalSettings(char_ngrams=None, c=4.0))
+    second = fit_lexical(texts[fit], labels[fit], task,
                               LexicalSettings(word_ngrams=(1, 1), char_ngrams=(3, 4), c=1.0))
     return {"val_labels": labels[val], "test_labels": labels[test],
             "first_val": first.scores(texts[val]), "second_val": second.scores(texts[val]),

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from inferer import ModelInferer
-from utils.checkpoint import CheckpointFolder
-from utils.scoring import with_temperature
+from models.scoring import with_temperature
+from utils.checkpoint.contract import CheckpointFolder
 from utils.training.calibration import calibration_summary, fit_temperature
 
 

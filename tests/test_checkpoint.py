@@ -8,7 +8,7 @@ from safetensors import safe_open
 from transformers import AutoTokenizer
 
 from models import build_classifier, load_classifier
-from utils.checkpoint import (
+from utils.checkpoint.contract import (
     CLASSIFIER_FILE,
     FORMAT_VERSION,
     METRICS_FILE,

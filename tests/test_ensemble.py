@@ -18,7 +18,7 @@ import predict
 from app import create_app
 from inferer import ModelInferer
 from serving.settings import ServingSettings
-from utils.checkpoint import LEXICAL, LEXICAL_CONFIG_FILE, LEXICAL_WEIGHTS_FILE, TRANSFORMER, CheckpointFolder
+from utils.checkpoint.contract import LEXICAL, LEXICAL_CONFIG_FILE, LEXICAL_WEIGHTS_FILE, TRANSFORMER, CheckpointFolder
 from utils.config import config_from_saved
 from utils.data.prepare import prepare_splits
 from utils.evaluation.metrics import PRIMARY_METRIC, compute_metrics

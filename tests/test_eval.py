@@ -16,7 +16,7 @@ from sklearn.metrics import f1_score, roc_auc_score
 
 import eval as evaluation
 from inferer import ModelInferer
-from utils.checkpoint import read_info
+from utils.checkpoint.contract import read_info
 from utils.config import make_config
 from utils.data.prepare import read_test_set
 from utils.data.readers import DataError

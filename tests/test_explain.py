@@ -1,5 +1,6 @@
-"""ModelInferer.explain and utils/explain.py: words and their offsets, the labels explained, each method, blended
-checkpoints, and (marked slow: it trains a MiniLM head) faithfulness by deletion curves on real held-out comments."""
+"""ModelInferer.explain and utils/inference/explain.py: words and their offsets, the labels explained, each method,
+blended checkpoints, and (marked slow: it trains a MiniLM head) faithfulness by deletion curves on real held-out
+comments."""
 
 from __future__ import annotations
 
@@ -16,9 +17,9 @@ from conftest import TOXIC_LABELS
 import export
 from inferer import ModelInferer
 from models import default_backbone_path
+from models.scoring import scores_from_logits
 from utils.data.datasets import SHARED_DATA_DIR
-from utils.encoding import encode, encode_with_offsets
-from utils.explain import (
+from utils.inference.explain import (
     METHODS,
     attribute,
     blend_word_scores,
@@ -28,7 +29,7 @@ from utils.explain import (
     score_sequences,
     split_words,
 )
-from utils.scoring import scores_from_logits
+from utils.inference.tokens import encode, encode_with_offsets
 
 TEXTS = [
     "You are a complete idiot!! Go away.",

@@ -20,8 +20,15 @@ from conftest import TOXIC_LABELS
 import export
 import main
 from inferer import ModelInferer
-from utils.checkpoint import LEXICAL, ONNX_FILES, TRANSFORMER, VARIANTS_FILE, CheckpointFolder, Int8Quantization
-from utils.runners import choose_backend
+from utils.checkpoint.contract import (
+    LEXICAL,
+    ONNX_FILES,
+    TRANSFORMER,
+    VARIANTS_FILE,
+    CheckpointFolder,
+    Int8Quantization,
+)
+from utils.inference.runners import choose_backend
 
 # Largest |score - PyTorch float32 score| on the real texts below (82 toxic comments, 80 paper titles), with the tiny
 # checkpoints conftest trains (BERT multi-label / multi-class; RoBERTa and DistilBERT multi-label), plain and fused

@@ -20,9 +20,10 @@ from hypothesis import strategies as st
 from scipy.sparse import csr_matrix, hstack
 from sklearn.linear_model import LogisticRegression
 
-from models.lexical import CONFIG_FILE, WEIGHTS_FILE, LexicalModel, LexicalSettings, build_vectorizers
+from models.lexical import CONFIG_FILE, WEIGHTS_FILE, LexicalModel, LexicalSettings
 from utils.data.datasets import SHARED_DATA_DIR
-from utils.explain import split_words
+from utils.inference.explain import split_words
+from utils.training.lexical_fit import build_vectorizers, fit_lexical
 
 ROOT = Path(__file__).resolve().parents[1]
 # measured on these rows: at most 2.5e-16 between the numpy transform and TfidfVectorizer, and 1.3e-15
@@ -80,7 +81,7 @@ SETTINGS = {
 def test_numpy_transform_equals_sklearn(name, toxic, goemotions_texts):
     fit_texts, fit_labels, other_texts, _ = toxic
     settings = SETTINGS[name]
-    model = LexicalModel.fit(fit_texts, fit_labels, "multilabel", settings)
+    model = fit_lexical(fit_texts, fit_labels, "multilabel", settings)
     vectorizers = build_vectorizers(settings)
     for vectorizer in vectorizers:
         vectorizer.fit(fit_texts)
@@ -95,7 +96,7 @@ def test_numpy_transform_equals_sklearn(name, toxic, goemotions_texts):
 def test_multiclass_scores_equal_sklearn_predict_proba(conference):
     fit_texts, fit_labels, other_texts, _ = conference
     settings = LexicalSettings(c=4.0, nb_weighting=False)
-    model = LexicalModel.fit(fit_texts, fit_labels, "multiclass", settings)
+    model = fit_lexical(fit_texts, fit_labels, "multiclass", settings)
     vectorizers = build_vectorizers(settings)
     x_fit = hstack([v.fit_transform(fit_texts) for v in vectorizers], format="csr")
     reference = LogisticRegression(C=4.0, class_weight="balanced", solver="newton-cg", max_iter=1000, tol=1e-4)
@@ -110,7 +111,7 @@ def test_two_classes_score_as_scikit_learns_binary_model(conference):
     keep = labels < 2
     texts, labels = [t for t, k in zip(texts, keep, strict=True) if k], labels[keep]
     settings = LexicalSettings.for_task("multiclass")
-    model = LexicalModel.fit(texts, labels, "multiclass", settings)
+    model = fit_lexical(texts, labels, "multiclass", settings)
     reference = LogisticRegression(C=settings.c, class_weight=settings.class_weight, solver="newton-cg",
                                    tol=settings.tol, max_iter=settings.max_iter).fit(as_scipy(model, texts), labels)
     np.testing.assert_allclose(model.scores(other), reference.predict_proba(as_scipy(model, other)),
@@ -120,7 +121,7 @@ def test_two_classes_score_as_scikit_learns_binary_model(conference):
 def test_multilabel_scores_equal_sklearn_predict_proba(toxic):
     fit_texts, fit_labels, other_texts, _ = toxic
     settings = LexicalSettings(c=2.0, class_weight=None, nb_weighting=False)
-    model = LexicalModel.fit(fit_texts, fit_labels, "multilabel", settings)
+    model = fit_lexical(fit_texts, fit_labels, "multilabel", settings)
     vectorizers = build_vectorizers(settings)
     x_fit = hstack([v.fit_transform(fit_texts) for v in vectorizers], format="csr")
     x_other = hstack([v.transform(other_texts) for v in vectorizers], format="csr")
@@ -134,10 +135,10 @@ def test_multilabel_scores_equal_sklearn_predict_proba(toxic):
 def test_fits_stopped_at_max_iter_are_counted_not_warned_per_fit(toxic, recwarn):
     fit_texts, fit_labels, other_texts, other_labels = toxic
     settings = LexicalSettings(c_grid=(0.5, 8.0), max_iter=1)
-    model = LexicalModel.fit(fit_texts, fit_labels, "multilabel", settings, validation=(other_texts, other_labels))
+    model = fit_lexical(fit_texts, fit_labels, "multilabel", settings, validation=(other_texts, other_labels))
     assert 0 < model.fit_report["unconverged_fits"] <= 3 * fit_labels.shape[1]  # 3 C values per label
     assert not [w for w in recwarn if "converge" in str(w.message)]
-    converged = LexicalModel.fit(fit_texts, fit_labels, "multilabel", LexicalSettings(c_grid=(0.5,)),
+    converged = fit_lexical(fit_texts, fit_labels, "multilabel", LexicalSettings(c_grid=(0.5,)),
                                  validation=(other_texts, other_labels))
     assert converged.fit_report["unconverged_fits"] == 0
 
@@ -145,7 +146,7 @@ def test_fits_stopped_at_max_iter_are_counted_not_warned_per_fit(toxic, recwarn)
 def test_c_is_chosen_on_validation(toxic):
     fit_texts, fit_labels, other_texts, other_labels = toxic
     settings = LexicalSettings(c_grid=(0.5, 8.0), c=2.0, c_per_label=True)
-    model = LexicalModel.fit(fit_texts, fit_labels, "multilabel", settings, validation=(other_texts, other_labels))
+    model = fit_lexical(fit_texts, fit_labels, "multilabel", settings, validation=(other_texts, other_labels))
     grid = model.fit_report["validation_roc_auc"]
     assert set(grid) == {"0.5", "2.0", "8.0"}
     for j, c in enumerate(model.fit_report["c_per_label"]):
@@ -157,7 +158,7 @@ def test_rising_c_stops_once_validation_turns_down(toxic):
     the whole grid's, and the skipped values (the slowest fits) are reported as unscored."""
     fit_texts, fit_labels, other_texts, other_labels = toxic
     grid = (0.05, 0.25, 1.0, 4.0, 16.0)
-    whole, stopped = (LexicalModel.fit(fit_texts, fit_labels, "multilabel",
+    whole, stopped = (fit_lexical(fit_texts, fit_labels, "multilabel",
                                        LexicalSettings(c_grid=grid, c=1.0, c_patience=patience),
                                        validation=(other_texts, other_labels)) for patience in (None, 2))
     curves = np.array([whole.fit_report["validation_roc_auc"][str(c)] for c in grid], dtype=float)
@@ -176,7 +177,7 @@ def test_multiclass_c_search_stops_once_validation_turns_down(conference):
     grid does when the grid's curve has one peak."""
     fit_texts, fit_labels, other_texts, other_labels = conference
     grid = (0.05, 0.25, 1.0, 4.0, 16.0, 64.0)
-    whole, stopped = (LexicalModel.fit(fit_texts, fit_labels, "multiclass",
+    whole, stopped = (fit_lexical(fit_texts, fit_labels, "multiclass",
                                        LexicalSettings(nb_weighting=False, c_grid=grid, c=1.0, c_patience=patience),
                                        validation=(other_texts, other_labels)) for patience in (None, 2))
     curve = [(point["macro_f1"], point["accuracy"]) for point in whole.fit_report["validation_grid"]]
@@ -197,7 +198,7 @@ def saved(toxic, conference, tmp_path_factory) -> dict[str, tuple[LexicalModel, 
             ("multilabel", "multilabel", toxic, LexicalSettings.for_task("multilabel")),
             ("multiclass", "multiclass", conference, LexicalSettings.for_task("multiclass")),
             ("multiclass NB", "multiclass", conference, LexicalSettings(nb_weighting=True))):
-        model = LexicalModel.fit(fit_texts, fit_labels, task, settings)
+        model = fit_lexical(fit_texts, fit_labels, task, settings)
         folder = tmp_path_factory.mktemp(task)
         model.save(folder)
         out[name] = (model, folder, other_texts)
@@ -336,7 +337,7 @@ def test_occlusion_scores_any_spans_exactly(saved, text, cuts):
 def test_occlusion_scores_with_a_token_pattern_across_spaces_are_still_exact(toxic):
     """A pattern whose tokens span whitespace breaks the chunk-by-chunk reading: each shorter text is scored whole."""
     texts, labels = toxic[0][:200], toxic[1][:200]
-    model = LexicalModel.fit(texts, labels, "multilabel", LexicalSettings(token_pattern=r"\w+ \w+", char_ngrams=None))
+    model = fit_lexical(texts, labels, "multilabel", LexicalSettings(token_pattern=r"\w+ \w+", char_ngrams=None))
     text = "you are an idiot. go away now"
     spans = split_words(text)
     np.testing.assert_allclose(model.occlusion_scores(text, spans), model.scores(shorter_texts(text, spans)),

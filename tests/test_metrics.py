@@ -18,6 +18,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from models.scoring import scores_from_logits
 from utils.evaluation.metrics import (
     best_f1_threshold,
     calibration_metrics,
@@ -26,7 +27,6 @@ from utils.evaluation.metrics import (
     reliability_bins,
     tune_thresholds,
 )
-from utils.scoring import scores_from_logits
 
 LABELS = ["a", "b", "c", "d"]
 

@@ -24,9 +24,9 @@ import eval as evaluation
 from app import create_app
 from inferer import ModelInferer
 from serving.settings import ServingSettings
-from utils.checkpoint import backbone_name
+from utils.checkpoint.contract import backbone_name
 from utils.config import make_config
-from utils.explain import split_words
+from utils.inference.explain import split_words
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from utils.precision import accelerate_mixed_precision, cpu_has_amx, resolve_precision
+from utils.inference.precision import accelerate_mixed_precision, cpu_has_amx, resolve_precision
 
 
 def fails():

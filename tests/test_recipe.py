@@ -11,10 +11,10 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from utils.checkpoint import LEXICAL, CheckpointFolder
+from models.scoring import chosen_labels
+from utils.checkpoint.contract import LEXICAL, CheckpointFolder
 from utils.config import make_config
 from utils.data.datasets import SHARED_DATA_DIR
-from utils.scoring import chosen_labels
 from utils.training.recipe import (
     MAX_BUDGET_MINUTES,
     MIN_BUDGET_MINUTES,

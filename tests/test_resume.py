@@ -117,7 +117,7 @@ WRITER = """
 import sys
 from models import load_classifier
 from transformers import AutoTokenizer
-from utils.checkpoint import CheckpointFolder, write_checkpoint
+from utils.checkpoint.contract import CheckpointFolder, write_checkpoint
 model = load_classifier(sys.argv[1])
 tokenizer = AutoTokenizer.from_pretrained(sys.argv[1])
 info = CheckpointFolder(sys.argv[1]).info

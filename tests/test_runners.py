@@ -13,8 +13,8 @@ import export
 from app import create_app
 from inferer import ModelInferer
 from serving.settings import ServingSettings
-from utils.checkpoint import ONNX_FILES, VARIANTS_FILE, CheckpointFolder, VariantRecord, VariantsReport
-from utils.runners import MAX_COST, choose_backend
+from utils.checkpoint.contract import ONNX_FILES, VARIANTS_FILE, CheckpointFolder, VariantRecord, VariantsReport
+from utils.inference.runners import MAX_COST, choose_backend
 
 
 def write_report(folder: Path, figures: dict[str, tuple[float, float | None]], metric: str = "mean_roc_auc",

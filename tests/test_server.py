@@ -36,7 +36,6 @@ from serving.settings import available_cores
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "server-test-key"
 # The base layer that serving needs (docs/ARCHITECTURE.md): nothing of data reading, training or plotting.
-SERVING_UTILS = ("__init__", "atomic", "checkpoint", "encoding", "explain", "precision", "runners", "scoring")
 PAGE_FILES = ("index.html", "app.css", "app.js", "favicon.svg")  # serving/static: the page at /
 START_SECONDS = 240  # two workers importing torch at once on a 2-core machine, after a fresh install
 
@@ -51,10 +50,10 @@ class Image:
     copied: tuple[str, ...]  # the sources it copies besides the requirements and the checkpoint
 
 
-# Both images copy the same files: the torch ones (models/classifiers.py, utils/precision.py) are imported only
-# when the torch backend is built, which the ONNX image never does.
-COPIED = ("app.py", "gunicorn.conf.py", "inferer.py", "models", "serving", "serving/static",
-          *(f"utils/{name}.py" for name in SERVING_UTILS))
+# Both images copy the same folders: the torch modules (models/classifiers.py, utils/inference/precision.py) are
+# imported only when the torch backend is built, which the ONNX image never does.
+COPIED = ("app.py", "gunicorn.conf.py", "inferer.py", "models", "serving", "serving/static", "utils/__init__.py",
+          "utils/checkpoint", "utils/inference")
 IMAGES = {
     "torch": Image(ROOT / "Dockerfile", ROOT / "requirements_inference.txt", ROOT / ".venv-inference", COPIED),
     "onnx": Image(ROOT / "Dockerfile.onnx", ROOT / "requirements_serving_onnx.txt", ROOT / ".venv-serving-onnx",
@@ -146,7 +145,8 @@ def test_dockerignore_keeps_data_and_secrets_out_and_lets_the_served_files_in():
                  ".git/HEAD", "utils/__pycache__/data.cpython-311.pyc"):
         assert dockerignored(path), path
     for path in ("app.py", "inferer.py", "gunicorn.conf.py", "models/classifiers.py", "serving/settings.py",
-                 "utils/explain.py", *(f"serving/static/{name}" for name in PAGE_FILES), "requirements_inference.txt",
+                 "utils/inference/explain.py", *(f"serving/static/{name}" for name in PAGE_FILES),
+                 "requirements_inference.txt",
                  "requirements_serving_onnx.txt", "docker/model/model.safetensors",
                  "docker/model/config.json", "docker/model/model.fused.int8.onnx"):
         assert not dockerignored(path), path
@@ -322,8 +322,8 @@ def test_the_onnx_environment_imports_the_app_without_torch(exported_checkpoint,
     unmeasured = shutil.copytree(exported_checkpoint, tmp_path / "model",
                                  ignore=shutil.ignore_patterns("variants.json"))
     script = ("import importlib.util, sys, app, inferer\n"
-              "from utils.checkpoint import CheckpointFolder\n"
-              "from utils.runners import choose_backend\n"
+              "from utils.checkpoint.contract import CheckpointFolder\n"
+              "from utils.inference.runners import choose_backend\n"
               "assert importlib.util.find_spec('torch') is None and 'torch' not in sys.modules\n"
               "print(choose_backend(CheckpointFolder(sys.argv[1])).backend)")
     result = subprocess.run([python, "-c", script, str(unmeasured)], cwd=site, capture_output=True, text=True,

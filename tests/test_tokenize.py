@@ -5,7 +5,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from models import default_backbone_path
-from utils.encoding import cut, encode
+from utils.inference.tokens import cut, encode
 
 
 @pytest.fixture(scope="module")

@@ -14,13 +14,13 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from inferer import ModelInferer
 from models import build_classifier, default_backbone_path, load_classifier
-from utils.checkpoint import METRICS_FILE, ClassifierInfo, read_info, write_checkpoint
+from utils.checkpoint.contract import METRICS_FILE, ClassifierInfo, read_info, write_checkpoint
 from utils.config import make_config
 from utils.data.prepare import DataSplits, prepare_splits
 from utils.data.readers import LabeledTexts
 from utils.evaluation.metrics import PRIMARY_METRIC, compute_metrics
 from utils.training.optim import freeze, loss_weights, parameter_groups
-from utils.training.state import Progress
+from utils.training.resume import Progress
 
 SHORT = {"max_length": 32, "max_train_samples": 64}  # a few steps on short inputs for the tests' own runs
 PROBLEM_TYPES = {"multilabel": "multi_label_classification", "multiclass": "single_label_classification"}

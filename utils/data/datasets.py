@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from utils.atomic import sha256_file
+from utils.checkpoint.atomic import sha256_file
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DATA_DIR_ENV = "BERT_CLASSIFIER_DATA_DIR"

@@ -20,7 +20,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from utils.scoring import chosen_labels
+from models.scoring import chosen_labels
 
 PRIMARY_METRIC = {"multilabel": "mean_roc_auc", "multiclass": "macro_f1"}
 

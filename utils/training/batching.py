@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader, Dataset
 from transformers import PreTrainedTokenizerBase
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from utils.encoding import pad_batch, pad_token_id
+from utils.inference.tokens import pad_batch, pad_token_id
 
 
 class EncodedDataset(Dataset):

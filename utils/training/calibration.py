@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 from scipy.optimize import minimize_scalar
 
+from models.scoring import EPS, with_temperature
 from utils.evaluation.metrics import calibration_metrics
-from utils.scoring import EPS, with_temperature
 
 LOG_TEMPERATURE_BOUNDS = (np.log(0.1), np.log(10.0))
 

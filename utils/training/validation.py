@@ -8,10 +8,10 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 from transformers import PreTrainedModel
 
+from models.scoring import scores_from_logits
 from utils.data.readers import DataError, LabeledTexts
-from utils.encoding import sorted_batches
 from utils.evaluation.metrics import PRIMARY_METRIC, compute_metrics
-from utils.scoring import scores_from_logits
+from utils.inference.tokens import sorted_batches
 from utils.training.batching import EncodedDataset, PaddingCollator
 
 

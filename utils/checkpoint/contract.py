@@ -18,10 +18,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from utils.atomic import sha256_file, staged_file, staged_folder
+from models import WEIGHTS_FILE, lexical
+from utils.checkpoint.atomic import sha256_file, staged_file, staged_folder
 
 FORMAT_VERSION = 2  # 1: the first format, without `format_version`, `text_column` and `members`
-WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"  # the transformers model config
 CLASSIFIER_FILE = "classifier.json"
 TOKENIZER_JSON_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")  # transformers' names
@@ -35,8 +35,7 @@ ONNX_FILES = {  # by serving backend
     "onnx-fused-int8-static": "model.fused.int8-static.onnx",  # the fused graph, int8 calibrated on training rows
 }
 VARIANTS_FILE = "variants.json"  # what export measured of each graph (VariantsReport)
-LEXICAL_WEIGHTS_FILE = "lexical.safetensors"  # the TF-IDF member's arrays
-LEXICAL_CONFIG_FILE = "lexical.json"  # the TF-IDF member's vocabularies and settings
+LEXICAL_WEIGHTS_FILE, LEXICAL_CONFIG_FILE = lexical.WEIGHTS_FILE, lexical.CONFIG_FILE  # the member's own names
 TRANSFORMER = "transformer"  # the name of the fine-tuned encoder among the checkpoint's members
 LEXICAL = "tfidf"  # the name of the TF-IDF + logistic regression member
 

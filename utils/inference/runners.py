@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from utils.checkpoint import ONNX_FILES, CheckpointFolder, VariantRecord
+from utils.checkpoint.contract import ONNX_FILES, CheckpointFolder, VariantRecord
 
 BACKENDS = ("torch", *ONNX_FILES)
 AUTO = "auto"
@@ -46,7 +46,7 @@ class TorchRunner:
                               "exported graph: BACKEND=auto or one of the onnx backends") from error
 
         from models import load_classifier
-        from utils.precision import DTYPES, resolve_precision
+        from utils.inference.precision import DTYPES, resolve_precision
 
         if num_threads:
             torch.set_num_threads(num_threads)

@@ -13,6 +13,7 @@ from models.lexical import LexicalModel
 from utils.data.prepare import DataSplits
 from utils.evaluation.metrics import compute_metrics
 from utils.training.blend_weights import choose_blend_weights
+from utils.training.lexical_fit import fit_lexical
 
 
 @dataclass
@@ -41,7 +42,7 @@ def fit_member(task: str, splits: DataSplits) -> FittedMember:
     """The TF-IDF member fitted on exactly the transformer's training rows, its C chosen on validation."""
     started = time.time()
     validation = splits.validation
-    lexical = LexicalModel.fit(splits.train.texts, splits.train.labels, task,
+    lexical = fit_lexical(splits.train.texts, splits.train.labels, task,
                                validation=(validation.texts, validation.labels))
     # the fit's worker processes end now rather than idle through training: a run killed later leaves none
     get_reusable_executor().shutdown(wait=True)

@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from utils.encoding import encode_with_offsets, pad_batch, sorted_batches
-from utils.scoring import scores_from_logits
+from models.scoring import scores_from_logits
+from utils.inference.tokens import encode_with_offsets, pad_batch, sorted_batches
 
 METHODS = ("occlusion", "gradient_x_input", "integrated_gradients")
 DEFAULT_METHOD = "occlusion"

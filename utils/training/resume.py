@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from utils.atomic import staged_folder
+from utils.checkpoint.atomic import staged_folder
 
 STATES_DIR = "states"
 PROGRESS_FILE = "progress.json"

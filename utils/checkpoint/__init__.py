@@ -1,0 +1,1 @@
+"""The checkpoint folder: its contract (files, ClassifierInfo) and atomic writes."""

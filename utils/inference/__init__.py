@@ -1,0 +1,1 @@
+"""Turning texts into scores with a checkpoint: tokens, runners per backend, the backend choice, explanations."""
