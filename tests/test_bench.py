@@ -159,3 +159,31 @@ def test_fairness_benchmark(multilabel_checkpoint, tmp_path):
     assert len(goals) == 4 and all(isinstance(goal["met"], bool) for goal in goals)
     assert goals[1]["met"] and goals[3]["met"]  # no answer past its deadline, none but 200 and deliberate refusals
     assert "| goal |" in done.stdout and "| mixed | /explain |" in done.stdout
+
+
+def test_int8_batch_effect_benchmark(exported_checkpoint, tmp_path):
+    """A served score's move with its batch neighbours, at its smallest: float32 and static int8 keep a text's
+    scores whatever shares its forward pass (under 1e-5; 2e-9 measured), dynamic int8 moves them (its activation
+    scales are the batch's: 6e-5 to 2e-4 measured on the tiny model, see docs/SERVING.md)."""
+    out = tmp_path / "out"
+    done = run_bench("int8_batch_effect.py", ["--checkpoint", str(exported_checkpoint), "--texts", "8",
+                                              "--batch-sizes", "2", "4", "--shuffles", "1"], out)
+    (record,) = records(out / "int8_batch_effect.json")
+    rows = {row["backend"]: row for row in record["rows"]}
+    assert list(rows) == ["torch fp32", "onnx fp32", "torch int8 (dynamic)", "onnx int8", "onnx fused int8",
+                          "onnx fused int8 static"]
+    assert isinstance(record["machine"]["avx512_vnni"], bool) and record["texts"] == 8
+    for name, row in rows.items():
+        assert [batch["batch_size"] for batch in row["batches"]] == [2, 4] and row["alone_texts_per_s"] > 0
+        assert row["against_torch_fp32"]["max"] < 1e-2  # int8 near float32 on the tiny model (2e-4 measured)
+        for batch in row["batches"]:
+            assert 0 <= batch["mean"] <= batch["p99"] <= batch["max"] and batch["texts_per_s"] > 0
+            assert 0 <= batch["between_batches_max"] <= 2 * batch["max"]
+            assert [way["neighbours"] for way in batch["by_neighbours"]] == ["shuffle 1", "long neighbours",
+                                                                            "short neighbours"]
+            assert batch["labels"] == 3 * 8 * 6 and 0 <= batch["label_flips"] <= batch["labels"]
+            if "int8" in name and "static" not in name:
+                assert 0 < batch["max"] < 1e-2
+            else:
+                assert batch["max"] < 1e-5 and batch["label_flips"] == 0
+    assert "| onnx fused int8 | 4 |" in done.stdout
