@@ -20,6 +20,7 @@ from models.blend import blend_scores
 from models.lexical import LexicalModel
 from models.scoring import chosen_labels, scores_from_logits, with_temperature
 from utils.checkpoint.contract import LEXICAL, TRANSFORMER, CheckpointFolder
+from utils.inference.backends import BackendChoice, backend_for
 from utils.inference.explain import (
     DEFAULT_METHOD,
     TextToExplain,
@@ -30,7 +31,7 @@ from utils.inference.explain import (
     prepare_text,
     transformer_tokens,
 )
-from utils.inference.runners import BackendChoice, build_runner, choose_backend, torch_only_option
+from utils.inference.runners import build_runner
 from utils.inference.tokens import TRUNCATIONS, encode, pad_batch, pad_token_id, sorted_batches
 
 # The TF-IDF member's characters that take the CPU time of one transformer token: 512k characters a second against
@@ -48,7 +49,7 @@ class ModelInferer:
     settings that differ (max length, truncation) are named in a warning, and the checkpoint's are used.
     `threshold` replaces the checkpoint's tuned multi-label thresholds: one number for every label, or one per
     label. `backend` "auto" (the default, as the server, eval and predict) picks the fastest of the checkpoint's
-    exported graphs whose validation cost export measured within bounds (`choose_backend`), else PyTorch; "torch"
+    exported graphs whose validation cost export measured within bounds (`backend_for`), else PyTorch; "torch"
     is PyTorch whatever was exported (gradients for `explain`, a GPU); "onnx", "onnx-int8", "onnx-fused", ... run one
     graph in ONNX Runtime on the CPU. `quantize`, a `precision` other than auto/fp32 or a GPU `device` make "auto"
     PyTorch.
@@ -70,8 +71,8 @@ class ModelInferer:
         if config is not None:
             self._check_config(config)
         self.thresholds = self._resolve_thresholds(threshold)
-        self.backend_choice: BackendChoice = choose_backend(self.checkpoint, backend,
-                                                            torch_only_option(quantize, precision, device))
+        self.backend_choice: BackendChoice = backend_for(self.checkpoint, backend, quantize=quantize,
+                                                         precision=precision, device=device)
         self.backend = self.backend_choice.backend
         self.runner = build_runner(self.checkpoint, self.backend, device, quantize, precision, num_threads)
         self.device = self.runner.device

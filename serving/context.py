@@ -64,7 +64,7 @@ def load_inferer(settings: ServingSettings) -> ModelInferer:
     if not settings.checkpoint_path:
         raise ValueError("set CHECKPOINT_PATH to a checkpoint folder written by training")
     started = time.time()
-    inferer = ModelInferer(settings.checkpoint_path, quantize=settings.quantize, device="cpu",
+    inferer = ModelInferer(settings.checkpoint_path, quantize=settings.quantize, device=settings.device,
                            precision=settings.precision, num_threads=settings.torch_threads, backend=settings.backend)
     inferer.predict_batch(["warm up"])  # the first forward pass allocates; do it before taking traffic
     choice = inferer.backend_choice
