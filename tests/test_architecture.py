@@ -102,6 +102,18 @@ def test_the_serving_images_copy_whole_folders_of_the_layers_below_settings():
 
 PROJECT_SOURCES = sorted(p for p in ROOT.rglob("*.py") if not any(part.startswith(".")
                                                                    for part in p.relative_to(ROOT).parts))
+MAX_INFERER_LINES = 150
+
+
+def test_model_inferer_is_a_lean_class():
+    """ModelInferer loads, scores, predicts and explains; costs, answers, the blend and input checks live in
+    modules of their own, so its class (the `class` line to its end) stays under 150 lines."""
+    tree = ast.parse((ROOT / "inferer.py").read_text())
+    (inferer,) = [node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == "ModelInferer"]
+    assert inferer.end_lineno is not None
+    assert inferer.end_lineno - inferer.lineno + 1 < MAX_INFERER_LINES
+
+
 def names_used(path: Path) -> set[str]:
     """Every name a module imports, reads or reaches as an attribute."""
     names = set()

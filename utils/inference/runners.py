@@ -3,7 +3,8 @@
 `torch` runs the safetensors weights (float32, bf16, or dynamic int8 Linear layers); the `onnx*` backends run
 the graphs `main.py --mode export` wrote (plain or fused, float32 or int8), in ONNX Runtime. Each imports its
 engine only when built, so an environment without torch can serve an exported checkpoint. Which backend runs is
-chosen in utils/inference/backends.py.
+chosen in utils/inference/backends.py. A host whose threads share one model (the server) wraps the runner and the
+TF-IDF member through `Sharing` (ModelInferer.shared).
 """
 
 from __future__ import annotations
@@ -25,6 +26,23 @@ class Runner(Protocol):
     quantized: bool
 
     def logits(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray: ...
+
+
+class LexicalScorer(Protocol):
+    """The TF-IDF member as inference uses it (models/lexical.py `LexicalModel`)."""
+
+    def scores(self, texts: list[str]) -> np.ndarray: ...
+
+    def occlusion_scores(self, text: str, spans: list[tuple[int, int]]) -> np.ndarray: ...
+
+
+class Sharing(Protocol):
+    """How a host shares one loaded model between its threads (serving/scheduling.py `ModelTurns`): the runner
+    and the TF-IDF member that every forward pass and every member scoring go through."""
+
+    def share_runner(self, runner: Runner) -> Runner: ...
+
+    def share_lexical(self, lexical: LexicalScorer) -> LexicalScorer: ...
 
 
 class TorchRunner:
