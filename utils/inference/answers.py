@@ -83,5 +83,6 @@ class LabelRules:
 
 
 def check_top_k(top_k: Any) -> None:
+    """A caller's top_k: None, or a positive integer."""
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
         raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
