@@ -20,7 +20,7 @@ from utils.data.report import report_lines
 from utils.evaluation.metrics import backend_cost, calibration_metrics, compute_metrics
 from utils.evaluation.plots import plot_confusion_matrix, plot_curves
 from utils.evaluation.report_html import write_html_report
-from utils.inference.runners import AUTO
+from utils.inference.backends import AUTO
 
 REPORT_FILE = "eval_report.json"
 

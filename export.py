@@ -37,7 +37,7 @@ import torch
 
 from models import load_classifier
 from utils.checkpoint.contract import ONNX_FILES, CheckpointFolder, Int8Quantization, VariantRecord, VariantsReport
-from utils.inference.runners import QUALITY_METRIC
+from utils.inference.backends import VARIANT_COST_METRIC
 
 if TYPE_CHECKING:
     from utils.data.readers import LabeledTexts
@@ -283,7 +283,7 @@ def measure_variants(checkpoint: str | Path, data: LabeledTexts, backends: list[
             seconds[name] += time.perf_counter() - started
     torch.set_num_threads(torch_threads)
     reference = inferers["torch"]
-    metric = QUALITY_METRIC[reference.task]
+    metric = VARIANT_COST_METRIC[reference.task]
     stacked = {name: np.vstack(parts) for name, parts in scores.items()}
 
     def value(name: str) -> float | None:

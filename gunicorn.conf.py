@@ -19,7 +19,7 @@ from pathlib import Path
 
 from serving.settings import ServingSettings
 from utils.checkpoint.contract import CheckpointError, CheckpointFolder
-from utils.inference.runners import choose_backend, torch_only_option
+from utils.inference.backends import backend_for
 
 APP_LOAD_ERROR = 4  # gunicorn's own exit status for an application that cannot be loaded
 settings = ServingSettings.from_env()
@@ -61,8 +61,8 @@ def on_starting(server) -> None:
             raise CheckpointError("set CHECKPOINT_PATH to a checkpoint folder written by training")
         folder = CheckpointFolder(settings.checkpoint_path)
         # BACKEND=auto: the files of what the workers will choose (the same choice, from the same folder)
-        options = torch_only_option(settings.quantize, settings.precision, "cpu")
-        folder.verify(choose_backend(folder, settings.backend, options).backend)
+        folder.verify(backend_for(folder, settings.backend, quantize=settings.quantize,
+                                  precision=settings.precision, device=settings.device).backend)
     except (CheckpointError, FileNotFoundError) as error:
         server.log.error("cannot serve: %s", error)
         on_exit(server)

@@ -13,6 +13,7 @@ exactly once.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import os
 import shutil
@@ -39,7 +40,7 @@ from ray.exceptions import UserCodeException
 
 from utils.checkpoint.contract import CheckpointFolder
 from utils.data.files import DataError, find_columns, iter_frames, open_file
-from utils.inference.runners import AUTO, choose_backend, torch_only_option
+from utils.inference.backends import AUTO, backend_for
 
 if TYPE_CHECKING:
     from utils.config import Config
@@ -64,6 +65,7 @@ class ScorerSettings:
     quantize: bool = False
     precision: str = "auto"
     backend: str = AUTO  # the driver passes the backend it chose (run); auto: each actor chooses as the server
+    device: str | None = None  # None: the inferer's default (a GPU where torch sees one, unless a graph runs)
     threads: int = 1  # torch / ONNX Runtime threads, as many as the actor's CPUs
     forward_batch_size: int = 128  # texts per forward pass, sorted by length inside a Ray batch
     labels_as_text: bool = False  # CSV shards: labels joined with "|", as predict.py writes them
@@ -83,15 +85,18 @@ def run(config: Config, checkpoint: str | Path) -> None:
     output = Path(config.output).absolute()
     folder = CheckpointFolder(checkpoint)
     text_column = config.text_column or folder.info.text_column or "text"
-    # chosen once here, as the server chooses, so every actor of every node runs the same backend
-    choice = choose_backend(folder, config.backend, torch_only_option(config.quantize, config.precision, None))
-    print(choice.line(), file=sys.stderr)
     settings = ScorerSettings(
         checkpoint=str(Path(checkpoint).absolute()), text_column=text_column,
-        quantize=config.quantize, precision=config.precision, backend=choice.backend,
+        quantize=config.quantize, precision=config.precision, backend=config.backend,
         threads=config.cpus_per_actor, forward_batch_size=config.eval_batch_size,
         labels_as_text=output_format(output) == "csv", encoding=config.encoding, delimiter=config.delimiter,
         sheet=config.sheet)
+    # chosen once here, with the arguments the actors build their inferer with, so every actor of every node
+    # runs the same backend
+    choice = backend_for(folder, settings.backend, quantize=settings.quantize, precision=settings.precision,
+                         device=settings.device)
+    print(choice.line(), file=sys.stderr)
+    settings = dataclasses.replace(settings, backend=choice.backend)
     files = input_files(config.input)
     check_before_start(output, settings)  # before a cluster starts, not after
     with ray_cluster(config.ray_address):
@@ -266,7 +271,7 @@ class Scorer:
         hf_logging.disable_progress_bar()
         self.settings = settings
         self.inferer = ModelInferer(settings.checkpoint, quantize=settings.quantize, precision=settings.precision,
-                                    backend=settings.backend, num_threads=settings.threads)
+                                    device=settings.device, backend=settings.backend, num_threads=settings.threads)
 
     def __call__(self, batch: pd.DataFrame) -> pa.Table:
         from predict import scored_frame

@@ -7,7 +7,7 @@ and without clients sending the costliest /explain that the server's limits acce
 
 Starts the server once with the README's command (`CHECKPOINT_PATH=... gunicorn -c gunicorn.conf.py
 "app:create_app()"`, settings from this environment) and builds, from its limits (/metadata) and the checkpoint's
-own pricing (`ModelInferer.explain_cost`, `predict_cost`), the worst-case legal requests: /explain of
+own pricing (serving/costs.py `explain_cost`, `predict_cost`), the worst-case legal requests: /explain of
 MAX_EXPLAIN_TEXTS texts made of real toxic comments, every label asked, filled up to MAX_REQUEST_COST; /predict of
 as many long texts as MAX_TEXTS, MAX_TOKENS, MAX_BODY_BYTES and MAX_REQUEST_COST let in. Then, one after the other:
 1. solo: each worst-case request alone, `--solo-repeats` times: its latency is its model time (goal: 10 s at most);
@@ -100,12 +100,14 @@ def longest_prefix(text: str, fits: Callable[[str], bool]) -> str:
 def worst_case_explain(inferer: Any, limits: dict[str, Any], source: list[str]) -> tuple[dict[str, Any], int]:
     """The costliest /explain under the limits: MAX_EXPLAIN_TEXTS texts, every label, each text the longest that
     fits what MAX_REQUEST_COST has left. Its body and its cost."""
+    from serving.costs import explain_cost
+
     labels, costs, texts = list(inferer.label_names), [], []
 
     def fits(text: str, left: int) -> bool:
         body = {"texts": [*texts, text], "labels": labels}
         return (bool(text) and len(json.dumps(body).encode()) <= limits["max_body_bytes"]
-                and inferer.explain_cost(text, len(labels)) <= left)
+                and explain_cost(inferer, text, len(labels)) <= left)
 
     for index in range(limits["max_explain_texts"]):
         left = limits["max_request_cost"] - sum(costs)
@@ -113,20 +115,22 @@ def worst_case_explain(inferer: Any, limits: dict[str, Any], source: list[str]) 
         if not text:
             break
         texts.append(text)
-        costs.append(inferer.explain_cost(text, len(labels)))
+        costs.append(explain_cost(inferer, text, len(labels)))
     return {"texts": texts, "labels": labels}, sum(costs)
 
 
 def worst_case_predict(inferer: Any, limits: dict[str, Any], source: list[str]) -> tuple[dict[str, Any], int]:
     """The costliest /predict under the limits: the most texts, each as long as the body limit lets them be."""
+    from serving.costs import predict_cost, token_counts
+
     chars = min(limits["max_chars"], limits["max_body_bytes"] // limits["max_texts"] - 64)
     texts = [long_text(source, index * 101, chars) for index in range(limits["max_texts"])]
     while texts:
         body = {"texts": texts}
         if (len(json.dumps(body).encode()) <= limits["max_body_bytes"]
-                and sum(inferer.token_counts(texts)) <= limits["max_tokens"]
-                and inferer.predict_cost(texts) <= limits["max_request_cost"]):
-            return body, inferer.predict_cost(texts)
+                and sum(token_counts(inferer, texts)) <= limits["max_tokens"]
+                and predict_cost(inferer, texts) <= limits["max_request_cost"]):
+            return body, predict_cost(inferer, texts)
         texts = texts[:-1]
     raise ValueError("no /predict fits these limits")
 
@@ -136,10 +140,10 @@ def worst_cases(checkpoint: str, limits: dict[str, Any], source: list[str]) -> d
     from inferer import ModelInferer
 
     inferer = ModelInferer(checkpoint)
-    explain, explain_cost = worst_case_explain(inferer, limits, source)
-    predict, predict_cost = worst_case_predict(inferer, limits, source)
-    return {"/explain": {"body": explain, "cost": explain_cost},
-            "/predict": {"body": predict, "cost": predict_cost}}
+    explain, explain_work = worst_case_explain(inferer, limits, source)
+    predict, predict_work = worst_case_predict(inferer, limits, source)
+    return {"/explain": {"body": explain, "cost": explain_work},
+            "/predict": {"body": predict, "cost": predict_work}}
 
 
 # --- clients ---------------------------------------------------------------------------------------------------

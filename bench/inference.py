@@ -53,7 +53,7 @@ VARIANTS = {  # name: ModelInferer arguments
 }
 FP32_BATCH_PATHS = ("torch fp32", "onnx fp32", "onnx fused fp32")
 INT8_VARIANTS = ("torch int8 (dynamic)", "onnx int8", "onnx fused int8", "onnx fused int8 static")
-MAX_ROC_AUC_COST = 0.003  # the int8 goal's quality bound, as BACKEND=auto's (utils/inference/runners.py MAX_COST)
+MAX_ROC_AUC_COST = 0.003  # the int8 goal's quality bound, as BACKEND=auto's (utils/inference/backends.py MAX_COST)
 
 
 def parse_args() -> argparse.Namespace:

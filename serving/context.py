@@ -12,7 +12,7 @@ from flask import current_app
 from inferer import ModelInferer
 from serving.microbatch import MicroBatcher
 from serving.ratelimit import RateLimiter
-from serving.scheduling import ExplainQueue, ModelTurns, SharedLexical, SharedRunner
+from serving.scheduling import ExplainQueue, ModelTurns
 from serving.schemas import Limits
 from serving.settings import ServingSettings
 from serving.telemetry import ServingMetrics
@@ -37,15 +37,13 @@ class ServingState:
 
     @classmethod
     def build(cls, inferer: ModelInferer, settings: ServingSettings) -> ServingState:
-        state = cls(inferer, settings, Limits.of(inferer.label_names, settings),
-                    ExplainQueue(settings.explain_places()))
-        runner = inferer.runner.runner if isinstance(inferer.runner, SharedRunner) else inferer.runner
-        inferer.runner = SharedRunner(runner, state.turns)  # every forward pass of this app takes its turn
-        if inferer.lexical is not None:  # and so does the TF-IDF member's scoring
-            lexical = inferer.lexical.lexical if isinstance(inferer.lexical, SharedLexical) else inferer.lexical
-            inferer.lexical = SharedLexical(lexical, state.turns)  # pyright: ignore
+        """The app's state around `inferer`, which it serves through the turns: every forward pass of this app
+        takes its turn, and the TF-IDF member's scoring gives way to /predict's (`inferer` itself is unchanged)."""
+        turns = ModelTurns()
+        state = cls(inferer.shared(turns), settings, Limits.of(inferer.label_names, settings),
+                    ExplainQueue(settings.explain_places()), turns=turns)
         if settings.microbatch:  # its thread starts here, in the worker process (gunicorn forks before the app)
-            state.batcher = MicroBatcher(inferer, settings.microbatch_wait_ms, settings.microbatch_max_size,
+            state.batcher = MicroBatcher(state.inferer, settings.microbatch_wait_ms, settings.microbatch_max_size,
                                          settings.microbatch_queue_size, PREDICT_BATCH_SIZE,
                                          on_batch=lambda requests, texts: state.metrics.batch_texts.observe(texts))
         if settings.rate_limit is not None:
@@ -64,7 +62,7 @@ def load_inferer(settings: ServingSettings) -> ModelInferer:
     if not settings.checkpoint_path:
         raise ValueError("set CHECKPOINT_PATH to a checkpoint folder written by training")
     started = time.time()
-    inferer = ModelInferer(settings.checkpoint_path, quantize=settings.quantize, device="cpu",
+    inferer = ModelInferer(settings.checkpoint_path, quantize=settings.quantize, device=settings.device,
                            precision=settings.precision, num_threads=settings.torch_threads, backend=settings.backend)
     inferer.predict_batch(["warm up"])  # the first forward pass allocates; do it before taking traffic
     choice = inferer.backend_choice

@@ -119,7 +119,7 @@ class MicroBatcher:
         start = 0
         for job in jobs:
             rows = range(start, start + len(job.texts))
-            job.answers = [self.inferer.result(scores[i], truncated[i], job.top_k) for i in rows]
+            job.answers = [self.inferer.rules.answer(scores[i], truncated[i], job.top_k) for i in rows]
             start += len(job.texts)
         if self.on_batch:
             self.on_batch(len(jobs), len(texts))

@@ -9,7 +9,7 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request, send_from_directory
 
-from inferer import ModelInferer, validate_texts
+from inferer import ModelInferer
 from serving.context import PREDICT_BATCH_SIZE, ServingState, serving
 from serving.costs import check_explain_cost, check_predict_cost
 from serving.errors import ApiError
@@ -19,6 +19,7 @@ from serving.scheduling import DeadlineExceeded, ExplainQueueFull
 from serving.schemas import AnyRequest, ExplainRequest, PredictRequest, parse_request
 from serving.settings import RECEIVED_AT
 from utils.checkpoint.contract import backbone_name
+from utils.inference.inputs import validate_texts
 
 routes = Blueprint("classifier", __name__)
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")

@@ -60,6 +60,14 @@ class ModelTurns:
     def urgent(self) -> bool:
         return getattr(self._caller, "urgent", True)
 
+    def share_runner(self, runner: Any) -> SharedRunner:
+        """`runner` with its forward passes taking these turns (what `ModelInferer.shared` asks)."""
+        return SharedRunner(runner, self)
+
+    def share_lexical(self, lexical: Any) -> SharedLexical:
+        """The TF-IDF member with its scoring giving way to /predict's passes (what `ModelInferer.shared` asks)."""
+        return SharedLexical(lexical, self)
+
     def give_way(self) -> None:
         """Before CPU work that needs no turn of its own: wait until /predict is quiet, and raise DeadlineExceeded
         once the caller's deadline has passed."""

@@ -22,7 +22,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from utils.inference.runners import AUTO, BACKENDS
+from utils.inference.backends import AUTO, BACKENDS
 
 # The WSGI environ key the worker (serving/worker.py) sets on requests that came in on METRICS_PORT.
 METRICS_LISTENER = "classifier.metrics_listener"
@@ -141,6 +141,11 @@ class ServingSettings(BaseSettings):
     def thread_count(self) -> int:
         """gunicorn threads per worker: with micro-batching, enough for concurrent requests to meet in a batch."""
         return self.threads or default_threads(self.microbatch)
+
+    @property
+    def device(self) -> str:
+        """Where the workers run the model: the CPU (workers x TORCH_THREADS fill its cores)."""
+        return "cpu"
 
     def explain_places(self) -> int:
         """Explanations one worker holds at once, running or waiting (EXPLAIN_QUEUE_SIZE)."""

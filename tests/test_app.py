@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from app import create_app
 from inferer import ModelInferer
 from serving import scheduling
+from serving.costs import explain_cost, token_counts
 from serving.scheduling import EXPLAIN_BATCH_TOKENS, DeadlineExceeded, ModelTurns
 from serving.settings import RECEIVED_AT, ServingSettings, available_cores
 from utils.inference.explain import prepare_text
@@ -168,7 +169,7 @@ def test_limits_at_the_edge_are_accepted(client):
 
 def test_tokens_over_max_tokens_are_refused_after_truncation(inferer):
     texts = ["You are a complete idiot and everyone knows it.", "Thanks for fixing the references!"]
-    tokens = sum(inferer.token_counts(texts))
+    tokens = sum(token_counts(inferer, texts))
     at_limit = create_app(inferer, ServingSettings(max_tokens=tokens)).test_client()
     assert at_limit.post("/predict", json={"texts": texts}).status_code == 200
     refusing = create_app(inferer, ServingSettings(max_tokens=tokens - 1)).test_client()
@@ -178,7 +179,7 @@ def test_tokens_over_max_tokens_are_refused_after_truncation(inferer):
     assert f"make {tokens} tokens" in response.get_json()["error"]["message"] and f"is {tokens - 1}" in \
         response.get_json()["error"]["message"]
     # A text longer than the model takes counts what the model reads: max_length tokens.
-    assert inferer.token_counts(["word " * 1000, ""]) == [inferer.max_length, 2]
+    assert token_counts(inferer, ["word " * 1000, ""]) == [inferer.max_length, 2]
     capped = create_app(inferer, ServingSettings(max_tokens=2 * inferer.max_length)).test_client()
     assert capped.post("/predict", json={"texts": ["word " * 1000] * 2}).status_code == 200
     assert capped.post("/predict", data={"data": ["word " * 1000] * 3}).status_code == 413
@@ -293,7 +294,7 @@ def test_explain_within_predict_limits_is_accepted_and_larger_bodies_are_not(cli
 def test_explain_over_the_cost_budget_is_refused_with_its_cost(inferer):
     """A long text costs a forward pass per word the model sees: refused before running, saying by how much."""
     text = " ".join(["you complete idiot"] * 100)
-    cost = inferer.explain_cost(text, label_count=1)
+    cost = explain_cost(inferer, text, label_count=1)
     assert cost > 40 * inferer.max_length  # about one pass of max_length tokens per word seen
     app = create_app(inferer, ServingSettings(max_chars=5000, max_request_cost=cost - 1)).test_client()
     response = app.post("/explain", json={"text": text, "labels": ["toxic"]})
@@ -304,7 +305,7 @@ def test_explain_over_the_cost_budget_is_refused_with_its_cost(inferer):
     assert "fewer texts or shorter ones" in message
     at_limit = create_app(inferer, ServingSettings(max_chars=5000, max_request_cost=cost)).test_client()
     assert at_limit.post("/explain", json={"text": text, "labels": ["toxic"]}).status_code == 200
-    tokens = sum(inferer.token_counts([text] * 3))  # /predict: the tokens of its texts after truncation
+    tokens = sum(token_counts(inferer, [text] * 3))  # /predict: the tokens of its texts after truncation
     small = create_app(inferer, ServingSettings(max_chars=5000, max_request_cost=tokens - 1)).test_client()
     response = small.post("/predict", json={"texts": [text] * 3})
     assert response.status_code == 413 and f"costs {tokens} tokens" in response.get_json()["error"]["message"]
@@ -322,13 +323,30 @@ class SlowRunner:
             time.sleep(self.seconds)
         return self.runner.logits(input_ids, attention_mask)
 
+    def __getattr__(self, name: str):  # device, precision, ...: the runner's own
+        return getattr(self.runner, name)
+
+
+class Slowly:
+    """A Sharing (utils/inference/runners.py) that slows the runner's batches of several texts down."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self.runner = seconds, None
+
+    def share_runner(self, runner) -> SlowRunner:
+        self.runner = SlowRunner(runner, self.seconds)
+        return self.runner
+
+    def share_lexical(self, lexical):
+        return lexical
+
 
 def slow_app(checkpoint, seconds: float, **settings):
     """An app on its own inferer whose explanation batches take `seconds` each, and that runner."""
-    app = create_app(ModelInferer(checkpoint), ServingSettings(max_chars=20_000, **settings))
-    shared = app.extensions["classifier"].inferer.runner
-    shared.runner = SlowRunner(shared.runner, seconds)
-    return app, shared.runner
+    slowly = Slowly(seconds)
+    app = create_app(ModelInferer(checkpoint).shared(slowly), ServingSettings(max_chars=20_000, **settings))
+    assert slowly.runner is not None
+    return app, slowly.runner
 
 
 LONG_TEXT = " ".join(["you complete idiot, nobody reads this"] * 60)  # far more words than the 64 tokens hold

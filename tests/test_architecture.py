@@ -98,3 +98,41 @@ def test_the_serving_images_copy_whole_folders_of_the_layers_below_settings():
         words = [w for line in lines if line.startswith("COPY ") for w in line.split()]
         copied = {w.rstrip("/") for w in words if w.startswith("utils/")}
         assert copied == SERVED_UTILS, dockerfile
+
+
+PROJECT_SOURCES = sorted(p for p in ROOT.rglob("*.py") if not any(part.startswith(".")
+                                                                   for part in p.relative_to(ROOT).parts))
+MAX_INFERER_LINES = 150
+
+
+def test_model_inferer_is_a_lean_class():
+    """ModelInferer loads, scores, predicts and explains; costs, answers, the blend and input checks live in
+    modules of their own, so its class (the `class` line to its end) stays under 150 lines."""
+    tree = ast.parse((ROOT / "inferer.py").read_text())
+    (inferer,) = [node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == "ModelInferer"]
+    assert inferer.end_lineno is not None
+    assert inferer.end_lineno - inferer.lineno + 1 < MAX_INFERER_LINES
+
+
+def names_used(path: Path) -> set[str]:
+    """Every name a module imports, reads or reaches as an attribute."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Name):
+            names.add(node.id)
+        elif isinstance(node, ast.Attribute):
+            names.add(node.attr)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names |= {alias.name.rsplit(".", 1)[-1] for alias in node.names}
+    return names
+
+
+def test_the_backend_is_chosen_in_one_place():
+    """`backend_for` is the one way to the choice: the inferer, predict_ray's driver and gunicorn's master ask it
+    with the inferer's arguments, and no module outside utils/inference/backends.py calls `choose_backend`."""
+    backends = ROOT / "utils" / "inference" / "backends.py"
+    around = [p.relative_to(ROOT).as_posix() for p in PROJECT_SOURCES
+              if p != backends and "choose_backend" in names_used(p)]
+    assert around == []
+    for module in ("inferer.py", "predict_ray.py", "gunicorn.conf.py"):
+        assert "backend_for" in names_used(ROOT / module), module

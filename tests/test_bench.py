@@ -18,7 +18,7 @@ import pytest
 from bench.fairness import unexpected
 from bench.inference import VARIANTS
 from utils.checkpoint.contract import CheckpointFolder
-from utils.inference.runners import choose_backend
+from utils.inference.backends import backend_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -79,7 +79,7 @@ def test_api_benchmark(exported_checkpoint, tmp_path):
     (record,) = records(out / "bench_api.json")
     assert [(row["mode"], row["clients"]) for row in record["rows"]] == [("torch", 1), ("torch", 2), ("auto", 1),
                                                                        ("auto", 2)]
-    auto = choose_backend(CheckpointFolder(exported_checkpoint)).backend  # on the tiny model, torch may be fastest
+    auto = backend_for(CheckpointFolder(exported_checkpoint)).backend  # on the tiny model, torch may be fastest
     for row in record["rows"]:
         assert 0 < row["requests"] <= 10 and set(row["statuses"]) == {"200"}
         assert row["backend"] == {"torch": "torch", "auto": auto}[row["mode"]]

@@ -300,7 +300,7 @@ def test_a_blend_scores_the_words_truncation_hid_from_the_transformer(blended):
     start, end = item.words[hidden]
     lexical = blended.lexical.scores([text, text[:start] + " " + text[end:]])
     transformer = np.repeat(blended.member_scores([text])[0]["transformer"], 2, axis=0)
-    blend = blended.blend(transformer, lexical)[:, TOXIC_LABELS.index("insult")]
+    blend = blended.blend.combine(transformer, lexical)[:, TOXIC_LABELS.index("insult")]
     expected = np.log(blend[0] / (1 - blend[0])) - np.log(blend[1] / (1 - blend[1]))
     assert answer["attributions"]["insult"][hidden] == pytest.approx(expected, abs=1e-6)
 
@@ -313,7 +313,7 @@ def test_gradient_methods_on_a_blend_weight_each_members_word_scores(blended):
     transformer = attribute("gradient_x_input", blended.runner, item, "multilabel", label_ids, blended.pad_id)
     shorter = [text] + [text[:start] + " " + text[end:] for start, end in item.words]
     lexical = drops("multilabel", blended.lexical.scores(shorter), label_ids)
-    weights = blended.blend_weights()[label_ids][:, None]
+    weights = blended.blend.weights[label_ids][:, None]
     expected = weights * transformer + (1 - weights) * lexical
     np.testing.assert_allclose([answer["attributions"][name] for name in ("toxic", "insult")], expected, atol=1e-5)
 

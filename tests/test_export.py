@@ -28,7 +28,7 @@ from utils.checkpoint.contract import (
     CheckpointFolder,
     Int8Quantization,
 )
-from utils.inference.runners import choose_backend
+from utils.inference.backends import backend_for
 
 # Largest |score - PyTorch float32 score| on the real texts below (82 toxic comments, 80 paper titles), with the tiny
 # checkpoints conftest trains (BERT multi-label / multi-class; RoBERTa and DistilBERT multi-label), plain and fused
@@ -392,7 +392,7 @@ def test_metadata_names_the_backend(exported):
     assert (int8["backend"], int8["quantized"], int8["precision"]) == ("onnx-fused-int8", True, "fp32")
     assert int8["backend_choice"]["measured"]["backend"] == "onnx-fused-int8"
     default = ModelInferer(exported["multilabel"]).metadata()  # auto, as the server: what export measured decides
-    assert default["backend"] == choose_backend(CheckpointFolder(exported["multilabel"])).backend
+    assert default["backend"] == backend_for(CheckpointFolder(exported["multilabel"])).backend
     assert ModelInferer(exported["multilabel"], backend="torch").metadata()["backend"] == "torch"
 
 

@@ -1,4 +1,4 @@
-"""BACKEND=auto: which backend `choose_backend` picks from what export measured (variants.json), and how
+"""BACKEND=auto: which backend `backend_for` picks from what export measured (variants.json), and how
 ModelInferer, the server's settings and /metadata show the choice."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from app import create_app
 from inferer import ModelInferer
 from serving.settings import ServingSettings
 from utils.checkpoint.contract import ONNX_FILES, VARIANTS_FILE, CheckpointFolder, VariantRecord, VariantsReport
-from utils.inference.runners import MAX_COST, choose_backend
+from utils.inference.backends import MAX_COST, backend_for
 
 
 def write_report(folder: Path, figures: dict[str, tuple[float, float | None]], metric: str = "mean_roc_auc",
@@ -37,7 +37,7 @@ def graphs(tmp_path, exported_checkpoint) -> Path:
 def test_auto_picks_the_fastest_variant_within_the_cost_bound(graphs):
     write_report(graphs, {"torch": (100, 0.0), "onnx": (200, 0.0), "onnx-int8": (500, 0.004),
                           "onnx-fused": (210, 0.0), "onnx-fused-int8": (400, 0.002)})
-    choice = choose_backend(CheckpointFolder(graphs))
+    choice = backend_for(CheckpointFolder(graphs))
     assert (choice.requested, choice.backend) == ("auto", "onnx-fused-int8")
     assert choice.measured is not None and choice.measured.cost == 0.002
     assert choice.metric == "mean_roc_auc" and choice.max_cost == 0.003
@@ -47,29 +47,29 @@ def test_auto_picks_the_fastest_variant_within_the_cost_bound(graphs):
 def test_a_cost_at_the_bound_is_allowed_and_a_gain_is_no_cost(graphs):
     write_report(graphs, {"torch": (100, 0.0), "onnx-int8": (300, MAX_COST["multilabel"]),
                           "onnx-fused-int8-static": (200, -0.001)})
-    assert choose_backend(CheckpointFolder(graphs)).backend == "onnx-int8"
+    assert backend_for(CheckpointFolder(graphs)).backend == "onnx-int8"
 
 
 def test_torch_stays_when_it_is_the_fastest_or_nothing_else_holds_quality(graphs):
     write_report(graphs, {"torch": (900, 0.0), "onnx": (200, 0.0)})
-    assert choose_backend(CheckpointFolder(graphs)).backend == "torch"
+    assert backend_for(CheckpointFolder(graphs)).backend == "torch"
     write_report(graphs, {"torch": (100, 0.0), "onnx-int8": (300, 0.01), "onnx-fused-int8": (300, None)})
-    assert choose_backend(CheckpointFolder(graphs)).backend == "torch"
+    assert backend_for(CheckpointFolder(graphs)).backend == "torch"
 
 
 def test_missing_graphs_and_reports_of_other_weights_are_not_chosen(graphs):
     write_report(graphs, {"torch": (100, 0.0), "onnx-fused-int8": (400, 0.0), "onnx-int8": (300, 0.0)})
     (graphs / ONNX_FILES["onnx-fused-int8"]).unlink()
-    assert choose_backend(CheckpointFolder(graphs)).backend == "onnx-int8"
+    assert backend_for(CheckpointFolder(graphs)).backend == "onnx-int8"
     write_report(graphs, {"torch": (100, 0.0), "onnx-int8": (300, 0.0)}, checkpoint_id="0123456789abcdef")
-    choice = choose_backend(CheckpointFolder(graphs))
+    choice = backend_for(CheckpointFolder(graphs))
     assert choice.backend == "torch" and "no variant measured" in choice.reason and choice.measured is None
 
 
 def test_without_a_measurement_auto_is_torch(multilabel_checkpoint, graphs):
-    assert choose_backend(CheckpointFolder(multilabel_checkpoint)).backend == "torch"
+    assert backend_for(CheckpointFolder(multilabel_checkpoint)).backend == "torch"
     (graphs / VARIANTS_FILE).unlink()  # graphs but no measurement: torch is here, so torch
-    assert choose_backend(CheckpointFolder(graphs)).backend == "torch"
+    assert backend_for(CheckpointFolder(graphs)).backend == "torch"
 
 
 def test_multiclass_is_bounded_in_accuracy(multiclass_checkpoint, tmp_path):
@@ -77,7 +77,7 @@ def test_multiclass_is_bounded_in_accuracy(multiclass_checkpoint, tmp_path):
     export.export_graphs(folder)
     write_report(folder, {"torch": (100, 0.0), "onnx-int8": (400, 0.006), "onnx-fused-int8": (300, 0.004)},
                  metric="accuracy")
-    choice = choose_backend(CheckpointFolder(folder))
+    choice = backend_for(CheckpointFolder(folder))
     assert (choice.backend, choice.metric, choice.max_cost) == ("onnx-fused-int8", "accuracy", 0.005)
 
 
@@ -98,7 +98,7 @@ def test_an_explicit_backend_is_kept_and_shows_its_measurement(graphs):
 
 def test_the_measurement_export_made_drives_the_choice(exported_checkpoint):
     folder = CheckpointFolder(exported_checkpoint)
-    report, choice = folder.variants(), choose_backend(folder)
+    report, choice = folder.variants(), backend_for(folder)
     assert report is not None
     within = [v for v in report.variants if v.cost is not None and v.cost <= MAX_COST["multilabel"]]
     assert choice.measured == max(within, key=lambda v: v.texts_per_s)

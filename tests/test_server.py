@@ -323,9 +323,9 @@ def test_the_onnx_environment_imports_the_app_without_torch(exported_checkpoint,
                                  ignore=shutil.ignore_patterns("variants.json"))
     script = ("import importlib.util, sys, app, inferer\n"
               "from utils.checkpoint.contract import CheckpointFolder\n"
-              "from utils.inference.runners import choose_backend\n"
+              "from utils.inference.backends import backend_for\n"
               "assert importlib.util.find_spec('torch') is None and 'torch' not in sys.modules\n"
-              "print(choose_backend(CheckpointFolder(sys.argv[1])).backend)")
+              "print(backend_for(CheckpointFolder(sys.argv[1])).backend)")
     result = subprocess.run([python, "-c", script, str(unmeasured)], cwd=site, capture_output=True, text=True,
                             timeout=300, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stderr[-3000:]

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import yaml
 from transformers import HfArgumentParser
 
-from utils.inference.runners import AUTO, BACKENDS, torch_only_option
+from utils.inference.backends import AUTO, BACKENDS, torch_only_option
 
 TASKS = ("multilabel", "multiclass")
 AUTO_TASK = "auto"  # the data's task: a built-in dataset's own; a file's from its label columns (utils/data/layout.py)

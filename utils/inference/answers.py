@@ -1,0 +1,88 @@
+"""A text's answer from its scores: the labels chosen (each label at its threshold, or the top class), every
+label's score in the checkpoint's order, the best k on request; and which labels an explanation covers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from models.scoring import chosen_labels
+from utils.checkpoint.contract import ClassifierInfo
+
+Threshold = float | Sequence[float] | None
+
+
+@dataclass(frozen=True)
+class LabelRules:
+    """The checkpoint's labels and how scores choose among them: a multi-label checkpoint's thresholds (tuned in
+    training, or one number or one per label given by the caller), a multi-class one's top class."""
+
+    task: str
+    label_names: list[str]
+    thresholds: np.ndarray | None  # multi-label only
+    at_least_one: bool = False
+
+    @classmethod
+    def of(cls, info: ClassifierInfo, threshold: Threshold = None) -> LabelRules:
+        """The checkpoint's rules; `threshold` replaces its tuned thresholds (0.5 where none were tuned)."""
+        rules = cls(info.task, list(info.labels), None, info.at_least_one_label)
+        if threshold is None and info.task == "multilabel":
+            return replace(rules, thresholds=np.array(info.thresholds or [0.5] * len(info.labels), dtype=np.float64))
+        return replace(rules, thresholds=rules.parse(threshold))
+
+    def parse(self, threshold: Threshold) -> np.ndarray | None:
+        """`threshold` as one number per label (None for a multi-class checkpoint, which takes none)."""
+        if self.task != "multilabel":
+            if threshold is not None:
+                raise ValueError("threshold applies to multi-label checkpoints; a multi-class one predicts "
+                                 "its top class (ask for top_k to see the runners-up)")
+            return None
+        try:
+            values = np.asarray(threshold, dtype=np.float64)
+        except (TypeError, ValueError):
+            values = np.array([np.nan])
+        if values.ndim == 0:
+            values = np.full(len(self.label_names), float(values))
+        if values.shape != (len(self.label_names),) or not ((values >= 0) & (values <= 1)).all():
+            raise ValueError(f"threshold must be one number or {len(self.label_names)} numbers in [0, 1]")
+        return values
+
+    def answer(self, scores: np.ndarray, truncated: bool, top_k: int | None = None,
+               thresholds: np.ndarray | None = None) -> dict[str, Any]:
+        """One text's answer: predicted labels, every label's score (checkpoint order), truncation.
+
+        Multi-label: the labels whose score reaches their threshold (`thresholds`, else the rules'). Multi-class:
+        the top class. `top_k` adds the k best labels with their scores, best first.
+        """
+        names = self.label_names
+        if self.task == "multilabel":
+            chosen = chosen_labels(scores, self.thresholds if thresholds is None else thresholds, self.at_least_one)
+            labels = [name for name, keep in zip(names, chosen[0], strict=True) if keep]
+        else:
+            labels = [names[int(np.argmax(scores))]]
+        answer = {"labels": labels, "scores": {name: float(s) for name, s in zip(names, scores, strict=True)},
+                  "truncated": bool(truncated)}
+        if top_k:
+            order = np.argsort(-scores, kind="stable")[:top_k]
+            answer["top_k"] = [{"label": names[i], "score": float(scores[i])} for i in order]
+        return answer
+
+    def to_explain(self, labels: Sequence[str] | None, predicted: list[str], scores: np.ndarray) -> list[str]:
+        """The labels an explanation covers: those asked for, else the predicted ones, else the best-scoring."""
+        if labels is None:
+            return predicted or [self.label_names[int(np.argmax(scores))]]
+        if isinstance(labels, str) or not isinstance(labels, Sequence) or not labels:
+            raise ValueError(f"labels must be a non-empty list of label names, got {labels!r}")
+        unknown = [name for name in labels if name not in self.label_names]
+        if unknown:
+            raise ValueError(f"unknown label(s) {unknown}; the checkpoint's labels are {self.label_names}")
+        return list(dict.fromkeys(labels))
+
+
+def check_top_k(top_k: Any) -> None:
+    """A caller's top_k: None, or a positive integer."""
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
