@@ -232,8 +232,9 @@ class BufferingWorker(Worker):
         environ[METRICS_LISTENER] = connection.metrics_only
         method, path = environ["REQUEST_METHOD"], environ["PATH_INFO"]
         if connection.metrics_only and path not in self.routing.metrics_listener_paths:
-            served = " and ".join(self.routing.metrics_listener_paths) or "nothing"
-            return error_answer(ApiError(404, "not_found", f"this port (METRICS_PORT) serves GET {served} only"))
+            paths = self.routing.metrics_listener_paths
+            served = f"serves GET {' and '.join(paths)} only" if paths else "serves no route"
+            return error_answer(ApiError(404, "not_found", f"this port (METRICS_PORT) {served}"))
         environ[RECEIVED_AT] = time.monotonic()  # a request's deadline counts its wait for a thread of the pool
         started = self.loop.time()
         answer = await self.loop.run_in_executor(self.pool(connection, method, path), call_app, self.wsgi, environ,
