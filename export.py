@@ -23,7 +23,8 @@ from utils.checkpoint.rows import ExportRows
 from utils.export.graphs import CalibrationBatches, choose_int8, export_graphs, missing_engines, say
 from utils.export.variants import measure_variants, report_lines
 
-__all__ = ["export_graphs", "export_rows", "missing_engines", "run"]  # what main.py and callers of the pieces use
+# main.py calls run and missing_engines; tests and bench/ call export_graphs
+__all__ = ["export_graphs", "export_rows", "missing_engines", "run"]
 
 
 def run(checkpoint: str | Path, output: str | Path | None = None, static_int8: bool = False,
