@@ -4,11 +4,11 @@ Each worker loads its own model after the fork (preload_app = False: torch and f
 TORCH_THREADS intra-op threads (torch or ONNX Runtime, whichever BACKEND resolves to); workers = cores //
 TORCH_THREADS, so together they do not oversubscribe the cores. Nothing here imports torch: the ONNX image has none.
 The worker class (serving/worker.py) reads every request in full in an event loop, under HEADER_TIMEOUT and
-BODY_TIMEOUT, before a thread runs the app on it, so clients that send slowly cost a socket, never a thread.
-POST /predict and /explain run in THREADS model threads per worker (the app runs one forward pass at a time; with
-MICROBATCH=1 the requests waiting in those threads share it, so THREADS, default 32 then, else 4, bounds a
-batch); /health, /ready, /metrics and the rest run in two threads of their own. The master checks the
-checkpoint's files before starting any worker, so a damaged one stops the server at once with its name.
+BODY_TIMEOUT, before a thread runs the app on it, so clients that send slowly cost a socket, never a thread. It is
+told the app's routes here: POST /predict and /explain run in THREADS model threads per worker (the app runs one
+forward pass at a time; with MICROBATCH=1 the requests waiting in those threads share it, so THREADS, default 32
+then, else 4, bounds a batch); /health, /ready, /metrics and the rest run in two threads of their own. The master
+checks the checkpoint's files before starting any worker, so a damaged one stops the server at once with its name.
 """
 
 import os
@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 from serving.settings import ServingSettings
+from serving.worker import BufferingWorker, RequestRouting
 from utils.checkpoint.contract import CheckpointError, CheckpointFolder
 from utils.inference.backends import backend_for
 
@@ -37,7 +38,10 @@ bind = f"{settings.host}:{settings.port}"
 if settings.metrics_port:  # a second listener that serves GET /metrics and /health only (serving/worker.py)
     bind = [bind, f"{settings.host}:{settings.metrics_port}"]
 workers = settings.worker_count()
-worker_class = "serving.worker.BufferingWorker"
+# What the worker knows of the app's routes: the ones that wait for the model, and all that METRICS_PORT serves.
+routing = RequestRouting(model_routes=frozenset({("POST", "/predict"), ("POST", "/explain")}),
+                         metrics_listener_paths=("/metrics", "/health"))
+worker_class = BufferingWorker.routed(routing)
 threads = settings.thread_count()
 worker_connections = settings.max_connections
 preload_app = False

@@ -33,6 +33,7 @@ from utils.inference.tokens import encode, pad_token_id
 from utils.training.batching import EncodedDataset, PaddingCollator, training_loader
 from utils.training.blend import Blend, FittedMember, fit_blend, fit_member, member_metrics
 from utils.training.calibration import calibration_summary, fit_temperature
+from utils.training.export_rows import write_export_rows
 from utils.training.optim import bytes_needed, freeze, loss_weights, parameter_groups
 from utils.training.recipe import (
     RECIPE_FIELDS,
@@ -392,6 +393,7 @@ def finish(state: Run) -> TrainResult:
     checkpoint = state.output_dir / "checkpoint"
     if accelerator.is_main_process:
         save_checkpoint(state, model, served, checkpoint)
+        write_export_rows(checkpoint, splits.validation, splits.train)  # what export measures and calibrates on
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return TrainResult(checkpoint, metrics, state.progress.step, time.time() - state.started)

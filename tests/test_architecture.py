@@ -18,8 +18,8 @@ LAYERS = [
     ("metrics", ["utils/evaluation"]),
     ("training", ["utils/training", "train.py"]),
     ("inference", ["inferer.py"]),
-    ("uses of inference", ["eval.py", "predict.py", "predict_ray.py", "export.py", "serving", "app.py",
-                           "gunicorn.conf.py"]),
+    ("uses of inference", ["eval.py", "predict.py", "predict_ray.py", "export.py", "utils/export", "serving",
+                           "app.py", "gunicorn.conf.py"]),
     ("command line", ["main.py"]),
 ]
 PROJECT_PACKAGES = ("models", "utils", "serving")

@@ -1,6 +1,6 @@
 """ONNX export (`main.py --mode export`): the plain, int8, fused and static int8 graphs checked against PyTorch on
 the tiny checkpoints trained by conftest and real texts, every model family's fusion, the calibration data, and
-the measurement on validation rows (variants.json) that BACKEND=auto reads."""
+the measurement on the validation rows the checkpoint holds (variants.json) that BACKEND=auto reads."""
 
 from __future__ import annotations
 
@@ -20,7 +20,9 @@ from conftest import TOXIC_LABELS
 import export
 import main
 from inferer import ModelInferer
+from models.lexical import LexicalModel
 from utils.checkpoint.contract import (
+    EXPORT_ROWS_FILE,
     LEXICAL,
     ONNX_FILES,
     TRANSFORMER,
@@ -28,7 +30,14 @@ from utils.checkpoint.contract import (
     CheckpointFolder,
     Int8Quantization,
 )
+from utils.checkpoint.rows import ExportRows
+from utils.config import config_from_saved
+from utils.data.prepare import prepare_splits
+from utils.evaluation.metrics import compute_metrics
+from utils.export import graphs, variants
 from utils.inference.backends import backend_for
+from utils.inference.runners import build_runner
+from utils.inference.tokens import encode
 
 # Largest |score - PyTorch float32 score| on the real texts below (82 toxic comments, 80 paper titles), with the tiny
 # checkpoints conftest trains (BERT multi-label / multi-class; RoBERTa and DistilBERT multi-label), plain and fused
@@ -56,7 +65,7 @@ def tolerance(backend: str, int8: Int8Quantization | None) -> float:
     export chooses on this CPU)."""
     if backend in ("onnx", "onnx-fused"):
         return FLOAT32_TOLERANCE
-    int8 = int8 or export.choose_int8()
+    int8 = int8 or graphs.choose_int8()
     if not int8.reduce_range and not int8.cpu_features and platform.machine().lower() in ("x86_64", "amd64"):
         return SATURATING_TOLERANCE
     return INT8_TOLERANCE[int8.reduce_range]
@@ -148,10 +157,10 @@ def test_roberta_and_distilbert_graphs_fuse_too(model_type, request, tiny_traine
     texts = real_texts["multilabel"]
     reference = ModelInferer(checkpoint, precision="fp32", backend="torch").score_batch(texts)[0]
     # this CPU's choice, and the 7-bit weights of a CPU without VNNI, whichever this one has
-    choices = {i.reduce_range: i for i in (export.choose_int8(), export.choose_int8(reduce_range=True))}
+    choices = {i.reduce_range: i for i in (graphs.choose_int8(), graphs.choose_int8(reduce_range=True))}
     for int8 in choices.values():
         folder = shutil.copytree(checkpoint, tmp_path / f"reduce_range_{int8.reduce_range}")
-        written = export.export_graphs(folder, int8=int8)
+        written = graphs.export_graphs(folder, int8=int8)
         assert set(written) == {"onnx", "onnx-int8", "onnx-fused", "onnx-fused-int8"}
         assert operators(written["onnx-fused"])["Attention"] == 2  # RoBERTa's embeddings stay unfused
         for backend in written:
@@ -167,7 +176,7 @@ def test_a_cpu_without_vnni_gets_7_bit_weights_within_their_tolerance(multilabel
                       "--onnx-int8-reduce-range", "yes"]) == 0
     int8 = recorded_int8(folder)
     assert int8 is not None and int8.reduce_range and "reduce_range=True" in int8.reason
-    assert int8.cpu_features == export.int8_cpu_features()
+    assert int8.cpu_features == graphs.int8_cpu_features()
     texts = real_texts["multilabel"]
     reference = ModelInferer(folder, precision="fp32", backend="torch").score_batch(texts)[0]
     for backend in ("onnx-int8", "onnx-fused-int8", "onnx-fused-int8-static"):
@@ -184,13 +193,13 @@ def test_7_bit_weights_compute_on_avx2_what_vnni_computes(multilabel_checkpoint,
     moved = {}
     for reduce_range in (False, True):
         folder = shutil.copytree(multilabel_checkpoint, tmp_path / f"reduce_range_{reduce_range}")
-        export.export_graphs(folder, int8=export.choose_int8(reduce_range))
+        graphs.export_graphs(folder, int8=graphs.choose_int8(reduce_range))
         as_built = ModelInferer(folder, backend="onnx-int8").score_batch(texts)[0]
         emulate_avx2_int8(folder / ONNX_FILES["onnx-int8"])
         emulated = ModelInferer(folder, backend="onnx-int8").score_batch(texts)[0]
         moved[reduce_range] = np.abs(emulated - as_built).max()
     assert moved[True] == 0.0
-    if export.int8_cpu_features():  # without VNNI this CPU's own kernel saturated the 8-bit graph already
+    if graphs.int8_cpu_features():  # without VNNI this CPU's own kernel saturated the 8-bit graph already
         assert moved[False] > 0.0
 
 
@@ -249,11 +258,11 @@ def test_export_keeps_8_bit_weights_only_where_the_cpu_sums_int8_products_in_32_
         pytest.skip("the choice by flags is x86's")
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(f"processor\t: 0\nflags\t\t: fpu sse sse2 fma {flags}\n\nprocessor\t: 1\n")
-    choice = export.choose_int8(cpuinfo=cpuinfo)
+    choice = graphs.choose_int8(cpuinfo=cpuinfo)
     assert choice.reduce_range == reduce_range and set(choice.cpu_features) <= set(flags.split())
-    forced = export.choose_int8(reduce_range=not reduce_range, cpuinfo=cpuinfo)
+    forced = graphs.choose_int8(reduce_range=not reduce_range, cpuinfo=cpuinfo)
     assert forced.reduce_range != reduce_range and "asked for" in forced.reason
-    assert export.int8_cpu_features(tmp_path / "absent") == []
+    assert graphs.int8_cpu_features(tmp_path / "absent") == []
 
 
 def test_a_variants_report_from_before_the_int8_record_still_reads(exported, tmp_path):
@@ -269,14 +278,36 @@ def test_a_variants_report_from_before_the_int8_record_still_reads(exported, tmp
 
 def test_static_int8_calibrates_on_real_texts_as_serving_feeds_them(multilabel_checkpoint, toxic_csv):
     texts = pd.read_csv(toxic_csv).comment_text.head(70).tolist()
-    calibration = export.CalibrationBatches(multilabel_checkpoint, texts, batch_size=32)
+    inferer = ModelInferer(multilabel_checkpoint)
+    input_ids = encode(inferer.tokenizer, texts, inferer.max_length, inferer.truncation).input_ids
+    calibration = graphs.CalibrationBatches(input_ids, inferer.pad_id, batch_size=32)
     batches = list(iter(calibration.get_next, None))
     assert [len(b["input_ids"]) for b in batches] == [32, 32, 6]
-    inferer = ModelInferer(multilabel_checkpoint)
     for batch in batches:
         assert set(batch) == {"input_ids", "attention_mask"} and batch["input_ids"].dtype == np.int64
         assert batch["input_ids"].shape[1] <= inferer.max_length
         assert (batch["input_ids"][batch["attention_mask"] == 0] == inferer.pad_id).all()
+
+
+def validation_split(folder):
+    """The checkpoint's validation rows read again from the data its training_config.json names."""
+    return prepare_splits(config_from_saved(CheckpointFolder(folder).training_config())).validation
+
+
+def test_training_stores_the_validation_rows_as_serving_tokenizes_them(exported_blend_checkpoint):
+    """EXPORT_ROWS_FILE: the validation rows' token ids, labels and a blend's TF-IDF scores, exactly what the
+    inferer computes from the texts; training rows to calibrate on."""
+    rows = ExportRows.load(exported_blend_checkpoint)
+    validation = validation_split(exported_blend_checkpoint)
+    inferer = ModelInferer(exported_blend_checkpoint, backend="torch")
+    assert rows is not None and len(rows) == len(validation) and rows.pad_id == inferer.pad_id
+    assert rows.validation_ids == encode(inferer.tokenizer, validation.texts, inferer.max_length,
+                                         inferer.truncation).input_ids
+    np.testing.assert_array_equal(rows.labels, validation.labels)
+    assert rows.lexical_scores is not None
+    np.testing.assert_array_equal(rows.lexical_scores, LexicalModel.load(exported_blend_checkpoint).scores(
+        validation.texts))
+    assert 0 < len(rows.calibration_ids) <= 256 and all(len(ids) <= inferer.max_length for ids in rows.calibration_ids)
 
 
 def test_export_measures_every_graph_on_the_validation_rows(exported):
@@ -285,9 +316,9 @@ def test_export_measures_every_graph_on_the_validation_rows(exported):
         report = folder.variants()
         assert report is not None and report.metric == metric and report.reference == "torch"
         assert report.checkpoint_id == folder.checkpoint_id()
-        assert report.rows == folder.metrics()["validation_rows"] and report.threads == export.MEASURE_THREADS
-        assert [v.backend for v in report.variants] == ["torch", *export.DEFAULT_VARIANTS, export.STATIC_VARIANT]
-        assert report.int8 == export.choose_int8()  # this CPU's choice, recorded
+        assert report.rows == folder.metrics()["validation_rows"] and report.threads == variants.MEASURE_THREADS
+        assert [v.backend for v in report.variants] == ["torch", *graphs.DEFAULT_VARIANTS, graphs.STATIC_VARIANT]
+        assert report.int8 == graphs.choose_int8()  # this CPU's choice, recorded
         for variant in report.variants:
             assert variant.texts_per_s > 0 and variant.value is not None
             within = 0.0 if variant.backend == "torch" else tolerance(variant.backend, report.int8)
@@ -308,19 +339,20 @@ def test_export_measures_every_graph_on_the_validation_rows(exported):
             assert abs(record.cost) <= bound + 1e-12, (fp32, record.cost, bound)
 
 
-def validation_rows(folder: CheckpointFolder):
-    rows = export.training_rows(folder.path)
+def validation_rows(folder: CheckpointFolder) -> ExportRows:
+    rows = ExportRows.load(folder.path)
     assert rows is not None
-    return rows[0]
+    return rows
 
 
-def torch_validation_scores(folder: CheckpointFolder, rows) -> np.ndarray:
+def torch_validation_scores(folder: CheckpointFolder, rows: ExportRows) -> np.ndarray:
     """PyTorch's float32 scores as export measured them: one thread, chunks of 128 rows, batches of 32."""
-    threads = torch.get_num_threads()  # the inferer sets it for the process
-    inferer = ModelInferer(folder.path, precision="fp32", backend="torch", num_threads=export.MEASURE_THREADS)
-    scores = [inferer.score_batch(rows.texts[i:i + 128], 32)[0] for i in range(0, len(rows), 128)]
+    threads = torch.get_num_threads()  # the runner sets it for the process
+    runner = build_runner(folder, "torch", "cpu", precision="fp32", num_threads=variants.MEASURE_THREADS)
+    logits = np.vstack([variants.batch_logits(runner, rows.validation_ids[i:i + 128], rows.pad_id, 32)
+                        for i in range(0, len(rows), 128)])
     torch.set_num_threads(threads)
-    return np.vstack(scores)
+    return variants.served_scores(folder.info, logits, rows.lexical_scores)
 
 
 def near_tie_cost(task: str, labels: np.ndarray, scores: np.ndarray, within: float) -> float:
@@ -344,10 +376,10 @@ def test_a_blended_checkpoint_exports_its_transformer_and_measures_the_blend(exp
     folder = CheckpointFolder(exported_blend_checkpoint)
     assert set(folder.info.members) == {TRANSFORMER, LEXICAL}
     report = folder.variants()
-    assert report is not None and [v.backend for v in report.variants] == ["torch", *export.DEFAULT_VARIANTS]
+    assert report is not None and [v.backend for v in report.variants] == ["torch", *graphs.DEFAULT_VARIANTS]
     texts = real_texts["multilabel"]
     reference = ModelInferer(exported_blend_checkpoint, precision="fp32", backend="torch")
-    for backend in export.DEFAULT_VARIANTS:  # the graph replaces the transformer; the TF-IDF member stays
+    for backend in graphs.DEFAULT_VARIANTS:  # the graph replaces the transformer; the TF-IDF member stays
         graph = ModelInferer(exported_blend_checkpoint, backend=backend)
         assert set(graph.member_scores(texts[:4])[0]) == {TRANSFORMER, LEXICAL}
         scores = graph.score_batch(texts)[0]
@@ -355,14 +387,52 @@ def test_a_blended_checkpoint_exports_its_transformer_and_measures_the_blend(exp
         assert np.abs(scores - reference.score_batch(texts)[0]).max() <= within, backend
 
 
-def test_export_without_the_training_data_writes_the_graphs_unmeasured(multiclass_checkpoint, tmp_path, capsys):
-    folder = shutil.copytree(multiclass_checkpoint, tmp_path / "checkpoint")
+def without_training_data(source, folder):
+    """A copy of the checkpoint whose training_config.json names data that is not there (moved away)."""
+    folder = shutil.copytree(source, folder)
     settings = json.loads((folder / "training_config.json").read_text())
-    (folder / "training_config.json").write_text(json.dumps(settings | {"data": str(tmp_path / "gone.csv")}))
-    export.run(folder)
-    assert all((folder / ONNX_FILES[v]).is_file() for v in export.DEFAULT_VARIANTS)
+    (folder / "training_config.json").write_text(json.dumps(settings | {"data": str(folder.parent / "gone.csv")}))
+    return folder
+
+
+def test_an_export_without_the_training_data_measures_the_rows_the_checkpoint_holds(multiclass_checkpoint, tmp_path,
+                                                                                     capsys):
+    moved = without_training_data(multiclass_checkpoint, tmp_path / "moved")
+    export.run(moved, static_int8=True)
+    assert all((moved / ONNX_FILES[v]).is_file() for v in (*graphs.DEFAULT_VARIANTS, graphs.STATIC_VARIANT))
+    measured = CheckpointFolder(moved).variants()
+    assert measured is not None and "BACKEND=auto will serve torch" not in capsys.readouterr().err
+    # A checkpoint from before the rows were stored: measured on the data itself, as export measured before; the
+    # same rows, so the same costs (static int8 calibrated on the same training rows)
+    older = shutil.copytree(multiclass_checkpoint, tmp_path / "older")
+    (older / EXPORT_ROWS_FILE).unlink()
+    export.run(older, static_int8=True)
+    assert f"{EXPORT_ROWS_FILE} is missing" in capsys.readouterr().err
+    from_data = CheckpointFolder(older).variants()
+    assert from_data is not None and (older / EXPORT_ROWS_FILE).is_file()  # stored for the next export
+    for stored, read in zip(measured.variants, from_data.variants, strict=True):
+        assert (stored.backend, stored.value, stored.cost, stored.max_score_difference) == (
+            read.backend, read.value, read.cost, read.max_score_difference)
+    # the float32 PyTorch model's accuracy on the texts, scored as the inferer scores them (as export did before)
+    validation = validation_split(multiclass_checkpoint)
+    threads = torch.get_num_threads()
+    inferer = ModelInferer(multiclass_checkpoint, precision="fp32", backend="torch", num_threads=1)
+    scores = np.vstack([inferer.score_batch(validation.texts[i:i + 128], 32)[0]
+                        for i in range(0, len(validation), 128)])
+    torch.set_num_threads(threads)
+    accuracy = compute_metrics("multiclass", validation.labels, scores, inferer.label_names)["accuracy"]
+    assert measured.variants[0].backend == "torch" and measured.variants[0].value == accuracy
+
+
+def test_an_old_checkpoint_without_its_rows_or_its_data_is_exported_unmeasured(multiclass_checkpoint, tmp_path,
+                                                                               capsys):
+    folder = without_training_data(multiclass_checkpoint, tmp_path / "checkpoint")
+    (folder / EXPORT_ROWS_FILE).unlink()
+    export.run(folder, static_int8=True)
+    assert all((folder / ONNX_FILES[v]).is_file() for v in graphs.DEFAULT_VARIANTS)
     assert not (folder / VARIANTS_FILE).exists() and not (folder / ONNX_FILES["onnx-fused-int8-static"]).exists()
-    assert "BACKEND=auto will serve torch" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "BACKEND=auto will serve torch" in err and "static int8 needs the training rows" in err
 
 
 def test_training_exports_and_measures_by_default(tiny_bert, toxic_csv, tmp_path):
@@ -372,7 +442,7 @@ def test_training_exports_and_measures_by_default(tiny_bert, toxic_csv, tmp_path
             "--output-dir", str(tmp_path / "run")]
     assert main.main(args) == 0
     checkpoint = tmp_path / "run" / "checkpoint"
-    assert all((checkpoint / ONNX_FILES[v]).is_file() for v in export.DEFAULT_VARIANTS)
+    assert all((checkpoint / ONNX_FILES[v]).is_file() for v in graphs.DEFAULT_VARIANTS)
     assert CheckpointFolder(checkpoint).variants() is not None
     assert main.main([*args, "--no-export-onnx", "--output-dir", str(tmp_path / "plain")]) == 0
     assert not list((tmp_path / "plain" / "checkpoint").glob("*.onnx"))

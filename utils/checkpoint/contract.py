@@ -35,6 +35,9 @@ ONNX_FILES = {  # by serving backend
     "onnx-fused-int8-static": "model.fused.int8-static.onnx",  # the fused graph, int8 calibrated on training rows
 }
 VARIANTS_FILE = "variants.json"  # what export measured of each graph (VariantsReport)
+# The token ids export measures the graphs on (validation rows, with their labels) and calibrates static int8 on
+# (training rows), stored by training's finish; safetensors, read and written by utils/checkpoint/rows.py.
+EXPORT_ROWS_FILE = "export_rows.safetensors"
 LEXICAL_WEIGHTS_FILE, LEXICAL_CONFIG_FILE = lexical.WEIGHTS_FILE, lexical.CONFIG_FILE  # the member's own names
 TRANSFORMER = "transformer"  # the name of the fine-tuned encoder among the checkpoint's members
 LEXICAL = "tfidf"  # the name of the TF-IDF + logistic regression member
