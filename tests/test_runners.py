@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import set_environment
 
@@ -15,6 +16,8 @@ from inferer import ModelInferer
 from serving.settings import ServingSettings
 from utils.checkpoint.contract import ONNX_FILES, VARIANTS_FILE, CheckpointFolder, VariantRecord, VariantsReport
 from utils.inference.backends import MAX_COST, backend_for
+from utils.inference.runners import build_runner
+from utils.inference.tokens import pad_batch
 
 
 def write_report(folder: Path, figures: dict[str, tuple[float, float | None]], metric: str = "mean_roc_auc",
@@ -119,3 +122,24 @@ def test_the_server_runs_auto_by_default_and_shows_the_choice(graphs, monkeypatc
     assert answer["model"]["backend"] == "onnx-fused-int8"
     set_environment(monkeypatch, {"CHECKPOINT_PATH": str(graphs), "BACKEND": "torch"})
     assert create_app().test_client().get("/metadata").get_json()["backend"] == "torch"
+
+
+@pytest.mark.parametrize(("backend", "quantize"), [("onnx-int8", False), ("onnx-fused-int8", False),
+                                                   ("torch", True)])
+def test_dynamic_int8_scores_each_text_alone_whatever_its_batch(exported_checkpoint, backend, quantize):
+    """Dynamic int8 quantizes a call's activations with one scale per tensor: scored with other texts, padded, a
+    text's scores moved by up to 0.25 on a trained model (docs/SERVING.md). Its runner scores each text alone,
+    unpadded, so a text's scores are the same to the bit in any batch, and the same as scored by itself."""
+    folder = CheckpointFolder(exported_checkpoint)
+    runner = build_runner(folder, backend, quantize=quantize, num_threads=1)
+    tokenizer = ModelInferer(exported_checkpoint, backend="torch").tokenizer
+    texts = ["you are a wonderful person", "shut up, idiot", "thanks for the edit, it reads much better now and "
+             "the sources are cited properly", "what"]
+    ids = [tokenizer(text)["input_ids"] for text in texts]
+    batch = pad_batch(ids, tokenizer.pad_token_id)
+    together = runner.logits(*batch)
+    for row, single in enumerate(ids):
+        alone = runner.logits(*pad_batch([single], tokenizer.pad_token_id))
+        assert np.array_equal(together[row], alone[0])
+    reversed_batch = runner.logits(*pad_batch(ids[::-1], tokenizer.pad_token_id))
+    assert np.array_equal(reversed_batch[::-1], together)

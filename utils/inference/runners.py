@@ -3,7 +3,9 @@
 `torch` runs the safetensors weights (float32, bf16, or dynamic int8 Linear layers); the `onnx*` backends run
 the graphs `main.py --mode export` wrote (plain or fused, float32 or int8), in ONNX Runtime. Each imports its
 engine only when built, so an environment without torch can serve an exported checkpoint. Which backend runs is
-chosen in utils/inference/backends.py. A host whose threads share one model (the server) wraps the runner and the
+chosen in utils/inference/backends.py. The dynamic int8 backends quantize a batch's activations with one scale
+per tensor, so a text's scores would move with its neighbours and its padding (by up to 0.25 on a trained model,
+docs/SERVING.md): they score each text alone, unpadded (`TextByText`), and a text's scores are its own. A host whose threads share one model (the server) wraps the runner and the
 TF-IDF member through `Sharing` (ModelInferer.shared).
 """
 
@@ -112,15 +114,35 @@ class OnnxRunner:
         return np.asarray(self.session.run(["logits"], feeds)[0], dtype=np.float32)
 
 
+class TextByText:
+    """A runner whose batch is each text alone, its padding trimmed: for the dynamic int8 backends, whose
+    activation scales would otherwise be the whole padded batch's. Padding is on the right (`pad_batch`)."""
+
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
+        self.device, self.precision, self.quantized = runner.device, runner.precision, runner.quantized
+        self.model = getattr(runner, "model", None)  # torch's, for the gradient explanations
+
+    def logits(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        lengths = attention_mask.sum(axis=1)
+        return np.vstack([self.runner.logits(input_ids[row:row + 1, :length], attention_mask[row:row + 1, :length])
+                          for row, length in enumerate(lengths)])
+
+
+DYNAMIC_INT8 = ("onnx-int8", "onnx-fused-int8")  # backends whose activation scales are computed per call
+
+
 def build_runner(folder: CheckpointFolder, backend: str = "torch", device: str | None = None,
                  quantize: bool = False, precision: str = "auto", num_threads: int | None = None) -> Runner:
     """The runner for `backend`; the ONNX ones run the exported graph as it is (CPU, no quantize, fp32)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "torch":
-        return TorchRunner(folder, device, quantize, precision, num_threads)
+        runner = TorchRunner(folder, device, quantize, precision, num_threads)
+        return TextByText(runner) if quantize else runner
     if quantize or precision not in ("auto", "fp32"):
         raise ValueError(f"backend {backend!r} runs the exported graph as it is: no quantize, precision fp32")
     if device not in (None, "cpu"):
         raise ValueError("the ONNX backends run on the CPU only")
-    return OnnxRunner(folder, backend, num_threads)
+    runner = OnnxRunner(folder, backend, num_threads)
+    return TextByText(runner) if backend in DYNAMIC_INT8 else runner
