@@ -5,8 +5,9 @@ the graphs `main.py --mode export` wrote (plain or fused, float32 or int8), in O
 engine only when built, so an environment without torch can serve an exported checkpoint. Which backend runs is
 chosen in utils/inference/backends.py. The dynamic int8 backends quantize a batch's activations with one scale
 per tensor, so a text's scores would move with its neighbours and its padding (by up to 0.25 on a trained model,
-docs/SERVING.md): they score each text alone, unpadded (`TextByText`), and a text's scores are its own. A host whose threads share one model (the server) wraps the runner and the
-TF-IDF member through `Sharing` (ModelInferer.shared).
+docs/SERVING.md): they score each text alone, unpadded (`TextByText`), and a text's scores are its own. A host
+whose threads share one model (the server) wraps the runner and the TF-IDF member through `Sharing`
+(ModelInferer.shared).
 """
 
 from __future__ import annotations
