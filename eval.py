@@ -114,8 +114,8 @@ def run(config: Config, checkpoint: str | Path) -> dict[str, Any]:
     """Evaluate `checkpoint` on the test data the config names with --backend (auto: what the server serves);
     write the report and plots beside it."""
     inferer = ModelInferer(checkpoint, quantize=config.quantize, precision=config.precision, backend=config.backend)
-    config.task = inferer.task if config.task == AUTO_TASK else config.task  # the data is read as it was trained
-    data = read_test_set(config, inferer.label_names)
+    task = inferer.task if config.task == AUTO_TASK else config.task  # the data is read as it was trained
+    data = read_test_set(config, inferer.label_names, task)
     result = evaluate(inferer, data, config.eval_batch_size)
     metrics = result["metrics"]
     out_dir = Path(config.output_dir)

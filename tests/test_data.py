@@ -269,7 +269,8 @@ def test_conference_like_file_needs_no_column_flags(conference_csv, capsys):
     config = make_config(task="multiclass", data=str(conference_csv))
     splits = prepare_splits(config)
     assert "inferred text column 'Title', label column 'Conference'" in capsys.readouterr().out
-    assert (config.text_column, config.label_column) == ("Title", "Conference")  # recorded for the checkpoint
+    assert (splits.layout.text_column, splits.layout.label_column) == ("Title", "Conference")  # for the checkpoint
+    assert (config.text_column, config.label_column) == (None, None)  # the settings stay as given
     assert splits.label_names == CONFERENCES
     assert splits.test is not None and len(splits.test) == 45  # the default held-out 15%, stratified
     assert len(splits.train) + len(splits.validation) == 255

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from utils.checkpoint.contract import ONNX_FILES, CheckpointFolder, VariantRecord
+from utils.checkpoint.errors import MissingFileError
 
 BACKENDS = ("torch", *ONNX_FILES)
 AUTO = "auto"
@@ -83,8 +84,8 @@ class OnnxRunner:
     def __init__(self, folder: CheckpointFolder, backend: str, num_threads: int | None) -> None:
         path = folder.onnx_file(backend)
         if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing: export it with `python main.py --mode export "
-                                    f"--checkpoint {folder.path}`")
+            raise MissingFileError(f"{path} is missing: export it with `python main.py --mode export "
+                                   f"--checkpoint {folder.path}`")
         try:
             import onnxruntime
         except ImportError as error:
@@ -185,6 +186,6 @@ def choose_backend(folder: CheckpointFolder, requested: str = AUTO, torch_only: 
         if folder.has_graph(backend) and engine_installed(backend):
             return BackendChoice(AUTO, backend, f"{why} and torch is not installed: the float32 graph",
                                  report.record(backend) if report else None, metric, budget)
-    raise FileNotFoundError(f"{folder.path}: BACKEND=auto found nothing to run here: torch is not installed and "
-                            "the checkpoint has no exported float32 graph; run `python main.py --mode export "
-                            f"--checkpoint {folder.path}` where torch is, or install torch")
+    raise MissingFileError(f"{folder.path}: BACKEND=auto found nothing to run here: torch is not installed and "
+                           "the checkpoint has no exported float32 graph; run `python main.py --mode export "
+                           f"--checkpoint {folder.path}` where torch is, or install torch")

@@ -138,7 +138,7 @@ def fit_multilabel(x: Any, y: np.ndarray, x_val: Any, y_val: np.ndarray | None,
                            None if ratios is None else ratios[j], cs, settings)
         for j in range(num_labels))
     results: list[tuple[list[tuple[np.ndarray, float]], list[float], int]] = list(  # pyright: ignore
-        tqdm(labels_in_order, total=num_labels, desc=f"tfidf member ({len(cs)} C each)", unit="label"))
+        tqdm(labels_in_order, total=num_labels, desc=f"lexical member ({len(cs)} C each)", unit="label"))
     auc = np.array([results[j][1] for j in range(num_labels)], dtype=np.float64).T
     default = cs.index(settings.c)
     if x_val is None:
@@ -179,7 +179,7 @@ def fit_multiclass(x: Any, y: np.ndarray, x_val: Any, y_val: np.ndarray | None,
     keys: list[tuple[float, float]] = []
     models: list[tuple[np.ndarray, np.ndarray]] = []
     with Parallel(n_jobs=workers, max_nbytes=None) as parallel, \
-            tqdm(total=len(cs), desc="tfidf member (C values)", unit="C") as bar:
+            tqdm(total=len(cs), desc="lexical member (C values)", unit="C") as bar:
         for start in range(0, len(cs), workers):
             batch = cs[start:start + workers]
             fitted = parallel(delayed(fit_classes)(x, y, binary, ratios, c, num_classes, settings) for c in batch)
