@@ -146,8 +146,7 @@ def set_up(config: Config) -> Run:
     accelerator.print(f"precision: {precision} (asked: {config.precision}); processes: "
                       f"{accelerator.num_processes}; device: {accelerator.device}; backbone: {backbone}")
     splits = prepare_splits(config)
-    for note in splits.notes:
-        accelerator.print(note)
+    accelerator.print("\n".join(splits.notes))  # never empty: the rows read
     tokenizer = AutoTokenizer.from_pretrained(backbone)
     model = build_classifier(config.model_type, splits.layout.task, backbone, splits.label_names, config.pooling)
     if accelerator.is_main_process:  # before anything is written there
@@ -157,7 +156,8 @@ def set_up(config: Config) -> Run:
     member = fit_member(splits.layout.task, splits) if config.blend != "none" else None
     recipe = plan_recipe(config, splits, tokenizer, model, member, accelerator)
     choices = recipe.choices
-    train_set, validation_set = encode_splits(splits, tokenizer, choices.max_length, config, accelerator)
+    train_set, validation_set = encode_splits(splits, tokenizer, choices.max_length, config.truncation, accelerator,
+                                              Path(config.output_dir))
     prepare_model(model, config, splits, choices, accelerator)
     generator = torch.Generator()
     loader = training_loader(train_set, tokenizer, config.batch_size, generator, config.num_workers)
@@ -184,17 +184,18 @@ def set_up(config: Config) -> Run:
     return state
 
 
-def encode_splits(splits: DataSplits, tokenizer: PreTrainedTokenizerBase, max_length: int, config: Config,
-                  accelerator: Accelerator) -> tuple[EncodedDataset, EncodedDataset]:
-    """Token ids of the training rows (with labels) and of the validation rows, `max_length` tokens at most."""
-    train_encoded = encode(tokenizer, splits.train.texts, max_length, config.truncation)
-    validation_encoded = encode(tokenizer, splits.validation.texts, max_length, config.truncation)
-    longer = {"max_length": max_length, "truncation": config.truncation,
+def encode_splits(splits: DataSplits, tokenizer: PreTrainedTokenizerBase, max_length: int, truncation: str,
+                  accelerator: Accelerator, output_dir: Path) -> tuple[EncodedDataset, EncodedDataset]:
+    """Token ids of the training rows (with labels) and of the validation rows, `max_length` tokens at most; how
+    many were cut goes into the data report in `output_dir`."""
+    train_encoded = encode(tokenizer, splits.train.texts, max_length, truncation)
+    validation_encoded = encode(tokenizer, splits.validation.texts, max_length, truncation)
+    longer = {"max_length": max_length, "truncation": truncation,
               "train": int(sum(train_encoded.truncated)), "validation": int(sum(validation_encoded.truncated))}
     accelerator.print(f"{longer['train']} of {len(splits.train)} training texts were longer than "
-                      f"{max_length} tokens and were cut ({config.truncation})")
+                      f"{max_length} tokens and were cut ({truncation})")
     if accelerator.is_main_process:
-        add_to_data_report(Path(config.output_dir), "texts_longer_than_window", longer)
+        add_to_data_report(output_dir, "texts_longer_than_window", longer)
     return EncodedDataset(train_encoded.input_ids, splits.train.labels), EncodedDataset(validation_encoded.input_ids)
 
 

@@ -126,7 +126,7 @@ def test_labels_joined_in_one_column_are_split_into_the_six_labels(toxic_csv, tm
     path = tmp_path / "tagged.csv"
     tagged.to_csv(path, index=False)
     assert tagged.tags.nunique() > 6  # combinations such as toxic|insult
-    source = resolve_source(make_config(task="multilabel", data=str(path)))
+    source = resolve_source(make_config(data=str(path)), "multilabel")
     assert (source.layout.label_column, source.layout.label_delimiter) == ("tags", delimiter)
     splits = read_user_file(path, task="multilabel")
     assert splits.label_names == sorted(TOXIC_LABELS)

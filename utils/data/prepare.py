@@ -68,32 +68,31 @@ class DataSource:
     decided: DataLayout  # the task and columns as read
 
 
-def resolve_source(config: Config, task: str | None = None) -> DataSource:
-    """The files and layout of the data the settings name, read as `task` (default: --task; auto: the data's)."""
-    task = task or config.task
-    validation = Path(config.validation_data) if config.validation_data else None
-    builtin = BUILTIN_DATASETS.get(config.data or "")
+def resolve_source(settings: DataArguments, task: str) -> DataSource:
+    """The files and layout of the data the settings name, read as `task` (auto: the data's own)."""
+    validation = Path(settings.validation_data) if settings.validation_data else None
+    builtin = BUILTIN_DATASETS.get(settings.data or "")
     if builtin is not None:
         task = builtin.task if task == AUTO_TASK else task
         if builtin.task != task:
             raise DataError(f"dataset '{builtin.name}' is {builtin.task}, but --task is {task}")
         layout = ColumnLayout(builtin.text_column, builtin.label_columns, builtin.label_column,
                               builtin.label_delimiter, builtin.column_names)
-        names = (read_label_names(locate_file(builtin, builtin.labels_file, config.data_dir))
+        names = (read_label_names(locate_file(builtin, builtin.labels_file, settings.data_dir))
                  if builtin.labels_file else None)
-        test_path = (Path(config.test_data) if config.test_data else
-                     locate_file(builtin, builtin.test_file, config.data_dir) if builtin.test_file else None)
-        test_split = config.test_split if config.test_split is not None else builtin.test_split
-        return DataSource(locate_file(builtin, builtin.train_file, config.data_dir),
-                          test_path, 0.0 if config.test_data or builtin.test_file else test_split,
-                          layout, names, names is not None, validation, DataLayout.as_given(config, task))
-    if not config.data or not Path(config.data).is_file():
-        raise DataError(f"{config.data}: not a built-in dataset ({', '.join(BUILTIN_DATASETS)}) and no such file")
-    layout, decided = infer_columns(config, task)
-    names = read_label_names(config.labels_file) if config.labels_file else None
-    test_split = config.test_split if config.test_split is not None else DEFAULT_TEST_SPLIT
-    return DataSource(Path(config.data), Path(config.test_data) if config.test_data else None,
-                      0.0 if config.test_data else test_split, layout, names, names is not None, validation, decided)
+        test_path = (Path(settings.test_data) if settings.test_data else
+                     locate_file(builtin, builtin.test_file, settings.data_dir) if builtin.test_file else None)
+        test_split = settings.test_split if settings.test_split is not None else builtin.test_split
+        return DataSource(locate_file(builtin, builtin.train_file, settings.data_dir),
+                          test_path, 0.0 if settings.test_data or builtin.test_file else test_split,
+                          layout, names, names is not None, validation, DataLayout.as_given(settings, task))
+    if not settings.data or not Path(settings.data).is_file():
+        raise DataError(f"{settings.data}: not a built-in dataset ({', '.join(BUILTIN_DATASETS)}) and no such file")
+    layout, decided = infer_columns(settings, task)
+    names = read_label_names(settings.labels_file) if settings.labels_file else None
+    test_split = settings.test_split if settings.test_split is not None else DEFAULT_TEST_SPLIT
+    return DataSource(Path(settings.data), Path(settings.test_data) if settings.test_data else None,
+                      0.0 if settings.test_data else test_split, layout, names, names is not None, validation, decided)
 
 
 def open_data_file(path: Path, settings: DataArguments) -> FileReading:
@@ -143,7 +142,7 @@ def read_file(path: Path, role: str, settings: DataArguments, source: DataSource
 def prepare_splits(config: Config, task: str | None = None) -> DataSplits:
     """Read the data as `task` (default: --task), hold out the test split (if the data has no test file) and the
     validation split (if there is no validation file); every file is read and checked here, before any training."""
-    source = resolve_source(config, task)
+    source = resolve_source(config, task or config.task)
     files: list[dict[str, Any]] = []
     full = read_file(source.train_path, "train", config, source, source.label_names, files)
     notes = [f"read {len(full)} rows from {source.train_path}" + dropped_note(full)]
@@ -187,7 +186,7 @@ def read_test_set(config: Config, label_names: list[str], task: str | None = Non
     test split. Rows of labels the checkpoint never learnt are set aside in the result (`unseen_texts`), not an
     error."""
     if config.test_data:
-        source = resolve_source(config, task)
+        source = resolve_source(config, task or config.task)
         return read_file(Path(config.test_data), "test", config, source, label_names, [])
     splits = prepare_splits(config, task)
     if splits.test is None:
