@@ -10,5 +10,10 @@ class UserError(ValueError):
     """A problem the user can fix (a flag, a setting, a file), said in one line that names it."""
 
 
-class MissingFileError(UserError, FileNotFoundError):
+# OSError first among the bases: its constructor is the one that reads (errno, message)
+class MissingFileError(FileNotFoundError, UserError):
     """A file or folder named by a flag or a setting that is not there."""
+
+
+class DiskFullError(OSError, UserError):
+    """The disk filled while an output was written; the message says what is kept and to free space."""
