@@ -12,6 +12,7 @@ import numpy as np
 
 from models.lexical import LexicalModel
 from models.lexical_features import Block, LexicalSettings
+from utils.data.files import DataError
 
 IN_PROCESS_ROWS = 1000  # training rows below which the member is fitted in this process
 
@@ -211,7 +212,8 @@ def fit_classes(x: Any, y: np.ndarray, binary: np.ndarray, ratios: np.ndarray | 
                                max_iter=settings.max_iter).fit(x, y)
     coef, intercept = model.coef_.astype(np.float64), model.intercept_.astype(np.float64)
     if len(model.classes_) != num_classes:
-        raise ValueError(f"training labels hold {len(model.classes_)} of {num_classes} classes")
+        raise DataError(f"the training rows hold {len(model.classes_)} of the {num_classes} classes (a class only "
+                        "in validation or test, or one of --labels-file that no row has)")
     if num_classes == 2:  # scikit-learn's one logit z of class 1: softmax over (-z/2, z/2) gives its sigmoid
         return np.concatenate([-coef, coef]) / 2, np.concatenate([-intercept, intercept]) / 2
     return coef, intercept
