@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from inferer import ModelInferer
-from utils.config import AUTO_TASK, Config
+from utils.config import AUTO_TASK, Config, PredictionArguments
 from utils.data.prepare import read_test_set
 from utils.data.readers import LabeledTexts
 from utils.data.report import REPORT_FILE as DATA_REPORT_FILE
@@ -100,22 +100,22 @@ def torch_reference(inferer: ModelInferer, data: LabeledTexts, metrics: dict[str
             "max_score_difference": float(np.abs(scores - torch_scores).max()) if len(scores) else 0.0}
 
 
-def report_suffix(config: Config, inferer: ModelInferer) -> str:
+def report_suffix(settings: PredictionArguments, inferer: ModelInferer) -> str:
     """"" for what --backend auto measures (what the server serves); torch's int8 and bf16, and a backend asked
     for by name, in reports of their own."""
-    if config.quantize:
+    if settings.quantize:
         return "_int8"
     if inferer.precision != "fp32":
         return f"_{inferer.precision}"
-    return "" if config.backend == AUTO else f"_{config.backend}"
+    return "" if settings.backend == AUTO else f"_{settings.backend}"
 
 
 def run(config: Config, checkpoint: str | Path) -> dict[str, Any]:
     """Evaluate `checkpoint` on the test data the config names with --backend (auto: what the server serves);
     write the report and plots beside it."""
     inferer = ModelInferer(checkpoint, quantize=config.quantize, precision=config.precision, backend=config.backend)
-    config.task = inferer.task if config.task == AUTO_TASK else config.task  # the data is read as it was trained
-    data = read_test_set(config, inferer.label_names)
+    task = inferer.task if config.task == AUTO_TASK else config.task  # the data is read as it was trained
+    data = read_test_set(config, inferer.label_names, task)
     result = evaluate(inferer, data, config.eval_batch_size)
     metrics = result["metrics"]
     out_dir = Path(config.output_dir)

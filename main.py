@@ -8,8 +8,8 @@ from pathlib import Path
 
 from transformers.utils import logging as hf_logging
 
-from utils.config import Config, parse_config
-from utils.data.readers import DataError
+from utils.checkpoint.errors import UserError
+from utils.config import Config, ExportArguments, SettingsError, parse_config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
             if is_main_process() and result.checkpoint.is_dir():
                 if config.export_onnx:  # first, so that the report measures the backend the server will choose
                     export_after_training(result.checkpoint, config)
-                evaluation.run(config, result.checkpoint)
+                evaluation.run(result.settings, result.checkpoint)  # the data read as training read it
         elif config.mode == "eval":
             import eval as evaluation
 
@@ -45,18 +45,18 @@ def main(argv: list[str] | None = None) -> int:
             import export
 
             export.run(require_checkpoint(config), config.output, config.onnx_static_int8, reduce_range(config))
-    except (DataError, ValueError, FileNotFoundError, OSError) as error:
+    except UserError as error:  # the user's to fix: one line; anything else is a bug and keeps its traceback
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0
 
 
-def reduce_range(config: Config) -> bool | None:
+def reduce_range(settings: ExportArguments) -> bool | None:
     """--onnx-int8-reduce-range as export.run takes it: None lets export choose for the CPU."""
-    return {"auto": None, "yes": True, "no": False}[config.onnx_int8_reduce_range]
+    return {"auto": None, "yes": True, "no": False}[settings.onnx_int8_reduce_range]
 
 
-def export_after_training(checkpoint: Path, config: Config) -> None:
+def export_after_training(checkpoint: Path, settings: ExportArguments) -> None:
     """The graphs serving prefers, measured on validation; skipped with a note where ONNX is not installed."""
     import export
 
@@ -65,7 +65,7 @@ def export_after_training(checkpoint: Path, config: Config) -> None:
         print(f"not exporting ONNX graphs: {' and '.join(missing)} not installed (requirements_onnx.txt); "
               "--no-export-onnx silences this", file=sys.stderr)
         return
-    export.run(checkpoint, static_int8=config.onnx_static_int8, reduce_range=reduce_range(config))
+    export.run(checkpoint, static_int8=settings.onnx_static_int8, reduce_range=reduce_range(settings))
 
 
 def is_main_process() -> bool:
@@ -73,9 +73,9 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def require_checkpoint(config) -> str:
+def require_checkpoint(config: Config) -> str:
     if not config.checkpoint:
-        raise ValueError(f"--mode {config.mode} needs --checkpoint DIR (a folder written by training)")
+        raise SettingsError(f"--mode {config.mode} needs --checkpoint DIR (a folder written by training)")
     return config.checkpoint
 
 

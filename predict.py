@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from inferer import ModelInferer
 from utils.checkpoint.atomic import staged_file
+from utils.checkpoint.errors import UserError
 from utils.config import Config
 from utils.data.files import DataError, FileReading, find_columns, iter_frames, open_file
 
@@ -31,9 +32,9 @@ def run(config: Config, checkpoint: str | Path) -> None:
     """`--mode predict` on one process (main.py sends `--engine ray` to predict_ray.py, which reuses this
     module's scoring of a chunk)."""
     if bool(config.text) == bool(config.input):
-        raise ValueError("--mode predict needs --text (repeatable) or --input FILE --output FILE, one of the two")
+        raise UserError("--mode predict needs --text (repeatable) or --input FILE --output FILE, one of the two")
     if config.input and not config.output:
-        raise ValueError("--input needs --output FILE (.csv, .jsonl or .parquet) for the scored rows")
+        raise UserError("--input needs --output FILE (.csv, .jsonl or .parquet) for the scored rows")
     if config.output:
         output_format(Path(config.output))
     from transformers.utils import logging as hf_logging
@@ -54,7 +55,7 @@ def run(config: Config, checkpoint: str | Path) -> None:
 def output_format(path: Path) -> str:
     fmt = OUTPUT_FORMATS.get(path.suffix.lower())
     if fmt is None:
-        raise ValueError(f"{path}: unknown output type '{path.suffix}' (expected .csv, .jsonl or .parquet)")
+        raise UserError(f"{path}: unknown output type '{path.suffix}' (expected .csv, .jsonl or .parquet)")
     return fmt
 
 
@@ -67,7 +68,7 @@ def predict_file(inferer: ModelInferer, source: Path | FileReading, target: Path
     reading = source if isinstance(source, FileReading) else open_file(source)
     fmt = output_format(target)
     if reading.path.resolve() == target.resolve():
-        raise ValueError(f"{target}: the output would overwrite the input")
+        raise UserError(f"{target}: the output would overwrite the input")
     rows, columns = 0, None
     with staged_file(target, "predictions") as partial, chunk_writer(partial, fmt, reading) as write, \
             tqdm(unit=" rows", desc="predict") as bar:

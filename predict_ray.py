@@ -39,6 +39,7 @@ from ray.data.block import BlockAccessor
 from ray.exceptions import UserCodeException
 
 from utils.checkpoint.contract import CheckpointFolder
+from utils.checkpoint.errors import MissingFileError, UserError
 from utils.data.files import DataError, find_columns, iter_frames, open_file
 from utils.inference.backends import AUTO, backend_for
 
@@ -77,11 +78,11 @@ class ScorerSettings:
 def run(config: Config, checkpoint: str | Path) -> None:
     """`--mode predict --engine ray`: score --input into the --output folder on a local or a joined cluster."""
     if config.text or not config.input or not config.output:
-        raise ValueError("--engine ray scores files: give --input PATH_OR_GLOB_OR_FOLDER and --output DIR (not --text)")
+        raise UserError("--engine ray scores files: give --input PATH_OR_GLOB_OR_FOLDER and --output DIR (not --text)")
     if config.cpus_per_actor < 1 or (config.num_actors is not None and config.num_actors < 1):
-        raise ValueError("--num-actors and --cpus-per-actor must be >= 1")
+        raise UserError("--num-actors and --cpus-per-actor must be >= 1")
     if config.batch_size < 1 or config.eval_batch_size < 1:
-        raise ValueError("--batch-size and --eval-batch-size must be >= 1")
+        raise UserError("--batch-size and --eval-batch-size must be >= 1")
     output = Path(config.output).absolute()
     folder = CheckpointFolder(checkpoint)
     text_column = config.text_column or folder.info.text_column or "text"
@@ -191,11 +192,11 @@ def check_before_start(output: Path, settings: ScorerSettings) -> None:
     """An output folder that exists, or a checkpoint (or its exported graph) that does not, fails before any actor
     starts; the output is never overwritten."""
     if output.exists():
-        raise ValueError(f"{output}: already exists; remove it or choose another --output folder")
+        raise UserError(f"{output}: already exists; remove it or choose another --output folder")
     folder = CheckpointFolder(settings.checkpoint)
     if settings.backend not in (AUTO, "torch") and not folder.onnx_file(settings.backend).is_file():
-        raise FileNotFoundError(f"{settings.checkpoint}: no {folder.onnx_file(settings.backend).name}; export it "
-                                f"with `python main.py --mode export --checkpoint {settings.checkpoint}`")
+        raise MissingFileError(f"{settings.checkpoint}: no {folder.onnx_file(settings.backend).name}; export it "
+                               f"with `python main.py --mode export --checkpoint {settings.checkpoint}`")
 
 
 def scored_dataset(files: list[Path], settings: ScorerSettings, num_actors: int, batch_size: int,

@@ -9,7 +9,7 @@ import importlib.util
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from models import build_classifier, default_backbone_path
 from models.losses import build_loss
 from models.scoring import with_temperature
 from utils.checkpoint.contract import LEXICAL, TRANSFORMER, ClassifierInfo, write_checkpoint
-from utils.config import Config
+from utils.config import Config, TrainingArguments
 from utils.data.prepare import DataSplits, prepare_splits
 from utils.data.report import add_to_data_report, write_data_report
 from utils.evaluation.metrics import PRIMARY_METRIC, compute_metrics, tune_thresholds
@@ -38,6 +38,7 @@ from utils.training.optim import bytes_needed, freeze, loss_weights, parameter_g
 from utils.training.recipe import (
     RECIPE_FIELDS,
     SPEED_FIELDS,
+    Choices,
     DataShape,
     Recipe,
     choose_recipe,
@@ -63,6 +64,7 @@ class TrainResult:
     best_metrics: dict[str, Any]
     steps: int
     seconds: float
+    settings: Config  # as the checkpoint records them: what reading and the recipe decided in their places
 
 
 @dataclass(kw_only=True)
@@ -97,6 +99,16 @@ class Run:
     @property
     def output_dir(self) -> Path:
         return Path(self.config.output_dir)
+
+    @property
+    def task(self) -> str:
+        """The task as the data was read (--task, or the data's own where it was auto)."""
+        return self.splits.layout.task
+
+    @property
+    def choices(self) -> Choices:
+        """The settings the recipe decided (or kept as given): max_length, epochs, frozen layers, ..."""
+        return self.recipe.choices
 
     @property
     def eval_every(self) -> int:
@@ -135,29 +147,27 @@ def set_up(config: Config) -> Run:
     accelerator.print(f"precision: {precision} (asked: {config.precision}); processes: "
                       f"{accelerator.num_processes}; device: {accelerator.device}; backbone: {backbone}")
     splits = prepare_splits(config)
-    for note in splits.notes:
-        accelerator.print(note)
+    accelerator.print("\n".join(splits.notes))  # never empty: the rows read
     tokenizer = AutoTokenizer.from_pretrained(backbone)
-    model = build_classifier(config.model_type, config.task, backbone, splits.label_names, config.pooling)
+    model = build_classifier(config.model_type, splits.layout.task, backbone, splits.label_names, config.pooling)
     if accelerator.is_main_process:  # before anything is written there
         check_writable(Path(config.output_dir), bytes_needed(model, config.keep_last))
         write_data_report(splits, Path(config.output_dir))
-    freeze(model, config)  # what the user fixed (embeddings, the encoder); the recipe may fix more layers
-    member = fit_member(config.task, splits) if config.ensemble != "none" else None
-    if member is not None:
-        accelerator.print(f"{LEXICAL} member fitted in {member.seconds:.0f} s")
+    freeze(model, config, config.freeze_layers)  # what the user fixed; the recipe may fix more layers
+    member = fit_member(splits.layout.task, splits) if config.blend != "none" else None
     recipe = plan_recipe(config, splits, tokenizer, model, member, accelerator)
-    assert config.epochs is not None and config.max_length is not None  # the recipe leaves nothing unset
-    train_set, validation_set = encode_splits(splits, tokenizer, config, accelerator)
-    prepare_model(model, config, splits, accelerator)
+    choices = recipe.choices
+    train_set, validation_set = encode_splits(splits, tokenizer, choices.max_length, config.truncation, accelerator,
+                                              Path(config.output_dir))
+    prepare_model(model, config, splits, choices, accelerator)
     generator = torch.Generator()
     loader = training_loader(train_set, tokenizer, config.batch_size, generator, config.num_workers)
     optimizer = torch.optim.AdamW(parameter_groups(model, config), lr=config.learning_rate)
     steps_per_epoch = int(np.ceil(len(loader) / accelerator.num_processes / config.gradient_accumulation_steps))
-    total_steps = max(1, int(np.ceil(steps_per_epoch * config.epochs)))
+    total_steps = max(1, int(np.ceil(steps_per_epoch * choices.epochs)))
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
-    progress = Progress(identity=run_identity(config.task, splits.label_names, backbone, config.model_type,
-                                              config.pooling, config.max_length))
+    progress = Progress(identity=run_identity(splits.layout.task, splits.label_names, backbone, config.model_type,
+                                              config.pooling, choices.max_length))
     state = Run(config=config, accelerator=accelerator, splits=splits, tokenizer=tokenizer, model=model,
                 optimizer=optimizer, scheduler=scheduler, loader=loader, generator=generator,
                 validation_set=validation_set, collate=PaddingCollator(pad_token_id(tokenizer)), backbone=backbone,
@@ -168,37 +178,39 @@ def set_up(config: Config) -> Run:
                                                                                       scheduler)
     if tracking:
         accelerator.init_trackers("tensorboard")
-    state.say(f"training {total_steps} steps ({config.epochs} epochs of {steps_per_epoch}), evaluating every "
+    state.say(f"training {total_steps} steps ({choices.epochs} epochs of {steps_per_epoch}), evaluating every "
               f"{state.eval_every}")
     state.bar = tqdm(total=total_steps, initial=state.progress.step, desc="train",
                      disable=not accelerator.is_main_process)
     return state
 
 
-def encode_splits(splits: DataSplits, tokenizer: PreTrainedTokenizerBase, config: Config,
-                  accelerator: Accelerator) -> tuple[EncodedDataset, EncodedDataset]:
-    """Token ids of the training rows (with labels) and of the validation rows."""
-    train_encoded = encode(tokenizer, splits.train.texts, config.max_length, config.truncation)
-    validation_encoded = encode(tokenizer, splits.validation.texts, config.max_length, config.truncation)
-    longer = {"max_length": config.max_length, "truncation": config.truncation,
+def encode_splits(splits: DataSplits, tokenizer: PreTrainedTokenizerBase, max_length: int, truncation: str,
+                  accelerator: Accelerator, output_dir: Path) -> tuple[EncodedDataset, EncodedDataset]:
+    """Token ids of the training rows (with labels) and of the validation rows, `max_length` tokens at most; how
+    many were cut goes into the data report in `output_dir`."""
+    train_encoded = encode(tokenizer, splits.train.texts, max_length, truncation)
+    validation_encoded = encode(tokenizer, splits.validation.texts, max_length, truncation)
+    longer = {"max_length": max_length, "truncation": truncation,
               "train": int(sum(train_encoded.truncated)), "validation": int(sum(validation_encoded.truncated))}
     accelerator.print(f"{longer['train']} of {len(splits.train)} training texts were longer than "
-                      f"{config.max_length} tokens and were cut ({config.truncation})")
+                      f"{max_length} tokens and were cut ({truncation})")
     if accelerator.is_main_process:
-        add_to_data_report(Path(config.output_dir), "texts_longer_than_window", longer)
+        add_to_data_report(output_dir, "texts_longer_than_window", longer)
     return EncodedDataset(train_encoded.input_ids, splits.train.labels), EncodedDataset(validation_encoded.input_ids)
 
 
 def plan_recipe(config: Config, splits: DataSplits, tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel,
                 member: FittedMember | None, accelerator: Accelerator) -> Recipe:
-    """The recipe's choice of every unset setting, written into `config`; a resumed run keeps its saved recipe.
+    """The recipe's choice of every unset setting (the settings themselves stay as given); a resumed run keeps its
+    saved recipe.
 
     The main process measures and chooses; every process takes its choice, so that all train alike."""
     output_dir = Path(config.output_dir)
     recipe = Recipe.load(output_dir) if config.resume_from_checkpoint else None
     if recipe is None:
         given = {name: getattr(config, name) for name in RECIPE_FIELDS}
-        shape = data_shape(config.task, splits, tokenizer, model, config.seed)
+        shape = data_shape(splits.layout.task, splits, tokenizer, model, config.seed)
         needs_speed = any(given[name] is None for name in SPEED_FIELDS)
         cost = None
         if needs_speed and accelerator.is_main_process:
@@ -213,8 +225,8 @@ def plan_recipe(config: Config, splits: DataSplits, tokenizer: PreTrainedTokeniz
         if accelerator.is_main_process:
             output_dir.mkdir(parents=True, exist_ok=True)
             recipe.save(output_dir)
-    for name, value in recipe.values.items():
-        setattr(config, name, value)
+    if member is not None:
+        accelerator.print(f"{LEXICAL} member fitted in {member.seconds:.0f} s")
     accelerator.print(recipe.describe())
     return recipe
 
@@ -241,11 +253,13 @@ def position_limit(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -
     return int(min(positions, tokenizer.model_max_length))
 
 
-def prepare_model(model: PreTrainedModel, config: Config, splits: DataSplits, accelerator: Accelerator) -> None:
+def prepare_model(model: PreTrainedModel, settings: TrainingArguments, splits: DataSplits, choices: Choices,
+                  accelerator: Accelerator) -> None:
     """The recipe's frozen layers and the loss."""
-    freeze(model, config)
-    weights = loss_weights(config, splits)
-    model.loss_fn = build_loss(config.task, config.loss, weights, config.focal_gamma, config.label_smoothing)
+    freeze(model, settings, choices.freeze_layers)
+    weights = loss_weights(settings, splits.layout.task, splits)
+    model.loss_fn = build_loss(splits.layout.task, settings.loss, weights, settings.focal_gamma,
+                               choices.label_smoothing)
     if weights is not None:
         accelerator.print("loss weights: " + ", ".join(
             f"{name}={weight:.2f}" for name, weight in zip(splits.label_names, weights, strict=True)))
@@ -328,11 +342,11 @@ def optimization_step(state: Run, batch: dict[str, torch.Tensor]) -> float:
 def evaluate(state: Run, loss: float) -> None:
     """The validation metric now: logged, counted for early stopping, and the weights kept when best."""
     config, progress, accelerator = state.config, state.progress, state.accelerator
-    scores = validation_scores(config.task, state.model, state.validation_set, state.collate,
+    scores = validation_scores(state.task, state.model, state.validation_set, state.collate,
                                config.eval_batch_size, accelerator)
-    value = primary_metric(config.task, state.splits.validation, scores)
+    value = primary_metric(state.task, state.splits.validation, scores)
     improved = progress.record_evaluation(value)
-    metric_name = f"val_{PRIMARY_METRIC[config.task]}"
+    metric_name = f"val_{PRIMARY_METRIC[state.task]}"
     record = {"step": progress.step, "epoch": round(progress.step / state.steps_per_epoch, 3), "loss": loss,
               metric_name: value, "best": improved, "seconds": round(time.time() - state.started, 1)}
     if accelerator.is_main_process:
@@ -376,17 +390,17 @@ class Served:
 
 def finish(state: Run) -> TrainResult:
     """The best model back; the blend, the temperature and thresholds fitted on validation; the checkpoint written."""
-    config, accelerator, splits = state.config, state.accelerator, state.splits
+    config, accelerator, splits, task = state.config, state.accelerator, state.splits, state.task
     model = accelerator.unwrap_model(state.model)
     model.load_state_dict(state.best_state)
-    transformer = validation_scores(config.task, model, state.validation_set, state.collate, config.eval_batch_size,
+    transformer = validation_scores(task, model, state.validation_set, state.collate, config.eval_batch_size,
                                     accelerator)
     blend, scores = blend_member(state, transformer)  # on every process alike: all report the same metrics
     scores, calibration = calibrate(state, scores)  # before thresholds: they are tuned on the served scores
     thresholds = (tune_thresholds(splits.validation.labels, scores, config.threshold_strategy)
-                  if config.task == "multilabel" else None)
-    at_least_one = config.task == "multilabel" and config.at_least_one_label == "yes"
-    metrics = compute_metrics(config.task, splits.validation.labels, scores, splits.label_names, thresholds,
+                  if task == "multilabel" else None)
+    at_least_one = task == "multilabel" and state.choices.at_least_one_label == "yes"
+    metrics = compute_metrics(task, splits.validation.labels, scores, splits.label_names, thresholds,
                               at_least_one)
     served = Served(blend=blend, calibration=calibration, thresholds=thresholds, at_least_one=at_least_one,
                     metrics=metrics, members_alone=members_alone(state, transformer, blend, metrics))
@@ -396,7 +410,8 @@ def finish(state: Run) -> TrainResult:
         write_export_rows(checkpoint, splits.validation, splits.train)  # what export measures and calibrates on
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    return TrainResult(checkpoint, metrics, state.progress.step, time.time() - state.started)
+    return TrainResult(checkpoint, metrics, state.progress.step, time.time() - state.started,
+                       resolved_settings(state))
 
 
 def blend_member(state: Run, transformer: np.ndarray) -> tuple[Blend | None, np.ndarray]:
@@ -409,22 +424,22 @@ def blend_member(state: Run, transformer: np.ndarray) -> tuple[Blend | None, np.
     if report.get("unconverged_fits"):  # liblinear's own warning, once per fit, is muted
         state.say(f"{LEXICAL} member: {report['unconverged_fits']} of its logistic regressions stopped at "
                   f"max_iter={member.lexical.settings.max_iter} before converging")
-    blend = fit_blend(state.config.task, state.splits, transformer, member)
+    blend = fit_blend(state.task, state.splits, transformer, member)
     if np.all(blend.weights >= 1.0):
         state.say(f"{LEXICAL} member left out: the transformer alone scored best on validation")
         return None, transformer
     state.say(f"{LEXICAL} member blended; transformer share " + ", ".join(f"{w:.2f}" for w in blend.weights))
-    return blend, blend.scores(state.config.task, transformer, member.validation_scores)
+    return blend, blend.scores(state.task, transformer, member.validation_scores)
 
 
 def calibrate(state: Run, scores: np.ndarray) -> tuple[np.ndarray, dict[str, Any] | None]:
     """With --temperature-scaling: the scores under one temperature fitted on validation, and its summary."""
-    config, splits = state.config, state.splits
-    if not config.temperature_scaling:
+    task, splits = state.task, state.splits
+    if not state.config.temperature_scaling:
         return scores, None
-    temperature = fit_temperature(config.task, splits.validation.labels, scores)
-    tempered = with_temperature(config.task, scores, temperature)
-    calibration = calibration_summary(config.task, splits.validation.labels, scores, tempered, splits.label_names,
+    temperature = fit_temperature(task, splits.validation.labels, scores)
+    tempered = with_temperature(task, scores, temperature)
+    calibration = calibration_summary(task, splits.validation.labels, scores, tempered, splits.label_names,
                                       temperature)
     state.say(f"temperature {temperature:g}: validation expected calibration error "
               f"{calibration['validation_ece_before']:.4f} -> {calibration['validation_ece_after']:.4f}")
@@ -436,7 +451,7 @@ def members_alone(state: Run, transformer: np.ndarray, blend: Blend | None,
     """Each member's validation metrics alone, told beside the served scores'; none without a TF-IDF member."""
     if state.member is None:
         return {}
-    task = state.config.task
+    task = state.task
     alone = member_metrics(task, state.splits, {TRANSFORMER: transformer, LEXICAL: state.member.validation_scores})
     metric = PRIMARY_METRIC[task]
     state.say(f"validation {metric}: " + " / ".join(f"{name} alone {m[metric]:.4f}" for name, m in alone.items())
@@ -453,9 +468,9 @@ def save_checkpoint(state: Run, model: PreTrainedModel, served: Served, checkpoi
                "recipe": asdict(state.recipe), "calibration": served.calibration}
     if served.members_alone:
         summary["validation_members"] = served.members_alone
-    info = ClassifierInfo(task=config.task, labels=splits.label_names,
+    info = ClassifierInfo(task=state.task, labels=splits.label_names,
                           thresholds=served.thresholds.tolist() if served.thresholds is not None else None,
-                          max_length=config.max_length, truncation=config.truncation, pooling=config.pooling,
+                          max_length=state.choices.max_length, truncation=config.truncation, pooling=config.pooling,
                           model_type=config.model_type, backbone=state.backbone, precision=state.precision,
                           text_column=splits.text_column,
                           members=[TRANSFORMER] if blend is None else [TRANSFORMER, LEXICAL],
@@ -463,7 +478,14 @@ def save_checkpoint(state: Run, model: PreTrainedModel, served: Served, checkpoi
                           blend_method=blend.method if blend is not None else "logit",
                           at_least_one_label=served.at_least_one,
                           temperature=served.calibration["temperature"] if served.calibration else 1.0)
-    write_checkpoint(checkpoint, model, state.tokenizer, info,
-                     config.to_dict() | {"precision": state.precision, "backbone": state.backbone}, summary,
+    recorded = resolved_settings(state).to_dict() | {"precision": state.precision, "backbone": state.backbone}
+    write_checkpoint(checkpoint, model, state.tokenizer, info, recorded, summary,
                      write_members=blend.lexical.save if blend is not None else None)
     state.say(f"checkpoint written to {checkpoint}")
+
+
+def resolved_settings(state: Run) -> Config:
+    """The run's settings with what reading the data decided (task, columns) and the recipe's choices in their
+    places: what training_config.json records (one flat mapping), and what evaluation after training reads the
+    test rows with."""
+    return replace(state.config, **state.splits.layout.settings(), **state.recipe.values)

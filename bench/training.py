@@ -78,7 +78,7 @@ def config_for(args, precision: str, output_dir: str):
     return parse_config(["--task", "multilabel", "--data", "toxic", "--max-train-samples",
                          str(args.steps * args.batch_size), "--epochs", "1", "--batch-size", str(args.batch_size),
                          "--learning-rate", str(args.learning_rate), "--max-length", str(args.max_length),
-                         "--freeze-layers", "3", "--ensemble", "none", "--precision", precision,
+                         "--freeze-layers", "3", "--blend", "none", "--precision", precision,
                          "--val-split", str(args.val_split), "--output-dir", output_dir])
 
 

@@ -136,7 +136,7 @@ def train_tiny(output_dir: Path, backbone: Path, model_type: str, task: str, dat
                 "model_name_or_path": str(backbone), "output_dir": str(output_dir), "epochs": 1.0,
                 "batch_size": 16, "max_length": 64, "learning_rate": 1e-3, "test_split": 0.2,
                 "val_split": 0.2, "pooling": "cls", "freeze_embeddings": False, "freeze_layers": 0,
-                "ensemble": "none", "temperature_scaling": False, **layout, **overrides}
+                "blend": "none", "temperature_scaling": False, **layout, **overrides}
     return train.run(make_config(**settings))
 
 
@@ -167,11 +167,11 @@ def exported_checkpoint(tmp_path_factory, multilabel_checkpoint) -> Path:
 
 @pytest.fixture(scope="session")
 def exported_blend_checkpoint(tmp_path_factory, tiny_bert, toxic_csv) -> Path:
-    """A tiny BERT blended with its TF-IDF member (`--ensemble tfidf`), exported and measured like the above."""
+    """A tiny BERT blended with its TF-IDF member (`--blend lexical`), exported and measured like the above."""
     import export
 
     checkpoint = train_tiny(tmp_path_factory.mktemp("blend_run"), tiny_bert, "bert", "multilabel", toxic_csv,
-                            ensemble="tfidf").checkpoint
+                            blend="lexical").checkpoint
     export.run(checkpoint)
     return checkpoint
 

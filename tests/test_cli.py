@@ -1,8 +1,10 @@
-"""The command line, run as a user runs it: `python main.py ...` in a subprocess."""
+"""The command line, run as a user runs it: `python main.py ...` in a subprocess (or main.main in this process):
+its help, its spellings, and what it makes of errors."""
 
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +13,12 @@ import pytest
 import yaml
 from conftest import TOXIC_LABELS
 
-from utils.config import Config
+import main
+from utils.checkpoint.contract import CheckpointError
+from utils.checkpoint.errors import UserError
+from utils.config import Config, SettingsError, build_parser, parse_config
+from utils.data.files import DataError
+from utils.training.resume import ResumeError
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -48,6 +55,60 @@ def test_help_documents_every_setting():
         assert "--" + f.name.replace("_", "-") in result.stdout, f.name
     assert "--no-freeze-encoder" in result.stdout
     assert "Layer-wise learning-rate decay" in result.stdout  # the help text, not only the flag
+
+
+def test_help_says_each_default_once_and_spells_every_flag_with_hyphens():
+    text = " ".join(build_parser().format_help().split())  # argparse wraps lines; words stay in order
+    assert "(default: None)" not in text and ") (default:" not in text
+    assert "(default: 42)" in text and "(default: 0.15)" in text  # a default said once, after its help
+    assert re.findall(r"--\w*_[\w-]*", text) == []  # usage and options alike: --max-length, never --max_length
+    assert "--max-length" in text and "--blend {auto,lexical,none}" in text and "--ensemble" not in text
+
+
+def test_underscore_spellings_and_earlier_names_still_run_as_before():
+    hyphens = parse_config(["--max-length", "64", "--no-freeze-embeddings", "--text-column", "body",
+                            "--label-columns", "a,b", "--blend", "lexical", "--freeze-encoder", "false"])
+    underscores = parse_config(["--max_length", "64", "--no_freeze_embeddings", "--text_column", "body",
+                                "--label_columns", "a,b", "--ensemble", "tfidf", "--freeze_encoder", "false"])
+    assert underscores == hyphens
+    assert (hyphens.max_length, hyphens.freeze_embeddings, hyphens.blend) == (64, False, "lexical")
+
+
+@pytest.mark.parametrize("name", [f.name for f in dataclasses.fields(Config) if f.type in (bool, "bool")])
+def test_every_boolean_turns_on_and_off_with_one_form(name):
+    flag = name.replace("_", "-")
+    options = {option for action in build_parser()._actions for option in action.option_strings}
+    assert {f"--{flag}", f"--no-{flag}"} <= options
+    assert getattr(parse_config([f"--{flag}"]), name) is True
+    assert getattr(parse_config([f"--no-{flag}"]), name) is False
+    assert getattr(parse_config([f"--no_{name}"]), name) is False  # the underscore spelling, kept
+
+
+def test_user_errors_are_one_line_and_exit_2(tmp_path, capsys):
+    assert all(issubclass(kind, UserError) for kind in (SettingsError, DataError, CheckpointError, ResumeError))
+    assert main.main(["--config", str(tmp_path / "absent.yaml")]) == 2
+    assert capsys.readouterr().err == f"error: {tmp_path / 'absent.yaml'}: no such config file (--config)\n"
+    assert main.main(["--mode", "eval", "--checkpoint", str(tmp_path)]) == 2
+    assert "not a checkpoint folder of this toolkit" in capsys.readouterr().err
+    assert main.main(["--mode", "predict"]) == 2
+    assert capsys.readouterr().err == "error: --mode predict needs --checkpoint DIR (a folder written by training)\n"
+
+
+def test_a_missing_file_named_by_a_flag_is_a_message_not_a_traceback(tmp_path, tiny_bert):
+    result = cli("--data", tmp_path / "absent.csv", "--model-name-or-path", tiny_bert, "--output-dir", tmp_path,
+                 timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"error: {tmp_path / 'absent.csv'}: not a built-in dataset" in result.stderr
+
+
+def test_an_error_that_is_not_the_users_keeps_its_traceback(trained, run_config, tmp_path):
+    """Only the user-error type becomes a message: an OSError main.py does not know (here: an output folder that
+    is a file, found by mkdir) surfaces as it is, as a bug's would."""
+    output_dir, _ = trained
+    (blocked := tmp_path / "a_file").write_text("")
+    with pytest.raises(FileExistsError):
+        main.main(["--config", str(run_config), "--mode", "eval", "--checkpoint", str(output_dir / "checkpoint"),
+                   "--output-dir", str(blocked)])
 
 
 def test_train_writes_checkpoint_report_and_plot(trained):

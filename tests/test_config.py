@@ -1,14 +1,17 @@
-"""Config: defaults, the JSON/YAML file, flags over the file, and type checks on every value."""
+"""Config: defaults, the JSON/YAML file, flags over the file, type checks on every value, and settings that never
+change after parsing (frozen), with what reading and the recipe decide returned as frozen objects of their own."""
 
 import dataclasses
 import json
 
 import pytest
 
+from utils.checkpoint.errors import UserError
 from utils.config import (
     PARTS,
     Config,
     DataArguments,
+    SettingsError,
     build_parser,
     config_from_saved,
     make_config,
@@ -77,7 +80,7 @@ def test_config_file_sits_under_flags_and_unset_recipe_fields_stay_auto(tmp_path
     path.write_text("epochs: 1\nbatch_size: 7\n")
     config = parse_config(["--config", str(path), "--max-length", "16"])
     assert (config.batch_size, config.epochs, config.max_length) == (7, 1.0, 16)
-    assert (config.freeze_layers, config.ensemble, config.label_smoothing, config.time_budget) == (
+    assert (config.freeze_layers, config.blend, config.label_smoothing, config.time_budget) == (
         None, "auto", None, None)  # the recipe chooses these at training time
 
 
@@ -136,7 +139,7 @@ def test_a_checkpoints_flat_saved_config_loads_from_any_version():
     old = {"task": "multilabel", "mode": "train", "data": "toxic", "epochs": 1.5, "max_length": 64, "seed": 7,
            "precision": "fp32", "ensemble": "tfidf", "backbone": "x"}
     config = config_from_saved(old)
-    assert (config.epochs, config.max_length, config.seed, config.ensemble) == (1.5, 64, 7, "tfidf")
+    assert (config.epochs, config.max_length, config.seed, config.blend) == (1.5, 64, 7, "lexical")  # renamed
     assert config.batch_size == 32  # what the old file did not name takes today's default
 
 
@@ -148,3 +151,42 @@ def test_the_shipped_toxic_recipe_sets_its_documented_fields():
     assert (config.task, config.data, config.epochs, config.max_length) == ("multilabel", "toxic", 3.0, 64)
     assert config.freeze_layers == 0
     assert parse_config(["--config", str(recipe), "--epochs", "2"]).epochs == 2.0
+
+
+@pytest.mark.parametrize("part", PARTS + (Config,), ids=lambda part: part.__name__)
+def test_no_settings_object_can_be_written_to(part):
+    settings = make_config() if part is Config else part()
+    for f in dataclasses.fields(part):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(settings, f.name, getattr(settings, f.name))
+    assert isinstance(make_config(), part)  # a function needing one job's settings takes the part; Config is each
+
+
+def test_what_reading_and_the_recipe_decide_are_frozen(conference_csv):
+    from utils.data.prepare import DataLayout, prepare_splits
+    from utils.training.recipe import Choices, Recipe
+
+    config = make_config(data=str(conference_csv), test_split=0.0)
+    layout = prepare_splits(config).layout
+    assert layout == DataLayout("multiclass", "Title", (), "Conference", None) and config.task == "auto"
+    recipe = Recipe(60.0, {"max_length": 64, "epochs": 2.0, "freeze_layers": 0, "blend": "none",
+                           "label_smoothing": 0.1, "at_least_one_label": "no"})
+    assert recipe.choices == Choices(64, 2.0, 0, "none", 0.1, "no")
+    for decided in (layout, recipe, recipe.choices):
+        for f in dataclasses.fields(decided):
+            with pytest.raises(dataclasses.FrozenInstanceError):
+                setattr(decided, f.name, getattr(decided, f.name))
+
+
+def test_the_blend_under_its_earlier_name_still_reads(tmp_path):
+    path = tmp_path / "old.yaml"
+    path.write_text("ensemble: tfidf\n")
+    assert parse_config(["--config", str(path)]).blend == "lexical"
+    assert make_config(ensemble="none").blend == "none"
+    with pytest.raises(SettingsError, match="--blend"):
+        make_config(blend="bag-of-words")
+
+
+def test_a_missing_config_file_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="no such config file"):
+        parse_config(["--config", str(tmp_path / "absent.yaml")])

@@ -269,7 +269,8 @@ def test_conference_like_file_needs_no_column_flags(conference_csv, capsys):
     config = make_config(task="multiclass", data=str(conference_csv))
     splits = prepare_splits(config)
     assert "inferred text column 'Title', label column 'Conference'" in capsys.readouterr().out
-    assert (config.text_column, config.label_column) == ("Title", "Conference")  # recorded for the checkpoint
+    assert (splits.layout.text_column, splits.layout.label_column) == ("Title", "Conference")  # for the checkpoint
+    assert (config.text_column, config.label_column) == (None, None)  # the settings stay as given
     assert splits.label_names == CONFERENCES
     assert splits.test is not None and len(splits.test) == 45  # the default held-out 15%, stratified
     assert len(splits.train) + len(splits.validation) == 255
@@ -279,15 +280,15 @@ def test_conference_like_file_needs_no_column_flags(conference_csv, capsys):
 def test_jigsaw_like_file_without_its_id_column_needs_no_column_flags(toxic_csv, tmp_path, capsys):
     path = tmp_path / "comments.csv"
     pd.read_csv(toxic_csv).drop(columns=["id"]).to_csv(path, index=False)
-    source = resolve_source(make_config(task="multilabel", data=str(path)))
+    source = resolve_source(make_config(data=str(path)), "multilabel")
     assert source.layout.text_column == "comment_text" and list(source.layout.label_columns) == TOXIC_LABELS
     assert "0/1 label columns 'toxic', 'severe_toxic'" in capsys.readouterr().out
 
 
 def test_a_given_column_is_kept_and_the_rest_inferred(conference_csv, toxic_csv, capsys):
-    source = resolve_source(make_config(task="multiclass", data=str(conference_csv), label_column="Conference"))
+    source = resolve_source(make_config(data=str(conference_csv), label_column="Conference"), "multiclass")
     assert source.layout.text_column == "Title" and "inferred text column 'Title'" in capsys.readouterr().out
-    source = resolve_source(make_config(task="multilabel", data=str(toxic_csv), text_column="comment_text"))
+    source = resolve_source(make_config(data=str(toxic_csv), text_column="comment_text"), "multilabel")
     assert source.layout.id_column == "id" and list(source.layout.label_columns) == TOXIC_LABELS  # 'id' set aside
 
 
@@ -308,7 +309,7 @@ def test_an_ambiguous_layout_keeps_the_clear_error(tmp_path, header, row, task):
 
 def test_a_missing_file_or_unknown_name_is_said_plainly(tmp_path):
     with pytest.raises(DataError, match="not a built-in dataset .* and no such file"):
-        resolve_source(make_config(task="multilabel", data=str(tmp_path / "absent.csv")))
+        resolve_source(make_config(data=str(tmp_path / "absent.csv")), "multilabel")
 
 
 def test_tab_separated_txt_file_is_read_like_a_tsv(toxic_csv, tmp_path, capsys):
@@ -319,7 +320,7 @@ def test_tab_separated_txt_file_is_read_like_a_tsv(toxic_csv, tmp_path, capsys):
     lines = ["\t".join(frame.columns)] + ["\t".join(map(str, row)) for row in frame.itertuples(index=False)]
     path.write_text("\n".join(lines) + "\n")  # raw text, quotes and all, as shared tasks publish it
     assert file_format(path) == "tsv"
-    source = resolve_source(make_config(task="multilabel", data=str(path)))
+    source = resolve_source(make_config(data=str(path)), "multilabel")
     data = read_labeled_texts(path, "multilabel", source.layout)
     assert data.texts == frame.comment_text.tolist() and data.label_names == TOXIC_LABELS
     np.testing.assert_array_equal(data.labels, frame[TOXIC_LABELS].to_numpy())

@@ -30,14 +30,14 @@ ROOT = Path(__file__).resolve().parent.parent
 def blended(tmp_path_factory, tiny_trainer, tiny_bert, toxic_csv):
     """A tiny BERT trained on real toxic rows with the TF-IDF member beside it."""
     result = tiny_trainer(tmp_path_factory.mktemp("blend"), tiny_bert, "bert", "multilabel", toxic_csv,
-                          ensemble="tfidf")
+                          blend="lexical")
     return result.checkpoint
 
 
 @pytest.fixture(scope="module")
 def blended_multiclass(tmp_path_factory, tiny_trainer, tiny_bert, conference_csv):
     result = tiny_trainer(tmp_path_factory.mktemp("blend_mc"), tiny_bert, "bert", "multiclass", conference_csv,
-                          ensemble="tfidf")
+                          blend="lexical")
     return result.checkpoint
 
 

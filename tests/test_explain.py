@@ -231,7 +231,7 @@ def test_blend_hook_combines_member_word_scores_by_their_weights():
 def blended(tmp_path_factory, tiny_trainer, tiny_bert, toxic_csv) -> ModelInferer:
     """The tiny BERT with the TF-IDF member beside it (logit blend, a weight per label)."""
     result = tiny_trainer(tmp_path_factory.mktemp("explain_blend"), tiny_bert, "bert", "multilabel", toxic_csv,
-                          ensemble="tfidf")
+                          blend="lexical")
     return ModelInferer(result.checkpoint, precision="fp32")
 
 
@@ -239,7 +239,7 @@ def blended(tmp_path_factory, tiny_trainer, tiny_bert, toxic_csv) -> ModelInfere
 def blended_multiclass(tmp_path_factory, tiny_trainer, tiny_bert, conference_csv) -> ModelInferer:
     """The same on conference titles (probability blend)."""
     result = tiny_trainer(tmp_path_factory.mktemp("explain_blend_mc"), tiny_bert, "bert", "multiclass",
-                          conference_csv, ensemble="tfidf")
+                          conference_csv, blend="lexical")
     return ModelInferer(result.checkpoint, precision="fp32")
 
 

@@ -183,7 +183,7 @@ def test_page_with_an_api_key_asks_for_it_and_uses_it(browser, inferer):
 def test_page_of_a_blended_checkpoint_shows_its_members_and_explains_the_blend(browser, tmp_path, tiny_trainer,
                                                                                tiny_bert, toxic_csv):
     checkpoint = tiny_trainer(tmp_path / "blend", tiny_bert, "bert", "multilabel", toxic_csv,
-                              ensemble="tfidf").checkpoint
+                              blend="lexical").checkpoint
     blended = ModelInferer(checkpoint)
     with serving(blended) as base:
         browser.get(base)

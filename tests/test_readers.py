@@ -126,7 +126,7 @@ def test_labels_joined_in_one_column_are_split_into_the_six_labels(toxic_csv, tm
     path = tmp_path / "tagged.csv"
     tagged.to_csv(path, index=False)
     assert tagged.tags.nunique() > 6  # combinations such as toxic|insult
-    source = resolve_source(make_config(task="multilabel", data=str(path)))
+    source = resolve_source(make_config(data=str(path)), "multilabel")
     assert (source.layout.label_column, source.layout.label_delimiter) == ("tags", delimiter)
     splits = read_user_file(path, task="multilabel")
     assert splits.label_names == sorted(TOXIC_LABELS)
@@ -263,23 +263,23 @@ def test_without_task_a_files_label_column_says_which_task(titles, tmp_path, cap
     config = make_config(data=str(path), test_split=0.0)
     splits = prepare_splits(config)
     out = capsys.readouterr().out
-    assert config.task == task and f"inferred task {task}: " in out and reason in out
+    assert splits.layout.task == task and f"inferred task {task}: " in out and reason in out
+    assert config.task == "auto"  # what reading decided is its own result; the settings stay as given
     assert splits.label_names == sorted(CONFERENCES)
     assert splits.train.labels.ndim == (1 if task == "multiclass" else 2)
     asked = make_config(task="multilabel", data=str(path), test_split=0.0)  # a given task is kept
-    assert prepare_splits(asked).train.labels.ndim == 2 and asked.task == "multilabel"
+    assert (given := prepare_splits(asked)).train.labels.ndim == 2 and given.layout.task == "multilabel"
 
 
 def test_without_task_0_1_columns_json_lists_and_built_in_datasets_keep_their_task(toxic_csv, tmp_path, capsys):
-    assert prepare_splits(config := make_config(data=str(toxic_csv))).train.labels.shape[1] == 6
-    assert config.task == "multilabel" and "one 0/1 column per label" in capsys.readouterr().out
+    assert (splits := prepare_splits(make_config(data=str(toxic_csv)))).train.labels.shape[1] == 6
+    assert splits.layout.task == "multilabel" and "one 0/1 column per label" in capsys.readouterr().out
     tagged, _ = joined_labels(toxic_csv, json.dumps)
     tagged.to_json(path := tmp_path / "tagged.jsonl", orient="records", lines=True)
-    assert prepare_splits(config := make_config(data=str(path))).label_names == sorted(TOXIC_LABELS)
-    assert config.task == "multilabel"
+    assert (splits := prepare_splits(make_config(data=str(path)))).label_names == sorted(TOXIC_LABELS)
+    assert splits.layout.task == "multilabel"
     assert (config := make_config(data="conference")).task == "auto"
-    prepare_splits(config)
-    assert config.task == "multiclass"
+    assert prepare_splits(config).layout.task == "multiclass" and config.task == "auto"
 
 
 def test_a_later_row_with_several_classes_names_the_flag(titles, tmp_path):
@@ -296,7 +296,7 @@ def test_eval_without_task_reads_the_data_as_the_checkpoint_was_trained(multicla
                                                                         tmp_path):
     config = make_config(data=str(conference_csv), test_data=str(conference_csv), output_dir=str(tmp_path / "e"))
     report = evaluation.run(config, multiclass_checkpoint)
-    assert config.task == "multiclass" and report["metrics"]["examples"] == len(pd.read_csv(conference_csv))
+    assert config.task == "auto" and report["metrics"]["examples"] == len(pd.read_csv(conference_csv))
 
 
 def test_many_classes_of_few_examples_are_read_as_the_label_column(tmp_path, capsys):
@@ -304,6 +304,6 @@ def test_many_classes_of_few_examples_are_read_as_the_label_column(tmp_path, cap
     repeats every value, so it is the labels."""
     frame = pd.read_csv(SHARED_DATA_DIR / "clinc150" / "train.csv").groupby("intent").head(3)
     frame.to_csv(path := tmp_path / "few.csv", index=False)
-    splits = prepare_splits(config := make_config(data=str(path), test_split=0.0))
-    assert config.task == "multiclass" and len(splits.label_names) == 150
+    splits = prepare_splits(make_config(data=str(path), test_split=0.0))
+    assert splits.layout.task == "multiclass" and len(splits.label_names) == 150
     assert "label column 'intent'" in capsys.readouterr().out

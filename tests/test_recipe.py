@@ -31,7 +31,7 @@ from utils.training.recipe import (
 
 # a step of 32 texts: 0.15 s plus 25 us per padded token
 COST = StepCost(32, (16, 64, 128), tuple(0.15 + 25e-6 * 32 * length for length in (16, 64, 128)), 0.7, 3)
-AUTO = {"max_length": None, "epochs": None, "freeze_layers": None, "ensemble": "auto", "label_smoothing": None,
+AUTO = {"max_length": None, "epochs": None, "freeze_layers": None, "blend": "auto", "label_smoothing": None,
         "at_least_one_label": "auto"}
 
 
@@ -45,7 +45,7 @@ def test_short_texts_get_their_whole_length_and_many_epochs():
     values = recipe.values
     assert values["max_length"] == 32  # the 95th percentile (19 tokens) rounded up to 16
     assert values["freeze_layers"] == 0 and values["epochs"] >= 4  # short texts: passes are cheap
-    assert values["ensemble"] == "tfidf" and values["label_smoothing"] == 0.1
+    assert values["blend"] == "lexical" and values["label_smoothing"] == 0.1
     planned = sum(recipe.planned_seconds.values())
     assert planned <= recipe.budget_seconds  # training, member and export fit the budget together
 
@@ -61,7 +61,7 @@ def test_long_texts_on_a_small_budget_are_cut_and_half_the_encoder_is_fixed():
 
 
 def test_given_settings_are_kept_and_nothing_is_measured_when_nothing_depends_on_speed():
-    given = {"max_length": 48, "epochs": 1.5, "freeze_layers": 2, "ensemble": "none", "label_smoothing": 0.0,
+    given = {"max_length": 48, "epochs": 1.5, "freeze_layers": 2, "blend": "none", "label_smoothing": 0.0,
              "at_least_one_label": "no"}
     recipe = choose_recipe(shape([10] * 100, 1000), None, given, 32, 180.0, 0.0)
     assert recipe.values == given and set(recipe.reasons.values()) == {"given"}
@@ -154,7 +154,9 @@ def test_a_file_unlike_the_shared_ones_gets_a_recipe_and_a_blend_no_worse_than_i
     assert saved.values["max_length"] in (64, 128)  # the texts run past the tiny backbone's 128 positions
     assert "95th percentile" in saved.reasons["max_length"] and saved.planned_seconds["export"] == 0.0
     assert sum(saved.planned_seconds.values()) <= 30.0 + 1.0  # within the budget, rounding aside
-    assert saved.values["ensemble"] == "tfidf" and config.max_length == saved.values["max_length"]
+    assert saved.values["blend"] == "lexical" and config.max_length is None  # the settings stay as given
+    recorded = CheckpointFolder(result.checkpoint).training_config()
+    assert {name: recorded[name] for name in saved.values} == saved.values  # the choices, recorded as settings
     longer = json.loads((tmp_path / "data_report.json").read_text())["texts_longer_than_window"]
     assert longer["max_length"] == saved.values["max_length"] and longer["train"] > 0  # the report counts the cut
     folder = CheckpointFolder(result.checkpoint)

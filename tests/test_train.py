@@ -1,6 +1,7 @@
 """Training end to end on real rows: checkpoints that load with plain transformers, determinism, frozen
 encoders, early stopping, the metrics log, float32 weights, and one run on the real MiniLM backbone."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -12,11 +13,12 @@ from conftest import CONFERENCES, TOXIC_LABELS
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+import train
 from inferer import ModelInferer
 from models import build_classifier, default_backbone_path, load_classifier
-from utils.checkpoint.contract import METRICS_FILE, ClassifierInfo, read_info, write_checkpoint
-from utils.config import make_config
-from utils.data.prepare import DataSplits, prepare_splits
+from utils.checkpoint.contract import METRICS_FILE, CheckpointFolder, ClassifierInfo, read_info, write_checkpoint
+from utils.config import config_from_saved, make_config
+from utils.data.prepare import DataLayout, DataSplits, prepare_splits
 from utils.data.readers import LabeledTexts
 from utils.evaluation.metrics import PRIMARY_METRIC, compute_metrics
 from utils.training.optim import freeze, loss_weights, parameter_groups
@@ -174,7 +176,7 @@ def test_freeze_layers_trains_the_upper_layers_only(tmp_path, tiny_trainer, tiny
             assert torch.equal(value, backbone[key.removeprefix("bert.")]) == frozen, key
     with pytest.raises(ValueError, match="--freeze-layers 2: the encoder has 2 layers"):
         freeze(build_classifier("bert", "multiclass", str(tiny_bert), ["a", "b"], "mean"),
-               make_config(freeze_layers=2))
+               make_config(), 2)
 
 
 def test_early_stopping_stops_when_nothing_improves(tmp_path, tiny_trainer, tiny_bert, conference_csv):
@@ -204,22 +206,40 @@ def test_real_minilm_backbone_learns(tmp_path, tiny_trainer, toxic_csv):
     assert read_info(result.checkpoint).backbone == backbone
 
 
+def test_the_checkpoint_records_what_reading_and_the_recipe_decided(tmp_path, tiny_bert, conference_csv):
+    """Nothing writes to the settings; training_config.json still holds the run's resolved settings as one flat
+    mapping: the task and columns read from the file, the recipe's choices, the resolved backbone."""
+    config = make_config(data=str(conference_csv), model_name_or_path=str(tiny_bert), output_dir=str(tmp_path),
+                         epochs=1.0, batch_size=16, learning_rate=1e-3, test_split=0.2, blend="none",
+                         temperature_scaling=False, export_onnx=False, **SHORT)
+    result = train.run(config)
+    assert (config.task, config.text_column, config.label_smoothing) == ("auto", None, None)  # as given
+    recorded = CheckpointFolder(result.checkpoint).training_config()
+    assert (recorded["task"], recorded["text_column"], recorded["label_column"]) == ("multiclass", "Title",
+                                                                                   "Conference")
+    assert (recorded["max_length"], recorded["epochs"], recorded["label_smoothing"], recorded["blend"]) == (
+        32, 1.0, 0.1, "none")
+    assert recorded["backbone"] == str(tiny_bert) and recorded["at_least_one_label"] == "no"
+    resolved = dataclasses.replace(result.settings, precision=recorded["precision"])  # recorded as resolved too
+    assert config_from_saved(recorded) == resolved  # result.settings: what main.py evaluates the test rows with
+
+
 # --- pieces of the loop -------------------------------------------------------------------------------------
 
 def splits_with(labels: np.ndarray, names: list[str]) -> DataSplits:
     data = LabeledTexts(["x"] * len(labels), labels, names, "memory")
-    return DataSplits(data, data, None, [])
+    return DataSplits(data, data, None, [], DataLayout("multilabel" if labels.ndim == 2 else "multiclass"))
 
 
-def test_loss_weights_follow_the_config():
+def test_loss_weights_follow_the_settings():
     multilabel = splits_with(np.array([[1, 0], [0, 0], [0, 0], [1, 1]], dtype=np.float32), ["a", "b"])
     task = "multilabel"  # as reading the data resolves it
-    np.testing.assert_allclose(loss_weights(make_config(task=task, pos_weight_cap=2.5), multilabel), [1.0, 2.5])
-    np.testing.assert_allclose(loss_weights(make_config(task=task, pos_weight="2,3"), multilabel), [2.0, 3.0])
-    assert loss_weights(make_config(task=task, pos_weight="none"), multilabel) is None
+    np.testing.assert_allclose(loss_weights(make_config(pos_weight_cap=2.5), task, multilabel), [1.0, 2.5])
+    np.testing.assert_allclose(loss_weights(make_config(pos_weight="2,3"), task, multilabel), [2.0, 3.0])
+    assert loss_weights(make_config(pos_weight="none"), task, multilabel) is None
     multiclass = splits_with(np.array([0, 0, 0, 1]), ["a", "b"])
-    assert loss_weights(make_config(task="multiclass"), multiclass) is None
-    np.testing.assert_allclose(loss_weights(make_config(task="multiclass", class_weights="auto"), multiclass),
+    assert loss_weights(make_config(), "multiclass", multiclass) is None
+    np.testing.assert_allclose(loss_weights(make_config(class_weights="auto"), "multiclass", multiclass),
                                [4 / 6, 2.0])
 
 

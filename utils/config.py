@@ -1,8 +1,9 @@
-"""Every setting of the toolkit: declared by job in dataclasses, read as one flat Config from defaults, a JSON/YAML
-file and the command line."""
+"""Every setting of the toolkit: declared by job in frozen dataclasses, read once as one flat Config from defaults,
+a JSON/YAML file and the command line, and never written to afterwards."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import types
@@ -12,29 +13,36 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import yaml
-from transformers import HfArgumentParser
 
+from utils.checkpoint.errors import MissingFileError, UserError
 from utils.inference.backends import AUTO, BACKENDS, torch_only_option
 
 TASKS = ("multilabel", "multiclass")
 AUTO_TASK = "auto"  # the data's task: a built-in dataset's own; a file's from its label columns (utils/data/layout.py)
 MODES = ("train", "eval", "predict", "export")
 ENGINES = ("single", "ray")
+BLENDS = ("auto", "lexical", "none")
+# Earlier names, still read from command lines, config files and checkpoints' training_config.json
+RENAMED_SETTINGS = {"ensemble": "blend"}
+RENAMED_VALUES = {"blend": {"tfidf": "lexical"}}
+
+
+class SettingsError(UserError):
+    """A setting with a wrong value or type, or a config file that cannot be read, naming the setting."""
 
 
 def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
-    """A field whose metadata HfArgumentParser turns into the flag's help, choices and action."""
+    """A field whose metadata build_parser turns into the flag's help (its default said once) and choices."""
     shown = f" (default: {default})" if default not in (None, []) else ""
     metadata: dict[str, Any] = {"help": help + shown}
     if choices:
         metadata["choices"] = choices
     if isinstance(default, list):  # repeatable: --text a --text b
-        metadata["action"] = "extend"
         return field(default_factory=lambda: list(default), metadata=metadata)
     return field(default=default, metadata=metadata)
 
 
-@dataclass
+@dataclass(frozen=True)
 class TaskArguments:
     """What to do, and the seed that splits, initialisation and batch order draw from."""
 
@@ -48,7 +56,7 @@ class TaskArguments:
     seed: int = _opt(42, "Seed for splits, initialisation and batch order.")
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataArguments:
     """Which files, which columns, how they are read and split."""
 
@@ -81,7 +89,7 @@ class DataArguments:
                               "instead of stopping at the first.")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelArguments:
     """The network and how it reads a text; training, evaluation and prediction alike."""
 
@@ -100,7 +108,7 @@ class ModelArguments:
                           ("auto", "fp32", "bf16", "fp16"))
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainingArguments:
     """The training loop: its length, optimisation, loss, evaluations and saved states."""
 
@@ -114,7 +122,7 @@ class TrainingArguments:
     epochs: float | None = _opt(
         None, "Passes over the training rows (fractions allowed); default: as many as the time budget affords.")
     time_budget: float | None = _opt(
-        None, "Minutes for training, the TF-IDF member and the export's measurement together, which the recipe "
+        None, "Minutes for training, the lexical member and the export's measurement together, which the recipe "
         "plans epochs and text length for; default: 40 s per 1,000 training rows, between 3 and 20 minutes.")
     batch_size: int = _opt(32, "Texts per optimizer step and process, before accumulation.")
     learning_rate: float = _opt(1e-4, "Peak AdamW learning rate of the encoder's top layer.")
@@ -141,15 +149,15 @@ class TrainingArguments:
     num_workers: int = _opt(0, "DataLoader worker processes.")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ScoringArguments:
     """What training's finish makes of the model's scores: the blend, the temperature, the thresholds."""
 
     _argument_group_name: ClassVar[str] = "served scores"
 
-    ensemble: str = _opt("auto", "Blend a TF-IDF + logistic regression member with the transformer, weighted "
-                              "per label on the validation split; auto: fit it and keep it where it helps.",
-                         ("auto", "tfidf", "none"))
+    blend: str = _opt("auto", "Blend the lexical member (TF-IDF + logistic regression) with the transformer, "
+                      "weighted per label on the validation split; auto: fit it and keep it where it helps; "
+                      "lexical: always keep it; none: the transformer alone.", BLENDS)
     temperature_scaling: bool = _opt(
         True, "Fit one temperature on the validation rows after blending, so that the served scores are "
         "calibrated (the thresholds are tuned on them after).")
@@ -161,7 +169,7 @@ class ScoringArguments:
         "row has a label.", ("auto", "yes", "no"))
 
 
-@dataclass
+@dataclass(frozen=True)
 class PredictionArguments:
     """Scoring with a checkpoint: which one, what, and with which backend."""
 
@@ -181,7 +189,7 @@ class PredictionArguments:
         "auto/fp32 mean torch); or one backend by name.", (AUTO, *BACKENDS))
 
 
-@dataclass
+@dataclass(frozen=True)
 class RayArguments:
     """predict --engine ray: Ray Data actors over files, globs or folders."""
 
@@ -196,7 +204,7 @@ class RayArguments:
                                    "default: start a local one on this machine's cores.")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ExportArguments:
     """The graphs written beside the checkpoint and measured for serving."""
 
@@ -212,13 +220,14 @@ class ExportArguments:
         "without VNNI or AMX, whose int8 kernels can saturate 8-bit ones.", ("auto", "yes", "no"))
 
 
-# The parts in the order --help lists them. HfArgumentParser reads them as one command line, and Config is their
-# fields as one object: the bases of a dataclass give their fields from the last one, hence Config's reversed list.
-@dataclass
+# The parts in the order --help lists them. build_parser reads them as one command line, and Config is their fields
+# as one object: the bases of a dataclass give their fields from the last one, hence Config's reversed list.
+@dataclass(frozen=True)
 class Config(ExportArguments, RayArguments, PredictionArguments, ScoringArguments, TrainingArguments,
              ModelArguments, DataArguments, TaskArguments):
-    """Every setting as the one object the code passes around; each field is a command-line flag
-    (`max_length` -> `--max-length`), declared in the part of its job."""
+    """Every setting as one frozen object; each field is a command-line flag (`max_length` -> `--max-length`),
+    declared in the part of its job. A Config is an instance of every part, so that a function that needs one job's
+    settings takes that part (`freeze(model, settings: TrainingArguments, ...)`)."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -240,36 +249,86 @@ def scalar_type(annotation: Any) -> type:
     return typing.get_origin(annotation) or annotation
 
 
-def build_parser() -> HfArgumentParser:
-    """transformers' dataclass parser over the parts, each under its heading; a flag not given stays None, so that
+def build_parser() -> argparse.ArgumentParser:
+    """One flag per field under its part's heading, spelled with hyphens; a flag not given stays None, so that
     --config can sit under the flags that were given."""
-    parser = HfArgumentParser(PARTS, description=(
+    parser = argparse.ArgumentParser(description=(
         "Fine-tune, evaluate and run BERT-family text classifiers. Every flag can also be set in a --config "
         "file; settings left unset in training are chosen from the data and the time budget (the recipe)."))
-    groups = {group.title: group for group in parser._action_groups}
     annotations = field_types()
-    for part in PARTS:  # HfArgumentParser adds --no-X only for booleans that default to True
+    for part in PARTS:
+        group = parser.add_argument_group(part._argument_group_name)
         for f in dataclasses.fields(part):
-            if annotations[f.name] is bool and f.default is False:
-                flag = f.name.replace("_", "-")
-                groups[part._argument_group_name].add_argument(
-                    f"--no-{flag}", action="store_false", dest=f.name, help=f"Turn --{flag} off.")
-    parser.set_defaults(**{f.name: None for f in dataclasses.fields(Config)})
+            add_flag(group, f, scalar_type(annotations[f.name]))
     return parser
+
+
+def add_flag(group: argparse._ArgumentGroup, f: dataclasses.Field, kind: type) -> None:
+    """--x-y with its help; --x_y and an earlier name as hidden aliases (commands written for them still run);
+    --no-x-y beside every boolean."""
+    flag = f.name.replace("_", "-")
+    earlier = [old for old, new in RENAMED_SETTINGS.items() if new == f.name]
+    spellings = {f"--{name}" for name in [f.name, *earlier]} | {f"--{name.replace('_', '-')}" for name in earlier}
+    hidden = sorted(spellings - {f"--{flag}"})
+    options = flag_options(f, kind)
+    group.add_argument(f"--{flag}", dest=f.name, default=None, help=f.metadata["help"], **options)
+    if hidden:
+        group.add_argument(*hidden, dest=f.name, default=None, help=argparse.SUPPRESS, **options)
+    if kind is bool:
+        group.add_argument(f"--no-{flag}", dest=f.name, action="store_false", default=None,
+                           help=f"Turn --{flag} off.")
+        group.add_argument(f"--no_{f.name}", dest=f.name, action="store_false", default=None, help=argparse.SUPPRESS)
+
+
+def flag_options(f: dataclasses.Field, kind: type) -> dict[str, Any]:
+    """How argparse reads the flag's value: a boolean alone or with yes/no, a list repeated or with several
+    values, a choice under its current or earlier name."""
+    if kind is bool:  # --freeze-encoder, or --freeze-encoder false as before
+        return {"type": to_bool, "nargs": "?", "const": True, "metavar": "BOOL"}
+    if kind is list:
+        return {"type": str, "nargs": "+", "action": "extend"}
+    choices = f.metadata.get("choices")
+    if choices:
+        renamed = RENAMED_VALUES.get(f.name, {})
+        return {"type": lambda value: renamed.get(value, value), "choices": choices}
+    return {"type": kind}
+
+
+def to_bool(value: str) -> bool:
+    if value.lower() in ("yes", "true", "t", "y", "1"):
+        return True
+    if value.lower() in ("no", "false", "f", "n", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected yes or no (true or false), got {value!r}")
+
+
+def current_names(values: dict[str, Any]) -> dict[str, Any]:
+    """Settings under their current names and values: `ensemble: tfidf` (an earlier version's) is `blend: lexical`;
+    keys with hyphens are read with underscores."""
+    current: dict[str, Any] = {}
+    for key, value in values.items():
+        name = key.replace("-", "_")
+        name = RENAMED_SETTINGS.get(name, name)
+        current[name] = RENAMED_VALUES.get(name, {}).get(value, value) if isinstance(value, str) else value
+    return current
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """Fields from a JSON or YAML file, keys with hyphens or underscores; unknown keys are an error."""
     path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"{path}: no such config file (--config)")
     text = path.read_text()
-    values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    try:
+        values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        raise SettingsError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {error}") from None
     if not isinstance(values, dict):
-        raise ValueError(f"{path}: expected a mapping of settings, got {type(values).__name__}")
-    known = {f.name for f in dataclasses.fields(Config)}
-    values = {k.replace("-", "_"): v for k, v in values.items()}
-    unknown = sorted(set(values) - known)
+        raise SettingsError(f"{path}: expected a mapping of settings, got {type(values).__name__}")
+    values = current_names(values)
+    unknown = sorted(set(values) - {f.name for f in dataclasses.fields(Config)})
     if unknown:
-        raise ValueError(f"{path}: unknown setting(s) {', '.join(unknown)}")
+        raise SettingsError(f"{path}: unknown setting(s) {', '.join(unknown)}")
     return values
 
 
@@ -289,9 +348,9 @@ def default_dataset(task: str) -> str:
 
 def config_from_saved(settings: dict[str, Any]) -> Config:
     """The Config of a checkpoint's training_config.json, one flat mapping in every version; its keys that are no
-    setting (the resolved backbone, a setting an older version had) are left out."""
+    setting (the resolved backbone, a setting an older version had) are left out, and renamed ones read."""
     known = {f.name for f in dataclasses.fields(Config)}
-    return make_config(**{k: v for k, v in settings.items() if k in known})
+    return make_config(**{k: v for k, v in current_names(settings).items() if k in known})
 
 
 def _split_commas(items: list[str] | str) -> list[str]:
@@ -300,29 +359,50 @@ def _split_commas(items: list[str] | str) -> list[str]:
 
 
 def make_config(**values: Any) -> Config:
-    """A Config from keyword values, type-checked so that a config file cannot smuggle in a wrong type."""
-    config = Config(**values)
-    config.data = config.data or default_dataset(config.task)
+    """A Config from keyword values (earlier names read), each value checked before the Config is built, so that a
+    config file cannot smuggle in a wrong type."""
+    values = current_names(values)
+    fields = {f.name: f for f in dataclasses.fields(Config)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise SettingsError(f"unknown setting(s) {', '.join(unknown)}")
     annotations = field_types()
-    for f in dataclasses.fields(Config):
-        value = getattr(config, f.name)
-        choices = f.metadata.get("choices")
-        if choices and value not in choices:
-            raise ValueError(f"--{f.name.replace('_', '-')}: {value!r} is not one of {', '.join(choices)}")
-        expected = scalar_type(annotations[f.name])
-        if value is None or expected is list:
-            continue
-        if expected is float and isinstance(value, int) and not isinstance(value, bool):
-            setattr(config, f.name, float(value))
-        elif not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
-            raise ValueError(f"setting {f.name}: expected {expected.__name__}, got {value!r}")
+    checked = {name: checked_value(f, values[name] if name in values else default_of(f), annotations[name])
+               for name, f in fields.items()}
+    checked["data"] = checked["data"] or default_dataset(checked["task"])
+    config = Config(**checked)
+    check_together(config)
+    return config
+
+
+def default_of(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def checked_value(f: dataclasses.Field, value: Any, annotation: Any) -> Any:
+    """`value` as field `f` holds it (an int where a float is expected becomes a float); a SettingsError when it
+    is not one of the field's choices or not of its type."""
+    choices = f.metadata.get("choices")
+    if choices and value not in choices:
+        raise SettingsError(f"--{f.name.replace('_', '-')}: {value!r} is not one of {', '.join(choices)}")
+    expected = scalar_type(annotation)
+    if value is None or expected is list:
+        return value
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
+        raise SettingsError(f"setting {f.name}: expected {expected.__name__}, got {value!r}")
+    return value
+
+
+def check_together(config: Config) -> None:
+    """The checks that read several settings at once."""
     if not 0.0 <= config.val_split < 1.0 or not 0.0 <= (config.test_split or 0.0) < 1.0:
-        raise ValueError("--val-split and --test-split must lie in [0, 1)")
+        raise SettingsError("--val-split and --test-split must lie in [0, 1)")
     only_torch = torch_only_option(config.quantize, config.precision, None)
     if only_torch and config.backend not in (AUTO, "torch"):
-        raise ValueError(f"--{only_torch} runs in PyTorch only, and --backend {config.backend} "
-                         "runs the exported graph as it is: drop it, or use --backend auto or torch (an int8 graph "
-                         "is --backend onnx-int8 or onnx-fused-int8)")
+        raise SettingsError(f"--{only_torch} runs in PyTorch only, and --backend {config.backend} "
+                            "runs the exported graph as it is: drop it, or use --backend auto or torch (an int8 graph "
+                            "is --backend onnx-int8 or onnx-fused-int8)")
     if config.batch_size < 1 or (config.max_length or 8) < 8 or config.gradient_accumulation_steps < 1:
-        raise ValueError("--batch-size and --gradient-accumulation-steps must be >= 1, --max-length >= 8")
-    return config
+        raise SettingsError("--batch-size and --gradient-accumulation-steps must be >= 1, --max-length >= 8")

@@ -12,6 +12,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from utils.checkpoint.errors import DiskFullError
+
 
 @contextlib.contextmanager
 def staged_file(target: Path, what: str = "file") -> Iterator[Path]:
@@ -30,8 +32,8 @@ def staged_file(target: Path, what: str = "file") -> Iterator[Path]:
     except OSError as error:
         if error.errno == errno.ENOSPC:
             kept = "the previous version is kept" if target.exists() else "no output was written"
-            raise OSError(errno.ENOSPC, f"disk full while writing the {what} {target}; the partial file is removed "
-                                        f"and {kept}; free space and run again") from error
+            raise DiskFullError(errno.ENOSPC, f"disk full while writing the {what} {target}; the partial file is "
+                                              f"removed and {kept}; free space and run again") from error
         raise
     finally:
         partial.unlink(missing_ok=True)
@@ -53,8 +55,8 @@ def staged_folder(target: Path, what: str = "folder") -> Iterator[Path]:
         replace_folder(staging, target)
     except OSError as error:
         if error.errno == errno.ENOSPC:
-            raise OSError(errno.ENOSPC, f"disk full while writing the {what} {target}; the previous version is "
-                                        "kept; free space and run again") from error
+            raise DiskFullError(errno.ENOSPC, f"disk full while writing the {what} {target}; the previous version "
+                                              "is kept; free space and run again") from error
         raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from models import WEIGHTS_FILE, lexical
 from utils.checkpoint.atomic import sha256_file, staged_file, staged_folder
+from utils.checkpoint.errors import UserError
 
 FORMAT_VERSION = 2  # 1: the first format, without `format_version`, `text_column` and `members`
 CONFIG_FILE = "config.json"  # the transformers model config
@@ -40,10 +41,12 @@ VARIANTS_FILE = "variants.json"  # what export measured of each graph (VariantsR
 EXPORT_ROWS_FILE = "export_rows.safetensors"
 LEXICAL_WEIGHTS_FILE, LEXICAL_CONFIG_FILE = lexical.WEIGHTS_FILE, lexical.CONFIG_FILE  # the member's own names
 TRANSFORMER = "transformer"  # the name of the fine-tuned encoder among the checkpoint's members
-LEXICAL = "tfidf"  # the name of the TF-IDF + logistic regression member
+# The lexical member (TF-IDF + logistic regression) as checkpoints name it in classifier.json's `members`: kept
+# "tfidf", the name written since the first blended checkpoint, so that every checkpoint reads alike
+LEXICAL = "tfidf"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A folder that is not a readable checkpoint of this toolkit, naming the folder and the problem."""
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from utils.checkpoint.atomic import sha256_file
+from utils.checkpoint.errors import MissingFileError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DATA_DIR_ENV = "BERT_CLASSIFIER_DATA_DIR"
@@ -87,8 +88,8 @@ def locate_file(dataset: BuiltinDataset, relative: str, data_dir: str | None) ->
             return path
     if dataset.url_base is None:
         searched = ", ".join(str(d) for d in candidate_data_dirs(data_dir))
-        raise FileNotFoundError(f"dataset '{dataset.name}': {relative} is not in {searched}; "
-                                f"{dataset.how_to_get}, then pass --data-dir or set ${DATA_DIR_ENV}")
+        raise MissingFileError(f"dataset '{dataset.name}': {relative} is not in {searched}; "
+                               f"{dataset.how_to_get}, then pass --data-dir or set ${DATA_DIR_ENV}")
     target = DOWNLOAD_DIR / relative
     download(dataset.url_base + Path(relative).name, target, dataset.sha256[relative])
     return target

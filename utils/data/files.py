@@ -13,8 +13,10 @@ from typing import Any
 
 import pandas as pd
 
+from utils.checkpoint.errors import UserError
 
-class DataError(ValueError):
+
+class DataError(UserError):
     """A problem with an input file, naming where it is."""
 
 

@@ -1,4 +1,5 @@
-"""From a Config to the training, validation and test sets, the same way for every mode."""
+"""From the settings to the training, validation and test sets, the same way for every mode; what reading decides
+(the task, the columns) is returned as a DataLayout, never written back into the settings."""
 
 from __future__ import annotations
 
@@ -7,12 +8,35 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from utils.config import AUTO_TASK, Config
+from utils.config import AUTO_TASK, Config, DataArguments
 from utils.data.datasets import BUILTIN_DATASETS, DEFAULT_TEST_SPLIT, locate_file
 from utils.data.files import FileReading, open_file
 from utils.data.layout import infer_layout, infer_task
 from utils.data.readers import ColumnLayout, DataError, LabeledTexts, read_label_names, read_labeled_texts
 from utils.data.splits import stratified_split
+
+
+@dataclass(frozen=True)
+class DataLayout:
+    """What reading the data decided beside the settings: the task (where it was auto) and a file's columns (where
+    they were inferred). Training records these among the checkpoint's settings, as given ones."""
+
+    task: str
+    text_column: str | None = None
+    label_columns: tuple[str, ...] = ()
+    label_column: str | None = None
+    label_delimiter: str | None = None
+
+    @classmethod
+    def as_given(cls, settings: DataArguments, task: str) -> DataLayout:
+        """The columns as the settings give them (a built-in dataset's own are not settings), with `task`."""
+        return cls(task, settings.text_column, tuple(settings.label_columns), settings.label_column,
+                   settings.label_delimiter)
+
+    def settings(self) -> dict[str, Any]:
+        """The decisions under the names of the settings they stand for (training_config.json's keys)."""
+        return {"task": self.task, "text_column": self.text_column, "label_columns": list(self.label_columns),
+                "label_column": self.label_column, "label_delimiter": self.label_delimiter}
 
 
 @dataclass
@@ -21,6 +45,7 @@ class DataSplits:
     validation: LabeledTexts
     test: LabeledTexts | None
     notes: list[str]
+    layout: DataLayout
     text_column: str | None = None  # where the texts came from, for scoring files of the same layout later
     files: list[dict[str, Any]] = field(default_factory=list)  # each file as read, for the data report
 
@@ -39,72 +64,73 @@ class DataSource:
     layout: ColumnLayout
     label_names: list[str] | None
     labels_by_id: bool
-    validation_path: Path | None = None
+    validation_path: Path | None
+    decided: DataLayout  # the task and columns as read
 
 
-def resolve_source(config: Config) -> DataSource:
-    validation = Path(config.validation_data) if config.validation_data else None
-    builtin = BUILTIN_DATASETS.get(config.data or "")
+def resolve_source(settings: DataArguments, task: str) -> DataSource:
+    """The files and layout of the data the settings name, read as `task` (auto: the data's own)."""
+    validation = Path(settings.validation_data) if settings.validation_data else None
+    builtin = BUILTIN_DATASETS.get(settings.data or "")
     if builtin is not None:
-        config.task = builtin.task if config.task == AUTO_TASK else config.task
-        if builtin.task != config.task:
-            raise DataError(f"dataset '{builtin.name}' is {builtin.task}, but --task is {config.task}")
+        task = builtin.task if task == AUTO_TASK else task
+        if builtin.task != task:
+            raise DataError(f"dataset '{builtin.name}' is {builtin.task}, but --task is {task}")
         layout = ColumnLayout(builtin.text_column, builtin.label_columns, builtin.label_column,
                               builtin.label_delimiter, builtin.column_names)
-        names = (read_label_names(locate_file(builtin, builtin.labels_file, config.data_dir))
+        names = (read_label_names(locate_file(builtin, builtin.labels_file, settings.data_dir))
                  if builtin.labels_file else None)
-        test_path = (Path(config.test_data) if config.test_data else
-                     locate_file(builtin, builtin.test_file, config.data_dir) if builtin.test_file else None)
-        test_split = config.test_split if config.test_split is not None else builtin.test_split
-        return DataSource(locate_file(builtin, builtin.train_file, config.data_dir),
-                          test_path, 0.0 if config.test_data or builtin.test_file else test_split,
-                          layout, names, names is not None, validation)
-    if not config.data or not Path(config.data).is_file():
-        raise DataError(f"{config.data}: not a built-in dataset ({', '.join(BUILTIN_DATASETS)}) and no such file")
-    layout = infer_columns(config)
-    names = read_label_names(config.labels_file) if config.labels_file else None
-    test_split = config.test_split if config.test_split is not None else DEFAULT_TEST_SPLIT
-    return DataSource(Path(config.data), Path(config.test_data) if config.test_data else None,
-                      0.0 if config.test_data else test_split, layout, names, names is not None, validation)
+        test_path = (Path(settings.test_data) if settings.test_data else
+                     locate_file(builtin, builtin.test_file, settings.data_dir) if builtin.test_file else None)
+        test_split = settings.test_split if settings.test_split is not None else builtin.test_split
+        return DataSource(locate_file(builtin, builtin.train_file, settings.data_dir),
+                          test_path, 0.0 if settings.test_data or builtin.test_file else test_split,
+                          layout, names, names is not None, validation, DataLayout.as_given(settings, task))
+    if not settings.data or not Path(settings.data).is_file():
+        raise DataError(f"{settings.data}: not a built-in dataset ({', '.join(BUILTIN_DATASETS)}) and no such file")
+    layout, decided = infer_columns(settings, task)
+    names = read_label_names(settings.labels_file) if settings.labels_file else None
+    test_split = settings.test_split if settings.test_split is not None else DEFAULT_TEST_SPLIT
+    return DataSource(Path(settings.data), Path(settings.test_data) if settings.test_data else None,
+                      0.0 if settings.test_data else test_split, layout, names, names is not None, validation, decided)
 
 
-def open_data_file(path: Path, config: Config) -> FileReading:
+def open_data_file(path: Path, settings: DataArguments) -> FileReading:
     """`path` as every mode reads it: --encoding, --delimiter and --sheet where given, detected elsewhere."""
-    return open_file(path, config.encoding, config.delimiter, config.sheet)
+    return open_file(path, settings.encoding, settings.delimiter, settings.sheet)
 
 
-def infer_columns(config: Config) -> ColumnLayout:
-    """The user's file's layout: the columns the config leaves out inferred when only one layout fits (and said),
-    the given ones matched ignoring case and spaces, a multi-label column's separator detected.
-
-    The config itself is completed, so that the checkpoint and its training config record the columns."""
-    reading = open_data_file(Path(str(config.data)), config)
+def infer_columns(settings: DataArguments, task: str) -> tuple[ColumnLayout, DataLayout]:
+    """The user's file's layout: the columns the settings leave out inferred when only one layout fits (and said),
+    the given ones matched ignoring case and spaces, a multi-label column's separator detected; with it, the task
+    and columns as the checkpoint's training config records them."""
+    reading = open_data_file(Path(str(settings.data)), settings)
     if not reading.header:
-        print(f"{config.data}: its first row holds data, not column names; the columns are called column_1, "
+        print(f"{settings.data}: its first row holds data, not column names; the columns are called column_1, "
               "column_2, ... (in the file's order)")
-    auto = config.task == AUTO_TASK
-    layout, found = infer_layout(reading, "multilabel" if auto else config.task, config.text_column,
-                                 config.label_columns, config.label_column, config.label_delimiter)
+    auto = task == AUTO_TASK
+    layout, found = infer_layout(reading, "multilabel" if auto else task, settings.text_column,
+                                 settings.label_columns, settings.label_column, settings.label_delimiter)
+    why = None
     if auto:  # the most general reading first, then the task it implies
-        config.task, why = infer_task(reading, layout)
-        layout = layout if config.task == "multilabel" else dataclasses.replace(layout, label_delimiter=None)
-    config.text_column, config.label_column = layout.text_column, layout.label_column
-    config.label_columns = list(layout.label_columns)
-    config.label_delimiter = layout.label_delimiter if layout.label_column else config.label_delimiter
+        task, why = infer_task(reading, layout)
+        layout = layout if task == "multilabel" else dataclasses.replace(layout, label_delimiter=None)
     if found:
-        print(f"{config.data}: inferred {found} (give --text-column and --label-column or --label-columns to "
+        print(f"{settings.data}: inferred {found} (give --text-column and --label-column or --label-columns to "
               "choose otherwise)")
-    if auto:
-        print(f"{config.data}: inferred task {config.task}: {why} (give --task to choose otherwise)")
-    return layout
+    if why is not None:
+        print(f"{settings.data}: inferred task {task}: {why} (give --task to choose otherwise)")
+    decided = DataLayout(task, layout.text_column, tuple(layout.label_columns), layout.label_column,
+                         layout.label_delimiter if layout.label_column else settings.label_delimiter)
+    return layout, decided
 
 
-def read_file(path: Path, role: str, config: Config, source: DataSource, label_names: list[str] | None,
+def read_file(path: Path, role: str, settings: DataArguments, source: DataSource, label_names: list[str] | None,
               files: list[dict[str, Any]]) -> LabeledTexts:
-    """One file read with the source's layout; what was read is appended to `files` for the report."""
-    reading = open_data_file(path, config)
-    data = read_labeled_texts(reading, config.task, source.layout, label_names, source.labels_by_id,
-                              drop_invalid=config.drop_invalid, keep_unseen=role != "train")
+    """One file read with the source's layout and task; what was read is appended to `files` for the report."""
+    reading = open_data_file(path, settings)
+    data = read_labeled_texts(reading, source.decided.task, source.layout, label_names, source.labels_by_id,
+                              drop_invalid=settings.drop_invalid, keep_unseen=role != "train")
     layout = {"text_column": source.layout.text_column, "label_columns": list(source.layout.label_columns),
               "label_column": source.layout.label_column, "label_delimiter": source.layout.label_delimiter,
               "id_column": source.layout.id_column}
@@ -113,10 +139,10 @@ def read_file(path: Path, role: str, config: Config, source: DataSource, label_n
     return data
 
 
-def prepare_splits(config: Config) -> DataSplits:
-    """Read the data, hold out the test split (if the data has no test file) and the validation split (if there
-    is no validation file); every file is read and checked here, before any training."""
-    source = resolve_source(config)
+def prepare_splits(config: Config, task: str | None = None) -> DataSplits:
+    """Read the data as `task` (default: --task), hold out the test split (if the data has no test file) and the
+    validation split (if there is no validation file); every file is read and checked here, before any training."""
+    source = resolve_source(config, task or config.task)
     files: list[dict[str, Any]] = []
     full = read_file(source.train_path, "train", config, source, source.label_names, files)
     notes = [f"read {len(full)} rows from {source.train_path}" + dropped_note(full)]
@@ -146,7 +172,7 @@ def prepare_splits(config: Config) -> DataSplits:
         train = train.subset(kept)
     if len(train) == 0 or len(validation) == 0:
         raise DataError(f"{source.train_path}: too few rows for a training and a validation set")
-    return DataSplits(train, validation, test, notes, source.layout.text_column, files)
+    return DataSplits(train, validation, test, notes, source.decided, source.layout.text_column, files)
 
 
 def dropped_note(data: LabeledTexts) -> str:
@@ -155,13 +181,14 @@ def dropped_note(data: LabeledTexts) -> str:
     return f"; dropped {', '.join(parts)} (of {data.rows_read})" if parts else ""
 
 
-def read_test_set(config: Config, label_names: list[str]) -> LabeledTexts:
-    """The data to evaluate a checkpoint on: --test-data, else the dataset's own test split. Rows of labels the
-    checkpoint never learnt are set aside in the result (`unseen_texts`), not an error."""
+def read_test_set(config: Config, label_names: list[str], task: str | None = None) -> LabeledTexts:
+    """The data to evaluate a checkpoint on, read as `task` (default: --task): --test-data, else the dataset's own
+    test split. Rows of labels the checkpoint never learnt are set aside in the result (`unseen_texts`), not an
+    error."""
     if config.test_data:
-        source = resolve_source(config)
+        source = resolve_source(config, task or config.task)
         return read_file(Path(config.test_data), "test", config, source, label_names, [])
-    splits = prepare_splits(config)
+    splits = prepare_splits(config, task)
     if splits.test is None:
         raise DataError(f"{config.data}: has no test split; give --test-data or --test-split")
     if splits.label_names != label_names:

@@ -54,6 +54,8 @@ class ColumnLayout:
 
 
 def read_label_names(path: str | Path) -> list[str]:
+    if not Path(path).is_file():
+        raise DataError(f"{path}: no such file (--labels-file)")
     names = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
     if len(set(names)) != len(names):
         raise DataError(f"{path}: label names are repeated")

@@ -148,7 +148,7 @@ def members_section(task: str, metrics: dict[str, Any]) -> str:
     """Each member alone beside the blend, on the same rows: whether the model beats the simplest thing."""
     if not metrics.get("members"):
         return ('<p class="muted">One member: the TF-IDF member was left out in training, because the transformer '
-                "alone scored best on the validation rows (or --ensemble none).</p>")
+                "alone scored best on the validation rows (or --blend none).</p>")
     figures = {**{f"{name} alone": m for name, m in metrics["members"].items()}, "served (blend)": metrics}
     rows = [[name, *headline(task, m).values()] for name, m in figures.items()]
     return table(["model", *headline(task, metrics)], rows)

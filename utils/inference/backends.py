@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from utils.checkpoint.contract import ONNX_FILES, CheckpointFolder, VariantRecord
+from utils.checkpoint.errors import MissingFileError
 
 BACKENDS = ("torch", *ONNX_FILES)
 AUTO = "auto"
@@ -100,6 +101,6 @@ def choose_backend(folder: CheckpointFolder, requested: str = AUTO, torch_only: 
         if folder.has_graph(backend) and engine_installed(backend):
             return BackendChoice(AUTO, backend, f"{why} and torch is not installed: the float32 graph",
                                  report.record(backend) if report else None, metric, budget)
-    raise FileNotFoundError(f"{folder.path}: BACKEND=auto found nothing to run here: torch is not installed and "
-                            "the checkpoint has no exported float32 graph; run `python main.py --mode export "
-                            f"--checkpoint {folder.path}` where torch is, or install torch")
+    raise MissingFileError(f"{folder.path}: BACKEND=auto found nothing to run here: torch is not installed and "
+                           "the checkpoint has no exported float32 graph; run `python main.py --mode export "
+                           f"--checkpoint {folder.path}` where torch is, or install torch")

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from utils.checkpoint.contract import CheckpointFolder
+from utils.checkpoint.errors import MissingFileError
 from utils.inference.backends import BACKENDS
 
 
@@ -97,8 +98,8 @@ class OnnxRunner:
     def __init__(self, folder: CheckpointFolder, backend: str, num_threads: int | None) -> None:
         path = folder.onnx_file(backend)
         if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing: export it with `python main.py --mode export "
-                                    f"--checkpoint {folder.path}`")
+            raise MissingFileError(f"{path} is missing: export it with `python main.py --mode export "
+                                   f"--checkpoint {folder.path}`")
         try:
             import onnxruntime
         except ImportError as error:

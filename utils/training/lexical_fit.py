@@ -12,6 +12,7 @@ import numpy as np
 
 from models.lexical import LexicalModel
 from models.lexical_features import Block, LexicalSettings
+from utils.data.files import DataError
 
 IN_PROCESS_ROWS = 1000  # training rows below which the member is fitted in this process
 
@@ -138,7 +139,7 @@ def fit_multilabel(x: Any, y: np.ndarray, x_val: Any, y_val: np.ndarray | None,
                            None if ratios is None else ratios[j], cs, settings)
         for j in range(num_labels))
     results: list[tuple[list[tuple[np.ndarray, float]], list[float], int]] = list(  # pyright: ignore
-        tqdm(labels_in_order, total=num_labels, desc=f"tfidf member ({len(cs)} C each)", unit="label"))
+        tqdm(labels_in_order, total=num_labels, desc=f"lexical member ({len(cs)} C each)", unit="label"))
     auc = np.array([results[j][1] for j in range(num_labels)], dtype=np.float64).T
     default = cs.index(settings.c)
     if x_val is None:
@@ -179,7 +180,7 @@ def fit_multiclass(x: Any, y: np.ndarray, x_val: Any, y_val: np.ndarray | None,
     keys: list[tuple[float, float]] = []
     models: list[tuple[np.ndarray, np.ndarray]] = []
     with Parallel(n_jobs=workers, max_nbytes=None) as parallel, \
-            tqdm(total=len(cs), desc="tfidf member (C values)", unit="C") as bar:
+            tqdm(total=len(cs), desc="lexical member (C values)", unit="C") as bar:
         for start in range(0, len(cs), workers):
             batch = cs[start:start + workers]
             fitted = parallel(delayed(fit_classes)(x, y, binary, ratios, c, num_classes, settings) for c in batch)
@@ -211,7 +212,8 @@ def fit_classes(x: Any, y: np.ndarray, binary: np.ndarray, ratios: np.ndarray | 
                                max_iter=settings.max_iter).fit(x, y)
     coef, intercept = model.coef_.astype(np.float64), model.intercept_.astype(np.float64)
     if len(model.classes_) != num_classes:
-        raise ValueError(f"training labels hold {len(model.classes_)} of {num_classes} classes")
+        raise DataError(f"the training rows hold {len(model.classes_)} of the {num_classes} classes (a class only "
+                        "in validation or test, or one of --labels-file that no row has)")
     if num_classes == 2:  # scikit-learn's one logit z of class 1: softmax over (-z/2, z/2) gives its sigmoid
         return np.concatenate([-coef, coef]) / 2, np.concatenate([-intercept, intercept]) / 2
     return coef, intercept

@@ -12,13 +12,14 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from utils.config import RENAMED_SETTINGS, current_names
 from utils.training.optim import encoder_layers, layer_depth
 
 RECIPE_FILE = "recipe.json"
@@ -34,7 +35,6 @@ EXPORT_PASSES = 4  # ... which costs about four passes of torch over them (toxic
 MULTICLASS_LABEL_SMOOTHING = 0.1  # a common regulariser of softmax heads; it also won conference's validation
 MEGABATCH = 50  # batches that training's length-grouped sampler sorts together
 SPEED_FIELDS = ("max_length", "freeze_layers", "epochs")  # the choices that depend on the measured speed
-RECIPE_FIELDS = ("max_length", "epochs", "freeze_layers", "ensemble", "label_smoothing", "at_least_one_label")
 
 
 @dataclass(frozen=True)
@@ -73,15 +73,36 @@ class StepCost:
         return share * (self.frozen_share if frozen else 1.0)
 
 
-@dataclass
+@dataclass(frozen=True)
+class Choices:
+    """The settings the recipe decides, every one set: what training reads for them (a value given by a flag or
+    a config file is kept as given)."""
+
+    max_length: int
+    epochs: float
+    freeze_layers: int
+    blend: str  # lexical or none: whether the lexical member is fitted and blended
+    label_smoothing: float
+    at_least_one_label: str  # yes or no
+
+
+RECIPE_FIELDS = tuple(f.name for f in fields(Choices))
+
+
+@dataclass(frozen=True)
 class Recipe:
-    """The chosen values, why each was chosen, and the time they were planned to take."""
+    """The chosen values (under the names of the settings they stand for), why each was chosen, and the time they
+    were planned to take; `choices` is the same values, typed."""
 
     budget_seconds: float
     values: dict[str, Any]
     reasons: dict[str, str] = field(default_factory=dict)
     planned_seconds: dict[str, float] = field(default_factory=dict)
     cost: dict[str, float] | None = None
+
+    @property
+    def choices(self) -> Choices:
+        return Choices(**{name: self.values[name] for name in RECIPE_FIELDS})
 
     def describe(self) -> str:
         lines = [f"recipe (time budget {self.budget_seconds / 60:.1f} min; --time-budget MINUTES to change; any "
@@ -94,8 +115,14 @@ class Recipe:
 
     @classmethod
     def load(cls, folder: Path) -> Recipe | None:
+        """The recipe saved in `folder` (an earlier version's `ensemble: tfidf` read as `blend: lexical`)."""
         path = folder / RECIPE_FILE
-        return cls(**json.loads(path.read_text())) if path.is_file() else None
+        if not path.is_file():
+            return None
+        saved = json.loads(path.read_text())
+        saved["values"] = current_names(saved["values"])
+        saved["reasons"] = {RENAMED_SETTINGS.get(name, name): why for name, why in saved["reasons"].items()}
+        return cls(**saved)
 
 
 def default_budget_seconds(train_rows: int) -> float:
@@ -153,14 +180,15 @@ def choose_recipe(shape: DataShape, cost: StepCost | None, given: dict[str, Any]
                   budget_seconds: float, member_seconds: float, export: bool = True) -> Recipe:
     """Fill every unset value of `given` (None or 'auto'); `cost` may be None when nothing depends on speed.
     `export`: the export's graphs and measurement follow training and share its budget."""
-    recipe = Recipe(budget_seconds, {}, cost=asdict(cost) if cost is not None else None)
-    values, reasons = recipe.values, recipe.reasons
-    choose_ensemble(given, values, reasons)
+    values: dict[str, Any] = {}
+    reasons: dict[str, str] = {}
+    planned = {"member": round(member_seconds, 1)}
+    recipe = Recipe(budget_seconds, values, reasons, planned, cost=asdict(cost) if cost is not None else None)
+    choose_blend(given, values, reasons)
     choose_label_smoothing(shape.task, given, values, reasons)
     choose_at_least_one_label(shape, given, values, reasons)
     lengths = np.asarray(shape.token_lengths)
     covered = min(shape.model_max_length, max(16, round_up(np.quantile(lengths, COVERED_QUANTILE), 16)))
-    recipe.planned_seconds["member"] = round(member_seconds, 1)
     for name in SPEED_FIELDS:
         if given.get(name) is not None:
             values[name], reasons[name] = given[name], "given"
@@ -175,8 +203,8 @@ def choose_recipe(shape: DataShape, cost: StepCost | None, given: dict[str, Any]
     length = values["max_length"]
     choose_freezing(shape, cost, batch_size, training_budget(length), values, reasons)
     choose_epochs(shape, cost, batch_size, training_budget(length), values, reasons)
-    recipe.planned_seconds["export"] = round(export_seconds(shape, cost, length) if export else 0, 1)
-    recipe.planned_seconds["training"] = round(
+    planned["export"] = round(export_seconds(shape, cost, length) if export else 0, 1)
+    planned["training"] = round(
         values["epochs"] * epoch_seconds(shape, cost, length, batch_size, bool(values["freeze_layers"])), 1)
     return recipe
 
@@ -188,13 +216,13 @@ def export_seconds(shape: DataShape, cost: StepCost | None, max_length: int) -> 
     return EXPORT_SECONDS + EXPORT_PASSES * forward_seconds(shape, cost, max_length)
 
 
-def choose_ensemble(given: dict[str, Any], values: dict[str, Any], reasons: dict[str, str]) -> None:
-    if given.get("ensemble", "auto") == "auto":
-        values["ensemble"] = "tfidf"
-        reasons["ensemble"] = ("TF-IDF + logistic regression is fitted for every file and blended per label on "
-                               "validation; it is dropped when it does not help there")
+def choose_blend(given: dict[str, Any], values: dict[str, Any], reasons: dict[str, str]) -> None:
+    if given.get("blend", "auto") == "auto":
+        values["blend"] = "lexical"
+        reasons["blend"] = ("the lexical member (TF-IDF + logistic regression) is fitted for every file and blended "
+                            "per label on validation; it is dropped when it does not help there")
     else:
-        values["ensemble"], reasons["ensemble"] = given["ensemble"], "given"
+        values["blend"], reasons["blend"] = given["blend"], "given"
 
 
 def choose_label_smoothing(task: str, given: dict[str, Any], values: dict[str, Any],

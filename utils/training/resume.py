@@ -21,12 +21,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from utils.checkpoint.atomic import staged_folder
+from utils.checkpoint.errors import UserError
 
 STATES_DIR = "states"
 PROGRESS_FILE = "progress.json"
 
 
-class ResumeError(ValueError):
+class ResumeError(UserError):
     """A training state that cannot be resumed by this run."""
 
 
