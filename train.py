@@ -27,7 +27,7 @@ from utils.checkpoint.contract import LEXICAL, TRANSFORMER, ClassifierInfo, writ
 from utils.config import Config, TrainingArguments
 from utils.data.prepare import DataSplits, prepare_splits
 from utils.data.report import add_to_data_report, write_data_report
-from utils.evaluation.metrics import PRIMARY_METRIC, compute_metrics, tune_thresholds
+from utils.evaluation.metrics import SELECTION_METRIC, compute_metrics, tune_thresholds
 from utils.inference.precision import accelerate_mixed_precision, resolve_precision
 from utils.inference.tokens import encode, pad_token_id
 from utils.training.batching import EncodedDataset, PaddingCollator, training_loader
@@ -346,7 +346,7 @@ def evaluate(state: Run, loss: float) -> None:
                                config.eval_batch_size, accelerator)
     value = primary_metric(state.task, state.splits.validation, scores)
     improved = progress.record_evaluation(value)
-    metric_name = f"val_{PRIMARY_METRIC[state.task]}"
+    metric_name = f"val_{SELECTION_METRIC[state.task]}"
     record = {"step": progress.step, "epoch": round(progress.step / state.steps_per_epoch, 3), "loss": loss,
               metric_name: value, "best": improved, "seconds": round(time.time() - state.started, 1)}
     if accelerator.is_main_process:
@@ -453,7 +453,7 @@ def members_alone(state: Run, transformer: np.ndarray, blend: Blend | None,
         return {}
     task = state.task
     alone = member_metrics(task, state.splits, {TRANSFORMER: transformer, LEXICAL: state.member.validation_scores})
-    metric = PRIMARY_METRIC[task]
+    metric = SELECTION_METRIC[task]
     state.say(f"validation {metric}: " + " / ".join(f"{name} alone {m[metric]:.4f}" for name, m in alone.items())
               + f" / {'blend' if blend is not None else 'served (transformer)'} {served_metrics[metric]:.4f}")
     return alone

@@ -34,7 +34,7 @@ from bench.records import results_path  # noqa: E402
 from utils.config import Config, parse_config  # noqa: E402
 from utils.data.datasets import BUILTIN_DATASETS  # noqa: E402
 from utils.data.prepare import DataSplits, prepare_splits  # noqa: E402
-from utils.evaluation.metrics import PRIMARY_METRIC, compute_metrics, tune_thresholds  # noqa: E402
+from utils.evaluation.metrics import SELECTION_METRIC, compute_metrics, tune_thresholds  # noqa: E402
 
 
 @dataclass
@@ -127,7 +127,7 @@ def select_model(task: str, x_train: csr_matrix, y_train: np.ndarray, x_val: csr
     C rises within each class weighting and stops once the metric stops improving: past the optimum, a
     larger C only costs more (GoEmotions' C=8 fits took 60% of its time and were its worst).
     """
-    metric = PRIMARY_METRIC[task]
+    metric = SELECTION_METRIC[task]
     best: Selection | None = None
     grid: list[dict[str, Any]] = []
     last: dict[str | None, float] = {}
@@ -179,7 +179,7 @@ def run_baseline(data: str, settings: BaselineSettings | None = None) -> dict[st
         "settings": asdict(settings), "features": features.sizes(),
         "rows": {"train": len(splits.train), "validation": len(splits.validation), "test": len(splits.test)},
         "seed": config.seed, "notes": splits.notes,
-        "selection": {"metric": f"validation {PRIMARY_METRIC[task]}", "grid": best.grid,
+        "selection": {"metric": f"validation {SELECTION_METRIC[task]}", "grid": best.grid,
                       "chosen": {"C": best.c, "class_weight": best.class_weight}},
         "thresholds": best.thresholds.tolist() if best.thresholds is not None else None,
         "validation": best.metrics, "test": test_metrics,

@@ -31,10 +31,9 @@ if str(ROOT) not in sys.path:  # so that `python bench/inference.py` finds the p
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from transformers.utils import logging as hf_logging  # noqa: E402
 
 import export  # noqa: E402
-from bench.records import append_record, figure_path, machine, new_record, results_path, save_figure  # noqa: E402
+from bench.records import append_record, figure_path, machine, new_record, quiet_scoring, results_path, save_figure  # noqa: E402
 from inferer import ModelInferer  # noqa: E402
 from utils.checkpoint.contract import CheckpointFolder  # noqa: E402
 from utils.config import make_config  # noqa: E402
@@ -233,9 +232,7 @@ def goals(record: dict[str, Any]) -> list[dict[str, Any]]:
 
 def main() -> None:
     args = parse_args()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    torch.set_num_threads(args.threads)
+    quiet_scoring(args.threads)
     checkpoint = Path(args.checkpoint)
     folder = CheckpointFolder(checkpoint)
     if not all(folder.onnx_file(v["backend"]).is_file() for v in VARIANTS.values()

@@ -30,10 +30,9 @@ if str(ROOT) not in sys.path:  # so that `python bench/int8_batch_effect.py` fin
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from transformers.utils import logging as hf_logging  # noqa: E402
 
 import export  # noqa: E402
-from bench.records import append_record, machine, new_record, results_path  # noqa: E402
+from bench.records import append_record, machine, new_record, quiet_scoring, results_path  # noqa: E402
 from inferer import ModelInferer  # noqa: E402
 from utils.checkpoint.contract import CheckpointFolder  # noqa: E402
 from utils.config import make_config  # noqa: E402
@@ -144,19 +143,21 @@ def measure(name: str, checkpoint: Path, texts: list[str], neighbours: list[str]
     return row
 
 
-def main() -> None:
-    args = parse_args()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    torch.set_num_threads(args.threads)
-    checkpoint = Path(args.checkpoint)
+def runnable_backends(checkpoint: Path, asked: list[str]) -> list[str]:
+    """The backends asked for, their graphs exported first where missing (static int8 only where it was)."""
     folder = CheckpointFolder(checkpoint)
-    if not all(folder.onnx_file(BACKENDS[name]["backend"]).is_file() for name in args.backends
+    if not all(folder.onnx_file(BACKENDS[name]["backend"]).is_file() for name in asked
                if BACKENDS[name].get("backend", "torch") not in ("torch", "onnx-fused-int8-static")):
         export.export_graphs(checkpoint)  # the graphs alone: nothing here needs their measurement
-    backends = [name for name in args.backends
-                if BACKENDS[name].get("backend") != "onnx-fused-int8-static" or folder.onnx_file(
-                    "onnx-fused-int8-static").is_file()]
+    return [name for name in asked if BACKENDS[name].get("backend") != "onnx-fused-int8-static"
+            or folder.onnx_file("onnx-fused-int8-static").is_file()]
+
+
+def main() -> None:
+    args = parse_args()
+    quiet_scoring(args.threads)
+    checkpoint = Path(args.checkpoint)
+    backends = runnable_backends(checkpoint, args.backends)
     texts, neighbours = held_out(checkpoint, args.texts)
     rows = [measure(name, checkpoint, texts, neighbours, args) for name in backends]
     reference = next(row["alone"] for row in rows if row["backend"] == "torch fp32") if "torch fp32" in backends \

@@ -56,3 +56,14 @@ def save_figure(fig: Any, title: str, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     plt.close(fig)
+
+
+def quiet_scoring(threads: int) -> None:
+    """A scoring benchmark's set-up: transformers' logging and progress bars off (its output is its table), torch
+    on `threads` threads."""
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    torch.set_num_threads(threads)

@@ -21,7 +21,7 @@ from serving.settings import ServingSettings
 from utils.checkpoint.contract import LEXICAL, LEXICAL_CONFIG_FILE, LEXICAL_WEIGHTS_FILE, TRANSFORMER, CheckpointFolder
 from utils.config import config_from_saved
 from utils.data.prepare import prepare_splits
-from utils.evaluation.metrics import PRIMARY_METRIC, compute_metrics
+from utils.evaluation.metrics import SELECTION_METRIC, compute_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -64,7 +64,7 @@ def test_the_checkpoint_describes_its_members_and_reloads_to_the_training_scores
     config, validation = validation_rows(checkpoint)
     inferer = ModelInferer(checkpoint, precision="fp32")
     scores, _ = inferer.score_batch(validation.texts, batch_size=config.eval_batch_size)
-    metric = PRIMARY_METRIC[folder.info.task]
+    metric = SELECTION_METRIC[folder.info.task]
     recorded = folder.metrics()
     again = compute_metrics(folder.info.task, validation.labels, scores, validation.label_names,
                             inferer.thresholds)[metric]

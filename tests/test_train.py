@@ -20,7 +20,7 @@ from utils.checkpoint.contract import METRICS_FILE, CheckpointFolder, Classifier
 from utils.config import config_from_saved, make_config
 from utils.data.prepare import DataLayout, DataSplits, prepare_splits
 from utils.data.readers import LabeledTexts
-from utils.evaluation.metrics import PRIMARY_METRIC, compute_metrics
+from utils.evaluation.metrics import SELECTION_METRIC, compute_metrics
 from utils.training.optim import freeze, loss_weights, parameter_groups
 from utils.training.resume import Progress
 
@@ -99,10 +99,10 @@ def test_weights_are_float32_and_the_metrics_log_is_written(cls_checkpoint):
     assert {t.dtype for t in weights.values() if t.is_floating_point()} == {torch.float32}
     records = log_records(checkpoint)
     summary = json.loads((checkpoint / METRICS_FILE).read_text())
-    metric = f"val_{PRIMARY_METRIC[task]}"
+    metric = f"val_{SELECTION_METRIC[task]}"
     assert records and all(metric in r and "loss" in r for r in records)
     assert records[-1]["step"] == summary["steps"]
-    assert max(r[metric] for r in records) == pytest.approx(summary["validation"][PRIMARY_METRIC[task]])
+    assert max(r[metric] for r in records) == pytest.approx(summary["validation"][SELECTION_METRIC[task]])
 
 
 @pytest.mark.parametrize("model_type", ["bert", "roberta", "distilbert"])

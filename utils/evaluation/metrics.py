@@ -22,7 +22,9 @@ from sklearn.metrics import (
 
 from models.scoring import chosen_labels
 
-PRIMARY_METRIC = {"multilabel": "mean_roc_auc", "multiclass": "macro_f1"}
+# The metric that chooses on validation: the best evaluation to keep, the blend, the recipe's comparisons. (What an
+# exported variant may cost is measured in its own metric: utils/inference/backends.py VARIANT_COST_METRIC.)
+SELECTION_METRIC = {"multilabel": "mean_roc_auc", "multiclass": "macro_f1"}
 
 
 def _defined(values: list[float | None]) -> list[float]:

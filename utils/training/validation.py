@@ -10,7 +10,7 @@ from transformers import PreTrainedModel
 
 from models.scoring import scores_from_logits
 from utils.data.readers import DataError, LabeledTexts
-from utils.evaluation.metrics import PRIMARY_METRIC, compute_metrics
+from utils.evaluation.metrics import SELECTION_METRIC, compute_metrics
 from utils.inference.tokens import sorted_batches
 from utils.training.batching import EncodedDataset, PaddingCollator
 
@@ -45,7 +45,7 @@ def validation_scores(task: str, model: PreTrainedModel, dataset: EncodedDataset
 
 def primary_metric(task: str, validation: LabeledTexts, scores: np.ndarray) -> float:
     """Mean ROC AUC (multi-label) or macro-F1 (multi-class); a clear error when undefined."""
-    name = PRIMARY_METRIC[task]
+    name = SELECTION_METRIC[task]
     value = compute_metrics(task, validation.labels, scores, validation.label_names)[name]
     if value is None:
         raise DataError(f"validation split: no label has both positive and negative rows, so {name} is "
