@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from inferer import ModelInferer
+from utils.checkpoint.atomic import output_folder
 from utils.config import AUTO_TASK, Config, PredictionArguments
 from utils.data.prepare import read_test_set
 from utils.data.readers import LabeledTexts
@@ -118,8 +119,7 @@ def run(config: Config, checkpoint: str | Path) -> dict[str, Any]:
     data = read_test_set(config, inferer.label_names, task)
     result = evaluate(inferer, data, config.eval_batch_size)
     metrics = result["metrics"]
-    out_dir = Path(config.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = output_folder(Path(config.output_dir))
     suffix = report_suffix(config, inferer)
     if inferer.task == "multilabel":
         plots = [plot_curves(data.labels, result["scores"], inferer.label_names, out_dir / f"curves{suffix}.png",

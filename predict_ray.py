@@ -38,6 +38,7 @@ from ray.data import Datasink
 from ray.data.block import BlockAccessor
 from ray.exceptions import UserCodeException
 
+from utils.checkpoint.atomic import output_folder
 from utils.checkpoint.contract import CheckpointFolder
 from utils.checkpoint.errors import MissingFileError, UserError
 from utils.data.files import DataError, find_columns, iter_frames, open_file
@@ -181,7 +182,7 @@ def score_files(files: list[Path], output: Path, settings: ScorerSettings, num_a
         except ray.exceptions.RayError as error:
             raise worker_error(error) from None
         rows = count_rows_once(partial, files, output_format(output))
-        output.parent.mkdir(parents=True, exist_ok=True)
+        output_folder(output.parent)
         os.rename(partial, output)
     finally:
         shutil.rmtree(partial, ignore_errors=True)

@@ -23,6 +23,7 @@ from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from models import build_classifier, default_backbone_path
 from models.losses import build_loss
 from models.scoring import with_temperature
+from utils.checkpoint.atomic import output_folder
 from utils.checkpoint.contract import LEXICAL, TRANSFORMER, ClassifierInfo, write_checkpoint
 from utils.config import Config, TrainingArguments
 from utils.data.prepare import DataSplits, prepare_splits
@@ -223,7 +224,7 @@ def plan_recipe(config: Config, splits: DataSplits, tokenizer: PreTrainedTokeniz
         if accelerator.num_processes > 1:
             recipe = broadcast_object_list([recipe])[0]
         if accelerator.is_main_process:
-            output_dir.mkdir(parents=True, exist_ok=True)
+            output_folder(output_dir)
             recipe.save(output_dir)
     if member is not None:
         accelerator.print(f"{LEXICAL} member fitted in {member.seconds:.0f} s")

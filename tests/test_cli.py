@@ -13,6 +13,7 @@ import pytest
 import yaml
 from conftest import TOXIC_LABELS
 
+import eval as evaluation
 import main
 from utils.checkpoint.contract import CheckpointError
 from utils.checkpoint.errors import UserError
@@ -101,14 +102,28 @@ def test_a_missing_file_named_by_a_flag_is_a_message_not_a_traceback(tmp_path, t
     assert f"error: {tmp_path / 'absent.csv'}: not a built-in dataset" in result.stderr
 
 
-def test_an_error_that_is_not_the_users_keeps_its_traceback(trained, run_config, tmp_path):
-    """Only the user-error type becomes a message: an OSError main.py does not know (here: an output folder that
-    is a file, found by mkdir) surfaces as it is, as a bug's would."""
+def test_an_output_folder_that_cannot_be_made_is_a_message(trained, run_config, tmp_path, capsys):
+    """An output folder the user named that cannot be created (a file in its way) is said in one line."""
     output_dir, _ = trained
     (blocked := tmp_path / "a_file").write_text("")
-    with pytest.raises(FileExistsError):
-        main.main(["--config", str(run_config), "--mode", "eval", "--checkpoint", str(output_dir / "checkpoint"),
-                   "--output-dir", str(blocked)])
+    code = main.main(["--config", str(run_config), "--mode", "eval", "--checkpoint", str(output_dir / "checkpoint"),
+                      "--output-dir", str(blocked / "reports")])
+    assert code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
+        f"error: cannot create the output folder {blocked / 'reports'}: ")
+
+
+def test_an_error_that_is_not_the_users_keeps_its_traceback(trained, run_config, monkeypatch):
+    """Only the user-error type becomes a message: any other exception (here an OSError inside eval, as a bug's
+    would be) surfaces as it is, traceback and all."""
+    output_dir, _ = trained
+
+    def broken(*args, **kwargs):
+        raise OSError("a bug, not the user's")
+
+    monkeypatch.setattr(evaluation, "run", broken)
+    with pytest.raises(OSError, match="a bug"):
+        main.main(["--config", str(run_config), "--mode", "eval", "--checkpoint", str(output_dir / "checkpoint")])
 
 
 def test_train_writes_checkpoint_report_and_plot(trained):

@@ -12,7 +12,16 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from utils.checkpoint.errors import DiskFullError
+from utils.checkpoint.errors import DiskFullError, UnwritableError
+
+
+def output_folder(folder: Path) -> Path:
+    """`folder`, created with its parents where missing; one that cannot be is the user's to fix, said so."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UnwritableError(f"cannot create the output folder {folder}: {error.strerror}") from error
+    return folder
 
 
 @contextlib.contextmanager
@@ -21,7 +30,7 @@ def staged_file(target: Path, what: str = "file") -> Iterator[Path]:
 
     A full disk is reported as such, naming `what` and saying that the partial file is gone.
     """
-    target.parent.mkdir(parents=True, exist_ok=True)
+    output_folder(target.parent)
     handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
     os.close(handle)
     partial = Path(name)
@@ -45,7 +54,7 @@ def staged_folder(target: Path, what: str = "folder") -> Iterator[Path]:
 
     A full disk is reported as such, naming `what` and saying that the previous version is kept.
     """
-    target.parent.mkdir(parents=True, exist_ok=True)
+    output_folder(target.parent)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         yield staging

@@ -15,5 +15,9 @@ class MissingFileError(FileNotFoundError, UserError):
     """A file or folder named by a flag or a setting that is not there."""
 
 
+class UnwritableError(OSError, UserError):
+    """An output file or folder named by a flag that cannot be created (a file in its way, no permission)."""
+
+
 class DiskFullError(OSError, UserError):
     """The disk filled while an output was written; the message says what is kept and to free space."""
