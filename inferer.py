@@ -32,6 +32,7 @@ from utils.inference.explain import (
     prepare_text,
 )
 from utils.inference.inputs import validate_text, validate_texts
+from utils.inference.legacy import check_original_config
 from utils.inference.runners import LexicalScorer, Sharing, build_runner
 from utils.inference.tokens import TRUNCATIONS, encode, pad_batch, pad_token_id, sorted_batches
 
@@ -44,12 +45,14 @@ class ModelInferer:
     exported graphs whose validation cost export measured within bounds (utils/inference/backends.py), else
     PyTorch; "torch" is PyTorch whatever was exported (gradients for `explain`, a GPU); "onnx", "onnx-int8",
     "onnx-fused", ... run one graph in ONNX Runtime on the CPU. `quantize`, a `precision` other than auto/fp32 or
-    a GPU `device` make "auto" PyTorch. `max_length` and `truncation` replace the checkpoint's.
+    a GPU `device` make "auto" PyTorch. `max_length` and `truncation` replace the checkpoint's. `config`, the
+    original project's call, must agree with the checkpoint (utils/inference/legacy.py).
     """
 
     def __init__(self, checkpoint_path: str | Path, quantize: bool = False, device: str | None = None,
                  precision: str = "auto", threshold: Threshold = None, truncation: str | None = None,
-                 max_length: int | None = None, num_threads: int | None = None, backend: str = "auto") -> None:
+                 max_length: int | None = None, num_threads: int | None = None, backend: str = "auto",
+                 config: Any = None) -> None:
         self.checkpoint_path = Path(checkpoint_path)
         self.checkpoint = CheckpointFolder(self.checkpoint_path)
         self.info = self.checkpoint.info
@@ -59,6 +62,10 @@ class ModelInferer:
         self.truncation = truncation or self.info.truncation
         if self.truncation not in TRUNCATIONS:
             raise ValueError(f"truncation must be one of {TRUNCATIONS}, got {self.truncation!r}")
+        if config is not None:
+            check_original_config(config, self.checkpoint_path, self.task, self.label_names, {
+                "max_length": (self.info.max_length, self.max_length),
+                "truncation": (self.info.truncation, self.truncation)})
         self.rules = LabelRules.of(self.info, threshold)
         self.thresholds = self.rules.thresholds
         self.blend = Blend.of(self.info)

@@ -3,6 +3,7 @@ int8 quantization, bad inputs and the checkpoint's own input settings."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 
@@ -18,7 +19,7 @@ import main
 from eval import evaluate
 from inferer import ModelInferer
 from models import load_classifier
-from utils.config import parse_config
+from utils.config import Config, config_from_saved, make_config, parse_config
 from utils.data.prepare import read_test_set
 
 # int8 dynamic quantization of the tiny model moved scores by at most 2.1e-4 (multi-label) and 8.5e-5
@@ -208,6 +209,43 @@ def test_keyword_construction_with_the_checkpoints_own_settings(multilabel_check
     assert set(inferer.predict("you idiot")["scores"]) == set(TOXIC_LABELS)
     shorter = ModelInferer(multilabel_checkpoint, max_length=16)
     assert shorter.max_length == 16 and shorter.predict("word " * 40)["truncated"]
+
+
+def training_config(checkpoint) -> Config:
+    return config_from_saved(json.loads((checkpoint / "training_config.json").read_text()))
+
+
+def test_the_original_config_call_keeps_working(multilabel_checkpoint):
+    config = training_config(multilabel_checkpoint)
+    inferer = ModelInferer(config=config, checkpoint_path=multilabel_checkpoint, quantize=True)
+    assert inferer.quantized and inferer.label_names == TOXIC_LABELS
+    assert inferer.thresholds is not None
+    assert inferer.thresholds.tolist() == classifier_json(multilabel_checkpoint)["thresholds"]
+
+
+def test_a_default_config_warns_about_input_settings_and_goes_on(multilabel_checkpoint):
+    """The original call with a Config whose max_length 128 and truncation differ from the checkpoint's 64 and
+    head_tail; the checkpoint decides, a warning names both values, and the inferer works (a Config that leaves
+    max_length to the recipe, None, says nothing of it)."""
+    with pytest.warns(UserWarning) as warned:
+        inferer = ModelInferer(config=make_config(max_length=128, truncation="head"),
+                               checkpoint_path=multilabel_checkpoint, quantize=True)
+    messages = [str(w.message) for w in warned]
+    assert any("config.max_length is 128" in m and "trained with 64" in m for m in messages), messages
+    assert any("config.truncation is 'head'" in m and "'head_tail'" in m for m in messages), messages
+    assert warned[0].filename == __file__  # pointed at the caller's line
+    assert inferer.max_length == 64 and inferer.truncation == "head_tail" and inferer.quantized
+    assert set(inferer.predict("you idiot")["scores"]) == set(TOXIC_LABELS)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"task": "multiclass"}, "config.task is 'multiclass'"),
+    ({"label_columns": TOXIC_LABELS[::-1]}, "differ from the checkpoint's"),
+])
+def test_a_config_that_contradicts_the_checkpoint_is_an_error(multilabel_checkpoint, change, message):
+    config = dataclasses.replace(training_config(multilabel_checkpoint), **change)
+    with pytest.raises(ValueError, match=message):
+        ModelInferer(config=config, checkpoint_path=multilabel_checkpoint)
 
 
 def test_eval_runs_quantized_and_reports_the_accuracy_cost(multilabel_checkpoint, toxic_csv, tmp_path):
