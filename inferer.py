@@ -33,8 +33,8 @@ from utils.inference.explain import (
 )
 from utils.inference.inputs import validate_text, validate_texts
 from utils.inference.legacy import check_original_config
-from utils.inference.runners import LexicalScorer, Sharing, build_runner
-from utils.inference.tokens import TRUNCATIONS, encode, pad_batch, pad_token_id, sorted_batches
+from utils.inference.runners import LexicalScorer, Sharing, build_runner, score_sequences
+from utils.inference.tokens import TRUNCATIONS, encode, pad_token_id
 
 
 class ModelInferer:
@@ -106,10 +106,7 @@ class ModelInferer:
             empty = np.zeros((0, len(self.label_names)))
             return {name: empty for name in self.info.members}, []
         encoded = encode(self.tokenizer, texts, self.max_length, self.truncation)
-        logits = np.zeros((len(texts), len(self.label_names)), dtype=np.float32)
-        for rows in sorted_batches(encoded.lengths, batch_size):
-            input_ids, attention_mask = pad_batch([encoded.input_ids[i] for i in rows], self.pad_id)
-            logits[rows] = self.runner.logits(input_ids, attention_mask)
+        logits = score_sequences(self.runner.logits, encoded.input_ids, self.pad_id, batch_size)
         members = {TRANSFORMER: scores_from_logits(self.task, logits)}
         if self.lexical is not None:
             members[LEXICAL] = self.lexical.scores(texts)

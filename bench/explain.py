@@ -34,7 +34,8 @@ from inferer import ModelInferer  # noqa: E402
 from models.scoring import scores_from_logits  # noqa: E402
 from utils.config import config_from_saved  # noqa: E402
 from utils.data.prepare import prepare_splits  # noqa: E402
-from utils.inference.explain import METHODS, TextToExplain, attribute, prepare_text, score_sequences  # noqa: E402
+from utils.inference.explain import METHODS, TextToExplain, attribute, prepare_text  # noqa: E402
+from utils.inference.runners import score_sequences  # noqa: E402
 
 RESULTS = results_path("explain_faithfulness.json")
 PLOT = figure_path("explain_deletion.png")

@@ -26,9 +26,9 @@ from utils.inference.explain import (
     drops,
     label_targets,
     prepare_text,
-    score_sequences,
     split_words,
 )
+from utils.inference.runners import score_sequences
 from utils.inference.tokens import encode, encode_with_offsets
 
 TEXTS = [

@@ -36,7 +36,7 @@ from utils.data.prepare import prepare_splits
 from utils.evaluation.metrics import compute_metrics
 from utils.export import graphs, variants
 from utils.inference.backends import backend_for
-from utils.inference.runners import build_runner
+from utils.inference.runners import build_runner, score_sequences
 from utils.inference.tokens import encode
 
 # Largest |score - PyTorch float32 score| on the real texts below (82 toxic comments, 80 paper titles), with the tiny
@@ -349,7 +349,7 @@ def torch_validation_scores(folder: CheckpointFolder, rows: ExportRows) -> np.nd
     """PyTorch's float32 scores as export measured them: one thread, chunks of 128 rows, batches of 32."""
     threads = torch.get_num_threads()  # the runner sets it for the process
     runner = build_runner(folder, "torch", "cpu", precision="fp32", num_threads=variants.MEASURE_THREADS)
-    logits = np.vstack([variants.batch_logits(runner, rows.validation_ids[i:i + 128], rows.pad_id, 32)
+    logits = np.vstack([score_sequences(runner.logits, rows.validation_ids[i:i + 128], rows.pad_id, 32)
                         for i in range(0, len(rows), 128)])
     torch.set_num_threads(threads)
     return variants.served_scores(folder.info, logits, rows.lexical_scores)

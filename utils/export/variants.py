@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.blend import blend_scores
-from models.scoring import scores_from_logits, with_temperature
+from models.scoring import scores_from_logits
 from utils.checkpoint.contract import (
     LEXICAL,
+    TRANSFORMER,
     CheckpointError,
     CheckpointFolder,
     ClassifierInfo,
@@ -28,9 +28,10 @@ from utils.checkpoint.contract import (
 )
 from utils.checkpoint.rows import ExportRows
 from utils.evaluation.metrics import compute_metrics
+from utils.inference.answers import LabelRules
 from utils.inference.backends import VARIANT_COST_METRIC
-from utils.inference.runners import Runner, build_runner
-from utils.inference.tokens import pad_batch, sorted_batches
+from utils.inference.blend import Blend
+from utils.inference.runners import Runner, build_runner, score_sequences
 
 MEASURE_THREADS = 1  # as each server worker runs (TORCH_THREADS=1); one thread also times steadily on a busy CPU
 
@@ -64,49 +65,32 @@ def forward_passes(runners: dict[str, Runner], rows: ExportRows, batch_size: int
     """Each runner's logits of the validation rows (in row order) and the seconds it took. The runners take turns
     chunk by chunk, so a change in the machine's load falls on all of them alike."""
     for runner in runners.values():  # warm-up: the first run allocates
-        batch_logits(runner, rows.validation_ids[:batch_size], rows.pad_id, batch_size)
+        score_sequences(runner.logits, rows.validation_ids[:batch_size], rows.pad_id, batch_size)
     parts: dict[str, list[np.ndarray]] = {name: [] for name in runners}
     seconds = dict.fromkeys(runners, 0.0)
     for start in range(0, len(rows), chunk):
         input_ids = rows.validation_ids[start:start + chunk]
         for name, runner in runners.items():
             started = time.perf_counter()
-            parts[name].append(batch_logits(runner, input_ids, rows.pad_id, batch_size))
+            parts[name].append(score_sequences(runner.logits, input_ids, rows.pad_id, batch_size))
             seconds[name] += time.perf_counter() - started
     return {name: np.vstack(chunks) for name, chunks in parts.items()}, seconds
-
-
-def batch_logits(runner: Runner, input_ids: list[list[int]], pad_id: int, batch_size: int) -> np.ndarray:
-    """The logits of rows of token ids, in their order; run in padded batches of similar lengths, as serving runs
-    them."""
-    order: list[int] = []
-    parts = []
-    for batch in sorted_batches([len(ids) for ids in input_ids], batch_size):
-        order += batch
-        parts.append(runner.logits(*pad_batch([input_ids[i] for i in batch], pad_id)))
-    stacked = np.vstack(parts)
-    logits = np.empty_like(stacked)
-    logits[order] = stacked
-    return logits
 
 
 def served_scores(info: ClassifierInfo, logits: np.ndarray, lexical_scores: np.ndarray | None) -> np.ndarray:
     """The scores serving gives for the transformer's logits: blended with the TF-IDF member's scores (a blended
     checkpoint), at the checkpoint's temperature."""
-    scores = scores_from_logits(info.task, logits)
+    members = {TRANSFORMER: scores_from_logits(info.task, logits)}
     if LEXICAL in info.members:
         if lexical_scores is None:
             raise CheckpointError(f"the checkpoint blends a {LEXICAL} member, but its export rows hold no scores of it")
-        weights = np.broadcast_to(np.asarray(info.blend_weights, dtype=np.float64), (len(info.labels),))
-        scores = blend_scores(info.task, weights, scores, lexical_scores, info.blend_method)
-    return with_temperature(info.task, scores, info.temperature)
+        members[LEXICAL] = lexical_scores
+    return Blend.of(info).served(members)
 
 
 def metric_value(info: ClassifierInfo, labels: np.ndarray, scores: np.ndarray, metric: str) -> float | None:
     """The task's metric of the scores, at the checkpoint's thresholds (None where it is undefined)."""
-    thresholds = None
-    if info.task == "multilabel":
-        thresholds = np.array(info.thresholds or [0.5] * len(info.labels), dtype=np.float64)
+    thresholds = LabelRules.of(info).thresholds
     return compute_metrics(info.task, labels, scores, info.labels, thresholds).get(metric)
 
 

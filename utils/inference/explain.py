@@ -24,14 +24,15 @@ from __future__ import annotations
 
 import bisect
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from models.scoring import scores_from_logits
-from utils.inference.tokens import encode_with_offsets, pad_batch, sorted_batches
+from utils.inference.runners import LogitsFn, score_sequences
+from utils.inference.tokens import encode_with_offsets
 
 METHODS = ("occlusion", "gradient_x_input", "integrated_gradients")
 DEFAULT_METHOD = "occlusion"
@@ -39,7 +40,6 @@ GRADIENT_METHODS = ("gradient_x_input", "integrated_gradients")
 IG_STEPS = 16  # path points of integrated gradients (midpoint rule)
 _EDGES = re.compile(r"^(\W*)(.*?)(\W*)$", re.DOTALL)
 
-LogitsFn = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (input_ids, attention_mask) -> (N, labels) logits
 
 
 @dataclass
@@ -91,16 +91,6 @@ def label_targets(task: str, logits: np.ndarray) -> np.ndarray:
         return logits
     top = logits.max(axis=-1, keepdims=True)
     return logits - top - np.log(np.exp(logits - top).sum(axis=-1, keepdims=True))
-
-
-def score_sequences(logits_fn: LogitsFn, sequences: Sequence[np.ndarray], pad_id: int,
-                    batch_size: int = 64) -> np.ndarray:
-    """Logits (N, labels) of token sequences of any lengths, in input order, batched by length."""
-    rows: dict[int, np.ndarray] = {}
-    for batch in sorted_batches([len(s) for s in sequences], batch_size):
-        input_ids, attention_mask = pad_batch([list(sequences[i]) for i in batch], pad_id)
-        rows.update(zip(batch, logits_fn(input_ids, attention_mask), strict=True))
-    return np.stack([rows[i] for i in range(len(sequences))])
 
 
 def occlusion(logits_fn: LogitsFn, item: TextToExplain, task: str, label_ids: Sequence[int], pad_id: int,

@@ -13,6 +13,7 @@ whose threads share one model (the server) wraps the runner and the TF-IDF membe
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -20,6 +21,9 @@ import numpy as np
 from utils.checkpoint.contract import CheckpointFolder
 from utils.checkpoint.errors import MissingFileError
 from utils.inference.backends import BACKENDS
+from utils.inference.tokens import pad_batch, sorted_batches
+
+LogitsFn = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (input_ids, attention_mask) -> (N, labels) logits
 
 
 class Runner(Protocol):
@@ -129,6 +133,16 @@ class TextByText:
         lengths = attention_mask.sum(axis=1)
         return np.vstack([self.runner.logits(input_ids[row:row + 1, :length], attention_mask[row:row + 1, :length])
                           for row, length in enumerate(lengths)])
+
+
+def score_sequences(logits_fn: LogitsFn, sequences: Sequence[Sequence[int] | np.ndarray], pad_id: int,
+                    batch_size: int = 64) -> np.ndarray:
+    """Logits (N, labels) of token sequences of any lengths, in input order, batched by length."""
+    rows: dict[int, np.ndarray] = {}
+    for batch in sorted_batches([len(s) for s in sequences], batch_size):
+        input_ids, attention_mask = pad_batch([list(sequences[i]) for i in batch], pad_id)
+        rows.update(zip(batch, logits_fn(input_ids, attention_mask), strict=True))
+    return np.stack([rows[i] for i in range(len(sequences))])
 
 
 DYNAMIC_INT8 = ("onnx-int8", "onnx-fused-int8")  # backends whose activation scales are computed per call
