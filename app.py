@@ -11,7 +11,7 @@ from __future__ import annotations
 from flask import Flask
 
 from inferer import ModelInferer
-from serving.context import ServingState, load_inferer
+from serving.context import ServingContext, load_inferer
 from serving.errors import register_error_handlers
 from serving.hooks import register_hooks
 from serving.routes import routes
@@ -29,7 +29,7 @@ def create_app(inferer: ModelInferer | None = None, settings: ServingSettings | 
     app = Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]  # scores keep the checkpoint's label order
-    app.extensions["classifier"] = ServingState.build(inferer, settings)
+    app.extensions["classifier"] = ServingContext.build(inferer, settings)
     register_hooks(app)
     register_error_handlers(app)
     app.register_blueprint(routes)

@@ -22,7 +22,7 @@ PREDICT_BATCH_SIZE = 32
 
 
 @dataclass
-class ServingState:
+class ServingContext:
     """The turns keep one forward pass at a time per worker, so torch threads x workers stays within the cores
     however many requests arrive; /predict's passes go first (serving/scheduling.py)."""
 
@@ -36,20 +36,20 @@ class ServingState:
     rate_limiter: RateLimiter | None = None  # RATE_LIMIT's buckets, this worker's own
 
     @classmethod
-    def build(cls, inferer: ModelInferer, settings: ServingSettings) -> ServingState:
-        """The app's state around `inferer`, which it serves through the turns: every forward pass of this app
+    def build(cls, inferer: ModelInferer, settings: ServingSettings) -> ServingContext:
+        """The app's context around `inferer`, which it serves through the turns: every forward pass of this app
         takes its turn, and the TF-IDF member's scoring gives way to /predict's (`inferer` itself is unchanged)."""
         turns = ModelTurns()
-        state = cls(inferer.shared(turns), settings, Limits.of(inferer.label_names, settings),
+        context = cls(inferer.shared(turns), settings, Limits.of(inferer.label_names, settings),
                     ExplainQueue(settings.explain_places()), turns=turns)
         if settings.microbatch:  # its thread starts here, in the worker process (gunicorn forks before the app)
-            state.batcher = MicroBatcher(state.inferer, settings.microbatch_wait_ms, settings.microbatch_max_size,
+            context.batcher = MicroBatcher(context.inferer, settings.microbatch_wait_ms, settings.microbatch_max_size,
                                          settings.microbatch_queue_size, PREDICT_BATCH_SIZE,
-                                         on_batch=lambda requests, texts: state.metrics.batch_texts.observe(texts))
+                                         on_batch=lambda requests, texts: context.metrics.batch_texts.observe(texts))
         if settings.rate_limit is not None:
-            state.rate_limiter = RateLimiter(settings.rate_limit)
-        state.metrics.model.labels(inferer.checkpoint_id, inferer.task, str(inferer.quantized).lower()).set(1)
-        return state
+            context.rate_limiter = RateLimiter(settings.rate_limit)
+        context.metrics.model.labels(inferer.checkpoint_id, inferer.task, str(inferer.quantized).lower()).set(1)
+        return context
 
     def deadline(self, received_at: float | None = None) -> float:
         """When a request must be done (time.monotonic): REQUEST_TIMEOUT from when the worker had all of it (the
@@ -71,6 +71,6 @@ def load_inferer(settings: ServingSettings) -> ModelInferer:
     return inferer
 
 
-def serving() -> ServingState:
-    """The state of the app handling the current request."""
+def serving() -> ServingContext:
+    """The context of the app handling the current request."""
     return current_app.extensions["classifier"]

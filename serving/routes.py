@@ -10,7 +10,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request, send_from_directory
 
 from inferer import ModelInferer
-from serving.context import PREDICT_BATCH_SIZE, ServingState, serving
+from serving.context import PREDICT_BATCH_SIZE, ServingContext, serving
 from serving.costs import check_explain_cost, check_predict_cost
 from serving.errors import ApiError
 from serving.microbatch import QueueFull
@@ -81,7 +81,7 @@ def explain() -> Response:
     return jsonify(explanations=explanations, model=model_summary(state.inferer))
 
 
-def deadline_exceeded(state: ServingState) -> ApiError:
+def deadline_exceeded(state: ServingContext) -> ApiError:
     return ApiError(503, "deadline_exceeded", f"not done within {state.settings.request_timeout:g} s "
                                               "(REQUEST_TIMEOUT): the server is busy and the work was abandoned; "
                                               "retry after Retry-After seconds", retry_after=1)
@@ -151,14 +151,14 @@ def model_summary(inferer: ModelInferer) -> dict[str, Any]:
             "quantized": inferer.quantized, "precision": inferer.precision, "backend": inferer.backend}
 
 
-def read_predict_request(state: ServingState) -> tuple[list[str], int | None]:
+def read_predict_request(state: ServingContext) -> tuple[list[str], int | None]:
     """The texts (and top_k) of a /predict request: JSON {"text"} or {"texts"}, or the form field `data`."""
     texts, parsed = read_texts(PredictRequest, state)
     check_predict_cost(state.settings, state.inferer, texts)
     return texts, parsed.top_k
 
 
-def read_texts(model: type[AnyRequest], state: ServingState) -> tuple[list[str], AnyRequest]:
+def read_texts(model: type[AnyRequest], state: ServingContext) -> tuple[list[str], AnyRequest]:
     """The valid texts of a request and its validated body, by the rules every text route shares."""
     texts, parsed = parse_request(model, read_body(), state.limits)
     try:
