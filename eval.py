@@ -3,6 +3,7 @@ every table and figure), PNG plots and a summary table."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections import Counter
@@ -93,7 +94,8 @@ def torch_reference(inferer: ModelInferer, data: LabeledTexts, metrics: dict[str
                     batch_size: int) -> dict[str, Any]:
     """Float32 PyTorch on the same rows beside a backend that is not torch: its figures, and what the backend
     costs against them per label (the rows scored twice)."""
-    reference = ModelInferer(inferer.checkpoint_path, backend="torch", precision="fp32")
+    reference = ModelInferer(inferer.checkpoint_path, backend="torch", precision="fp32",
+                             **dataclasses.asdict(inferer.reading))
     result = evaluate(reference, data, batch_size)
     torch_scores = result["scores"]
     return {"metrics": result["metrics"],
@@ -114,7 +116,8 @@ def report_suffix(settings: PredictionArguments, inferer: ModelInferer) -> str:
 def run(config: Config, checkpoint: str | Path) -> dict[str, Any]:
     """Evaluate `checkpoint` on the test data the config names with --backend (auto: what the server serves);
     write the report and plots beside it."""
-    inferer = ModelInferer(checkpoint, quantize=config.quantize, precision=config.precision, backend=config.backend)
+    inferer = ModelInferer(checkpoint, quantize=config.quantize, precision=config.precision, backend=config.backend,
+                           **config.reading_overrides())
     task = inferer.task if config.task == AUTO_TASK else config.task  # the data is read as it was trained
     data = read_test_set(config, inferer.label_names, task)
     result = evaluate(inferer, data, config.eval_batch_size)

@@ -33,8 +33,9 @@ from utils.inference.explain import (
 )
 from utils.inference.inputs import validate_text, validate_texts
 from utils.inference.legacy import check_original_config
+from utils.inference.reading import Reading
 from utils.inference.runners import LexicalScorer, Sharing, build_runner, score_sequences
-from utils.inference.tokens import TRUNCATIONS, encode, pad_token_id
+from utils.inference.tokens import pad_token_id
 
 
 class ModelInferer:
@@ -45,23 +46,26 @@ class ModelInferer:
     exported graphs whose validation cost export measured within bounds (utils/inference/backends.py), else
     PyTorch; "torch" is PyTorch whatever was exported (gradients for `explain`, a GPU); "onnx", "onnx-int8",
     "onnx-fused", ... run one graph in ONNX Runtime on the CPU. `quantize`, a `precision` other than auto/fp32 or
-    a GPU `device` make "auto" PyTorch. `max_length` and `truncation` replace the checkpoint's. `config`, the
-    original project's call, must agree with the checkpoint (utils/inference/legacy.py).
+    a GPU `device` make "auto" PyTorch. `max_length`, `truncation`, `long_texts` ("truncate" or "windows"),
+    `window_stride`, `max_windows` and `window_pooling` replace how the checkpoint reads long texts
+    (utils/inference/reading.py). `config`, the original project's call, must agree with the checkpoint
+    (utils/inference/legacy.py).
     """
 
     def __init__(self, checkpoint_path: str | Path, quantize: bool = False, device: str | None = None,
                  precision: str = "auto", threshold: Threshold = None, truncation: str | None = None,
                  max_length: int | None = None, num_threads: int | None = None, backend: str = "auto",
-                 config: Any = None) -> None:
+                 long_texts: str | None = None, window_stride: int | None = None, max_windows: int | None = None,
+                 window_pooling: str | None = None, config: Any = None) -> None:
         self.checkpoint_path = Path(checkpoint_path)
         self.checkpoint = CheckpointFolder(self.checkpoint_path)
         self.info = self.checkpoint.info
         self.task: str = self.info.task
         self.label_names: list[str] = list(self.info.labels)
-        self.max_length = max_length or self.info.max_length
-        self.truncation = truncation or self.info.truncation
-        if self.truncation not in TRUNCATIONS:
-            raise ValueError(f"truncation must be one of {TRUNCATIONS}, got {self.truncation!r}")
+        self.reading = Reading.of(self.info, max_length=max_length, truncation=truncation, long_texts=long_texts,
+                                  window_stride=window_stride, max_windows=max_windows,
+                                  window_pooling=window_pooling)
+        self.max_length, self.truncation = self.reading.max_length, self.reading.truncation
         if config is not None:
             check_original_config(config, self.checkpoint_path, self.task, self.label_names, {
                 "max_length": (self.info.max_length, self.max_length),
@@ -100,17 +104,18 @@ class ModelInferer:
         return self.blend.served(members), truncated
 
     def member_scores(self, texts: Sequence[str], batch_size: int = 64) -> tuple[dict[str, np.ndarray], list[bool]]:
-        """Each member's scores alone, in input order, and truncation flags; texts are batched by length."""
+        """Each member's scores alone, in input order, and truncation flags (some of the text unread); sequences
+        (texts, or their windows) are batched by length."""
         texts = validate_texts(texts)
         if not texts:
             empty = np.zeros((0, len(self.label_names)))
             return {name: empty for name in self.info.members}, []
-        encoded = encode(self.tokenizer, texts, self.max_length, self.truncation)
-        logits = score_sequences(self.runner.logits, encoded.input_ids, self.pad_id, batch_size)
-        members = {TRANSFORMER: scores_from_logits(self.task, logits)}
+        sequences = self.reading.encode(self.tokenizer, texts)
+        logits = score_sequences(self.runner.logits, sequences.input_ids, self.pad_id, batch_size)
+        members = {TRANSFORMER: scores_from_logits(self.task, self.reading.pool(logits, sequences.owner))}
         if self.lexical is not None:
             members[LEXICAL] = self.lexical.scores(texts)
-        return members, encoded.truncated
+        return members, sequences.truncated
 
     def predict(self, text: str, top_k: int | None = None, threshold: Threshold = None) -> dict[str, Any]:
         """Labels and scores for one text."""
@@ -140,7 +145,7 @@ class ModelInferer:
         batch_scores, truncated = self.score_batch([text])  # the very scores and labels predict gives
         answer = self.rules.answer(batch_scores[0], truncated[0])
         asked = self.rules.to_explain(labels, answer["labels"], batch_scores[0])
-        item = prepare_text(self.tokenizer, text, self.max_length, self.truncation)
+        item = prepare_text(self.tokenizer, text, self.reading)
         values = self._word_scores(method, item, [self.label_names.index(n) for n in asked])
         words = [{"word": text[start:end], "start": start, "end": end} for start, end in item.words]
         attributions = {name: [None if np.isnan(v) else round(float(v), 6) for v in row]
@@ -169,7 +174,9 @@ class ModelInferer:
                 "thresholds": self.thresholds.tolist() if self.thresholds is not None else None,
                 "backbone": self.info.backbone, "model_type": self.info.model_type,
                 "pooling": self.info.pooling, "max_length": self.max_length,
-                "truncation": self.truncation, "quantized": self.quantized, "precision": self.precision,
+                "truncation": self.truncation, "long_texts": self.reading.long_texts,
+                "window_stride": self.reading.window_stride, "max_windows": self.reading.max_windows,
+                "window_pooling": self.reading.window_pooling, "quantized": self.quantized, "precision": self.precision,
                 "backend": self.backend, "backend_choice": self.backend_choice.describe(),
                 "device": str(self.device), "checkpoint": str(self.checkpoint_path),
                 "checkpoint_id": self.checkpoint_id, "members": self.info.members,

@@ -40,7 +40,8 @@ def run(config: Config, checkpoint: str | Path) -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    inferer = ModelInferer(checkpoint, quantize=config.quantize, precision=config.precision, backend=config.backend)
+    inferer = ModelInferer(checkpoint, quantize=config.quantize, precision=config.precision, backend=config.backend,
+                           **config.reading_overrides())
     print(inferer.backend_choice.line(), file=sys.stderr)  # the same choice as the server's for this checkpoint
     if config.text:
         for text, prediction in zip(config.text, inferer.predict_batch(config.text), strict=True):

@@ -22,7 +22,7 @@ import uuid
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -74,6 +74,7 @@ class ScorerSettings:
     encoding: str | None = None  # --encoding, --delimiter, --sheet: how every input file is read (else detected)
     delimiter: str | None = None
     sheet: str | None = None
+    reading: dict[str, Any] = field(default_factory=dict)  # how long texts are read where given (else the checkpoint's)
 
 
 def run(config: Config, checkpoint: str | Path) -> None:
@@ -92,7 +93,7 @@ def run(config: Config, checkpoint: str | Path) -> None:
         quantize=config.quantize, precision=config.precision, backend=config.backend,
         threads=config.cpus_per_actor, forward_batch_size=config.eval_batch_size,
         labels_as_text=output_format(output) == "csv", encoding=config.encoding, delimiter=config.delimiter,
-        sheet=config.sheet)
+        sheet=config.sheet, reading=config.reading_overrides())
     # chosen once here, with the arguments the actors build their inferer with, so every actor of every node
     # runs the same backend
     choice = backend_for(folder, settings.backend, quantize=settings.quantize, precision=settings.precision,
@@ -273,7 +274,8 @@ class Scorer:
         hf_logging.disable_progress_bar()
         self.settings = settings
         self.inferer = ModelInferer(settings.checkpoint, quantize=settings.quantize, precision=settings.precision,
-                                    device=settings.device, backend=settings.backend, num_threads=settings.threads)
+                                    device=settings.device, backend=settings.backend, num_threads=settings.threads,
+                                    **settings.reading)
 
     def __call__(self, batch: pd.DataFrame) -> pa.Table:
         from predict import scored_frame

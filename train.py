@@ -30,7 +30,8 @@ from utils.data.prepare import DataSplits, prepare_splits
 from utils.data.report import add_to_data_report, write_data_report
 from utils.evaluation.metrics import SELECTION_METRIC, compute_metrics, tune_thresholds
 from utils.inference.precision import accelerate_mixed_precision, resolve_precision
-from utils.inference.tokens import encode, pad_token_id
+from utils.inference.reading import DEFAULT_MAX_WINDOWS, Reading
+from utils.inference.tokens import pad_token_id
 from utils.training.batching import EncodedDataset, PaddingCollator, training_loader
 from utils.training.blend import Blend, FittedMember, fit_blend, fit_member, member_metrics
 from utils.training.calibration import calibration_summary, fit_temperature
@@ -56,7 +57,13 @@ from utils.training.resume import (
     save_training_state,
 )
 from utils.training.signals import StopRequest, TrainingInterrupted
-from utils.training.validation import primary_metric, validation_scores
+from utils.training.validation import (
+    PooledValidation,
+    ValidationInputs,
+    pooled_validation,
+    pooling_candidates,
+    predict_logits,
+)
 
 
 @dataclass
@@ -82,7 +89,7 @@ class Run:
     scheduler: Any
     loader: Any
     generator: torch.Generator
-    validation_set: EncodedDataset
+    validation: ValidationInputs
     collate: PaddingCollator
     backbone: str
     precision: str
@@ -158,8 +165,7 @@ def set_up(config: Config) -> Run:
     member = fit_member(splits.layout.task, splits) if config.blend != "none" else None
     recipe = plan_recipe(config, splits, tokenizer, model, member, accelerator)
     choices = recipe.choices
-    train_set, validation_set = encode_splits(splits, tokenizer, choices.max_length, config.truncation, accelerator,
-                                              Path(config.output_dir))
+    train_set, validation = encode_splits(splits, tokenizer, config, choices, accelerator)
     prepare_model(model, config, splits, choices, accelerator)
     generator = torch.Generator()
     loader = training_loader(train_set, tokenizer, config.batch_size, generator, config.num_workers)
@@ -171,7 +177,7 @@ def set_up(config: Config) -> Run:
                                               config.pooling, choices.max_length))
     state = Run(config=config, accelerator=accelerator, splits=splits, tokenizer=tokenizer, model=model,
                 optimizer=optimizer, scheduler=scheduler, loader=loader, generator=generator,
-                validation_set=validation_set, collate=PaddingCollator(pad_token_id(tokenizer)), backbone=backbone,
+                validation=validation, collate=PaddingCollator(pad_token_id(tokenizer)), backbone=backbone,
                 precision=precision, total_steps=total_steps, steps_per_epoch=steps_per_epoch, started=started,
                 progress=progress, recipe=recipe, member=member, tracking=tracking)
     resume(state)
@@ -186,19 +192,28 @@ def set_up(config: Config) -> Run:
     return state
 
 
-def encode_splits(splits: DataSplits, tokenizer: PreTrainedTokenizerBase, max_length: int, truncation: str,
-                  accelerator: Accelerator, output_dir: Path) -> tuple[EncodedDataset, EncodedDataset]:
-    """Token ids of the training rows (with labels) and of the validation rows, `max_length` tokens at most; how
-    many were cut goes into the data report in `output_dir`."""
-    train_encoded = encode(tokenizer, splits.train.texts, max_length, truncation)
-    validation_encoded = encode(tokenizer, splits.validation.texts, max_length, truncation)
-    longer = {"max_length": max_length, "truncation": truncation,
-              "train": int(sum(train_encoded.truncated)), "validation": int(sum(validation_encoded.truncated))}
+def encode_splits(splits: DataSplits, tokenizer: PreTrainedTokenizerBase, config: Config, choices: Choices,
+                  accelerator: Accelerator) -> tuple[EncodedDataset, ValidationInputs]:
+    """Token ids of the training rows (with labels), each cut to max_length; the validation rows as serving reads
+    them (cut, or in windows). How many were longer goes into the data report."""
+    reading = Reading(choices.max_length, config.truncation, choices.long_texts, config.window_stride,
+                      config.max_windows or DEFAULT_MAX_WINDOWS)
+    cut = Reading(reading.max_length, reading.truncation)
+    train_encoded = cut.encode(tokenizer, splits.train.texts)
+    validation_encoded = reading.encode(tokenizer, splits.validation.texts)
+    longer = {"max_length": reading.max_length, "truncation": reading.truncation, "long_texts": reading.long_texts,
+              "train": int(sum(train_encoded.truncated)),
+              "validation": int((validation_encoded.windows_per_text > 1).sum() + sum(validation_encoded.truncated)),
+              "validation_windows": len(validation_encoded.input_ids)}
     accelerator.print(f"{longer['train']} of {len(splits.train)} training texts were longer than "
-                      f"{max_length} tokens and were cut ({truncation})")
+                      f"{reading.max_length} tokens and were cut ({reading.truncation}) for training"
+                      + (f"; validation reads {len(splits.validation)} texts in {len(validation_encoded.input_ids)} "
+                         "windows" if reading.long_texts == "windows" else ""))
     if accelerator.is_main_process:
-        add_to_data_report(output_dir, "texts_longer_than_window", longer)
-    return EncodedDataset(train_encoded.input_ids, splits.train.labels), EncodedDataset(validation_encoded.input_ids)
+        add_to_data_report(Path(config.output_dir), "texts_longer_than_window", longer)
+    validation = ValidationInputs(EncodedDataset(validation_encoded.input_ids), validation_encoded.owner,
+                                  pooling_candidates(reading, config.window_pooling))
+    return EncodedDataset(train_encoded.input_ids, splits.train.labels), validation
 
 
 def plan_recipe(config: Config, splits: DataSplits, tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel,
@@ -343,9 +358,7 @@ def optimization_step(state: Run, batch: dict[str, torch.Tensor]) -> float:
 def evaluate(state: Run, loss: float) -> None:
     """The validation metric now: logged, counted for early stopping, and the weights kept when best."""
     config, progress, accelerator = state.config, state.progress, state.accelerator
-    scores = validation_scores(state.task, state.model, state.validation_set, state.collate,
-                               config.eval_batch_size, accelerator)
-    value = primary_metric(state.task, state.splits.validation, scores)
+    value = validation_pooled(state, state.model).value
     improved = progress.record_evaluation(value)
     metric_name = f"val_{SELECTION_METRIC[state.task]}"
     record = {"step": progress.step, "epoch": round(progress.step / state.steps_per_epoch, 3), "loss": loss,
@@ -387,6 +400,7 @@ class Served:
     at_least_one: bool
     metrics: dict[str, Any]
     members_alone: dict[str, dict]
+    reading: PooledValidation  # how long texts are read, and each pooling's validation metric
 
 
 def finish(state: Run) -> TrainResult:
@@ -394,8 +408,11 @@ def finish(state: Run) -> TrainResult:
     config, accelerator, splits, task = state.config, state.accelerator, state.splits, state.task
     model = accelerator.unwrap_model(state.model)
     model.load_state_dict(state.best_state)
-    transformer = validation_scores(task, model, state.validation_set, state.collate, config.eval_batch_size,
-                                    accelerator)
+    pooled = validation_pooled(state, model)
+    transformer = pooled.scores
+    if len(pooled.by_pooling) > 1:
+        state.say(f"long texts read in windows, pooled by {pooled.reading.window_pooling}: validation "
+                  + ", ".join(f"{name} {value:.4f}" for name, value in pooled.by_pooling.items()))
     blend, scores = blend_member(state, transformer)  # on every process alike: all report the same metrics
     scores, calibration = calibrate(state, scores)  # before thresholds: they are tuned on the served scores
     thresholds = (tune_thresholds(splits.validation.labels, scores, config.threshold_strategy)
@@ -404,7 +421,7 @@ def finish(state: Run) -> TrainResult:
     metrics = compute_metrics(task, splits.validation.labels, scores, splits.label_names, thresholds,
                               at_least_one)
     served = Served(blend=blend, calibration=calibration, thresholds=thresholds, at_least_one=at_least_one,
-                    metrics=metrics, members_alone=members_alone(state, transformer, blend, metrics))
+                    metrics=metrics, members_alone=members_alone(state, transformer, blend, metrics), reading=pooled)
     checkpoint = state.output_dir / "checkpoint"
     if accelerator.is_main_process:
         save_checkpoint(state, model, served, checkpoint)
@@ -413,6 +430,14 @@ def finish(state: Run) -> TrainResult:
     accelerator.end_training()
     return TrainResult(checkpoint, metrics, state.progress.step, time.time() - state.started,
                        resolved_settings(state))
+
+
+def validation_pooled(state: Run, model: Any) -> PooledValidation:
+    """The transformer's validation scores, its windows' logits pooled the way that scores best there."""
+    validation = state.validation
+    logits = predict_logits(model, validation.dataset, state.collate, state.config.eval_batch_size,
+                            state.accelerator)
+    return pooled_validation(state.task, state.splits.validation, logits, validation.owner, validation.readings)
 
 
 def blend_member(state: Run, transformer: np.ndarray) -> tuple[Blend | None, np.ndarray]:
@@ -462,16 +487,20 @@ def members_alone(state: Run, transformer: np.ndarray, blend: Blend | None,
 
 def save_checkpoint(state: Run, model: PreTrainedModel, served: Served, checkpoint: Path) -> None:
     """The checkpoint folder: weights, tokenizer, what serving needs (ClassifierInfo), settings and metrics."""
-    config, splits, blend = state.config, state.splits, served.blend
+    config, splits, blend, reading = state.config, state.splits, served.blend, served.reading.reading
     summary = {"validation": served.metrics, "steps": state.progress.step,
                "train_seconds": round(time.time() - state.started, 1), "train_rows": len(splits.train),
                "validation_rows": len(splits.validation), "data_notes": splits.notes,
                "recipe": asdict(state.recipe), "calibration": served.calibration}
     if served.members_alone:
         summary["validation_members"] = served.members_alone
+    if len(served.reading.by_pooling) > 1:
+        summary["validation_window_pooling"] = served.reading.by_pooling
     info = ClassifierInfo(task=state.task, labels=splits.label_names,
                           thresholds=served.thresholds.tolist() if served.thresholds is not None else None,
-                          max_length=state.choices.max_length, truncation=config.truncation, pooling=config.pooling,
+                          max_length=reading.max_length, truncation=reading.truncation, pooling=config.pooling,
+                          long_texts=reading.long_texts, window_stride=reading.window_stride,
+                          max_windows=reading.max_windows, window_pooling=reading.window_pooling,
                           model_type=config.model_type, backbone=state.backbone, precision=state.precision,
                           text_column=splits.text_column,
                           members=[TRANSFORMER] if blend is None else [TRANSFORMER, LEXICAL],

@@ -8,7 +8,11 @@ words each method ranks highest for that label (k = 1..--max-k) and measure how 
 against removing k words drawn at random (--random-orders draws per text). Words are removed from what the
 model sees (their word pieces deleted), and, as a check that the curve does not merely reward occlusion for
 measuring the same deletion it ranks by, also replaced by [MASK] pieces. A faithful method's curve lies above
-random. Prints a table, appends to docs/results/explain_faithfulness.json and draws docs/explain_deletion.png.
+random. Prints a table, appends to docs/results/explain_faithfulness.json and draws docs/explain_deletion.png
+(docs/explain_deletion_long.png with --bury-in).
+
+With --bury-in WORDS, each such text is placed at a random word of WORDS words of held-out texts that carry no
+label, and read as --long-texts says (windows: the whole text): the same curves, over every word of a long text.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from utils.inference.runners import score_sequences  # noqa: E402
 
 RESULTS = results_path("explain_faithfulness.json")
 PLOT = figure_path("explain_deletion.png")
+PLOT_LONG = figure_path("explain_deletion_long.png")  # with --bury-in
 PERTURBATIONS = ("delete", "mask")
 
 
@@ -51,6 +56,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--random-orders", type=int, default=10, help="Random removal orders per text.")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--bury-in", type=int, default=0,
+                        help="Words of unlabelled held-out texts around each text (0: the texts alone).")
+    parser.add_argument("--long-texts", choices=["truncate", "windows"], default=None,
+                        help="How the long texts are read (default: the checkpoint's own reading).")
     parser.add_argument("--cost-only", action="store_true",
                         help="Only time ModelInferer.explain per method (wall and CPU seconds), no curves.")
     return parser.parse_args()
@@ -64,8 +73,7 @@ def held_out_texts(inferer: ModelInferer, count: int, min_words: int, seed: int)
     for start in range(0, len(order), 256):
         texts = [validation.texts[i] for i in order[start:start + 256]]
         for text, prediction in zip(texts, inferer.predict_batch(texts), strict=True):
-            seen = sum(bool(p) for p in prepare_text(inferer.tokenizer, text, inferer.max_length,
-                                                      inferer.truncation).pieces)
+            seen = len(prepare_text(inferer.tokenizer, text, inferer.reading).seen)
             if prediction["labels"] and seen >= min_words:
                 chosen.append(text)
         if len(chosen) >= count:
@@ -73,23 +81,52 @@ def held_out_texts(inferer: ModelInferer, count: int, min_words: int, seed: int)
     return chosen[:count]
 
 
-def without(item: TextToExplain, words: np.ndarray, how: str, mask_id: int) -> np.ndarray:
-    """The input with these words' pieces deleted, or replaced by [MASK]."""
-    positions = sorted({p for w in words for p in item.pieces[w]})
-    if how == "delete":
-        return np.delete(item.input_ids, positions)
-    changed = item.input_ids.copy()
-    changed[positions] = mask_id
+def buried(inferer: ModelInferer, texts: list[str], words: int, seed: int) -> list[str]:
+    """Each text at a random word of `words` words of held-out texts without a label (multi-label checkpoints)."""
+    validation = prepare_splits(config_from_saved(inferer.checkpoint.training_config())).validation
+    if inferer.task != "multilabel":
+        raise SystemExit("--bury-in needs a multi-label checkpoint: texts without a label to bury in")
+    clean = [validation.texts[i].split() for i in np.flatnonzero(validation.labels.sum(axis=1) == 0)]
+    rng = np.random.default_rng(seed)
+    long_texts = []
+    for text in texts:
+        filler: list[str] = []
+        while len(filler) < words:
+            filler += clean[int(rng.integers(len(clean)))]
+        at = int(rng.integers(words + 1))
+        long_texts.append(" ".join(filler[:at] + text.split() + filler[at:words]))
+    return long_texts
+
+
+def without(item: TextToExplain, words: np.ndarray, how: str, mask_id: int) -> list[np.ndarray]:
+    """The input's sequences (one, or its windows) with these words' pieces deleted, or replaced by [MASK]."""
+    changed = []
+    for window in item.windows:
+        positions = sorted({p for w in words for p in window.pieces.get(int(w), [])})
+        if how == "delete":
+            changed.append(np.delete(window.input_ids, positions))
+        else:
+            masked = window.input_ids.copy()
+            masked[positions] = mask_id
+            changed.append(masked)
     return changed
+
+
+def pooled_scores(inferer: ModelInferer, variants: list[list[np.ndarray]]) -> np.ndarray:
+    """Scores (variants, labels) of inputs given as their sequences, pooled as prediction pools windows."""
+    sequences = [sequence for variant in variants for sequence in variant]
+    owner = np.repeat(np.arange(len(variants)), [len(variant) for variant in variants])
+    logits = score_sequences(inferer.runner.logits, sequences, inferer.pad_id)
+    return scores_from_logits(inferer.task, inferer.reading.pool(logits, owner))
 
 
 def curves_of_text(inferer: ModelInferer, text: str, max_k: int, orders: int, rng: np.random.Generator,
                    mask_id: int) -> dict[str, Any]:
     """Score drops of the predicted labels after removing top-k (per method) and random words; and timings."""
-    item = prepare_text(inferer.tokenizer, text, inferer.max_length, inferer.truncation)
+    item = prepare_text(inferer.tokenizer, text, inferer.reading)
     prediction = inferer.predict(text)
     labels = [inferer.label_names.index(n) for n in prediction["labels"]]
-    seen = np.array([i for i, p in enumerate(item.pieces) if p])
+    seen = np.array(item.seen)
     rankings, seconds = {}, {}
     for method in METHODS:
         started = time.perf_counter()
@@ -99,13 +136,12 @@ def curves_of_text(inferer: ModelInferer, text: str, max_k: int, orders: int, rn
     random_orders = [rng.permutation(seen) for _ in range(orders)]
     drops: dict[str, Any] = {}
     for how in PERTURBATIONS:
-        sequences = [item.input_ids]
+        variants = [[window.input_ids for window in item.windows]]
         for method in METHODS:
-            sequences += [without(item, ranking[:k], how, mask_id) for ranking in rankings[method]
-                          for k in range(1, max_k + 1)]
-        sequences += [without(item, order[:k], how, mask_id) for order in random_orders for k in range(1, max_k + 1)]
-        logits = score_sequences(inferer.runner.logits, sequences, inferer.pad_id)
-        scores = scores_from_logits(inferer.task, logits)[:, labels]  # (sequences, labels)
+            variants += [without(item, ranking[:k], how, mask_id) for ranking in rankings[method]
+                         for k in range(1, max_k + 1)]
+        variants += [without(item, order[:k], how, mask_id) for order in random_orders for k in range(1, max_k + 1)]
+        scores = pooled_scores(inferer, variants)[:, labels]  # (variants, labels)
         base, rest = scores[0], scores[1:]
         per_method = rest[:len(METHODS) * len(labels) * max_k].reshape(len(METHODS), len(labels), max_k, len(labels))
         chosen = np.stack([per_method[:, j, :, j] for j in range(len(labels))], axis=1)  # (methods, labels, k)
@@ -140,7 +176,7 @@ def summarize(results: list[dict[str, Any]], max_k: int, rng: np.random.Generato
     return summary
 
 
-def plot(summary: dict[str, Any], max_k: int, title: str) -> None:
+def plot(summary: dict[str, Any], max_k: int, title: str, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -158,7 +194,7 @@ def plot(summary: dict[str, Any], max_k: int, title: str) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     axes[0].set_ylabel("mean drop of the label's score")
-    save_figure(fig, title, PLOT)
+    save_figure(fig, title, path)
 
 
 def cost_of_explaining(inferer: ModelInferer, texts: list[str]) -> dict[str, Any]:
@@ -184,8 +220,11 @@ def main() -> None:
     args = parse_args()
     hf_logging.set_verbosity_error()
     torch.set_num_threads(args.threads)
-    inferer = ModelInferer(args.checkpoint, precision="fp32", backend="torch")  # gradient methods need PyTorch
+    inferer = ModelInferer(args.checkpoint, precision="fp32", backend="torch",  # gradient methods need PyTorch
+                           long_texts=args.long_texts)
     texts = held_out_texts(inferer, args.texts, args.min_words, args.seed)
+    if args.bury_in:
+        texts = buried(inferer, texts, args.bury_in, args.seed)
     if args.cost_only:
         measured = cost_of_explaining(inferer, texts)
         for method, figures in measured["cost"].items():
@@ -218,9 +257,10 @@ def main() -> None:
                         settings={k: v for k, v in vars(args).items() if k != "checkpoint"},
                         texts=len(texts), **summary)
     append_record(RESULTS, record)
-    plot(summary, args.max_k, f"Deletion curves: {len(texts)} held-out toxic comments, {summary['pairs']} "
-                              "predicted labels")
-    print(f"\n{RESULTS}\n{PLOT}\n{json.dumps(summary['seconds_per_text'])}")
+    where = f" in {args.bury_in} words ({inferer.reading.long_texts})" if args.bury_in else ""
+    plot(summary, args.max_k, f"Deletion curves: {len(texts)} held-out toxic comments{where}, {summary['pairs']} "
+                              "predicted labels", PLOT_LONG if args.bury_in else PLOT)
+    print(f"\n{RESULTS}\n{PLOT_LONG if args.bury_in else PLOT}\n{json.dumps(summary['seconds_per_text'])}")
 
 
 if __name__ == "__main__":

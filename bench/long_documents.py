@@ -107,7 +107,7 @@ def topics(output: Path, train_documents: int, test_documents: int, rng: np.rand
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description="Long-document files built from the shared data.")
     parser.add_argument("--output-dir", type=Path, default=ROOT / "outputs" / "long_documents")
     parser.add_argument("--buried-documents", type=int, default=400, help="long toxic test documents")
     parser.add_argument("--train-documents", type=int, default=4000, help="topic training documents")

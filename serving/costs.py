@@ -2,8 +2,10 @@
 than MAX_REQUEST_COST of work.
 
 The unit of work is a token through the transformer (`predict_cost`, `explain_cost`): /predict costs the tokens of
-its texts after truncation; /explain about one forward pass of each text per word, and for a blended checkpoint
-the TF-IDF member scoring the whole text once per word (its characters converted to tokens).
+its texts as the model reads them, cut or in windows (every window's tokens: a long text read whole costs in
+proportion to its length, up to max_windows windows); /explain about one forward pass of each text per word, and
+for a blended checkpoint the TF-IDF member scoring the whole text once per word (its characters converted to
+tokens).
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from serving.errors import ApiError
 from serving.settings import ServingSettings
 from utils.inference.explain import DEFAULT_METHOD, prepare_text, transformer_tokens
 from utils.inference.inputs import validate_texts
-from utils.inference.tokens import encode
 
 # The TF-IDF member's characters that take the CPU time of one transformer token: 512k characters a second against
 # 3.5k tokens a second for all-MiniLM-L6-v2 at 64 tokens, one thread, AMD EPYC (docs/SERVING.md).
@@ -26,8 +27,8 @@ OCCLUSION_READINGS = 5
 
 
 def token_counts(inferer: ModelInferer, texts: Sequence[str]) -> list[int]:
-    """Tokens each text feeds the model: special tokens included, after truncation to max_length."""
-    return encode(inferer.tokenizer, validate_texts(texts), inferer.max_length, inferer.truncation).lengths
+    """Tokens each text feeds the model: special tokens included, cut to max_length or in windows."""
+    return inferer.reading.encode(inferer.tokenizer, validate_texts(texts)).tokens_per_text.tolist()
 
 
 def lexical_cost(inferer: ModelInferer, chars: int) -> int:
@@ -44,21 +45,26 @@ def explain_cost(inferer: ModelInferer, text: str, label_count: int, method: str
     """The work of `inferer.explain(text)` for `label_count` labels, in predict_cost's unit: its prediction, then
     the method's passes; a blend's TF-IDF member scores the text OCCLUSION_READINGS times more (the text without
     each word, updated around each)."""
-    item = prepare_text(inferer.tokenizer, text, inferer.max_length, inferer.truncation)
+    item = prepare_text(inferer.tokenizer, text, inferer.reading)
     chars = (1 + OCCLUSION_READINGS) * len(text)
-    return len(item.input_ids) + transformer_tokens(method, item, label_count) + lexical_cost(inferer, chars)
+    read = sum(len(window.input_ids) for window in item.windows)
+    return read + transformer_tokens(method, item, label_count) + lexical_cost(inferer, chars)
 
 
 def check_predict_cost(settings: ServingSettings, inferer: ModelInferer, texts: list[str]) -> None:
-    """413 when the texts make more than MAX_TOKENS tokens (after truncation) or cost over MAX_REQUEST_COST.
-    Tokenized here only when a limit can bind: with the defaults (64 texts of at most 128 tokens) none can."""
-    limit, max_length = settings.max_tokens, inferer.max_length
+    """413 when the texts make more than MAX_TOKENS tokens (as read: cut, or every window) or cost over
+    MAX_REQUEST_COST. Tokenized here only when a limit can bind: truncating, with the defaults (64 texts of at most
+    128 tokens), none can."""
+    limit, reading = settings.max_tokens, inferer.reading
+    most_per_text = reading.max_length * (reading.max_windows if reading.long_texts == "windows" else 1)
     lexical = lexical_cost(inferer, sum(len(text) for text in texts))
-    if len(texts) * max_length <= limit and len(texts) * max_length + lexical <= settings.max_request_cost:
+    if len(texts) * most_per_text <= limit and len(texts) * most_per_text + lexical <= settings.max_request_cost:
         return
     tokens = sum(token_counts(inferer, texts))
+    read = (f"each text cut to {reading.max_length}" if reading.long_texts == "truncate" else
+            f"long texts read whole in windows of {reading.max_length}, at most {reading.max_windows} a text")
     if tokens > limit:
-        raise ApiError(413, "too_many_tokens", f"the texts make {tokens} tokens (each text cut to {max_length}); "
+        raise ApiError(413, "too_many_tokens", f"the texts make {tokens} tokens ({read}); "
                                                f"the limit is {limit} per request (MAX_TOKENS)")
     if tokens + lexical > settings.max_request_cost:
         raise over_budget(settings, "scoring these texts", [tokens + lexical], "send fewer or shorter texts")

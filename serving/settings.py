@@ -51,7 +51,8 @@ class ServingSettings(BaseSettings):
     max_explain_texts: PositiveInt = Field(
         8, description="Most texts in one /explain request (each costs a forward pass per word); more gets 413.")
     max_tokens: PositiveInt = Field(
-        16_384, description="Most tokens in one /predict request, counted after truncation; more gets 413.")
+        16_384, description="Most tokens in one /predict request, counted as read (cut, or every window of a long "
+        "text); more gets 413.")
     max_request_cost: PositiveInt = Field(
         30_000, description="Most work in one request, in tokens through the model (/explain: about a forward pass "
         "per word); more gets 413. 30,000 is about 9 s of one core of an AMD EPYC with all-MiniLM-L6-v2.")

@@ -362,7 +362,7 @@ def test_a_request_past_its_deadline_is_abandoned_with_503_and_the_worker_stays_
     assert response.headers["Retry-After"] == "1" and "REQUEST_TIMEOUT" in response.get_json()["error"]["message"]
     assert "deadline_exceeded" in documented_codes(client, "/explain", 503) & documented_codes(client, "/predict", 503)
     inferer = app.extensions["classifier"].inferer
-    words_seen = sum(bool(p) for p in prepare_text(inferer.tokenizer, LONG_TEXT, 64, inferer.truncation).pieces)
+    words_seen = len(prepare_text(inferer.tokenizer, LONG_TEXT, inferer.reading).seen)
     per_batch = EXPLAIN_BATCH_TOKENS // 64  # variants of the 64-token text in one batch
     assert slow.batches < -(-(1 + words_seen) // per_batch)  # fewer than the whole text needs
     assert 0.3 < elapsed < 0.3 + 1.0, elapsed  # stopped at the first batch boundary past the deadline

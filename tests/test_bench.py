@@ -186,3 +186,44 @@ def test_int8_batch_effect_benchmark(exported_checkpoint, tmp_path):
                 assert batch["max"] == 0.0 and batch["between_batches_max"] == 0.0
             assert batch["max"] < 1e-5 and batch["label_flips"] == 0
     assert "| onnx fused int8 | 4 |" in done.stdout
+
+
+def test_long_texts_benchmark(checkpoint_copy, tmp_path):
+    """Cut, a text's cost stays flat with its length; in windows it grows with it (about linearly)."""
+    out = tmp_path / "out"
+    run_bench("long_texts.py", ["--checkpoint", str(checkpoint_copy), "--lengths", "20", "400", "--texts", "4",
+                                "--batch-size", "4", "--backends", "torch"], out)
+    (record,) = records(out / "bench_long_texts.json")
+    rows = {(row["long_texts"], row["words"]): row for row in record["rows"]}
+    assert set(rows) == {("truncate", 20), ("windows", 20), ("truncate", 400), ("windows", 400)}
+    assert rows["truncate", 400]["windows_per_text"] == 1.0 and rows["windows", 400]["windows_per_text"] > 5
+    assert rows["windows", 400]["tokens_per_text"] > 5 * rows["truncate", 400]["tokens_per_text"]
+    assert rows["windows", 20]["windows_per_text"] == rows["truncate", 20]["windows_per_text"]
+    assert (out / "bench_long_texts.png").stat().st_size > 10_000
+
+
+def test_long_documents_are_built_from_disjoint_rows(tmp_path):
+    out = tmp_path / "docs"
+    run_bench("long_documents.py", ["--output-dir", str(out), "--buried-documents", "20", "--train-documents", "50",
+                                    "--test-documents", "20"], tmp_path / "records")
+    import pandas as pd
+
+    train, short, long = (pd.read_csv(out / "buried" / name) for name in ("train.csv", "test_short.csv",
+                                                                            "test_long.csv"))
+    assert not set(train.id) & set(short.id) and len(long) == 20
+    assert long.comment_text.str.split().str.len().min() >= 400
+    assert long.iloc[1::2, 2:].to_numpy().sum(axis=1).min() >= 1 and long.iloc[::2, 2:].to_numpy().sum() == 0
+    topics = pd.read_csv(out / "topics" / "train.csv")
+    assert len(topics) == 50 and topics.text.str.split().str.len().min() > 100
+    assert topics["labels"].str.split(",").str.len().between(1, 3).all()
+
+
+def test_explain_benchmark_over_long_texts(checkpoint_copy, tmp_path):
+    """The deletion curves over every word of held-out texts buried in 300 words, read in windows."""
+    out = tmp_path / "out"
+    done = run_bench("explain.py", ["--checkpoint", str(checkpoint_copy), "--texts", "2", "--max-k", "2",
+                                    "--min-words", "3", "--random-orders", "1", "--bury-in", "300",
+                                    "--long-texts", "windows"], out)
+    (record,) = records(out / "explain_faithfulness.json")
+    assert record["settings"]["bury_in"] == 300 and record["mean_words"] > 300
+    assert (out / "explain_deletion_long.png").stat().st_size > 0 and "AOPC" in done.stdout

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import time
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +29,8 @@ from utils.inference.explain import (
     prepare_text,
     split_words,
 )
+from utils.inference.reading import Reading
 from utils.inference.runners import score_sequences
-from utils.inference.tokens import encode, encode_with_offsets
 
 TEXTS = [
     "You are a complete idiot!! Go away.",
@@ -78,17 +79,20 @@ def test_offsets_map_back_to_the_exact_substrings(multilabel, text):
 
 @pytest.mark.parametrize("text", TEXTS)
 def test_pieces_are_the_tokens_prediction_uses(multilabel, text):
-    for truncation in ("head", "head_tail"):
-        encoded = encode(multilabel.tokenizer, [text], 16, truncation)
-        with_offsets = encode_with_offsets(multilabel.tokenizer, text, 16, truncation)
-        assert with_offsets.input_ids == encoded.input_ids[0] and with_offsets.truncated == encoded.truncated[0]
-    item = prepare_text(multilabel.tokenizer, text, multilabel.max_length, multilabel.truncation)
-    offsets = encode_with_offsets(multilabel.tokenizer, text, multilabel.max_length, multilabel.truncation).offsets
-    assert item.pieces is not None
-    for (start, end), positions in zip(item.words, item.pieces, strict=True):
-        for position in positions:  # each piece of a word overlaps the word
-            span = offsets[position]
-            assert span is not None and span[0] < end and span[1] > start
+    tokenizer = multilabel.tokenizer
+    for reading in (Reading(16, "head"), Reading(16, "head_tail"), Reading(16, long_texts="windows"),
+                    Reading(multilabel.max_length, multilabel.truncation)):
+        encoded = reading.encode(tokenizer, [text])
+        item = prepare_text(tokenizer, text, reading)
+        assert [window.input_ids.tolist() for window in item.windows] == encoded.input_ids
+        assert item.truncated == encoded.truncated[0]
+        for window in item.windows:
+            for word, positions in window.pieces.items():  # each piece of a word is a piece of the word
+                start, end = item.words[word]
+                for position in positions:
+                    piece = tokenizer.convert_ids_to_tokens(int(window.input_ids[position])).removeprefix("##")
+                    plain = unicodedata.normalize("NFKD", text[start:end].lower()).encode("ascii", "ignore").decode()
+                    assert piece in plain or piece in text[start:end].lower() or piece == tokenizer.unk_token
 
 
 def test_truncated_words_have_no_score_and_the_rest_do(multilabel):
@@ -141,10 +145,10 @@ def test_multiclass_explains_the_top_class_in_log_probabilities(multiclass, conf
     title = pd.read_csv(conference_csv).Title.iloc[0]
     answer = multiclass.explain(title)
     assert list(answer["attributions"]) == answer["labels"] and len(answer["labels"]) == 1
-    item = prepare_text(multiclass.tokenizer, title, multiclass.max_length, multiclass.truncation)
+    (window,) = prepare_text(multiclass.tokenizer, title, multiclass.reading).windows
     label = multiclass.label_names.index(answer["labels"][0])
-    first = [p for p in item.pieces if p][0]
-    logits = score_sequences(multiclass.runner.logits, [item.input_ids, np.delete(item.input_ids, first)],
+    first = window.pieces[0]
+    logits = score_sequences(multiclass.runner.logits, [window.input_ids, np.delete(window.input_ids, first)],
                              multiclass.pad_id)
     targets = label_targets("multiclass", logits)[:, label]
     assert targets[0] == pytest.approx(np.log(scores_from_logits("multiclass", logits)[0, label]))
@@ -172,7 +176,7 @@ def test_gradient_methods_add_up_as_documented(multilabel):
     """Integrated gradients nearly fulfil completeness: the word scores add up to the logit's change from the
     [PAD] baseline; gradient x input is the same sum at a single point."""
     text = "you are a stupid idiot"
-    item = prepare_text(multilabel.tokenizer, text, multilabel.max_length, multilabel.truncation)
+    (item,) = prepare_text(multilabel.tokenizer, text, multilabel.reading).windows
     label = TOXIC_LABELS.index("toxic")
     model = multilabel.runner.model
     with torch.no_grad():
@@ -295,8 +299,8 @@ def test_a_blend_scores_the_words_truncation_hid_from_the_transformer(blended):
     answer = blended.explain(text, labels=["insult"])
     assert answer["truncated"] is True and all(v is not None for v in answer["attributions"]["insult"])
     hidden = 40  # in the middle: cut away for the transformer, read by the lexical member
-    item = prepare_text(blended.tokenizer, text, blended.max_length, blended.truncation)
-    assert not item.pieces[hidden]
+    item = prepare_text(blended.tokenizer, text, blended.reading)
+    assert hidden not in item.seen
     start, end = item.words[hidden]
     lexical = blended.lexical.scores([text, text[:start] + " " + text[end:]])
     transformer = np.repeat(blended.member_scores([text])[0]["transformer"], 2, axis=0)
@@ -308,7 +312,7 @@ def test_a_blend_scores_the_words_truncation_hid_from_the_transformer(blended):
 def test_gradient_methods_on_a_blend_weight_each_members_word_scores(blended):
     text = "you are a stupid idiot"
     answer = blended.explain(text, labels=["toxic", "insult"], method="gradient_x_input")
-    item = prepare_text(blended.tokenizer, text, blended.max_length, blended.truncation)
+    item = prepare_text(blended.tokenizer, text, blended.reading)
     label_ids = [TOXIC_LABELS.index("toxic"), TOXIC_LABELS.index("insult")]
     transformer = attribute("gradient_x_input", blended.runner, item, "multilabel", label_ids, blended.pad_id)
     shorter = [text] + [text[:start] + " " + text[end:] for start, end in item.words]
@@ -347,16 +351,17 @@ def test_deleting_the_top_attributed_words_lowers_the_score_more_than_random_wor
     margins = []
     for text in held_out_flagged_comments(minilm_toxic, toxic_csv, 30):
         answer = minilm_toxic.explain(text)
-        item = prepare_text(minilm_toxic.tokenizer, text, minilm_toxic.max_length, minilm_toxic.truncation)
-        seen = np.array([i for i, p in enumerate(item.pieces) if p])
+        (window,) = prepare_text(minilm_toxic.tokenizer, text, minilm_toxic.reading).windows
+        seen = np.array(sorted(window.pieces))
         if len(seen) < 6:
             continue
         for name in answer["labels"]:
             scores = np.array([np.nan if v is None else v for v in answer["attributions"][name]])
             chosen = [seen[np.argsort(-scores[seen], kind="stable")][:3]] + [rng.permutation(seen)[:3]
                                                                            for _ in range(8)]
-            variants = [item.input_ids] + [np.delete(item.input_ids, sorted({p for w in words for p in item.pieces[w]}))
-                                           for words in chosen]
+            variants = [window.input_ids] + [np.delete(window.input_ids, sorted({p for w in words
+                                                                                 for p in window.pieces[w]}))
+                                             for words in chosen]
             logits = score_sequences(minilm_toxic.runner.logits, variants, minilm_toxic.pad_id)
             label_scores = scores_from_logits("multilabel", logits)[:, TOXIC_LABELS.index(name)]
             drops = label_scores[0] - label_scores[1:]

@@ -36,8 +36,8 @@ from utils.data.prepare import prepare_splits
 from utils.evaluation.metrics import compute_metrics
 from utils.export import graphs, variants
 from utils.inference.backends import backend_for
+from utils.inference.reading import Reading
 from utils.inference.runners import build_runner, score_sequences
-from utils.inference.tokens import encode
 
 # Largest |score - PyTorch float32 score| on the real texts below (82 toxic comments, 80 paper titles), with the tiny
 # checkpoints conftest trains (BERT multi-label / multi-class; RoBERTa and DistilBERT multi-label), plain and fused
@@ -279,7 +279,7 @@ def test_a_variants_report_from_before_the_int8_record_still_reads(exported, tmp
 def test_static_int8_calibrates_on_real_texts_as_serving_feeds_them(multilabel_checkpoint, toxic_csv):
     texts = pd.read_csv(toxic_csv).comment_text.head(70).tolist()
     inferer = ModelInferer(multilabel_checkpoint)
-    input_ids = encode(inferer.tokenizer, texts, inferer.max_length, inferer.truncation).input_ids
+    input_ids = Reading(inferer.max_length, inferer.truncation).encode(inferer.tokenizer, texts).input_ids
     calibration = graphs.CalibrationBatches(input_ids, inferer.pad_id, batch_size=32)
     batches = list(iter(calibration.get_next, None))
     assert [len(b["input_ids"]) for b in batches] == [32, 32, 6]
@@ -301,8 +301,7 @@ def test_training_stores_the_validation_rows_as_serving_tokenizes_them(exported_
     validation = validation_split(exported_blend_checkpoint)
     inferer = ModelInferer(exported_blend_checkpoint, backend="torch")
     assert rows is not None and len(rows) == len(validation) and rows.pad_id == inferer.pad_id
-    assert rows.validation_ids == encode(inferer.tokenizer, validation.texts, inferer.max_length,
-                                         inferer.truncation).input_ids
+    assert rows.validation_ids == inferer.reading.encode(inferer.tokenizer, validation.texts).input_ids
     np.testing.assert_array_equal(rows.labels, validation.labels)
     assert rows.lexical_scores is not None
     np.testing.assert_array_equal(rows.lexical_scores, LexicalModel.load(exported_blend_checkpoint).scores(

@@ -62,7 +62,7 @@ def test_long_texts_on_a_small_budget_are_cut_and_half_the_encoder_is_fixed():
 
 def test_given_settings_are_kept_and_nothing_is_measured_when_nothing_depends_on_speed():
     given = {"max_length": 48, "epochs": 1.5, "freeze_layers": 2, "blend": "none", "label_smoothing": 0.0,
-             "at_least_one_label": "no"}
+             "at_least_one_label": "no", "long_texts": "windows"}
     recipe = choose_recipe(shape([10] * 100, 1000), None, given, 32, 180.0, 0.0)
     assert recipe.values == given and set(recipe.reasons.values()) == {"given"}
 

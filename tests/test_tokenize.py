@@ -5,7 +5,8 @@ import pytest
 from transformers import AutoTokenizer
 
 from models import default_backbone_path
-from utils.inference.tokens import cut, encode
+from utils.inference.reading import Reading
+from utils.inference.tokens import cut
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +52,10 @@ def test_cut_keeps_a_quarter_head_and_the_rest_tail():
 def test_head_keeps_the_first_tokens(tokenizer, toxic_texts, max_length):
     text = longest(toxic_texts, tokenizer)
     first, content, last = full_encoding(tokenizer, text)
-    encoded = encode(tokenizer, [text], max_length, "head")
+    encoded = Reading(max_length, "head").encode(tokenizer, [text])
     assert encoded.input_ids[0] == [first] + content[: max_length - 2] + [last]
     assert encoded.truncated == [True]
-    assert encoded.lengths == [max_length]
+    assert encoded.tokens_per_text.tolist() == [max_length]
 
 
 @pytest.mark.parametrize("max_length", [16, 32, 64])
@@ -63,10 +64,10 @@ def test_head_tail_keeps_the_first_quarter_and_the_end(tokenizer, toxic_texts, m
     first, content, last = full_encoding(tokenizer, text)
     budget = max_length - 2
     head = budget // 4
-    encoded = encode(tokenizer, [text], max_length, "head_tail")
+    encoded = Reading(max_length, "head_tail").encode(tokenizer, [text])
     assert encoded.input_ids[0] == [first] + content[:head] + content[len(content) - (budget - head):] + [last]
     assert encoded.truncated == [True]
-    assert encoded.lengths == [max_length]
+    assert encoded.tokens_per_text.tolist() == [max_length]
     decoded = tokenizer.decode(encoded.input_ids[0], skip_special_tokens=True)
     assert decoded.split()[-1] == tokenizer.decode(content, skip_special_tokens=True).split()[-1]
 
@@ -74,7 +75,7 @@ def test_head_tail_keeps_the_first_quarter_and_the_end(tokenizer, toxic_texts, m
 @pytest.mark.parametrize("truncation", ["head", "head_tail"])
 def test_short_texts_are_untouched(tokenizer, truncation):
     texts = ["You are wonderful.", "a"]
-    encoded = encode(tokenizer, texts, 32, truncation)
+    encoded = Reading(32, truncation).encode(tokenizer, texts)
     assert encoded.input_ids == [tokenizer(t)["input_ids"] for t in texts]
     assert encoded.truncated == [False, False]
 
@@ -82,17 +83,17 @@ def test_short_texts_are_untouched(tokenizer, truncation):
 def test_a_text_that_just_fits_is_not_truncated(tokenizer, toxic_texts):
     text = toxic_texts[0]
     size = len(tokenizer(text)["input_ids"])
-    assert encode(tokenizer, [text], size).truncated == [False]
-    assert encode(tokenizer, [text], size - 1).truncated == [True]
+    assert Reading(size).encode(tokenizer, [text]).truncated == [False]
+    assert Reading(size - 1).encode(tokenizer, [text]).truncated == [True]
 
 
 @pytest.mark.parametrize("truncation", ["head", "head_tail"])
 def test_every_real_text_fits_and_keeps_its_special_tokens(tokenizer, toxic_texts, truncation):
     max_length = 32
-    encoded = encode(tokenizer, toxic_texts, max_length, truncation)
+    encoded = Reading(max_length, truncation).encode(tokenizer, toxic_texts)
     full_lengths = [len(ids) for ids in tokenizer(toxic_texts)["input_ids"]]
     assert len(encoded.input_ids) == len(toxic_texts)
-    assert max(encoded.lengths) <= max_length
+    assert max(encoded.tokens_per_text.tolist()) <= max_length
     assert encoded.truncated == [n > max_length for n in full_lengths]
     assert any(encoded.truncated) and not all(encoded.truncated)
     for ids in encoded.input_ids:
@@ -102,4 +103,4 @@ def test_every_real_text_fits_and_keeps_its_special_tokens(tokenizer, toxic_text
 
 def test_unknown_truncation_is_rejected(minilm_tokenizer):
     with pytest.raises(ValueError, match="truncation"):
-        encode(minilm_tokenizer, ["x"], 16, "tail")
+        Reading(16, "tail").encode(minilm_tokenizer, ["x"])

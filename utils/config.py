@@ -16,6 +16,7 @@ import yaml
 
 from utils.checkpoint.errors import MissingFileError, UserError
 from utils.inference.backends import AUTO, BACKENDS, torch_only_option
+from utils.inference.reading import DEFAULT_MAX_WINDOWS, LONG_TEXTS, WINDOW_POOLINGS
 
 TASKS = ("multilabel", "multiclass")
 AUTO_TASK = "auto"  # the data's task: a built-in dataset's own; a file's from its label columns (utils/data/layout.py)
@@ -104,8 +105,28 @@ class ModelArguments:
         None, "Tokens per text after truncation; default: the recipe's choice (covering 95 percent of the training "
         "texts within the time budget).")
     truncation: str = _opt("head_tail", "Keep the head of long texts, or head and tail.", ("head", "head_tail"))
+    long_texts: str = _opt(
+        "auto", "A text longer than max_length: cut it (truncate), or read it whole in windows of max_length tokens "
+        "whose scores are pooled per label (cost grows with its length); auto: the recipe's choice in training "
+        "(windows where over 1 percent of the training texts are longer), the checkpoint's in eval and predict.",
+        ("auto", *LONG_TEXTS))
+    window_stride: int | None = _opt(
+        None, "Tokens between the starts of a long text's windows; default: three quarters of a window (or the "
+        "checkpoint's).")
+    max_windows: int | None = _opt(
+        None, f"Windows per text at most; past it they spread evenly over the text; default: {DEFAULT_MAX_WINDOWS} "
+        "(or the checkpoint's).")
+    window_pooling: str = _opt(
+        "auto", "A label's score over a text's windows: their highest (max) or mean; auto: chosen on validation in "
+        "training, the checkpoint's in eval and predict.", ("auto", *WINDOW_POOLINGS))
     precision: str = _opt("auto", "auto: bf16 on AMX CPUs and bf16 GPUs, fp32 elsewhere.",
                           ("auto", "fp32", "bf16", "fp16"))
+
+    def reading_overrides(self) -> dict[str, Any]:
+        """How long texts are read where given, as ModelInferer takes it: None leaves a checkpoint's own."""
+        return {"long_texts": None if self.long_texts == "auto" else self.long_texts,
+                "window_stride": self.window_stride, "max_windows": self.max_windows,
+                "window_pooling": None if self.window_pooling == "auto" else self.window_pooling}
 
 
 @dataclass(frozen=True)
@@ -406,3 +427,5 @@ def check_together(config: Config) -> None:
                             "is --backend onnx-int8 or onnx-fused-int8)")
     if config.batch_size < 1 or (config.max_length or 8) < 8 or config.gradient_accumulation_steps < 1:
         raise SettingsError("--batch-size and --gradient-accumulation-steps must be >= 1, --max-length >= 8")
+    if (config.window_stride or 1) < 1 or (config.max_windows or 1) < 1:
+        raise SettingsError("--window-stride and --max-windows must be >= 1")

@@ -61,6 +61,12 @@ class ClassifierInfo(BaseModel):
     thresholds: list[float] | None = None  # tuned per label on validation (multi-label only)
     max_length: int
     truncation: Literal["head", "head_tail"]
+    # a text longer than max_length: cut by `truncation`, or read whole in windows pooled per label
+    # (utils/inference/reading.py); checkpoints written before windows read "truncate"
+    long_texts: Literal["truncate", "windows"] = "truncate"
+    window_stride: int | None = None  # content tokens between window starts; None: 3/4 of a window
+    max_windows: int = 64  # windows per text at most: past it they spread evenly over the text
+    window_pooling: Literal["max", "mean"] = "max"  # chosen on validation
     pooling: Literal["mean", "cls"] = "cls"
     model_type: str
     backbone: str

@@ -32,9 +32,19 @@ class ExportRows:
     pad_id: int  # the tokenizer's padding id, which batches of these rows are padded with
     max_length: int
     truncation: str
+    # the validation row each sequence reads, where long rows are read in windows (several sequences a row);
+    # None: one sequence a row
+    validation_owner: np.ndarray | None = None
 
     def __len__(self) -> int:
-        return len(self.validation_ids)
+        """The validation rows (not their sequences)."""
+        return len(self.labels)
+
+    @property
+    def owner(self) -> np.ndarray:
+        """The validation row each sequence reads."""
+        return (self.validation_owner if self.validation_owner is not None
+                else np.arange(len(self.validation_ids), dtype=np.int64))
 
     def save(self, folder: str | Path) -> Path:
         """Write EXPORT_ROWS_FILE into `folder` atomically; returns its path."""
@@ -44,6 +54,8 @@ class ExportRows:
                    **ragged("validation", self.validation_ids), **ragged("calibration", self.calibration_ids)}
         if self.lexical_scores is not None:
             tensors["validation_lexical_scores"] = np.ascontiguousarray(self.lexical_scores)
+        if self.validation_owner is not None:
+            tensors["validation_owner"] = np.ascontiguousarray(self.validation_owner, dtype=np.int64)
         metadata = {"format_version": str(ROWS_FORMAT_VERSION), "pad_id": str(self.pad_id),
                     "max_length": str(self.max_length), "truncation": self.truncation}
         path = Path(folder) / EXPORT_ROWS_FILE
@@ -71,7 +83,8 @@ class ExportRows:
                                   f"{ROWS_FORMAT_VERSION}")
         return cls(unragged(tensors, "validation"), tensors["validation_labels"],
                    tensors.get("validation_lexical_scores"), unragged(tensors, "calibration"),
-                   int(metadata["pad_id"]), int(metadata["max_length"]), metadata["truncation"])
+                   int(metadata["pad_id"]), int(metadata["max_length"]), metadata["truncation"],
+                   tensors.get("validation_owner"))
 
 
 def ragged(name: str, rows: list[list[int]]) -> dict[str, np.ndarray]:

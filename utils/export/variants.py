@@ -31,6 +31,7 @@ from utils.evaluation.metrics import compute_metrics
 from utils.inference.answers import LabelRules
 from utils.inference.backends import VARIANT_COST_METRIC
 from utils.inference.blend import Blend
+from utils.inference.reading import Reading
 from utils.inference.runners import Runner, build_runner, score_sequences
 
 MEASURE_THREADS = 1  # as each server worker runs (TORCH_THREADS=1); one thread also times steadily on a busy CPU
@@ -48,7 +49,9 @@ def measure_variants(checkpoint: str | Path, rows: ExportRows, backends: list[st
         logits, seconds = forward_passes(runners, rows, batch_size, chunk)
     finally:
         torch.set_num_threads(torch_threads)
-    scores = {name: served_scores(folder.info, values, rows.lexical_scores) for name, values in logits.items()}
+    reading = Reading.of(folder.info)
+    scores = {name: served_scores(folder.info, reading.pool(values, rows.owner), rows.lexical_scores)
+              for name, values in logits.items()}
     metric = VARIANT_COST_METRIC[folder.info.task]
     values = {name: metric_value(folder.info, rows.labels, served, metric) for name, served in scores.items()}
     records = [VariantRecord(backend=name, texts_per_s=len(rows) / seconds[name], value=values[name],
@@ -62,13 +65,13 @@ def measure_variants(checkpoint: str | Path, rows: ExportRows, backends: list[st
 
 def forward_passes(runners: dict[str, Runner], rows: ExportRows, batch_size: int,
                    chunk: int) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-    """Each runner's logits of the validation rows (in row order) and the seconds it took. The runners take turns
+    """Each runner's logits of the validation rows' sequences (in order) and the seconds it took. The runners take turns
     chunk by chunk, so a change in the machine's load falls on all of them alike."""
     for runner in runners.values():  # warm-up: the first run allocates
         score_sequences(runner.logits, rows.validation_ids[:batch_size], rows.pad_id, batch_size)
     parts: dict[str, list[np.ndarray]] = {name: [] for name in runners}
     seconds = dict.fromkeys(runners, 0.0)
-    for start in range(0, len(rows), chunk):
+    for start in range(0, len(rows.validation_ids), chunk):
         input_ids = rows.validation_ids[start:start + chunk]
         for name, runner in runners.items():
             started = time.perf_counter()

@@ -31,8 +31,9 @@ from typing import Any
 import numpy as np
 
 from models.scoring import scores_from_logits
+from utils.inference.reading import Reading
 from utils.inference.runners import LogitsFn, score_sequences
-from utils.inference.tokens import encode_with_offsets
+from utils.inference.tokens import split_specials
 
 METHODS = ("occlusion", "gradient_x_input", "integrated_gradients")
 DEFAULT_METHOD = "occlusion"
@@ -43,15 +44,32 @@ _EDGES = re.compile(r"^(\W*)(.*?)(\W*)$", re.DOTALL)
 
 
 @dataclass
+class WindowToExplain:
+    """One sequence the model reads of a text: its token ids and which of its positions belong to which word."""
+
+    input_ids: np.ndarray  # (tokens,) int64, special tokens included
+    special: np.ndarray  # (tokens,) bool: [CLS], [SEP] and the like
+    pieces: dict[int, list[int]]  # word index -> its token positions here, for the words this window reads
+
+
+@dataclass
 class TextToExplain:
-    """One text as the model sees it, and which of its token positions belong to which word."""
+    """One text as the model reads it (one sequence, or its windows), and where each of its words lies."""
 
     text: str
-    input_ids: np.ndarray  # (tokens,) int64, special tokens included, after truncation
-    special: np.ndarray  # (tokens,) bool: [CLS], [SEP] and the like
-    truncated: bool
     words: list[tuple[int, int]]  # character spans, in text order
-    pieces: list[list[int]]  # token positions of each word; empty when truncation cut the word away
+    windows: list[WindowToExplain]
+    truncated: bool
+    reading: Reading
+
+    @property
+    def seen(self) -> list[int]:
+        """The words some sequence reads, in text order (truncation may cut others away)."""
+        return sorted({word for window in self.windows for word in window.pieces})
+
+    def pool(self, logits: np.ndarray) -> np.ndarray:
+        """The text's logits from its windows' (windows, labels), as prediction pools them."""
+        return self.reading.pool(logits, np.zeros(len(logits), dtype=np.int64))[0]
 
 
 def split_words(text: str) -> list[tuple[int, int]]:
@@ -66,22 +84,35 @@ def split_words(text: str) -> list[tuple[int, int]]:
     return spans
 
 
-def prepare_text(tokenizer: Any, text: str, max_length: int, truncation: str) -> TextToExplain:
-    """Tokenize `text` exactly as for prediction, and give each word the positions of its pieces."""
-    encoded = encode_with_offsets(tokenizer, text, max_length, truncation)
+def prepare_text(tokenizer: Any, text: str, reading: Reading) -> TextToExplain:
+    """Tokenize `text` exactly as for prediction (cut, or in windows), and give each word the positions of its
+    pieces in each sequence; needs a fast (Rust) tokenizer for the character offsets."""
+    if not tokenizer.is_fast:
+        raise ValueError("character offsets need a fast tokenizer (tokenizer.json in the checkpoint)")
+    encoded = tokenizer(text, add_special_tokens=True, truncation=False, verbose=False,
+                        return_special_tokens_mask=True, return_offsets_mapping=True, return_attention_mask=False,
+                        return_token_type_ids=False)
+    ids, mask, offsets = encoded["input_ids"], encoded["special_tokens_mask"], encoded["offset_mapping"]
+    lead, content, trail = split_specials(list(range(len(ids))), mask)  # positions, read as ids are read
+    kept, truncated = reading.content_windows(content, reading.max_length - len(lead) - len(trail))
     words = split_words(text)
     starts = [start for start, _ in words]
-    pieces: list[list[int]] = [[] for _ in words]
-    for position, span in enumerate(encoded.offsets):
-        if span is None or span[0] == span[1]:
-            continue
-        index = max(bisect.bisect_right(starts, span[0]) - 1, 0)
-        while index < len(words) and words[index][0] < span[1]:
-            if words[index][1] > span[0]:  # the piece overlaps the word
-                pieces[index].append(position)
-            index += 1
-    return TextToExplain(text, np.asarray(encoded.input_ids, dtype=np.int64),
-                         np.array([span is None for span in encoded.offsets]), encoded.truncated, words, pieces)
+    windows = []
+    for window in kept:
+        positions = lead + window + trail
+        pieces: dict[int, list[int]] = {}
+        for place, position in enumerate(positions):
+            start, end = offsets[position]
+            if mask[position] or start == end:
+                continue
+            index = max(bisect.bisect_right(starts, start) - 1, 0)
+            while index < len(words) and words[index][0] < end:
+                if words[index][1] > start:  # the piece overlaps the word
+                    pieces.setdefault(index, []).append(place)
+                index += 1
+        windows.append(WindowToExplain(np.asarray([ids[p] for p in positions], dtype=np.int64),
+                                       np.array([bool(mask[p]) for p in positions]), pieces))
+    return TextToExplain(text, words, windows, truncated, reading)
 
 
 def label_targets(task: str, logits: np.ndarray) -> np.ndarray:
@@ -93,14 +124,36 @@ def label_targets(task: str, logits: np.ndarray) -> np.ndarray:
     return logits - top - np.log(np.exp(logits - top).sum(axis=-1, keepdims=True))
 
 
+def occluded_logits(logits_fn: LogitsFn, item: TextToExplain, pad_id: int, batch_size: int = 64) -> np.ndarray:
+    """Logits (1 + words, labels): the text whole, then without each word's pieces, in every window that reads
+    it, pooled over the windows as prediction pools them (a word no window reads leaves the text whole)."""
+    sequences: list[np.ndarray] = []
+    deleted: dict[int, list[tuple[int, int]]] = {}  # word -> (window, row of its deletion there)
+    for w, window in enumerate(item.windows):
+        sequences.append(window.input_ids)
+        for word, positions in window.pieces.items():
+            deleted.setdefault(word, []).append((w, len(sequences)))
+            sequences.append(np.delete(window.input_ids, positions))
+    logits = score_sequences(logits_fn, sequences, pad_id, batch_size)
+    base_rows = [0] + np.cumsum([1 + len(window.pieces) for window in item.windows])[:-1].tolist()
+    base = logits[base_rows]
+    rows = np.repeat(item.pool(base)[None], 1 + len(item.words), axis=0)
+    for word, places in deleted.items():
+        without = base.copy()
+        for w, row in places:
+            without[w] = logits[row]
+        rows[1 + word] = item.pool(without)
+    return rows
+
+
 def occlusion(logits_fn: LogitsFn, item: TextToExplain, task: str, label_ids: Sequence[int], pad_id: int,
               batch_size: int = 64) -> np.ndarray:
-    """(labels, words): the drop of each label's target when the word's pieces are deleted."""
-    seen = [i for i, positions in enumerate(item.pieces) if positions]
-    variants = [item.input_ids] + [np.delete(item.input_ids, item.pieces[i]) for i in seen]
-    targets = label_targets(task, score_sequences(logits_fn, variants, pad_id, batch_size))[:, list(label_ids)]
+    """(labels, words): the drop of each label's target when the word's pieces are deleted; NaN for a word no
+    sequence reads."""
+    seen = item.seen
+    targets = label_targets(task, occluded_logits(logits_fn, item, pad_id, batch_size))[:, list(label_ids)]
     scores = np.full((len(label_ids), len(item.words)), np.nan)
-    scores[:, seen] = (targets[0][:, None] - targets[1:].T)
+    scores[:, seen] = targets[0][:, None] - targets[1 + np.array(seen, dtype=int)].T
     return scores
 
 
@@ -108,23 +161,21 @@ def occlusion_scores(logits_fn: LogitsFn, item: TextToExplain, task: str, pad_id
                      batch_size: int = 64) -> np.ndarray:
     """Scores (1 + words, labels): the whole input, then the input without each word's pieces (a word truncation
     cut away leaves the input whole)."""
-    seen = [i for i, positions in enumerate(item.pieces) if positions]
-    logits = score_sequences(logits_fn, [item.input_ids] + [np.delete(item.input_ids, item.pieces[i]) for i in seen],
-                             pad_id, batch_size)
-    rows = np.repeat(logits[:1], 1 + len(item.words), axis=0)
-    rows[1 + np.array(seen, dtype=int)] = logits[1:]
-    return scores_from_logits(task, rows)
+    return scores_from_logits(task, occluded_logits(logits_fn, item, pad_id, batch_size))
 
 
 def transformer_tokens(method: str, item: TextToExplain, label_count: int) -> int:
     """Tokens `method` feeds the transformer to explain `item`, a backward pass counted as two forward ones:
-    occlusion the input whole, then without each seen word's pieces, whatever the labels; the gradient methods
-    one pass per path point and a backward pass per label."""
-    length = len(item.input_ids)
+    occlusion each sequence whole, then without each word's pieces it reads, whatever the labels; the gradient
+    methods one pass per path point and a backward pass per label of each sequence (and, over windows, one pass
+    to find the windows the pooling weighs)."""
+    lengths = [len(window.input_ids) for window in item.windows]
     if method == "occlusion":
-        return length + sum(length - len(positions) for positions in item.pieces if positions)
+        return sum(length + sum(length - len(positions) for positions in window.pieces.values())
+                   for length, window in zip(lengths, item.windows, strict=True))
     steps = IG_STEPS if method == "integrated_gradients" else 1
-    return steps * length * (1 + 2 * label_count)
+    windows_pass = sum(lengths) if len(lengths) > 1 else 0
+    return windows_pass + sum(steps * length * (1 + 2 * label_count) for length in lengths)
 
 
 def score_targets(task: str, scores: np.ndarray) -> np.ndarray:
@@ -139,7 +190,7 @@ def drops(task: str, scores: np.ndarray, label_ids: Sequence[int]) -> np.ndarray
     return targets[0][:, None] - targets[1:].T
 
 
-def token_gradients(model: Any, item: TextToExplain, task: str, label_ids: Sequence[int], pad_id: int,
+def token_gradients(model: Any, item: WindowToExplain, task: str, label_ids: Sequence[int], pad_id: int,
                     steps: int) -> np.ndarray:
     """(labels, tokens): gradient x input (`steps` 0) or integrated gradients from [PAD] embeddings."""
     import torch
@@ -168,13 +219,32 @@ def token_gradients(model: Any, item: TextToExplain, task: str, label_ids: Seque
     return torch.stack(rows).detach().cpu().numpy().astype(np.float64)
 
 
-def word_sums(token_scores: np.ndarray, item: TextToExplain) -> np.ndarray:
-    """(labels, words) from (labels, tokens): each word's pieces added up; NaN for words not seen."""
-    scores = np.full((token_scores.shape[0], len(item.words)), np.nan)
-    for index, positions in enumerate(item.pieces):
-        if positions:
-            scores[:, index] = token_scores[:, positions].sum(axis=1)
+def word_sums(token_scores: np.ndarray, window: WindowToExplain, words: int) -> np.ndarray:
+    """(labels, words) from (labels, tokens) of one sequence: each word's pieces added up; NaN for words it does
+    not read."""
+    scores = np.full((token_scores.shape[0], words), np.nan)
+    for index, positions in window.pieces.items():
+        scores[:, index] = token_scores[:, positions].sum(axis=1)
     return scores
+
+
+def gradient_scores(model: Any, runner: Any, item: TextToExplain, task: str, label_ids: Sequence[int], pad_id: int,
+                    steps: int) -> np.ndarray:
+    """(labels, words) gradient attributions, summed over the windows each weighted by how much it moves the
+    pooled logit (for multi-class, each window's own log-probability stands in for its share of the text's)."""
+    if len(item.windows) == 1:
+        return word_sums(token_gradients(model, item.windows[0], task, label_ids, pad_id, steps), item.windows[0],
+                         len(item.words))
+    logits = score_sequences(runner.logits, [window.input_ids for window in item.windows], pad_id)
+    weights = item.reading.pooling_weights(logits)[:, list(label_ids)]
+    total = np.zeros((len(label_ids), len(item.words)))
+    seen = np.zeros(len(item.words), dtype=bool)
+    for window, weight in zip(item.windows, weights, strict=True):
+        seen[list(window.pieces)] = True
+        if weight.any():  # under max pooling, only the windows holding a label's highest logit move it
+            sums = word_sums(token_gradients(model, window, task, label_ids, pad_id, steps), window, len(item.words))
+            total += weight[:, None] * np.nan_to_num(sums, nan=0.0)
+    return np.where(seen, total, np.nan)
 
 
 def attribute(method: str, runner: Any, item: TextToExplain, task: str, label_ids: Sequence[int],
@@ -189,7 +259,7 @@ def attribute(method: str, runner: Any, item: TextToExplain, task: str, label_id
         raise ValueError(f"{method} needs gradients: the torch backend without int8 quantization; "
                          "method='occlusion' works with every backend")
     steps = IG_STEPS if method == "integrated_gradients" else 0
-    return word_sums(token_gradients(model, item, task, label_ids, pad_id, steps), item)
+    return gradient_scores(model, runner, item, task, label_ids, pad_id, steps)
 
 
 def blend_word_scores(member_scores: Mapping[str, np.ndarray],

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 
 from utils.config import RENAMED_SETTINGS, current_names
+from utils.inference.reading import Reading
+from utils.training.export_rows import measured_rows
 from utils.training.optim import encoder_layers, layer_depth
 
 RECIPE_FILE = "recipe.json"
@@ -33,8 +35,10 @@ EPOCHS_BEFORE_SHORTENING = 2.0  # texts are cut shorter (down to MIN_LENGTH_FOR_
 EXPORT_SECONDS = 15.0  # graph export and quantization, before measuring each graph on the validation rows ...
 EXPORT_PASSES = 4  # ... which costs about four passes of torch over them (toxic on a Zen 5: 66 s in all)
 MULTICLASS_LABEL_SMOOTHING = 0.1  # a common regulariser of softmax heads; it also won conference's validation
+SPECIAL_TOKENS = 2  # [CLS] and [SEP] (<s> and </s>) around every sequence
 MEGABATCH = 50  # batches that training's length-grouped sampler sorts together
 SPEED_FIELDS = ("max_length", "freeze_layers", "epochs")  # the choices that depend on the measured speed
+LONG_SHARE = 0.01  # texts are read whole in windows where more than this share of the training texts is longer
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,7 @@ class Choices:
     blend: str  # lexical or none: whether the lexical member is fitted and blended
     label_smoothing: float
     at_least_one_label: str  # yes or no
+    long_texts: str  # truncate or windows: how a text longer than max_length is read
 
 
 RECIPE_FIELDS = tuple(f.name for f in fields(Choices))
@@ -120,7 +125,7 @@ class Recipe:
         if not path.is_file():
             return None
         saved = json.loads(path.read_text())
-        saved["values"] = current_names(saved["values"])
+        saved["values"] = {"long_texts": "truncate"} | current_names(saved["values"])  # before windows: cut
         saved["reasons"] = {RENAMED_SETTINGS.get(name, name): why for name, why in saved["reasons"].items()}
         return cls(**saved)
 
@@ -161,19 +166,31 @@ def epoch_cap(steps_per_epoch: int) -> float:
     return min(MAX_EPOCH_CAP, max(MIN_EPOCH_CAP, MAX_STEPS_FOR_EPOCH_CAP / max(1, steps_per_epoch)))
 
 
-def epoch_seconds(shape: DataShape, cost: StepCost, max_length: int, batch_size: int, frozen: bool) -> float:
-    """One pass over the training rows plus one evaluation of the validation rows (a forward pass is about a
-    third of a training step)."""
+def epoch_seconds(shape: DataShape, cost: StepCost, max_length: int, batch_size: int, frozen: bool,
+                  windows: bool = False) -> float:
+    """One pass over the training rows (each cut to max_length) plus one evaluation of the validation rows (a
+    forward pass is about a third of a training step), which reads long texts in windows under `windows`."""
     lengths = np.asarray(shape.token_lengths)
     train_texts = math.ceil(shape.train_rows / batch_size) * batch_size
     train = train_texts * cost.seconds_per_text(padded_length(lengths, max_length, batch_size), frozen)
-    return train + forward_seconds(shape, cost, max_length)
+    return train + forward_seconds(shape, cost, max_length, windows)
 
 
-def forward_seconds(shape: DataShape, cost: StepCost, max_length: int) -> float:
-    """One pass over the validation rows, batched by length (a forward pass is about a third of a step)."""
-    mean_length = float(np.minimum(np.asarray(shape.token_lengths), max_length).mean())
-    return shape.validation_rows * cost.seconds_per_text(mean_length) / 3
+def window_counts(lengths: np.ndarray, max_length: int) -> np.ndarray:
+    """Windows per text, as the default reading (utils/inference/reading.py) cuts texts of these token lengths."""
+    reading = Reading(max_length, long_texts="windows")
+    content = max_length - SPECIAL_TOKENS
+    return np.array([len(reading.window_starts(max(0, int(n) - SPECIAL_TOKENS), content)[0]) for n in lengths])
+
+
+def forward_seconds(shape: DataShape, cost: StepCost, max_length: int, windows: bool = False,
+                    rows: int | None = None) -> float:
+    """One pass over the validation rows (or `rows` of them), batched by length, long texts cut or in windows of
+    max_length tokens (a forward pass is about a third of a step)."""
+    lengths = np.asarray(shape.token_lengths)
+    mean_length = float(np.minimum(lengths, max_length).mean())
+    sequences = float(window_counts(lengths, max_length).mean()) if windows else 1.0
+    return (shape.validation_rows if rows is None else rows) * sequences * cost.seconds_per_text(mean_length) / 3
 
 
 def choose_recipe(shape: DataShape, cost: StepCost | None, given: dict[str, Any], batch_size: int,
@@ -193,27 +210,61 @@ def choose_recipe(shape: DataShape, cost: StepCost | None, given: dict[str, Any]
         if given.get(name) is not None:
             values[name], reasons[name] = given[name], "given"
     if cost is None:  # nothing left that depends on speed
+        choose_long_texts(shape, given, values, reasons)
         return recipe
 
     def training_budget(length: int) -> float:
         """What the budget leaves for training once the member and the export at this length are paid."""
-        return budget_seconds - member_seconds - (export_seconds(shape, cost, length) if export else 0)
+        windows = reads_windows(shape, given, length)
+        return budget_seconds - member_seconds - (export_seconds(shape, cost, length, windows) if export else 0)
 
-    choose_length(shape, cost, batch_size, training_budget, covered, values, reasons)
+    choose_length(shape, cost, batch_size, training_budget, covered, given, values, reasons)
     length = values["max_length"]
+    choose_long_texts(shape, given, values, reasons)
     choose_freezing(shape, cost, batch_size, training_budget(length), values, reasons)
     choose_epochs(shape, cost, batch_size, training_budget(length), values, reasons)
-    planned["export"] = round(export_seconds(shape, cost, length) if export else 0, 1)
-    planned["training"] = round(
-        values["epochs"] * epoch_seconds(shape, cost, length, batch_size, bool(values["freeze_layers"])), 1)
+    windows = values["long_texts"] == "windows"
+    planned["export"] = round(export_seconds(shape, cost, length, windows) if export else 0, 1)
+    planned["training"] = round(values["epochs"] * epoch_seconds(
+        shape, cost, length, batch_size, bool(values["freeze_layers"]), windows), 1)
     return recipe
 
 
-def export_seconds(shape: DataShape, cost: StepCost | None, max_length: int) -> float:
-    """The export's graphs and its measurement: each graph scores the validation rows once."""
+def export_seconds(shape: DataShape, cost: StepCost | None, max_length: int, windows: bool = False) -> float:
+    """The export's graphs and its measurement: each graph scores the rows export measures once (the validation
+    rows, as many as their sequences stay within MEASURED_SEQUENCES)."""
     if cost is None:
         return EXPORT_SECONDS
-    return EXPORT_SECONDS + EXPORT_PASSES * forward_seconds(shape, cost, max_length)
+    per_text = float(window_counts(np.asarray(shape.token_lengths), max_length).mean()) if windows else 1.0
+    rows = min(shape.validation_rows, measured_rows(per_text))
+    return EXPORT_SECONDS + EXPORT_PASSES * forward_seconds(shape, cost, max_length, windows, rows)
+
+
+def reads_windows(shape: DataShape, given: dict[str, Any], max_length: int) -> bool:
+    """Whether texts are read in windows at this length: as given, else where over LONG_SHARE are longer."""
+    if given.get("long_texts", "auto") != "auto":
+        return given["long_texts"] == "windows"
+    return float(np.mean(np.asarray(shape.token_lengths) > max_length)) > LONG_SHARE
+
+
+def choose_long_texts(shape: DataShape, given: dict[str, Any], values: dict[str, Any],
+                      reasons: dict[str, str]) -> None:
+    """Windows where long texts are more than a few: the model then reads every part of them, at a cost that
+    grows with their length; truncation where nearly every text fits."""
+    if given.get("long_texts", "auto") != "auto":
+        values["long_texts"], reasons["long_texts"] = given["long_texts"], "given"
+        return
+    length = values.get("max_length")
+    if length is None:  # not chosen yet: nothing measured
+        return
+    lengths = np.asarray(shape.token_lengths)
+    longer = float(np.mean(lengths > length))
+    windows = reads_windows(shape, given, length)
+    values["long_texts"] = "windows" if windows else "truncate"
+    mean_windows = float(window_counts(lengths, length).mean())
+    reasons["long_texts"] = (f"{longer:.0%} of the training texts are longer than {length} tokens" + (
+        f": read whole in windows ({mean_windows:.1f} a text on average), each label's score pooled over them"
+        if windows else f" (at most {LONG_SHARE:.0%}): cut, as reading them whole would change little"))
 
 
 def choose_blend(given: dict[str, Any], values: dict[str, Any], reasons: dict[str, str]) -> None:
@@ -253,7 +304,7 @@ def choose_at_least_one_label(shape: DataShape, given: dict[str, Any], values: d
 
 
 def choose_length(shape: DataShape, cost: StepCost, batch_size: int, budget: Callable[[int], float], covered: int,
-                  values: dict[str, Any], reasons: dict[str, str]) -> None:
+                  given: dict[str, Any], values: dict[str, Any], reasons: dict[str, str]) -> None:
     """The length covering 95% of the training texts, halved while the budget affords fewer than two epochs
     (no lower than 64 tokens: head and tail of longer texts are kept, and the TF-IDF member reads them whole)."""
     if "max_length" in values:
@@ -261,8 +312,8 @@ def choose_length(shape: DataShape, cost: StepCost, batch_size: int, budget: Cal
     lengths = np.asarray(shape.token_lengths)
     length = covered
     frozen = bool(values.get("freeze_layers"))
-    while (length > MIN_LENGTH_FOR_BUDGET
-           and budget(length) / epoch_seconds(shape, cost, length, batch_size, frozen) < EPOCHS_BEFORE_SHORTENING):
+    while (length > MIN_LENGTH_FOR_BUDGET and budget(length) / epoch_seconds(
+            shape, cost, length, batch_size, frozen, reads_windows(shape, given, length)) < EPOCHS_BEFORE_SHORTENING):
         length = max(MIN_LENGTH_FOR_BUDGET, round_up(length / 2, 16))
     share = float(np.mean(lengths <= length))
     values["max_length"] = length
@@ -278,7 +329,8 @@ def choose_freezing(shape: DataShape, cost: StepCost, batch_size: int, budget: f
     it buys more passes over the data."""
     if "freeze_layers" in values:
         return
-    full = budget / epoch_seconds(shape, cost, values["max_length"], batch_size, False)
+    full = budget / epoch_seconds(shape, cost, values["max_length"], batch_size, False,
+                                  values["long_texts"] == "windows")
     if full < EPOCHS_BEFORE_SHORTENING and cost.frozen_share < 0.95:
         values["freeze_layers"] = cost.frozen_layers
         reasons["freeze_layers"] = (f"the budget affords {full:.1f} epochs of the whole encoder; fixing the lowest "
@@ -293,7 +345,8 @@ def choose_epochs(shape: DataShape, cost: StepCost, batch_size: int, budget: flo
     """As many passes as the budget affords, up to the cap for the file's size."""
     if "epochs" in values:
         return
-    seconds = epoch_seconds(shape, cost, values["max_length"], batch_size, bool(values["freeze_layers"]))
+    seconds = epoch_seconds(shape, cost, values["max_length"], batch_size, bool(values["freeze_layers"]),
+                            values["long_texts"] == "windows")
     affordable = budget / seconds
     cap = epoch_cap(math.ceil(shape.train_rows / batch_size))
     values["epochs"] = min(cap, round_epochs(affordable))

@@ -1,6 +1,9 @@
-"""Scoring the validation split during training, sharded over processes so that no row counts twice."""
+"""Scoring the validation split during training, sharded over processes so that no row counts twice, and pooling
+the logits of long texts' windows the way that scores best there."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -11,6 +14,7 @@ from transformers import PreTrainedModel
 from models.scoring import scores_from_logits
 from utils.data.readers import DataError, LabeledTexts
 from utils.evaluation.metrics import SELECTION_METRIC, compute_metrics
+from utils.inference.reading import WINDOW_POOLINGS, Reading
 from utils.inference.tokens import sorted_batches
 from utils.training.batching import EncodedDataset, PaddingCollator
 
@@ -37,10 +41,50 @@ def predict_logits(model: PreTrainedModel, dataset: EncodedDataset, collate: Pad
     return result
 
 
-def validation_scores(task: str, model: PreTrainedModel, dataset: EncodedDataset, collate: PaddingCollator,
-                      batch_size: int, accelerator: Accelerator) -> np.ndarray:
-    """Probabilities (sigmoid or softmax) for every validation row."""
-    return scores_from_logits(task, predict_logits(model, dataset, collate, batch_size, accelerator))
+@dataclass(frozen=True)
+class ValidationInputs:
+    """The validation texts as the model reads them: their sequences (one a text, or each long text's windows),
+    the text each reads, and the readings (poolings of windows) to choose among."""
+
+    dataset: EncodedDataset
+    owner: np.ndarray
+    readings: list[Reading]
+
+
+@dataclass(frozen=True)
+class PooledValidation:
+    """The reading whose pooled scores reached the best validation metric, those scores (probabilities, one row a
+    validation text), and each candidate pooling's metric."""
+
+    reading: Reading
+    scores: np.ndarray
+    value: float
+    by_pooling: dict[str, float]
+
+
+def pooling_candidates(reading: Reading, given: str) -> list[Reading]:
+    """The readings to choose among on validation: one under truncation or a given pooling, else each pooling."""
+    if reading.long_texts == "truncate":
+        return [reading]
+    if given != "auto":
+        return [reading.with_pooling(given)]
+    return [reading.with_pooling(pooling) for pooling in WINDOW_POOLINGS]
+
+
+def pooled_validation(task: str, validation: LabeledTexts, logits: np.ndarray, owner: np.ndarray,
+                      candidates: list[Reading]) -> PooledValidation:
+    """Each candidate's scores of the validation texts from their sequences' logits, and the best (the first of
+    equals)."""
+    best: PooledValidation | None = None
+    by_pooling: dict[str, float] = {}
+    for reading in candidates:
+        scores = scores_from_logits(task, reading.pool(logits, owner))
+        value = primary_metric(task, validation, scores)
+        by_pooling[reading.window_pooling] = value
+        if best is None or value > best.value:
+            best = PooledValidation(reading, scores, value, {})
+    assert best is not None, "no candidate reading"
+    return PooledValidation(best.reading, best.scores, best.value, by_pooling)
 
 
 def primary_metric(task: str, validation: LabeledTexts, scores: np.ndarray) -> float:
