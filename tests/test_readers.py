@@ -13,7 +13,7 @@ from inferer import ModelInferer
 from predict import predict_file
 from utils.config import make_config
 from utils.data.datasets import SHARED_DATA_DIR
-from utils.data.files import SAMPLE_BYTES, has_header, open_file, sniff_delimiter
+from utils.data.files import MAX_TEXT_CHARS, SAMPLE_BYTES, has_header, open_file, sniff_delimiter
 from utils.data.prepare import prepare_splits, resolve_source
 from utils.data.readers import DataError
 from utils.data.report import REPORT_FILE, data_report, write_data_report
@@ -350,3 +350,16 @@ def test_the_delimiter_and_header_are_told_with_a_long_text_first(tmp_path, sep)
     splits = read_user_file(headless)
     assert splits.files[0]["rows_used"] == 21 and LONG_TEXT in all_texts(splits)
 
+
+def test_a_text_over_the_longest_allowed_names_its_row(titles, tmp_path):
+    """Ten million characters is the most one text may hold (longer is rather an unclosed quote joining rows);
+    over it, the run stops on a message naming the file, the row and the column, not a traceback."""
+    frame = titles.copy()
+    frame.loc[4, "Title"] = "word " * (MAX_TEXT_CHARS // 5) + "more"
+    frame.to_csv(path := tmp_path / "huge.csv", index=False)
+    with pytest.raises(DataError, match=r"huge\.csv: row 5, column 'Title': a text of 10,000,004 characters, "
+                                        r"over the 10,000,000 one text may hold"):
+        read_user_file(path)
+    frame.loc[4, "Title"] = "word " * (MAX_TEXT_CHARS // 5 - 1) + "words"  # exactly the most: read whole
+    frame.to_csv(path, index=False)
+    assert len(max(all_texts(read_user_file(path)), key=len)) == MAX_TEXT_CHARS
