@@ -13,7 +13,7 @@ from inferer import ModelInferer
 from predict import predict_file
 from utils.config import make_config
 from utils.data.datasets import SHARED_DATA_DIR
-from utils.data.files import has_header, open_file
+from utils.data.files import MAX_TEXT_CHARS, SAMPLE_BYTES, has_header, open_file, sniff_delimiter
 from utils.data.prepare import prepare_splits, resolve_source
 from utils.data.readers import DataError
 from utils.data.report import REPORT_FILE, data_report, write_data_report
@@ -307,3 +307,59 @@ def test_many_classes_of_few_examples_are_read_as_the_label_column(tmp_path, cap
     splits = prepare_splits(make_config(data=str(path), test_split=0.0))
     assert splits.layout.task == "multiclass" and len(splits.label_names) == 150
     assert "label column 'intent'" in capsys.readouterr().out
+
+
+# A document of 200,000 words (about 1.4 MB, over the megabyte the delimiter is told from), with the commas and
+# semicolons that make CSV quote it.
+LONG_TEXT = "A whole book, read; " + " ".join(f"word{i % 1000}" for i in range(200_000))
+
+
+def labelled(splits) -> dict[str, str]:
+    return {text: data.label_names[label] for data in (splits.train, splits.validation)
+            for text, label in zip(data.texts, data.labels, strict=True)}
+
+
+@pytest.mark.parametrize(("name", "sep"), [("long.csv", ","), ("long.csv", ";"), ("long.tsv", "\t")])
+def test_a_text_of_a_megabyte_is_read_whole_in_its_row(titles, tmp_path, name, sep):
+    """Long documents, read whole: the 200,000-word text stopped the read in the csv module's field limit
+    (131,072 characters); now it is read as it is, with its own label, beside every other row."""
+    frame = titles.copy()
+    frame.loc[[0, 150], "Title"] = [LONG_TEXT, LONG_TEXT.replace("book", "second book")]  # in the sample; past it
+    frame.to_csv(path := tmp_path / name, index=False, sep=sep, quoting=3 if sep == "\t" else 0)  # TSV: raw quotes
+    splits = read_user_file(path)
+    assert (splits.files[0]["delimiter"], splits.files[0]["header"]) == (sep, True)
+    assert splits.files[0]["rows_used"] == 300 and sorted(all_texts(splits)) == sorted(frame.Title)
+    labels = labelled(splits)
+    assert len(labels[LONG_TEXT]) and labels[LONG_TEXT] == frame.Conference[0]
+    assert labels[frame.Title[150]] == frame.Conference[150] and len(frame.Title[150]) == len(LONG_TEXT) + 7
+
+
+@pytest.mark.parametrize("sep", [",", ";", "|", "\t"])
+def test_the_delimiter_and_header_are_told_with_a_long_text_first(tmp_path, sep):
+    """With a header, the long record after it; without one, the long record first, longer than the megabyte
+    sampled: the sample is read on to the records after it, and the long one is data, not column names."""
+    frame = pd.DataFrame({"text": [LONG_TEXT] + [f"a short text number {i}" for i in range(20)],
+                          "label": ["ICML", "VLDB"] * 10 + ["WWW"]})
+    frame.to_csv(path := tmp_path / "long.csv", index=False, sep=sep)
+    sample = path.read_text()
+    assert len(sample) > SAMPLE_BYTES and sniff_delimiter(sample, truncated=False) == sep
+    assert has_header(sample, sep, "csv", truncated=False)
+    assert (open_file(path).delimiter, open_file(path).header) == (sep, True)
+    frame.to_csv(headless := tmp_path / "headless.csv", index=False, sep=sep, header=False)
+    assert (open_file(headless).delimiter, open_file(headless).header) == (sep, False)
+    splits = read_user_file(headless)
+    assert splits.files[0]["rows_used"] == 21 and LONG_TEXT in all_texts(splits)
+
+
+def test_a_text_over_the_longest_allowed_names_its_row(titles, tmp_path):
+    """Ten million characters is the most one text may hold (longer is rather an unclosed quote joining rows);
+    over it, the run stops on a message naming the file, the row and the column, not a traceback."""
+    frame = titles.copy()
+    frame.loc[4, "Title"] = "word " * (MAX_TEXT_CHARS // 5) + "more"
+    frame.to_csv(path := tmp_path / "huge.csv", index=False)
+    with pytest.raises(DataError, match=r"huge\.csv: row 5, column 'Title': a text of 10,000,004 characters, "
+                                        r"over the 10,000,000 one text may hold"):
+        read_user_file(path)
+    frame.loc[4, "Title"] = "word " * (MAX_TEXT_CHARS // 5 - 1) + "words"  # exactly the most: read whole
+    frame.to_csv(path, index=False)
+    assert len(max(all_texts(read_user_file(path)), key=len)) == MAX_TEXT_CHARS

@@ -27,6 +27,16 @@ SAMPLE_BYTES = 1 << 20  # what the encoding and the delimiter are told from
 NUMBERS = re.compile(r"\s*-?\d+(\.\d+)?(\s*[,;|]\s*-?\d+(\.\d+)?)*\s*")  # a number or a list of numbers
 SENTENCE_CHARS, SENTENCE_WORDS = 40, 5  # a first-row cell this long reads as a text, not a column's name
 HEADER_CHECK_ROWS = 200  # the rows below the first that its cells are compared with
+# The longest text a file may hold: 10 million characters (about 1.7 million words, several long novels; up to
+# 40 MB of UTF-8), kept whole. Longer is rather an unclosed quote that joined the rows after it into one field, and
+# would hold the whole file in one string.
+MAX_TEXT_CHARS = 10_000_000
+SAMPLE_LINES = 3  # line breaks a sample holds at least: the header and a record or two whole beyond a long one
+SAMPLE_MAX_BYTES = SAMPLE_BYTES + 4 * MAX_TEXT_CHARS  # the most read on past the first megabyte: a longest text
+# Python's csv module, which reads the samples, stops at fields of 131,072 characters by default; it is raised to
+# the longest sample (41 MB), a bounded value that fits a C long on every platform (sys.maxsize overflows it on
+# 64-bit Windows). pandas' C parser, which reads whole files, has no such limit.
+CSV_FIELD_LIMIT = SAMPLE_MAX_BYTES
 
 
 @dataclass(frozen=True)
@@ -49,7 +59,8 @@ class FileReading:
 
 def open_file(path: str | Path, encoding: str | None = None, delimiter: str | None = None,
               sheet: str | None = None) -> FileReading:
-    """The reading of `path`: given settings kept, the others detected from its first megabyte."""
+    """The reading of `path`: given settings kept, the others detected from its first megabyte (the delimiter and
+    header from its first records, read on past the megabyte when one holds a longer text)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
@@ -65,16 +76,37 @@ def open_file(path: str | Path, encoding: str | None = None, delimiter: str | No
         check_encoding(encoding)
     if fmt == "jsonl":
         return FileReading(path, fmt, encoding, found=tuple(found))
+    sample_bytes, truncated = records_sample(path, sample_bytes)
+    sample = sample_bytes.decode(encoding, errors="replace")
     if delimiter is None:
-        sample = sample_bytes.decode(encoding, errors="replace")
-        delimiter = "\t" if fmt == "tsv" else sniff_delimiter(sample, truncated=len(sample_bytes) == SAMPLE_BYTES)
+        delimiter = "\t" if fmt == "tsv" else sniff_delimiter(sample, truncated)
         found.append("delimiter")
     elif len(delimiter.encode("unicode_escape").decode()) > 2 or not delimiter:
         raise DataError(f"--delimiter {delimiter!r}: expected one character")
     delimiter = "\t" if delimiter == "\\t" else delimiter
-    sample = sample_bytes.decode(encoding, errors="replace")
-    header = has_header(sample, delimiter, fmt, truncated=len(sample_bytes) == SAMPLE_BYTES)
+    header = has_header(sample, delimiter, fmt, truncated)
     return FileReading(path, fmt, encoding, delimiter, found=(*found, "header"), header=header)
+
+
+def records_sample(path: Path, head: bytes) -> tuple[bytes, bool]:
+    """The file's first megabyte `head`, read on while it holds under SAMPLE_LINES line breaks (a record longer
+    than the megabyte: a long text), to SAMPLE_MAX_BYTES at most; and whether the file goes on past it (its last
+    record may be cut)."""
+    parts, lines, size = [head], line_breaks(head), len(head)
+    with path.open("rb") as file:
+        file.seek(size)
+        while lines < SAMPLE_LINES and size < SAMPLE_MAX_BYTES:
+            more = file.read(min(SAMPLE_BYTES, SAMPLE_MAX_BYTES - size))
+            if not more:
+                break
+            parts.append(more)
+            lines, size = lines + line_breaks(more), size + len(more)
+        truncated = bool(file.read(1))
+    return b"".join(parts), truncated
+
+
+def line_breaks(data: bytes) -> int:
+    return max(data.count(b"\n"), data.count(b"\r"))  # Unix, Windows or old Mac line ends
 
 
 def file_format(path: Path) -> str:
@@ -144,7 +176,7 @@ def sniff_delimiter(sample: str, truncated: bool) -> str:
     such: csv.Sniffer's choice among them, else the one giving most fields; none: a comma (one column)."""
     fields: dict[str, int] = {}
     for delimiter in DELIMITERS:
-        rows = [row for row in csv.reader(io.StringIO(sample), delimiter=delimiter) if row]
+        rows = csv_records(sample, delimiter)
         rows = rows[:-1] if truncated and len(rows) > 1 else rows  # the last record may be cut
         counts = {len(row) for row in rows}
         if len(counts) == 1 and counts != {1}:
@@ -159,13 +191,20 @@ def sniff_delimiter(sample: str, truncated: bool) -> str:
     return max(fields, key=lambda d: fields[d]) if fields else ","
 
 
+def csv_records(sample: str, delimiter: str, quoting: int = csv.QUOTE_MINIMAL) -> list[list[str]]:
+    """The sample's non-empty records, a field as long as the sample allowed (the limit is the csv module's, for
+    the whole process: it is only ever raised, never lowered below what another caller set)."""
+    csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
+    return [row for row in csv.reader(io.StringIO(sample), delimiter=delimiter, quoting=quoting) if row]
+
+
 def has_header(sample: str, delimiter: str, fmt: str, truncated: bool) -> bool:
     """Whether the first record names the columns. It does not when one of its cells reads as data: a number or
     a list of numbers, a sentence, or a value its column holds again in the rows below (a class name)."""
     quoting = csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL  # as the file is read
-    rows = [row for row in csv.reader(io.StringIO(sample), delimiter=delimiter, quoting=quoting) if row]
+    rows = csv_records(sample, delimiter, quoting)
     rows = rows[:-1] if truncated and len(rows) > 2 else rows  # the last record may be cut
-    if len(rows) < 2:
+    if not rows or (len(rows) < 2 and not truncated):  # a record over the sample's megabyte is checked alone
         return True
     below = rows[1:HEADER_CHECK_ROWS + 1]
     for j, cell in enumerate(rows[0]):

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from utils.data.files import DataError, FileReading, find_columns, iter_frames, open_file
+from utils.data.files import MAX_TEXT_CHARS, DataError, FileReading, find_columns, iter_frames, open_file
 
 
 @dataclass
@@ -74,8 +74,9 @@ def missing(value: Any) -> bool:
 
 def check_texts(frame: pd.DataFrame, column: str, path: Path, first_row: int = 1,
                 invalid: dict[int, str] | None = None) -> list[str]:
-    """The text column as strings; a non-string or an empty text is an error, or with `invalid` (a dict to fill)
-    an empty or missing one is noted there by row offset."""
+    """The text column as strings, each kept whole however long; a non-string, an empty text or one over
+    MAX_TEXT_CHARS is an error, or with `invalid` (a dict to fill) an empty or missing one is noted there by row
+    offset."""
     texts = frame[column].tolist()
     for offset, text in enumerate(texts):
         if invalid is not None and missing(text):
@@ -85,6 +86,10 @@ def check_texts(frame: pd.DataFrame, column: str, path: Path, first_row: int = 1
                             f"got {text!r}")
         elif not text.strip():
             raise DataError(f"{path}: row {first_row + offset}, column '{column}': empty text")
+        elif len(text) > MAX_TEXT_CHARS:
+            raise DataError(f"{path}: row {first_row + offset}, column '{column}': a text of {len(text):,} "
+                            f"characters, over the {MAX_TEXT_CHARS:,} one text may hold (an unclosed quote joins "
+                            "the rows after it into one text; else split the document)")
     return texts
 
 
