@@ -183,7 +183,7 @@ def test_the_cost_of_a_long_text_counts_every_window(windows_checkpoint):
 
 def test_explaining_a_2000_word_text_scores_every_word_and_finds_the_insult_past_the_first_window(
         windows_checkpoint):
-    inferer = ModelInferer(windows_checkpoint, backend="torch", precision="fp32")
+    inferer = ModelInferer(windows_checkpoint, backend="torch", precision="fp32", max_windows=200)
     words = (HARMLESS * 60).split()[:1000]
     text = " ".join(words) + " " + INSULT + " ".join(words)
     answer = inferer.explain(text, labels=["insult"])
@@ -224,26 +224,26 @@ def minilm_head(tmp_path_factory, tiny_trainer, toxic_csv):
     return result.checkpoint
 
 
-def test_an_insult_buried_mid_text_is_found_in_windows_and_missed_cut(minilm_head, toxic_csv):
-    """Documents of about 300 harmless words of real comments, half with one insult in the middle: read in
-    windows (max pooling), the insult is ranked above the clean documents; cut to head and tail, it is not seen."""
+def test_an_insult_buried_mid_text_is_found_in_windows_and_missed_cut(minilm_head):
+    """Documents of about 400 words of polite talk-page notes, half with one insult between 30% and 70% of the way
+    in: read in windows (max pooling), the insulting documents rank above the clean ones; cut to head and tail,
+    the insult is never seen."""
     from sklearn.metrics import roc_auc_score
 
-    comments = pd.read_csv(toxic_csv)
-    harmless = comments[comments[list(TOXIC_LABELS)].sum(axis=1) == 0].comment_text.tolist()
+    notes = [HARMLESS, "I moved the image to the gallery below and added a caption with the source. ",
+             "Please see the archive for the earlier discussion of the naming policy on this page. ",
+             "The infobox now cites the census figures from the official statistics office. "]
     rng = np.random.default_rng(0)
-    documents, buried = [], []
+    documents, insulting = [], []
     for index in range(16):
-        words: list[str] = []
-        while len(words) < 300:
-            words += harmless[int(rng.integers(len(harmless)))].split()
+        words = " ".join(notes[int(i)] for i in rng.integers(len(notes), size=24)).split()[:400]
         if index % 2:
-            words = words[:150] + INSULT.split() + words[150:]
+            at = int(rng.integers(120, 280))
+            words = words[:at] + INSULT.split() + words[at:]
         documents.append(" ".join(words))
-        buried.append(index % 2)
+        insulting.append(index % 2)
     label = TOXIC_LABELS.index("insult")
-    auc = {}
-    for reading in ("truncate", "windows"):
-        inferer = ModelInferer(minilm_head, backend="torch", long_texts=reading, window_pooling="max")
-        auc[reading] = roc_auc_score(buried, inferer.score_batch(documents)[0][:, label])
+    auc = {reading: roc_auc_score(insulting, ModelInferer(minilm_head, backend="torch", long_texts=reading,
+                                                          window_pooling="max").score_batch(documents)[0][:, label])
+           for reading in ("truncate", "windows")}
     assert auc["windows"] >= 0.95 and auc["windows"] >= auc["truncate"] + 0.2, auc
