@@ -2,8 +2,11 @@
 
 Words are what a person reads: the whitespace-separated chunks of the text, with leading and trailing punctuation
 as words of their own ("idiot!!" gives "idiot" and "!!"; "don't" and "f***ing" stay whole). A word owns the word
-pieces whose characters overlap it (the fast tokenizer's offsets), among the pieces the model saw after
-truncation; a word cut away by truncation has no score (NaN here, null in JSON).
+pieces whose characters overlap it (the fast tokenizer's offsets), in each sequence the model reads: the cut
+text, or each window of a text read whole (utils/inference/reading.py), where a word may lie in two windows. A
+word no sequence reads (cut away) has no score (NaN here, null in JSON). Over windows, occlusion deletes the
+word from every window holding it and pools the windows as prediction does; the gradient methods weight each
+window by how much it moves the pooled logit (under max pooling, only the window holding a label's highest).
 
 Every method scores in the units of the label's log-odds (multi-label) or log-probability (multi-class):
 - `occlusion`: how much the label's log-odds drop when the word's pieces are deleted from the input. It needs
