@@ -5,9 +5,9 @@
 Texts of each --lengths (in words, built from real toxic comments laid end to end) are scored by the checkpoint as
 it is served (backend auto) and with the torch backend, under `--long-texts truncate` and `windows`, one thread,
 --texts texts per length in batches of --batch-size. Per row: texts/s, tokens read/s (every window's tokens) and
-windows a text; the plot shows texts/s and milliseconds a text against length. Cut, the cost stays flat; in
-windows it grows linearly with the length. Appends to docs/results/bench_long_texts.json and writes
-docs/bench_long_texts.png.
+windows a text; the plot shows texts/s and tokens read/s against length. Cut, a text's cost stays flat; in
+windows it grows linearly with the length (tokens/s stays level). Appends to docs/results/bench_long_texts.json
+and writes docs/bench_long_texts.png.
 """
 
 from __future__ import annotations
@@ -111,15 +111,15 @@ def plot(rows: list[dict], record: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (speed, latency) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (speed, tokens) = plt.subplots(1, 2, figsize=(11, 4))
     for backend in dict.fromkeys(row["backend"] for row in rows):
         for reading, style in zip(READINGS, ("--", "-"), strict=True):
             chosen = [row for row in rows if row["backend"] == backend and row["long_texts"] == reading]
             words = [row["words"] for row in chosen]
             label = f"{backend}, {reading}"
             speed.plot(words, [row["texts_per_s"] for row in chosen], style, marker="o", label=label)
-            latency.plot(words, [row["ms_per_text"] for row in chosen], style, marker="o", label=label)
-    for axes, name in ((speed, "texts/s"), (latency, "ms a text")):
+            tokens.plot(words, [row["tokens_per_s"] for row in chosen], style, marker="o", label=label)
+    for axes, name in ((speed, "texts/s"), (tokens, "tokens read/s")):
         axes.set_xscale("log")
         axes.set_yscale("log")
         axes.set_xlabel("words a text")
