@@ -136,7 +136,7 @@ def test_fits_stopped_at_max_iter_are_counted_not_warned_per_fit(toxic, recwarn)
     fit_texts, fit_labels, other_texts, other_labels = toxic
     settings = LexicalSettings(c_grid=(0.5, 8.0), max_iter=1)
     model = fit_lexical(fit_texts, fit_labels, "multilabel", settings, validation=(other_texts, other_labels))
-    assert 0 < model.fit_report["unconverged_fits"] <= 3 * fit_labels.shape[1]  # 3 C values per label
+    assert 0 < model.fit_report["unconverged_fits"] <= model.fit_report["fits"]
     assert not [w for w in recwarn if "converge" in str(w.message)]
     converged = fit_lexical(fit_texts, fit_labels, "multilabel", LexicalSettings(c_grid=(0.5,)),
                                  validation=(other_texts, other_labels))
@@ -145,7 +145,7 @@ def test_fits_stopped_at_max_iter_are_counted_not_warned_per_fit(toxic, recwarn)
 
 def test_c_is_chosen_on_validation(toxic):
     fit_texts, fit_labels, other_texts, other_labels = toxic
-    settings = LexicalSettings(c_grid=(0.5, 8.0), c=2.0, c_per_label=True)
+    settings = LexicalSettings(c_grid=(0.5, 8.0), c=2.0, c_per_label=True, rare_below=0)
     model = fit_lexical(fit_texts, fit_labels, "multilabel", settings, validation=(other_texts, other_labels))
     grid = model.fit_report["validation_roc_auc"]
     assert set(grid) == {"0.5", "2.0", "8.0"}
@@ -159,7 +159,7 @@ def test_rising_c_stops_once_validation_turns_down(toxic):
     fit_texts, fit_labels, other_texts, other_labels = toxic
     grid = (0.05, 0.25, 1.0, 4.0, 16.0)
     whole, stopped = (fit_lexical(fit_texts, fit_labels, "multilabel",
-                                       LexicalSettings(c_grid=grid, c=1.0, c_patience=patience),
+                                       LexicalSettings(c_grid=grid, c=1.0, c_patience=patience, rare_below=0),
                                        validation=(other_texts, other_labels)) for patience in (None, 2))
     curves = np.array([whole.fit_report["validation_roc_auc"][str(c)] for c in grid], dtype=float)
     kept = np.array([stopped.fit_report["validation_roc_auc"][str(c)] for c in grid], dtype=float)
@@ -170,6 +170,54 @@ def test_rising_c_stops_once_validation_turns_down(toxic):
         peaks = int(np.sum(np.diff(np.sign(np.diff(curves[:, j]))) < 0))
         if peaks <= 1:
             assert stopped.fit_report["c_per_label"][j] == whole.fit_report["c_per_label"][j]
+
+
+def test_a_rare_label_takes_the_rare_labels_shared_choice_not_its_own(toxic):
+    """threat has 7 validation positives here (under 10): it does not choose its C on them. The (C, NB) with the
+    best mean validation ROC AUC over the rare labels is chosen, and its model is the one fitted at that choice."""
+    fit_texts, fit_labels, other_texts, other_labels = toxic
+    model = fit_lexical(fit_texts, fit_labels, "multilabel", LexicalSettings(),
+                        validation=(other_texts, other_labels))
+    report = model.fit_report
+    threat = TOXIC_LABELS.index("threat")
+    assert other_labels[:, threat].sum() == 7
+    assert report["rare"]["labels"] == [threat] and report["rare"]["searched"] == [threat]
+    means = report["rare"]["validation_mean_roc_auc"]
+    assert len(means) == 6  # 3 C values, NB on and off
+    best = max(means, key=means.get)
+    assert best == f"C={report['rare']['C']} NB={'on' if report['rare']['nb_weighting'] else 'off'}"
+    assert report["c_per_label"][threat] == report["rare"]["C"]
+    assert all(by_label[threat] is None for by_label in report["validation_roc_auc"].values())
+    settings = LexicalSettings(c=report["rare"]["C"], nb_weighting=report["rare"]["nb_weighting"], rare_below=0)
+    alone = fit_lexical(fit_texts, fit_labels, "multilabel", settings)  # no validation: fitted at C
+    np.testing.assert_allclose(model.scores(other_texts)[:, threat], alone.scores(other_texts)[:, threat],
+                               rtol=0, atol=SCORE_TOLERANCE)
+    common = [j for j in range(len(TOXIC_LABELS)) if j != threat]
+    assert model.nb_ratios is not None
+    if not report["rare"]["nb_weighting"]:  # NB off for the rare label only: its ratios are ones
+        assert (model.nb_ratios[threat] == 1).all() and not (model.nb_ratios[common] == 1).all()
+
+
+def test_the_c_search_is_thinned_when_rows_times_labels_passes_the_budget(toxic):
+    """900 rows x 5 common labels x 9 C values = 40,500 row-fits; a budget of 13,500 keeps 3 C values (the lowest,
+    the default and the highest), and the fits made fall with them."""
+    fit_texts, fit_labels, other_texts, other_labels = toxic
+    fits = {}
+    for budget in (10**9, 13_500):
+        settings = LexicalSettings(c_search_budget=budget, c_patience=None)
+        model = fit_lexical(fit_texts, fit_labels, "multilabel", settings, validation=(other_texts, other_labels))
+        fits[budget] = model.fit_report["fits"]
+        rare_fits = 6  # threat: 3 C values x NB on and off
+        assert fits[budget] == 5 * len(model.fit_report["c_values"]) + rare_fits
+    assert model.fit_report["c_values"] == [0.05, 2.0, 16.0]
+    assert fits[13_500] == 5 * 3 + 6 < fits[10**9] == 5 * 9 + 6
+
+
+def test_settings_saved_before_the_rare_labels_rule_still_load():
+    """A lexical.json written before `rare_below` and the search budget existed loads with their defaults."""
+    old = {k: v for k, v in LexicalSettings().to_json().items()
+           if k not in ("rare_below", "rare_c_grid", "rare_search_labels", "c_search_budget")}
+    assert LexicalSettings.from_json(json.loads(json.dumps(old))) == LexicalSettings()
 
 
 def test_multiclass_c_search_stops_once_validation_turns_down(conference):
