@@ -172,51 +172,46 @@ def test_rising_c_stops_once_validation_turns_down(toxic):
             assert stopped.fit_report["c_per_label"][j] == whole.fit_report["c_per_label"][j]
 
 
-def test_a_rare_label_takes_the_rare_labels_shared_choice_not_its_own(toxic):
-    """threat has 7 validation positives here (under 10): it does not choose its C on them. The (C, NB) with the
-    best mean validation ROC AUC over the rare labels is chosen, and its model is the one fitted at that choice."""
+def test_a_rare_label_takes_the_shrunk_default_not_its_own_choice(toxic):
+    """threat has 7 validation positives here (under 10): it neither chooses its C on them nor takes NB
+    weighting; it is the plain model at C = 4, while the other labels keep their NB weighting and own C."""
     fit_texts, fit_labels, other_texts, other_labels = toxic
     model = fit_lexical(fit_texts, fit_labels, "multilabel", LexicalSettings(),
                         validation=(other_texts, other_labels))
     report = model.fit_report
     threat = TOXIC_LABELS.index("threat")
     assert other_labels[:, threat].sum() == 7
-    assert report["rare"]["labels"] == [threat] and report["rare"]["searched"] == [threat]
-    means = report["rare"]["validation_mean_roc_auc"]
-    assert len(means) == 6  # 3 C values, NB on and off
-    best = max(means, key=means.get)
-    assert best == f"C={report['rare']['C']} NB={'on' if report['rare']['nb_weighting'] else 'off'}"
-    assert report["c_per_label"][threat] == report["rare"]["C"]
-    assert all(by_label[threat] is None for by_label in report["validation_roc_auc"].values())
-    settings = LexicalSettings(c=report["rare"]["C"], nb_weighting=report["rare"]["nb_weighting"], rare_below=0)
-    alone = fit_lexical(fit_texts, fit_labels, "multilabel", settings)  # no validation: fitted at C
-    np.testing.assert_allclose(model.scores(other_texts)[:, threat], alone.scores(other_texts)[:, threat],
+    assert report["rare"] == {"labels": [threat], "C": 4.0, "nb_weighting": False}
+    assert report["c_per_label"][threat] == 4.0
+    assert all(by_label[threat] is None for by_label in report["validation_roc_auc"].values())  # none searched
+    plain = fit_lexical(fit_texts, fit_labels, "multilabel", LexicalSettings(c=4.0, nb_weighting=False))
+    np.testing.assert_allclose(model.scores(other_texts)[:, threat], plain.scores(other_texts)[:, threat],
                                rtol=0, atol=SCORE_TOLERANCE)
-    common = [j for j in range(len(TOXIC_LABELS)) if j != threat]
-    assert model.nb_ratios is not None
-    if not report["rare"]["nb_weighting"]:  # NB off for the rare label only: its ratios are ones
-        assert (model.nb_ratios[threat] == 1).all() and not (model.nb_ratios[common] == 1).all()
+    assert model.nb_ratios is not None and (model.nb_ratios[threat] == 1).all()
+    others = [j for j in range(len(TOXIC_LABELS)) if j != threat]
+    assert not (model.nb_ratios[others] == 1).all(axis=1).any()  # NB-weighted
 
 
-def test_the_c_search_is_thinned_when_rows_times_labels_passes_the_budget(toxic):
-    """900 rows x 5 common labels x 9 C values = 40,500 row-fits; a budget of 13,500 keeps 3 C values (the lowest,
-    the default and the highest), and the fits made fall with them."""
+def test_over_the_budget_each_label_stops_at_the_first_c_below_its_best(toxic):
+    """900 rows x 5 searched labels x 9 C values = 40,500: under a budget of 10,000 each label's search stops one
+    C past its best instead of two, which cuts the fits (each label's highest C: its slowest)."""
     fit_texts, fit_labels, other_texts, other_labels = toxic
-    fits = {}
-    for budget in (10**9, 13_500):
-        settings = LexicalSettings(c_search_budget=budget, c_patience=None)
-        model = fit_lexical(fit_texts, fit_labels, "multilabel", settings, validation=(other_texts, other_labels))
-        fits[budget] = model.fit_report["fits"]
-        rare_fits = 6  # threat: 3 C values x NB on and off
-        assert fits[budget] == 5 * len(model.fit_report["c_values"]) + rare_fits
-    assert model.fit_report["c_values"] == [0.05, 2.0, 16.0]
-    assert fits[13_500] == 5 * 3 + 6 < fits[10**9] == 5 * 9 + 6
+    reports = {budget: fit_lexical(fit_texts, fit_labels, "multilabel", LexicalSettings(c_search_budget=budget),
+                                   validation=(other_texts, other_labels)).fit_report for budget in (10**9, 10_000)}
+    assert reports[10**9]["c_patience"] == 2 and reports[10_000]["c_patience"] == 1
+    for report in reports.values():
+        curves = np.array(list(report["validation_roc_auc"].values()), dtype=float)  # C values x labels
+        fitted = (~np.isnan(curves)).sum(axis=0)
+        for j in np.flatnonzero(fitted):  # threat (rare) is fitted once, unsearched
+            assert fitted[j] == min(9, int(np.nanargmax(curves[:, j])) + 1 + report["c_patience"])
+        assert report["fits"] == fitted.sum() + 1
+    assert reports[10_000]["fits"] < reports[10**9]["fits"]
 
 
 def test_settings_saved_before_the_rare_labels_rule_still_load():
     """A lexical.json written before `rare_below` and the search budget existed loads with their defaults."""
     old = {k: v for k, v in LexicalSettings().to_json().items()
-           if k not in ("rare_below", "rare_c_grid", "rare_search_labels", "c_search_budget")}
+           if k not in ("rare_below", "rare_c", "c_search_budget")}
     assert LexicalSettings.from_json(json.loads(json.dumps(old))) == LexicalSettings()
 
 

@@ -127,14 +127,15 @@ def fit_label(x: Any, y: np.ndarray, x_val: Any, y_val: np.ndarray | None, ratio
 def fit_multilabel(x: Any, y: np.ndarray, x_val: Any, y_val: np.ndarray | None,
                    settings: LexicalSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, dict[str, Any]]:
     """One binary model per label; with validation, C by each label's ROC AUC or by their mean, except for the
-    rare labels (fewer than `rare_below` validation positives), which share one (C, NB) choice."""
+    rare labels (fewer than `rare_below` validation positives): `fit_rare`."""
     num_labels = y.shape[1]
     ratios = (np.stack([nb_log_count_ratio(x, y[:, j], settings.nb_alpha) for j in range(num_labels)])
               if settings.nb_weighting else None)
     rare = (y_val.sum(axis=0) < settings.rare_below) if y_val is not None else np.zeros(num_labels, bool)
     common = [int(j) for j in np.flatnonzero(~rare)]
-    cs = bounded_cs(candidate_cs(settings, x_val is not None), settings, x.shape[0], len(common))
-    results = fit_labels(x, y, x_val, y_val, ratios, common, cs, settings)
+    cs = candidate_cs(settings, x_val is not None)
+    search = bounded_search(settings, x.shape[0], len(common), len(cs))
+    results = fit_labels(x, y, x_val, y_val, ratios, common, cs, search)
     auc = np.full((len(cs), num_labels), np.nan)
     auc[:, common] = np.array([r[1] for r in results], dtype=np.float64).T
     default = cs.index(settings.c)
@@ -151,10 +152,10 @@ def fit_multilabel(x: Any, y: np.ndarray, x_val: Any, y_val: np.ndarray | None,
     report: dict[str, Any] = {"unconverged_fits": sum(r[2] for r in results),
                               "fits": sum(r[3] for r in results)}
     if rare.any():
-        ratios = fit_rare(x, y, x_val, y_val, ratios, np.flatnonzero(rare), settings, coef, intercept, report)
+        ratios = fit_rare(x, y, ratios, np.flatnonzero(rare), settings, coef, intercept, report)
         for j in np.flatnonzero(rare):
-            c_per_label[j] = report["rare"]["C"]
-    report.update({"c_per_label": c_per_label, "c_values": cs,
+            c_per_label[j] = settings.rare_c
+    report.update({"c_per_label": c_per_label, "c_patience": search.c_patience,
                    "validation_roc_auc": {str(c): [None if np.isnan(v) else float(v) for v in auc[k]]
                                           for k, c in enumerate(cs)} if x_val is not None else None})
     if x_val is not None and common:
@@ -162,18 +163,13 @@ def fit_multilabel(x: Any, y: np.ndarray, x_val: Any, y_val: np.ndarray | None,
     return coef, intercept, ratios, report
 
 
-def bounded_cs(cs: list[float], settings: LexicalSettings, rows: int, labels: int) -> list[float]:
-    """The C values searched, thinned evenly to the most that keep rows x labels x C values within
-    `c_search_budget` (the search's time grows with all three), never under 3: the lowest, the highest and
-    `settings.c` (in place of the pick nearest it) stay."""
-    most = max(3, settings.c_search_budget // max(1, rows * labels))
-    if len(cs) <= most:
-        return cs
-    picks = [int(i) for i in np.round(np.linspace(0, len(cs) - 1, most))]
-    if settings.c in cs and cs.index(settings.c) not in picks:
-        nearest = min(range(1, most - 1), key=lambda k: abs(picks[k] - cs.index(settings.c)))
-        picks[nearest] = cs.index(settings.c)
-    return sorted(cs[i] for i in set(picks))
+def bounded_search(settings: LexicalSettings, rows: int, labels: int, values: int) -> LexicalSettings:
+    """The settings the per-label C search runs with: when rows x labels x C values passes `c_search_budget`,
+    each label stops at the first C below its best (patience 1), which drops its highest C fitted: with
+    liblinear's dual solver the slowest fit of its search."""
+    if rows * labels * values <= settings.c_search_budget or settings.c_patience is None:
+        return settings
+    return replace(settings, c_patience=min(settings.c_patience, 1))
 
 
 def fit_labels(x: Any, y: np.ndarray, x_val: Any, y_val: np.ndarray | None, ratios: np.ndarray | None,
@@ -194,35 +190,21 @@ def fit_labels(x: Any, y: np.ndarray, x_val: Any, y_val: np.ndarray | None, rati
                      unit="label"))
 
 
-def fit_rare(x: Any, y: np.ndarray, x_val: Any, y_val: np.ndarray, ratios: np.ndarray | None, rare: np.ndarray,
-             settings: LexicalSettings, coef: np.ndarray, intercept: np.ndarray,
-             report: dict[str, Any]) -> np.ndarray | None:
-    """The rare labels' one shared (C, NB weighting): the best mean validation ROC AUC over the
-    `rare_search_labels` of them with most validation positives; every rare label is then fitted at it. Fills
-    `coef` and `intercept` of the rare labels; returns the NB ratios with ones (no weighting) where NB is off."""
-    positives = y_val[:, rare].sum(axis=0)
-    searched = [int(j) for j in rare[np.argsort(-positives, kind="stable")][:settings.rare_search_labels]
-                if y_val[:, j].sum() > 0]
-    grid = list(settings.rare_c_grid)
-    search = replace(settings, c_patience=None)  # the pooled mean decides, not each label's curve
-    fitted = {nb: fit_labels(x, y, x_val, y_val, ratios if nb else None, searched, grid, search)
-              for nb in ((True, False) if ratios is not None else (False,))}
-    means = {(c, nb): float(np.mean([r[1][k] for r in results])) if searched else np.nan
-             for nb, results in fitted.items() for k, c in enumerate(grid)}
-    c, nb = max(means, key=lambda key: means[key]) if searched else (settings.c, ratios is not None)
-    rest = [int(j) for j in rare if j not in searched]
-    refitted = fit_labels(x, y, None, None, ratios if nb else None, rest, [c], settings)
-    for j, result in [*zip(searched, fitted[nb], strict=True), *zip(rest, refitted, strict=True)]:
-        coef[j], intercept[j] = result[0][grid.index(c) if j in searched else 0]
-    everything = [r for results in fitted.values() for r in results] + refitted
-    report["fits"] += sum(r[3] for r in everything)
-    report["unconverged_fits"] += sum(r[2] for r in everything)
-    report["rare"] = {"labels": [int(j) for j in rare], "searched": searched, "C": c, "nb_weighting": nb,
-                      "validation_mean_roc_auc": {f"C={key[0]} NB={'on' if key[1] else 'off'}": value
-                                                  for key, value in means.items()}}
-    if ratios is not None and not nb:
-        ratios = ratios.copy()
-        ratios[rare] = 1.0
+def fit_rare(x: Any, y: np.ndarray, ratios: np.ndarray | None, rare: np.ndarray, settings: LexicalSettings,
+             coef: np.ndarray, intercept: np.ndarray, report: dict[str, Any]) -> np.ndarray | None:
+    """The rare labels fitted once each at `rare_c` without NB weighting (the shrunk default: their few
+    positives can choose neither); fills their `coef` and `intercept`; returns the NB ratios with ones (no
+    weighting) in their rows."""
+    results = fit_labels(x, y, None, None, None, [int(j) for j in rare], [settings.rare_c], settings)
+    for j, result in zip(rare, results, strict=True):
+        coef[j], intercept[j] = result[0][0]
+    report["fits"] += sum(r[3] for r in results)
+    report["unconverged_fits"] += sum(r[2] for r in results)
+    report["rare"] = {"labels": [int(j) for j in rare], "C": settings.rare_c, "nb_weighting": False}
+    if ratios is None:
+        return None
+    ratios = ratios.copy()
+    ratios[rare] = 1.0
     return ratios
 
 
