@@ -34,6 +34,13 @@ class LexicalSettings:
     c_grid: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)  # tried on a validation split
     c_per_label: bool = True  # multi-label: choose C for each label (else one C by mean ROC AUC)
     c_patience: int | None = 2  # per label, stop rising C after this many in a row below its best; None: all
+    # multi-label: a label with fewer validation positives than this (about 57 training positives at the 15%
+    # validation carve) neither chooses its C on them (one positive's rank moves its ROC AUC by up to 1/n) nor
+    # takes NB weighting (nb_alpha = 1 outweighs the tf-idf summed over so few positives: its ratios then
+    # measure how rare an n-gram is among the negatives, not the label); it is fitted once at `rare_c`, no NB
+    rare_below: int = 10
+    rare_c: float = 4.0  # the rare labels' C: the plain TF-IDF + LR reference's
+    c_search_budget: int = 5_000_000  # rows x labels x C values; over it each label's C search has patience 1
     class_weight: str | None = "balanced"  # scikit-learn class_weight: None or 'balanced'
     max_iter: int = 1000  # solver iterations per fit
     tol: float = 1e-4  # solver tolerance

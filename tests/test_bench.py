@@ -116,6 +116,20 @@ def test_lexical_blend_benchmark(multiclass_checkpoint, tmp_path):
     assert result["blend"]["chosen_strategy"] and result["blend"]["blends"]
 
 
+def test_lexical_rare_benchmark(tmp_path):
+    out, documents = tmp_path / "out", tmp_path / "documents"
+    run_bench("long_documents.py", ["--output-dir", str(documents), "--buried-documents", "2",
+                                    "--train-documents", "150", "--test-documents", "60"], out)
+    done = run_bench("lexical_rare.py", ["--data", str(documents / "topics" / "train.csv"), "--label-column",
+                                         "labels", "--label-delimiter", ",", "--test-data",
+                                         str(documents / "topics" / "test.csv"), "--variants", "member", "no NB, C=4"],
+                     out)
+    (record,) = records(out / "lexical_rare.json")
+    assert [row["variant"] for row in record["variants"]] == ["member", "no NB, C=4"]
+    assert all(0.5 < row["test_mean_roc_auc"] <= 1 for row in record["variants"])
+    assert record["variants"][0]["fit"]["fits"] > 0 and "rare" in done.stdout
+
+
 def test_explain_benchmark(checkpoint_copy, tmp_path):
     out = tmp_path / "out"
     done = run_bench("explain.py", ["--checkpoint", str(checkpoint_copy), "--texts", "2", "--max-k", "2",

@@ -136,7 +136,7 @@ def test_fits_stopped_at_max_iter_are_counted_not_warned_per_fit(toxic, recwarn)
     fit_texts, fit_labels, other_texts, other_labels = toxic
     settings = LexicalSettings(c_grid=(0.5, 8.0), max_iter=1)
     model = fit_lexical(fit_texts, fit_labels, "multilabel", settings, validation=(other_texts, other_labels))
-    assert 0 < model.fit_report["unconverged_fits"] <= 3 * fit_labels.shape[1]  # 3 C values per label
+    assert 0 < model.fit_report["unconverged_fits"] <= model.fit_report["fits"]
     assert not [w for w in recwarn if "converge" in str(w.message)]
     converged = fit_lexical(fit_texts, fit_labels, "multilabel", LexicalSettings(c_grid=(0.5,)),
                                  validation=(other_texts, other_labels))
@@ -145,7 +145,7 @@ def test_fits_stopped_at_max_iter_are_counted_not_warned_per_fit(toxic, recwarn)
 
 def test_c_is_chosen_on_validation(toxic):
     fit_texts, fit_labels, other_texts, other_labels = toxic
-    settings = LexicalSettings(c_grid=(0.5, 8.0), c=2.0, c_per_label=True)
+    settings = LexicalSettings(c_grid=(0.5, 8.0), c=2.0, c_per_label=True, rare_below=0)
     model = fit_lexical(fit_texts, fit_labels, "multilabel", settings, validation=(other_texts, other_labels))
     grid = model.fit_report["validation_roc_auc"]
     assert set(grid) == {"0.5", "2.0", "8.0"}
@@ -159,7 +159,7 @@ def test_rising_c_stops_once_validation_turns_down(toxic):
     fit_texts, fit_labels, other_texts, other_labels = toxic
     grid = (0.05, 0.25, 1.0, 4.0, 16.0)
     whole, stopped = (fit_lexical(fit_texts, fit_labels, "multilabel",
-                                       LexicalSettings(c_grid=grid, c=1.0, c_patience=patience),
+                                       LexicalSettings(c_grid=grid, c=1.0, c_patience=patience, rare_below=0),
                                        validation=(other_texts, other_labels)) for patience in (None, 2))
     curves = np.array([whole.fit_report["validation_roc_auc"][str(c)] for c in grid], dtype=float)
     kept = np.array([stopped.fit_report["validation_roc_auc"][str(c)] for c in grid], dtype=float)
@@ -170,6 +170,49 @@ def test_rising_c_stops_once_validation_turns_down(toxic):
         peaks = int(np.sum(np.diff(np.sign(np.diff(curves[:, j]))) < 0))
         if peaks <= 1:
             assert stopped.fit_report["c_per_label"][j] == whole.fit_report["c_per_label"][j]
+
+
+def test_a_rare_label_takes_the_shrunk_default_not_its_own_choice(toxic):
+    """threat has 7 validation positives here (under 10): it neither chooses its C on them nor takes NB
+    weighting; it is the plain model at C = 4, while the other labels keep their NB weighting and own C."""
+    fit_texts, fit_labels, other_texts, other_labels = toxic
+    model = fit_lexical(fit_texts, fit_labels, "multilabel", LexicalSettings(),
+                        validation=(other_texts, other_labels))
+    report = model.fit_report
+    threat = TOXIC_LABELS.index("threat")
+    assert other_labels[:, threat].sum() == 7
+    assert report["rare"] == {"labels": [threat], "C": 4.0, "nb_weighting": False}
+    assert report["c_per_label"][threat] == 4.0
+    assert all(by_label[threat] is None for by_label in report["validation_roc_auc"].values())  # none searched
+    plain = fit_lexical(fit_texts, fit_labels, "multilabel", LexicalSettings(c=4.0, nb_weighting=False))
+    np.testing.assert_allclose(model.scores(other_texts)[:, threat], plain.scores(other_texts)[:, threat],
+                               rtol=0, atol=SCORE_TOLERANCE)
+    assert model.nb_ratios is not None and (model.nb_ratios[threat] == 1).all()
+    others = [j for j in range(len(TOXIC_LABELS)) if j != threat]
+    assert not (model.nb_ratios[others] == 1).all(axis=1).any()  # NB-weighted
+
+
+def test_over_the_budget_each_label_stops_at_the_first_c_below_its_best(toxic):
+    """900 rows x 5 searched labels x 9 C values = 40,500: under a budget of 10,000 each label's search stops one
+    C past its best instead of two, which cuts the fits (each label's highest C: its slowest)."""
+    fit_texts, fit_labels, other_texts, other_labels = toxic
+    reports = {budget: fit_lexical(fit_texts, fit_labels, "multilabel", LexicalSettings(c_search_budget=budget),
+                                   validation=(other_texts, other_labels)).fit_report for budget in (10**9, 10_000)}
+    assert reports[10**9]["c_patience"] == 2 and reports[10_000]["c_patience"] == 1
+    for report in reports.values():
+        curves = np.array(list(report["validation_roc_auc"].values()), dtype=float)  # C values x labels
+        fitted = (~np.isnan(curves)).sum(axis=0)
+        for j in np.flatnonzero(fitted):  # threat (rare) is fitted once, unsearched
+            assert fitted[j] == min(9, int(np.nanargmax(curves[:, j])) + 1 + report["c_patience"])
+        assert report["fits"] == fitted.sum() + 1
+    assert reports[10_000]["fits"] < reports[10**9]["fits"]
+
+
+def test_settings_saved_before_the_rare_labels_rule_still_load():
+    """A lexical.json written before `rare_below` and the search budget existed loads with their defaults."""
+    old = {k: v for k, v in LexicalSettings().to_json().items()
+           if k not in ("rare_below", "rare_c", "c_search_budget")}
+    assert LexicalSettings.from_json(json.loads(json.dumps(old))) == LexicalSettings()
 
 
 def test_multiclass_c_search_stops_once_validation_turns_down(conference):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
+from dataclasses import replace
 from typing import Any, cast
 
 import numpy as np
@@ -15,6 +16,8 @@ from models.lexical_features import Block, LexicalSettings
 from utils.data.files import DataError
 
 IN_PROCESS_ROWS = 1000  # training rows below which the member is fitted in this process
+# one label's fits: (coef, intercept) and validation ROC AUC at each C, unconverged fits, fits made
+LabelFits = tuple[list[tuple[np.ndarray, float]], list[float], int, int]
 
 
 def fit_lexical(texts: list[str], labels: np.ndarray, task: str, settings: LexicalSettings | None = None,
@@ -95,9 +98,10 @@ def candidate_cs(settings: LexicalSettings, has_validation: bool) -> list[float]
 
 
 def fit_label(x: Any, y: np.ndarray, x_val: Any, y_val: np.ndarray | None, ratios: np.ndarray | None,
-              cs: list[float], settings: LexicalSettings) -> tuple[list[tuple[np.ndarray, float]], list[float], int]:
-    """One label's model at each C, each one's validation ROC AUC (NaN without two validation classes), and how
-    many of the fits stopped at max_iter before converging (counted here, not warned once per fit)."""
+              cs: list[float], settings: LexicalSettings) -> LabelFits:
+    """One label's model at each C, each one's validation ROC AUC (NaN without two validation classes), how
+    many of the fits stopped at max_iter before converging (counted here, not warned once per fit), and how many
+    fits were made."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.metrics import roc_auc_score
 
@@ -117,46 +121,91 @@ def fit_label(x: Any, y: np.ndarray, x_val: Any, y_val: np.ndarray | None, ratio
         if patience is not None and len(aucs) - 1 - int(np.argmax(aucs)) >= patience:
             break
     skipped = len(cs) - len(pairs)  # reported as NaN, never chosen
-    return pairs + [pairs[-1]] * skipped, aucs + [np.nan] * skipped, unconverged
+    return pairs + [pairs[-1]] * skipped, aucs + [np.nan] * skipped, unconverged, len(pairs)
 
 
 def fit_multilabel(x: Any, y: np.ndarray, x_val: Any, y_val: np.ndarray | None,
                    settings: LexicalSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, dict[str, Any]]:
-    """One binary model per label; with validation, C by each label's ROC AUC or by their mean."""
-    from joblib import Parallel, delayed
-    from tqdm.auto import tqdm
-
-    cs = candidate_cs(settings, x_val is not None)
+    """One binary model per label; with validation, C by each label's ROC AUC or by their mean, except for the
+    rare labels (fewer than `rare_below` validation positives): `fit_rare`."""
     num_labels = y.shape[1]
     ratios = (np.stack([nb_log_count_ratio(x, y[:, j], settings.nb_alpha) for j in range(num_labels)])
               if settings.nb_weighting else None)
+    rare = (y_val.sum(axis=0) < settings.rare_below) if y_val is not None else np.zeros(num_labels, bool)
+    common = [int(j) for j in np.flatnonzero(~rare)]
+    cs = candidate_cs(settings, x_val is not None)
+    search = bounded_search(settings, x.shape[0], len(common), len(cs))
+    results = fit_labels(x, y, x_val, y_val, ratios, common, cs, search)
+    auc = np.full((len(cs), num_labels), np.nan)
+    auc[:, common] = np.array([r[1] for r in results], dtype=np.float64).T
+    default = cs.index(settings.c)
+    if x_val is None or not common:
+        chosen = [default] * len(common)
+    elif settings.c_per_label:
+        chosen = [int(np.nanargmax(auc[:, j])) if not np.isnan(auc[:, j]).all() else default for j in common]
+    else:
+        chosen = [int(np.nanargmax(np.nanmean(auc[:, common], axis=1)))] * len(common)
+    coef, intercept = np.zeros((num_labels, x.shape[1])), np.zeros(num_labels)
+    c_per_label = [settings.c] * num_labels
+    for j, k, result in zip(common, chosen, results, strict=True):
+        coef[j], intercept[j], c_per_label[j] = *result[0][k], cs[k]
+    report: dict[str, Any] = {"unconverged_fits": sum(r[2] for r in results),
+                              "fits": sum(r[3] for r in results)}
+    if rare.any():
+        ratios = fit_rare(x, y, ratios, np.flatnonzero(rare), settings, coef, intercept, report)
+        for j in np.flatnonzero(rare):
+            c_per_label[j] = settings.rare_c
+    report.update({"c_per_label": c_per_label, "c_patience": search.c_patience,
+                   "validation_roc_auc": {str(c): [None if np.isnan(v) else float(v) for v in auc[k]]
+                                          for k, c in enumerate(cs)} if x_val is not None else None})
+    if x_val is not None and common:
+        report["validation_mean_roc_auc"] = float(np.nanmean(auc[chosen, common]))
+    return coef, intercept, ratios, report
 
-    # one process per core fits labels side by side (not threads: liblinear shuffles with one global generator);
-    # each gets writable copies of the features (liblinear refuses joblib's read-only memory maps)
-    labels_in_order = Parallel(n_jobs=fit_processes(x.shape[0], num_labels), max_nbytes=None,
-                               return_as="generator")(
+
+def bounded_search(settings: LexicalSettings, rows: int, labels: int, values: int) -> LexicalSettings:
+    """The settings the per-label C search runs with: when rows x labels x C values passes `c_search_budget`,
+    each label stops at the first C below its best (patience 1), which drops its highest C fitted: with
+    liblinear's dual solver the slowest fit of its search."""
+    if rows * labels * values <= settings.c_search_budget or settings.c_patience is None:
+        return settings
+    return replace(settings, c_patience=min(settings.c_patience, 1))
+
+
+def fit_labels(x: Any, y: np.ndarray, x_val: Any, y_val: np.ndarray | None, ratios: np.ndarray | None,
+               labels: list[int], cs: list[float],
+               settings: LexicalSettings) -> list[LabelFits]:
+    """`fit_label` for each of `labels`, one process per core (not threads: liblinear shuffles with one global
+    generator); each gets writable copies of the features (liblinear refuses joblib's read-only memory maps)."""
+    from joblib import Parallel, delayed
+    from tqdm.auto import tqdm
+
+    if not labels:
+        return []
+    in_order = Parallel(n_jobs=fit_processes(x.shape[0], len(labels)), max_nbytes=None, return_as="generator")(
         delayed(fit_label)(x, y[:, j], x_val, None if y_val is None else y_val[:, j],
                            None if ratios is None else ratios[j], cs, settings)
-        for j in range(num_labels))
-    results: list[tuple[list[tuple[np.ndarray, float]], list[float], int]] = list(  # pyright: ignore
-        tqdm(labels_in_order, total=num_labels, desc=f"lexical member ({len(cs)} C each)", unit="label"))
-    auc = np.array([results[j][1] for j in range(num_labels)], dtype=np.float64).T
-    default = cs.index(settings.c)
-    if x_val is None:
-        chosen = [default] * num_labels
-    elif settings.c_per_label:
-        chosen = [int(np.nanargmax(auc[:, j])) if not np.isnan(auc[:, j]).all() else default
-                  for j in range(num_labels)]
-    else:
-        chosen = [int(np.nanargmax(np.nanmean(auc, axis=1)))] * num_labels
-    coef = np.stack([results[j][0][k][0] for j, k in enumerate(chosen)])
-    intercept = np.array([results[j][0][k][1] for j, k in enumerate(chosen)])
-    report = {"c_per_label": [cs[k] for k in chosen], "unconverged_fits": sum(r[2] for r in results),
-              "validation_roc_auc": {str(c): [None if np.isnan(v) else float(v) for v in auc[k]]
-                                     for k, c in enumerate(cs)} if x_val is not None else None}
-    if x_val is not None:
-        report["validation_mean_roc_auc"] = float(np.nanmean(auc[chosen, np.arange(num_labels)]))
-    return coef, intercept, ratios, report
+        for j in labels)
+    return list(tqdm(in_order, total=len(labels), desc=f"lexical member ({len(cs)} C each)",  # pyright: ignore
+                     unit="label"))
+
+
+def fit_rare(x: Any, y: np.ndarray, ratios: np.ndarray | None, rare: np.ndarray, settings: LexicalSettings,
+             coef: np.ndarray, intercept: np.ndarray, report: dict[str, Any]) -> np.ndarray | None:
+    """The rare labels fitted once each at `rare_c` without NB weighting (the shrunk default: their few
+    positives can choose neither); fills their `coef` and `intercept`; returns the NB ratios with ones (no
+    weighting) in their rows."""
+    results = fit_labels(x, y, None, None, None, [int(j) for j in rare], [settings.rare_c], settings)
+    for j, result in zip(rare, results, strict=True):
+        coef[j], intercept[j] = result[0][0]
+    report["fits"] += sum(r[3] for r in results)
+    report["unconverged_fits"] += sum(r[2] for r in results)
+    report["rare"] = {"labels": [int(j) for j in rare], "C": settings.rare_c, "nb_weighting": False}
+    if ratios is None:
+        return None
+    ratios = ratios.copy()
+    ratios[rare] = 1.0
+    return ratios
 
 
 def fit_multiclass(x: Any, y: np.ndarray, x_val: Any, y_val: np.ndarray | None,
