@@ -100,6 +100,7 @@ class Run:
     recipe: Recipe
     member: FittedMember | None = None
     best_state: dict[str, torch.Tensor] | None = None
+    best_validation: PooledValidation | None = None  # the validation scores of `best_state`, when this run made them
     random_states_to_restore: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None
     tracking: bool = False
     bar: Any = field(default=None, repr=False)
@@ -233,7 +234,7 @@ def plan_recipe(config: Config, splits: DataSplits, tokenizer: PreTrainedTokeniz
             sample = tokenizer(splits.train.texts[:config.batch_size], truncation=False)["input_ids"]
             cost = measure_step_cost(model, sample, pad_token_id(tokenizer), config.batch_size, accelerator.device)
         budget = (60 * config.time_budget if config.time_budget is not None
-                  else default_budget_seconds(len(splits.train)))
+                  else default_budget_seconds(len(splits.train), float(np.mean(shape.token_lengths))))
         recipe = choose_recipe(shape, cost, given, config.batch_size * accelerator.num_processes, budget,
                                member.seconds if member is not None else 0.0, config.export_onnx)
         if accelerator.num_processes > 1:
@@ -358,7 +359,8 @@ def optimization_step(state: Run, batch: dict[str, torch.Tensor]) -> float:
 def evaluate(state: Run, loss: float) -> None:
     """The validation metric now: logged, counted for early stopping, and the weights kept when best."""
     config, progress, accelerator = state.config, state.progress, state.accelerator
-    value = validation_pooled(state, state.model).value
+    pooled = validation_pooled(state, state.model)
+    value = pooled.value
     improved = progress.record_evaluation(value)
     metric_name = f"val_{SELECTION_METRIC[state.task]}"
     record = {"step": progress.step, "epoch": round(progress.step / state.steps_per_epoch, 3), "loss": loss,
@@ -372,6 +374,7 @@ def evaluate(state: Run, loss: float) -> None:
     if improved:
         weights = accelerator.unwrap_model(state.model).state_dict()
         state.best_state = {k: v.detach().clone() for k, v in weights.items()}
+        state.best_validation = pooled
     if progress.should_stop(config.early_stopping_patience):
         state.say(f"early stopping: no gain in {config.early_stopping_patience} evaluations")
 
@@ -408,7 +411,7 @@ def finish(state: Run) -> TrainResult:
     config, accelerator, splits, task = state.config, state.accelerator, state.splits, state.task
     model = accelerator.unwrap_model(state.model)
     model.load_state_dict(state.best_state)
-    pooled = validation_pooled(state, model)
+    pooled = state.best_validation or validation_pooled(state, model)  # a resumed run scores its best model again
     transformer = pooled.scores
     if len(pooled.by_pooling) > 1:
         state.say(f"long texts read in windows, pooled by {pooled.reading.window_pooling}: validation "

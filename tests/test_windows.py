@@ -23,7 +23,8 @@ from utils.checkpoint.rows import ExportRows
 from utils.inference.explain import prepare_text, split_words
 from utils.inference.reading import Reading
 from utils.inference.tokens import pad_batch
-from utils.training.recipe import DataShape, StepCost, choose_recipe, forward_seconds
+from utils.training.export_rows import measured_rows
+from utils.training.recipe import DataShape, StepCost, choose_recipe, default_budget_seconds, forward_seconds
 
 HARMLESS = ("Thanks for the note on the talk page, I will look at the references for the article tomorrow and "
             "fix the dates in the second section. ")
@@ -106,6 +107,13 @@ def test_the_recipe_reads_long_texts_in_windows_and_plans_their_cost():
     assert forward_seconds(lengths, COST, 64, windows=True) > 3 * forward_seconds(lengths, COST, 64)
     given = choose_recipe(shape([30] * 50 + [600] * 50, 2000), COST, {"long_texts": "truncate"}, 32, 600.0, 10.0)
     assert given.values["long_texts"] == "truncate" and given.reasons["long_texts"] == "given"
+
+
+def test_long_texts_get_a_longer_default_budget_and_export_measures_fewer_of_them():
+    assert default_budget_seconds(6000, mean_tokens=90) == default_budget_seconds(6000) == 240.0
+    assert default_budget_seconds(6000, mean_tokens=192) == 360.0
+    assert default_budget_seconds(6000, mean_tokens=1000) == 480.0  # twice at most
+    assert measured_rows(1.0) == 2000 and measured_rows(8.0) == 250 and measured_rows(100.0) == 100
 
 
 # --- a checkpoint trained to read windows ---------------------------------------------------------------------

@@ -26,6 +26,7 @@ from utils.training.optim import encoder_layers, layer_depth
 
 RECIPE_FILE = "recipe.json"
 SECONDS_PER_1000_ROWS = 40.0  # the default budget grows with the file: 40 s per 1,000 training rows ...
+LONG_TEXT_TOKENS, MAX_LENGTH_FACTOR = 128, 2.0  # ... times mean tokens / 128 (1 to 2: long texts cost windows) ...
 MIN_BUDGET_MINUTES, MAX_BUDGET_MINUTES = 3.0, 20.0  # ... between these bounds
 COVERED_QUANTILE = 0.95  # max_length covers this share of the training texts ...
 MIN_LENGTH_FOR_BUDGET = 64  # ... unless the budget forces it down towards this many tokens
@@ -33,7 +34,8 @@ MAX_STEPS_FOR_EPOCH_CAP = 1000  # small files may take up to this many steps ...
 MIN_EPOCH_CAP, MAX_EPOCH_CAP = 10.0, 30.0  # ... within these epoch caps
 EPOCHS_BEFORE_SHORTENING = 2.0  # texts are cut shorter (down to MIN_LENGTH_FOR_BUDGET) to afford this many epochs
 EXPORT_SECONDS = 15.0  # graph export and quantization, before measuring each graph on the validation rows ...
-EXPORT_PASSES = 4  # ... which costs about four passes of torch over them (toxic on a Zen 5: 66 s in all)
+EXPORT_PASSES = 6  # ... which costs about six forward passes of torch over them (measured: 4 on toxic on a Zen 5,
+# 5.5 on 7,000 long documents on a Zen 4: five graphs at one thread each)
 MULTICLASS_LABEL_SMOOTHING = 0.1  # a common regulariser of softmax heads; it also won conference's validation
 SPECIAL_TOKENS = 2  # [CLS] and [SEP] (<s> and </s>) around every sequence
 MEGABATCH = 50  # batches that training's length-grouped sampler sorts together
@@ -130,9 +132,11 @@ class Recipe:
         return cls(**saved)
 
 
-def default_budget_seconds(train_rows: int) -> float:
-    """40 s per 1,000 training rows, between 3 and 20 minutes: larger files get more time."""
-    minutes = SECONDS_PER_1000_ROWS * train_rows / 1000 / 60
+def default_budget_seconds(train_rows: int, mean_tokens: float = 0.0) -> float:
+    """40 s per 1,000 training rows, up to twice that for texts averaging over 128 tokens (each is read in several
+    windows in every validation pass and in export's measurement), between 3 and 20 minutes."""
+    factor = min(MAX_LENGTH_FACTOR, max(1.0, mean_tokens / LONG_TEXT_TOKENS))
+    minutes = factor * SECONDS_PER_1000_ROWS * train_rows / 1000 / 60
     return 60 * min(MAX_BUDGET_MINUTES, max(MIN_BUDGET_MINUTES, minutes))
 
 
@@ -225,6 +229,9 @@ def choose_recipe(shape: DataShape, cost: StepCost | None, given: dict[str, Any]
     choose_epochs(shape, cost, batch_size, training_budget(length), values, reasons)
     windows = values["long_texts"] == "windows"
     planned["export"] = round(export_seconds(shape, cost, length, windows) if export else 0, 1)
+    if values["epochs"] < 1 and reasons["epochs"] != "given":  # say where the time went
+        reasons["epochs"] += (f"; of the {budget_seconds:.0f}-s budget the TF-IDF member took {member_seconds:.0f} s "
+                              f"and export's graphs and measurement are planned at {planned['export']:.0f} s")
     planned["training"] = round(values["epochs"] * epoch_seconds(
         shape, cost, length, batch_size, bool(values["freeze_layers"]), windows), 1)
     return recipe
