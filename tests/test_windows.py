@@ -111,8 +111,8 @@ def test_the_recipe_reads_long_texts_in_windows_and_plans_their_cost():
 
 def test_long_texts_get_a_longer_default_budget_and_export_measures_fewer_of_them():
     assert default_budget_seconds(6000, mean_tokens=90) == default_budget_seconds(6000) == 240.0
-    assert default_budget_seconds(6000, mean_tokens=192) == 360.0
-    assert default_budget_seconds(6000, mean_tokens=1000) == 480.0  # twice at most
+    assert default_budget_seconds(6000, mean_tokens=160) == 300.0
+    assert default_budget_seconds(6000, mean_tokens=1000) == 360.0  # 1.5 times at most
     assert measured_rows(1.0) == 2000 and measured_rows(8.0) == 250 and measured_rows(100.0) == 100
 
 

@@ -26,7 +26,7 @@ from utils.training.optim import encoder_layers, layer_depth
 
 RECIPE_FILE = "recipe.json"
 SECONDS_PER_1000_ROWS = 40.0  # the default budget grows with the file: 40 s per 1,000 training rows ...
-LONG_TEXT_TOKENS, MAX_LENGTH_FACTOR = 128, 2.0  # ... times mean tokens / 128 (1 to 2: long texts cost windows) ...
+LONG_TEXT_TOKENS, MAX_LENGTH_FACTOR = 128, 1.5  # ... times mean tokens / 128 (1 to 1.5: long texts cost windows) ...
 MIN_BUDGET_MINUTES, MAX_BUDGET_MINUTES = 3.0, 20.0  # ... between these bounds
 COVERED_QUANTILE = 0.95  # max_length covers this share of the training texts ...
 MIN_LENGTH_FOR_BUDGET = 64  # ... unless the budget forces it down towards this many tokens
@@ -133,7 +133,7 @@ class Recipe:
 
 
 def default_budget_seconds(train_rows: int, mean_tokens: float = 0.0) -> float:
-    """40 s per 1,000 training rows, up to twice that for texts averaging over 128 tokens (each is read in several
+    """40 s per 1,000 training rows, up to 1.5 times that for texts averaging over 128 tokens (each is read in several
     windows in every validation pass and in export's measurement), between 3 and 20 minutes."""
     factor = min(MAX_LENGTH_FACTOR, max(1.0, mean_tokens / LONG_TEXT_TOKENS))
     minutes = factor * SECONDS_PER_1000_ROWS * train_rows / 1000 / 60
