@@ -15,6 +15,7 @@ import numpy as np
 from inferer import ModelInferer
 from utils.checkpoint.atomic import output_folder
 from utils.config import AUTO_TASK, Config, PredictionArguments
+from utils.data.datasets import BUILTIN_DATASETS
 from utils.data.prepare import read_test_set
 from utils.data.readers import LabeledTexts
 from utils.data.report import REPORT_FILE as DATA_REPORT_FILE
@@ -115,6 +116,20 @@ def torch_reference(inferer: ModelInferer, data: LabeledTexts, metrics: dict[str
             "max_score_difference": float(np.abs(scores - torch_scores).max()) if len(scores) else 0.0}
 
 
+LAYOUT_FIELDS = ("text_column", "label_columns", "label_column", "label_delimiter", "labels_file")
+
+
+def with_training_columns(config: Config, inferer: ModelInferer) -> Config:
+    """A --test-data file read as training read its own file: with training's columns where no flag names them
+    (a built-in dataset's test file, or --data naming training's source, keep that source's layout)."""
+    saved = inferer.checkpoint.training_config()
+    if not config.test_data or config.data == saved.get("data") or saved.get("data") in BUILTIN_DATASETS:
+        return config
+    given = any(getattr(config, name) for name in LAYOUT_FIELDS)
+    columns = {} if given else {name: saved[name] for name in LAYOUT_FIELDS if saved.get(name)}
+    return dataclasses.replace(config, data=config.test_data, **columns)
+
+
 def report_suffix(settings: PredictionArguments, inferer: ModelInferer) -> str:
     """"" for what --backend auto measures (what the server serves); torch's int8 and bf16, and a backend asked
     for by name, in reports of their own."""
@@ -130,6 +145,7 @@ def run(config: Config, checkpoint: str | Path) -> dict[str, Any]:
     write the report and plots beside it."""
     inferer = ModelInferer(checkpoint, quantize=config.quantize, precision=config.precision, backend=config.backend,
                            **config.reading_overrides())
+    config = with_training_columns(config, inferer)
     task = inferer.task if config.task == AUTO_TASK else config.task  # the data is read as it was trained
     data = read_test_set(config, inferer.label_names, task)
     result = evaluate(inferer, data, config.eval_batch_size)

@@ -115,6 +115,22 @@ def test_evaluation_on_a_given_test_file(multilabel_checkpoint, toxic_csv, tmp_p
     assert report["data"] == str(test) and report["metrics"]["examples"] == 25
 
 
+def test_a_test_file_is_read_with_the_columns_training_read(multiclass_checkpoint, conference_csv, tmp_path):
+    """`--mode eval --test-data FILE` with no column flag: the text and label columns the checkpoint was trained
+    from (a file of its own layout), not the default dataset's."""
+    checkpoint = tmp_path / "checkpoint"
+    shutil.copytree(multiclass_checkpoint, checkpoint)
+    saved = json.loads((checkpoint / "training_config.json").read_text())
+    (checkpoint / "training_config.json").write_text(json.dumps(saved | {"text_column": "body",
+                                                                          "label_column": "venue"}))
+    test = tmp_path / "titles.csv"
+    pd.read_csv(conference_csv).head(30).rename(columns={"Title": "body", "Conference": "venue"}).to_csv(test,
+                                                                                                       index=False)
+    config = make_config(mode="eval", task="auto", test_data=str(test), output_dir=str(tmp_path / "out"))
+    report = evaluation.run(config, checkpoint)
+    assert report["data"] == str(test) and report["metrics"]["examples"] == 30
+
+
 def test_summary_table_lists_every_label(multilabel_report):
     table = evaluation.summary_table("multilabel", multilabel_report[0]["metrics"])
     assert "mean ROC AUC" in table
