@@ -223,8 +223,10 @@ def main() -> None:
     inferer = ModelInferer(args.checkpoint, precision="fp32", backend="torch",  # gradient methods need PyTorch
                            long_texts=args.long_texts)
     texts = held_out_texts(inferer, args.texts, args.min_words, args.seed)
-    if args.bury_in:
-        texts = buried(inferer, texts, args.bury_in, args.seed)
+    if args.bury_in:  # the buried texts on which the model still predicts a label
+        long_texts = buried(inferer, texts, args.bury_in, args.seed)
+        texts = [text for text, prediction in zip(long_texts, inferer.predict_batch(long_texts), strict=True)
+                 if prediction["labels"]]
     if args.cost_only:
         measured = cost_of_explaining(inferer, texts)
         for method, figures in measured["cost"].items():
