@@ -187,6 +187,26 @@ def test_ray_scores_with_the_servers_backend_and_scores(ray_address, inputs, exp
                                [[a["scores"][n] for n in TOXIC_LABELS] for a in answers], rtol=0, atol=1e-6)
 
 
+def test_ray_reads_long_texts_in_the_windows_asked_for(ray_address, inputs, multilabel_checkpoint, tmp_path, capsys):
+    """--long-texts windows reaches every actor: long rows scored as ModelInferer scores them in windows, their
+    answers not truncated (the checkpoint itself cuts them)."""
+    texts = [" ".join(read_input(inputs / "a.csv").comment_text.head(12).tolist()) * 2, "thanks for the fix"]
+    source = tmp_path / "long.csv"
+    pd.DataFrame({"comment_text": texts}).to_csv(source, index=False)
+    output = tmp_path / "scored"
+    assert run_main("--ray-address", ray_address, "--checkpoint", str(multilabel_checkpoint), "--input", str(source),
+                    "--output", str(output), "--num-actors", "1", "--long-texts", "windows", "--max-windows",
+                    "200") == 0
+    capsys.readouterr()
+    scored = read_output(output).sort_values(predict_ray.ROW_NUMBER)
+    windows = ModelInferer(multilabel_checkpoint, long_texts="windows", max_windows=200)
+    expected = windows.predict_batch(texts)
+    np.testing.assert_allclose(scored[SCORE_COLUMNS].to_numpy(dtype=np.float64),
+                               [[p["scores"][n] for n in TOXIC_LABELS] for p in expected], rtol=0, atol=1e-6)
+    assert scored["truncated"].astype(str).str.lower().tolist() == ["false", "false"]
+    assert ModelInferer(multilabel_checkpoint).predict_batch(texts)[0]["truncated"] is True
+
+
 class KillingScorer(predict_ray.Scorer):
     """The Scorer, except that the first actor kills its own process on its third batch (once per marker)."""
 
