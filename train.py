@@ -204,7 +204,7 @@ def encode_splits(splits: DataSplits, tokenizer: PreTrainedTokenizerBase, config
     validation_encoded = reading.encode(tokenizer, splits.validation.texts)
     longer = {"max_length": reading.max_length, "truncation": reading.truncation, "long_texts": reading.long_texts,
               "train": int(sum(train_encoded.truncated)),
-              "validation": int((validation_encoded.windows_per_text > 1).sum() + sum(validation_encoded.truncated)),
+              "validation": int(((validation_encoded.windows_per_text > 1) | validation_encoded.truncated).sum()),
               "validation_windows": len(validation_encoded.input_ids)}
     accelerator.print(f"{longer['train']} of {len(splits.train)} training texts were longer than "
                       f"{reading.max_length} tokens and were cut ({reading.truncation}) for training"

@@ -46,6 +46,8 @@ TRANSFORMER = "transformer"  # the name of the fine-tuned encoder among the chec
 LEXICAL = "tfidf"
 
 
+DEFAULT_MAX_WINDOWS = 64  # a long text's windows at most, unless a flag or the checkpoint says otherwise
+
 class CheckpointError(UserError):
     """A folder that is not a readable checkpoint of this toolkit, naming the folder and the problem."""
 
@@ -65,7 +67,7 @@ class ClassifierInfo(BaseModel):
     # (utils/inference/reading.py); checkpoints written before windows read "truncate"
     long_texts: Literal["truncate", "windows"] = "truncate"
     window_stride: int | None = None  # content tokens between window starts; None: 3/4 of a window
-    max_windows: int = 64  # windows per text at most: past it they spread evenly over the text
+    max_windows: int = DEFAULT_MAX_WINDOWS  # windows per text at most: past it they spread evenly over the text
     window_pooling: Literal["max", "mean"] = "max"  # chosen on validation
     pooling: Literal["mean", "cls"] = "cls"
     model_type: str

@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
+from utils.checkpoint.contract import DEFAULT_MAX_WINDOWS
 from utils.inference.tokens import TRUNCATIONS, cut, split_specials
 
 LONG_TEXTS = ("truncate", "windows")
 WINDOW_POOLINGS = ("max", "mean")  # a label's logit over the windows: its highest, or the average
-DEFAULT_MAX_WINDOWS = 64
 STRIDE_SHARE = 0.75  # windows start this share of a window's content apart, by default
 
 
