@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from inferer import ModelInferer
+from models.none_of_these import is_none_name
 from utils.checkpoint.atomic import output_folder
 from utils.config import AUTO_TASK, Config, PredictionArguments
 from utils.data.datasets import BUILTIN_DATASETS
@@ -21,7 +22,8 @@ from utils.data.readers import LabeledTexts
 from utils.data.report import REPORT_FILE as DATA_REPORT_FILE
 from utils.data.report import report_lines
 from utils.evaluation.metrics import backend_cost, calibration_metrics, compute_metrics
-from utils.evaluation.plots import plot_confusion_matrix, plot_curves
+from utils.evaluation.none_metrics import none_metrics
+from utils.evaluation.plots import none_scores_figure, plot_confusion_matrix, plot_curves, save_png
 from utils.evaluation.report_html import write_html_report
 from utils.inference.backends import AUTO
 
@@ -45,6 +47,19 @@ def evaluate(inferer: ModelInferer, data: LabeledTexts, batch_size: int = 128) -
         metrics["members"] = {name: compute_metrics(inferer.task, data.labels, member, inferer.label_names)
                               for name, member in members.items()}
     return {"metrics": metrics, "scores": scores}
+
+
+def none_of_these(inferer: ModelInferer, data: LabeledTexts, scores: np.ndarray,
+                  batch_size: int) -> dict[str, Any] | None:
+    """How well a checkpoint with a "none of these" rule says it: on the rows of its classes, and on the rows set
+    aside with a "none" label it never learnt (such as `oos` for a checkpoint trained without it)."""
+    rule = inferer.rules.none_rule
+    if rule is None:
+        return None
+    none_texts = [text for text, names in zip(data.unseen_texts, data.unseen_labels, strict=True)
+                  if any(is_none_name(name) for name in names)]
+    extra = rule.scores(inferer.score_batch(none_texts, batch_size)[0]) if none_texts else np.zeros(0)
+    return none_metrics(rule, data.labels, scores, extra)
 
 
 def unseen_label_rows(inferer: ModelInferer, data: LabeledTexts, batch_size: int) -> dict[str, Any] | None:
@@ -150,6 +165,9 @@ def run(config: Config, checkpoint: str | Path) -> dict[str, Any]:
     data = read_test_set(config, inferer.label_names, task)
     result = evaluate(inferer, data, config.eval_batch_size)
     metrics = result["metrics"]
+    none = none_of_these(inferer, data, result["scores"], config.eval_batch_size)
+    if none is not None:
+        metrics["none_of_these"] = none
     out_dir = output_folder(Path(config.output_dir))
     suffix = report_suffix(config, inferer)
     if inferer.task == "multilabel":
@@ -158,6 +176,8 @@ def run(config: Config, checkpoint: str | Path) -> dict[str, Any]:
     else:
         plots = [plot_confusion_matrix(metrics["confusion_matrix"], inferer.label_names,
                                        out_dir / f"confusion_matrix{suffix}.png")]
+    if none is not None:
+        plots.append(save_png(none_scores_figure(none), out_dir / f"none_scores{suffix}.png"))
     report = {"checkpoint": str(checkpoint), "data": data.source, "backend": inferer.backend,
               "backend_choice": inferer.backend_choice.describe(), "quantized": config.quantize,
               "precision": inferer.precision, "metrics": metrics, "plots": [str(p) for p in plots]}
@@ -184,6 +204,8 @@ def print_summary(inferer: ModelInferer, report: dict[str, Any], rows: int) -> N
     numbers = "int8" if report["quantized"] else report["precision"]
     print(f"\nevaluation on {report['data']} ({rows} texts, {numbers}, {inferer.backend_choice.line()}):")
     print(summary_table(task, metrics))
+    if "none_of_these" in metrics:
+        print(none_line(metrics["none_of_these"]))
     for name, alone in metrics.get("members", {}).items():
         print(f"{name} alone: " + members_line(task, alone))
     if "torch" in report:
@@ -193,6 +215,17 @@ def print_summary(inferer: ModelInferer, report: dict[str, Any], rows: int) -> N
     if unseen:
         print(f"{unseen['rows']} test rows of labels the model never learnt ({', '.join(unseen['labels'])}), not in "
               f"the metrics; it said: {', '.join(f'{k} {v}' for k, v in unseen['predicted'].items())}")
+
+
+def none_line(none: dict[str, Any]) -> str:
+    """The "none of these" figures in a line; '-' where undefined (no row of one side)."""
+    def shown(key: str) -> str:
+        return "-" if none[key] is None else f"{none[key]:.4f}"
+
+    return (f"'none of these' at a none score >= {none['threshold']:.4f}: in-scope accuracy "
+            f"{shown('in_scope_accuracy')} ({shown('in_scope_rejected')} of {none['in_scope_rows']} in-scope texts "
+            f"answered 'none'); on {none['none_rows']} texts of no class: recall {shown('none_recall')}, precision "
+            f"{shown('none_precision')}, AUROC {shown('auroc')}, FPR at 95% TPR {shown('fpr_at_95_tpr')}")
 
 
 def cost_table(task: str, backend: str, cost: dict[str, Any]) -> str:

@@ -180,4 +180,5 @@ class ModelInferer:
                 "backend": self.backend, "backend_choice": self.backend_choice.describe(),
                 "device": str(self.device), "checkpoint": str(self.checkpoint_path),
                 "checkpoint_id": self.checkpoint_id, "members": self.info.members,
-                "blend_weights": self.info.blend_weights, "training_metrics": self.training_metrics}
+                "blend_weights": self.info.blend_weights, "none_threshold": self.info.none_threshold,
+                "none_label": self.info.none_label, "training_metrics": self.training_metrics}

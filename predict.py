@@ -118,6 +118,9 @@ def scored_frame(frame: pd.DataFrame, predictions: list[dict], inferer: ModelInf
     added = {f"score_{name}": [p["scores"][name] for p in predictions] for name in inferer.label_names}
     added["labels"] = [p["labels"] for p in predictions]
     added["truncated"] = [p["truncated"] for p in predictions]
+    if inferer.rules.none_rule is not None:
+        added["none_of_these"] = [p["none_of_these"] for p in predictions]
+        added["none_score"] = [p["none_score"] for p in predictions]
     clashes = {c: f"{c}_input" for c in frame.columns if c in added}
     return pd.concat([frame.rename(columns=clashes).reset_index(drop=True), pd.DataFrame(added)], axis=1)
 

@@ -292,6 +292,8 @@ def arrow_table(scored: pd.DataFrame, label_names: list[str], labels_as_text: bo
     (pandas would guess list<null> for a batch where no row has a label)."""
     added = {f"score_{name}": pa.float64() for name in label_names}
     added |= {"labels": pa.string() if labels_as_text else pa.list_(pa.string()), "truncated": pa.bool_()}
+    if "none_score" in scored:  # a multi-class checkpoint that can answer "none of these"
+        added |= {"none_of_these": pa.bool_(), "none_score": pa.float64()}
     labels = scored["labels"]
     if labels_as_text:
         from predict import LABEL_SEPARATOR

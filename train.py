@@ -22,6 +22,7 @@ from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from models import build_classifier, default_backbone_path
 from models.losses import build_loss
+from models.none_of_these import NoneRule
 from models.scoring import with_temperature
 from utils.checkpoint.atomic import output_folder
 from utils.checkpoint.contract import LEXICAL, TRANSFORMER, ClassifierInfo, write_checkpoint
@@ -36,6 +37,7 @@ from utils.training.batching import EncodedDataset, PaddingCollator, training_lo
 from utils.training.blend import Blend, FittedMember, fit_blend, fit_member, member_metrics
 from utils.training.calibration import calibration_summary, fit_temperature
 from utils.training.export_rows import write_export_rows
+from utils.training.none_threshold import fit_none_rule
 from utils.training.optim import bytes_needed, freeze, loss_weights, parameter_groups
 from utils.training.recipe import (
     RECIPE_FIELDS,
@@ -404,6 +406,8 @@ class Served:
     metrics: dict[str, Any]
     members_alone: dict[str, dict]
     reading: PooledValidation  # how long texts are read, and each pooling's validation metric
+    none_rule: NoneRule | None = None  # multi-class: when it answers "none of these"
+    none_summary: dict[str, Any] = field(default_factory=dict)
 
 
 def finish(state: Run) -> TrainResult:
@@ -423,8 +427,10 @@ def finish(state: Run) -> TrainResult:
     at_least_one = task == "multilabel" and state.choices.at_least_one_label == "yes"
     metrics = compute_metrics(task, splits.validation.labels, scores, splits.label_names, thresholds,
                               at_least_one)
+    none_rule, none_summary = none_of_these(state, scores)
     served = Served(blend=blend, calibration=calibration, thresholds=thresholds, at_least_one=at_least_one,
-                    metrics=metrics, members_alone=members_alone(state, transformer, blend, metrics), reading=pooled)
+                    metrics=metrics, members_alone=members_alone(state, transformer, blend, metrics), reading=pooled,
+                    none_rule=none_rule, none_summary=none_summary)
     checkpoint = state.output_dir / "checkpoint"
     if accelerator.is_main_process:
         save_checkpoint(state, model, served, checkpoint)
@@ -475,6 +481,22 @@ def calibrate(state: Run, scores: np.ndarray) -> tuple[np.ndarray, dict[str, Any
     return tempered, calibration
 
 
+def none_of_these(state: Run, scores: np.ndarray) -> tuple[NoneRule | None, dict[str, Any]]:
+    """Multi-class: when the served scores answer "none of these", tuned on validation, and what it does there."""
+    splits = state.splits
+    if state.task != "multiclass":
+        return None, {}
+    none_index = splits.label_names.index(splits.none_label) if splits.none_label else None
+    rule, summary = fit_none_rule(splits.validation.labels, scores, none_index, state.config.reject_rate)
+    if rule is not None:
+        recall = summary["validation_none_recall"]
+        state.say(f"'none of these' at a none score >= {rule.threshold:.4f} (chosen by {summary['chosen_by']}): "
+                  f"validation in-scope accuracy {summary['validation_in_scope_accuracy']:.4f}, "
+                  f"{summary['validation_in_scope_rejected']:.1%} of in-scope rows answered 'none'"
+                  + (f", none recall {recall:.4f}" if recall is not None else ""))
+    return rule, summary
+
+
 def members_alone(state: Run, transformer: np.ndarray, blend: Blend | None,
                   served_metrics: dict[str, Any]) -> dict[str, dict]:
     """Each member's validation metrics alone, told beside the served scores'; none without a TF-IDF member."""
@@ -499,6 +521,8 @@ def save_checkpoint(state: Run, model: PreTrainedModel, served: Served, checkpoi
         summary["validation_members"] = served.members_alone
     if len(served.reading.by_pooling) > 1:
         summary["validation_window_pooling"] = served.reading.by_pooling
+    if served.none_summary:
+        summary["none_of_these"] = served.none_summary
     info = ClassifierInfo(task=state.task, labels=splits.label_names,
                           thresholds=served.thresholds.tolist() if served.thresholds is not None else None,
                           max_length=reading.max_length, truncation=reading.truncation, pooling=config.pooling,
@@ -510,7 +534,9 @@ def save_checkpoint(state: Run, model: PreTrainedModel, served: Served, checkpoi
                           blend_weights=blend.weights.tolist() if blend is not None else None,
                           blend_method=blend.method if blend is not None else "logit",
                           at_least_one_label=served.at_least_one,
-                          temperature=served.calibration["temperature"] if served.calibration else 1.0)
+                          temperature=served.calibration["temperature"] if served.calibration else 1.0,
+                          none_threshold=served.none_rule.threshold if served.none_rule else None,
+                          none_label=splits.none_label if served.none_rule else None)
     recorded = resolved_settings(state).to_dict() | {"precision": state.precision, "backbone": state.backbone}
     write_checkpoint(checkpoint, model, state.tokenizer, info, recorded, summary,
                      write_members=blend.lexical.save if blend is not None else None)

@@ -207,12 +207,20 @@ class TopK(BaseModel):
     score: float
 
 
+NONE_OF_THESE = Field(None, description="Multi-class checkpoints with a 'none of these' rule: the text fits none "
+                      "of the classes (labels is then empty, or the data's own none class).")
+NONE_SCORE = Field(None, description="With a 'none of these' rule: 1 minus the best in-scope class's score; "
+                   "'none of these' at or above the checkpoint's none_threshold (/metadata).")
+
+
 class Prediction(BaseModel):
     model_config = ConfigDict(extra="forbid")
     labels: list[Label]
     scores: Scores
     truncated: bool = Field(description="The text was cut to the model's length.")
     top_k: list[TopK] = Field(default_factory=list, description="Only when asked for.")
+    none_of_these: bool | None = NONE_OF_THESE
+    none_score: float | None = NONE_SCORE
 
 
 class PredictAnswer(BaseModel):
@@ -233,6 +241,8 @@ class Explanation(BaseModel):
     labels: list[Label] = Field(description="The predicted labels.")
     scores: Scores
     truncated: bool = Field(description="The text was cut to the model's length; cut words have no score.")
+    none_of_these: bool | None = NONE_OF_THESE
+    none_score: float | None = NONE_SCORE
     method: str = Field(description="How the words were scored (docs/EXPLAIN.md).")
     words: list[Word] = Field(description="The words of the text, in order.")
     attributions: dict[Label, list[float | None]] = Field(

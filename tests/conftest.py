@@ -136,7 +136,8 @@ def train_tiny(output_dir: Path, backbone: Path, model_type: str, task: str, dat
                 "model_name_or_path": str(backbone), "output_dir": str(output_dir), "epochs": 1.0,
                 "batch_size": 16, "max_length": 64, "learning_rate": 1e-3, "test_split": 0.2,
                 "val_split": 0.2, "pooling": "cls", "freeze_embeddings": False, "freeze_layers": 0,
-                "blend": "none", "temperature_scaling": False, "long_texts": "truncate", **layout, **overrides}
+                "blend": "none", "temperature_scaling": False, "long_texts": "truncate", "reject_rate": 0.0, **layout,
+                **overrides}
     return train.run(make_config(**settings))
 
 

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 import yaml
 
+from models.none_of_these import DEFAULT_REJECT_RATE
 from utils.checkpoint.errors import MissingFileError, UserError
 from utils.inference.backends import AUTO, BACKENDS, torch_only_option
 from utils.inference.reading import DEFAULT_MAX_WINDOWS, LONG_TEXTS, WINDOW_POOLINGS
@@ -188,6 +189,12 @@ class ScoringArguments:
     at_least_one_label: str = _opt(
         "auto", "Multi-label: a text that reaches no threshold gets its best label; auto: yes when every training "
         "row has a label.", ("auto", "yes", "no"))
+    none_label: str = _opt(
+        "auto", "Multi-class: the label meaning 'none of these' (a text no class fits); its rows train as a class and "
+        "tune the threshold. auto: a label named oos, out_of_scope, none, none_of_these or nlu_fallback; off: none.")
+    reject_rate: float = _opt(
+        DEFAULT_REJECT_RATE, "Multi-class without 'none' validation rows: the share of the validation rows the "
+        "threshold answers 'none of these' (0: always the top class).")
 
 
 @dataclass(frozen=True)
@@ -429,3 +436,5 @@ def check_together(config: Config) -> None:
         raise SettingsError("--batch-size and --gradient-accumulation-steps must be >= 1, --max-length >= 8")
     if (config.window_stride or 1) < 1 or (config.max_windows or 1) < 1:
         raise SettingsError("--window-stride and --max-windows must be >= 1")
+    if not 0.0 <= config.reject_rate < 1.0:
+        raise SettingsError("--reject-rate must lie in [0, 1)")

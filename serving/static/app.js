@@ -165,8 +165,14 @@ function renderBars(answer) {
   });
   const predicted = $("predicted");
   predicted.replaceChildren();
-  if (answer.labels.length === 0) predicted.append(element("span", "muted", "none"));
-  for (const label of answer.labels) predicted.append(element("span", "tag", label));
+  if (answer.none_of_these) {
+    const named = answer.labels.length ? ` (${answer.labels[0]})` : "";
+    predicted.append(element("span", "tag none-of-these", `none of these${named}`), element("span", "muted",
+      ` none score ${answer.none_score.toFixed(3)}, at or over ${state.metadata.none_threshold.toFixed(3)}`));
+  } else {
+    if (answer.labels.length === 0) predicted.append(element("span", "muted", "none"));
+    for (const label of answer.labels) predicted.append(element("span", "tag", label));
+  }
   $("truncated").hidden = !answer.truncated;
 }
 

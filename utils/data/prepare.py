@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from utils.config import AUTO_TASK, Config, DataArguments
+from models.none_of_these import conventional_none_label
+from utils.config import AUTO_TASK, Config, DataArguments, SettingsError
 from utils.data.datasets import BUILTIN_DATASETS, DEFAULT_TEST_SPLIT, locate_file
 from utils.data.files import FileReading, open_file
 from utils.data.layout import infer_layout, infer_task
@@ -48,6 +49,7 @@ class DataSplits:
     layout: DataLayout
     text_column: str | None = None  # where the texts came from, for scoring files of the same layout later
     files: list[dict[str, Any]] = field(default_factory=list)  # each file as read, for the data report
+    none_label: str | None = None  # multi-class: the class that means "none of these" (--none-label)
 
     @property
     def label_names(self) -> list[str]:
@@ -172,7 +174,33 @@ def prepare_splits(config: Config, task: str | None = None) -> DataSplits:
         train = train.subset(kept)
     if len(train) == 0 or len(validation) == 0:
         raise DataError(f"{source.train_path}: too few rows for a training and a validation set")
-    return DataSplits(train, validation, test, notes, source.decided, source.layout.text_column, files)
+    splits = DataSplits(train, validation, test, notes, source.decided, source.layout.text_column, files)
+    return with_none_label(splits, config.none_label)
+
+
+def none_label_of(setting: str, task: str, label_names: list[str]) -> str | None:
+    """The data's "none of these" class as --none-label names it (a label, auto or off), or None."""
+    if setting in ("auto", "off") and task != "multiclass":
+        return None
+    if task != "multiclass":
+        raise SettingsError(f"--none-label {setting!r}: only multi-class data has a 'none of these' class")
+    name = {"auto": conventional_none_label(label_names), "off": None}.get(setting, setting)
+    if name is not None and name not in label_names:
+        shown = ", ".join(label_names[:20]) + (", ..." if len(label_names) > 20 else "")
+        raise SettingsError(f"--none-label {setting!r} is not a label of the training data (its labels: {shown})")
+    return name
+
+
+def with_none_label(splits: DataSplits, setting: str) -> DataSplits:
+    """The splits with their "none of these" class named, and said."""
+    name = none_label_of(setting, splits.layout.task, splits.label_names)
+    if name is not None:
+        index = splits.label_names.index(name)
+        rows = [int((split.labels == index).sum()) for split in (splits.train, splits.validation)]
+        splits.notes.append(f"'{name}' read as 'none of these' ({rows[0]} training, {rows[1]} validation rows): it "
+                            "trains as a class, and its validation rows tune when the model answers it "
+                            "(--none-label off reads it as any class)")
+    return dataclasses.replace(splits, none_label=name)
 
 
 def dropped_note(data: LabeledTexts) -> str:

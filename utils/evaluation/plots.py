@@ -126,6 +126,26 @@ def training_figure(log: list[dict[str, Any]]) -> Figure | None:
     return fig
 
 
+def none_scores_figure(none: dict[str, Any]) -> Figure:
+    """The none score of the in-scope texts against the texts of no class (each side's share of its texts per
+    bin), with the checkpoint's threshold: what lies right of it is answered "none of these"."""
+    histogram = none["histogram"]
+    edges = np.asarray(histogram["edges"])
+    fig, ax = plt.subplots(figsize=(7.5, 3.6))
+    for side, colour, name in (("in_scope", "#0969da", "in-scope texts"), ("none", "#cf222e", "texts of no class")):
+        counts = np.asarray(histogram[side], dtype=float)
+        if counts.sum():
+            ax.stairs(counts / counts.sum(), edges, fill=True, alpha=0.45, color=colour,
+                      label=f"{name} ({int(counts.sum())})")
+    ax.axvline(none["threshold"], color="black", linestyle="--", label=f"threshold {none['threshold']:.3f}")
+    ax.set_xlabel("none score (1 - best in-scope class's probability)")
+    ax.set_ylabel("share of the side's texts")
+    ax.set_xlim(0, 1)
+    ax.legend(loc="upper center")
+    fig.tight_layout()
+    return fig
+
+
 def png_bytes(fig: Figure, dpi: int = 110) -> bytes:
     """The figure as PNG bytes; the figure is closed."""
     buffer = io.BytesIO()

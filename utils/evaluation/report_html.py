@@ -19,7 +19,14 @@ from typing import Any
 import numpy as np
 
 from utils.evaluation.metrics import difference
-from utils.evaluation.plots import confusion_figure, curves_figure, png_bytes, reliability_figure, training_figure
+from utils.evaluation.plots import (
+    confusion_figure,
+    curves_figure,
+    none_scores_figure,
+    png_bytes,
+    reliability_figure,
+    training_figure,
+)
 
 VARIANT_REPORTS = {"fp32": "eval_report.json", "bf16": "eval_report_bf16.json", "int8": "eval_report_int8.json"}
 STYLE = """
@@ -176,6 +183,18 @@ def read_run_log(folders: Sequence[Path]) -> list[dict[str, Any]]:
     return []
 
 
+def none_rows(none: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    """The "none of these" figures as a table: what each rate means beside its value."""
+    return ["figure", "value", "of"], [
+        ["threshold (none score at or over it: 'none of these')", number(none["threshold"]), ""],
+        ["in-scope accuracy ('none' counts as wrong)", number(none["in_scope_accuracy"]), none["in_scope_rows"]],
+        ["in-scope texts answered 'none'", number(none["in_scope_rejected"]), none["in_scope_rows"]],
+        ["recall of 'none' on texts of no class", number(none["none_recall"]), none["none_rows"]],
+        ["precision of 'none'", number(none["none_precision"]), ""],
+        ["AUROC of the none score", number(none["auroc"]), ""],
+        ["in-scope texts rejected at 95% recall (FPR at 95% TPR)", number(none["fpr_at_95_tpr"]), ""]]
+
+
 def render_report(report: dict[str, Any], task: str, label_names: list[str], y_true: np.ndarray,
                   scores: np.ndarray, thresholds: np.ndarray | None, run_log: list[dict[str, Any]],
                   folder: Path, recipe: str = "") -> str:
@@ -194,6 +213,10 @@ def render_report(report: dict[str, Any], task: str, label_names: list[str], y_t
              "<h2>ROC and precision-recall curves</h2>",
              image(png_bytes(curves_figure(y_true, scores, label_names, thresholds)),
                    "ROC and precision-recall curves per label")]
+    if "none_of_these" in metrics:
+        none = metrics["none_of_these"]
+        parts += ["<h2>None of these</h2>", table(*none_rows(none)),
+                  image(png_bytes(none_scores_figure(none)), "none scores of in-scope texts and of texts of no class")]
     if task == "multiclass":
         parts += ["<h2>Confusion matrix</h2>",
                   image(png_bytes(confusion_figure(metrics["confusion_matrix"], label_names)), "confusion matrix")]

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from models.none_of_these import NoneRule
 from models.scoring import chosen_labels
 from utils.checkpoint.contract import ClassifierInfo
 
@@ -18,17 +19,21 @@ Threshold = float | Sequence[float] | None
 @dataclass(frozen=True)
 class LabelRules:
     """The checkpoint's labels and how scores choose among them: a multi-label checkpoint's thresholds (tuned in
-    training, or one number or one per label given by the caller), a multi-class one's top class."""
+    training, or one number or one per label given by the caller), a multi-class one's top class, or "none of
+    these" where its rule says so."""
 
     task: str
     label_names: list[str]
     thresholds: np.ndarray | None  # multi-label only
     at_least_one: bool = False
+    none_rule: NoneRule | None = None  # multi-class only
 
     @classmethod
     def of(cls, info: ClassifierInfo, threshold: Threshold = None) -> LabelRules:
         """The checkpoint's rules; `threshold` replaces its tuned thresholds (0.5 where none were tuned)."""
-        rules = cls(info.task, list(info.labels), None, info.at_least_one_label)
+        none_rule = (NoneRule(info.none_threshold, info.labels.index(info.none_label) if info.none_label else None)
+                     if info.task == "multiclass" and info.none_threshold is not None else None)
+        rules = cls(info.task, list(info.labels), None, info.at_least_one_label, none_rule)
         if threshold is None and info.task == "multilabel":
             return replace(rules, thresholds=np.array(info.thresholds or [0.5] * len(info.labels), dtype=np.float64))
         return replace(rules, thresholds=rules.parse(threshold))
@@ -55,16 +60,23 @@ class LabelRules:
         """One text's answer: predicted labels, every label's score (checkpoint order), truncation.
 
         Multi-label: the labels whose score reaches their threshold (`thresholds`, else the rules'). Multi-class:
-        the top class. `top_k` adds the k best labels with their scores, best first.
+        the top class; with a none rule, "none of these" (`none_of_these` true, no label or the data's none class)
+        where the text's `none_score` reaches its threshold. `top_k` adds the k best labels with their scores, best
+        first.
         """
         names = self.label_names
+        none: dict[str, Any] = {}
         if self.task == "multilabel":
             chosen = chosen_labels(scores, self.thresholds if thresholds is None else thresholds, self.at_least_one)
             labels = [name for name, keep in zip(names, chosen[0], strict=True) if keep]
-        else:
+        elif self.none_rule is None:
             labels = [names[int(np.argmax(scores))]]
+        else:
+            answered, rejected = self.none_rule.answers(scores)
+            labels = [names[int(answered[0])]] if answered[0] >= 0 else []
+            none = {"none_of_these": bool(rejected[0]), "none_score": float(self.none_rule.scores(scores)[0])}
         answer = {"labels": labels, "scores": {name: float(s) for name, s in zip(names, scores, strict=True)},
-                  "truncated": bool(truncated)}
+                  "truncated": bool(truncated)} | none
         if top_k:
             order = np.argsort(-scores, kind="stable")[:top_k]
             answer["top_k"] = [{"label": names[i], "score": float(scores[i])} for i in order]

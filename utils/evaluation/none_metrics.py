@@ -1,0 +1,48 @@
+"""How well a multi-class checkpoint says "none of these": in-scope accuracy with its rejections counted as errors,
+recall and precision of "none" on the rows that fit no class, the none score's AUROC and its false-positive rate
+at 95% true-positive rate (the out-of-distribution literature's figures)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import roc_auc_score, roc_curve
+
+from models.none_of_these import NoneRule
+
+HISTOGRAM_EDGES = np.linspace(0.0, 1.0, 41)  # the none scores' histogram of each side, for the report's plot
+
+
+def fpr_at_95_tpr(is_none: np.ndarray, none_scores: np.ndarray) -> float:
+    """The share of in-scope rows rejected by the lowest threshold that rejects 95% of the none rows."""
+    fpr, tpr, _ = roc_curve(is_none, none_scores)
+    return float(fpr[np.searchsorted(tpr, 0.95, side="left")])
+
+
+def none_metrics(rule: NoneRule, labels: np.ndarray, scores: np.ndarray,
+                 none_scores_extra: np.ndarray) -> dict[str, Any]:
+    """Figures of `rule` on rows of known classes (`labels`, possibly the none class, with their served `scores`),
+    plus `none_scores_extra`: the none scores of rows of a "none" label the checkpoint never learnt."""
+    labels = np.asarray(labels, dtype=int)
+    chosen, rejected = rule.answers(scores)
+    none_scores = np.concatenate([rule.scores(scores), none_scores_extra])
+    is_none = np.concatenate([labels == (rule.none_index if rule.none_index is not None else -2),
+                              np.ones(len(none_scores_extra), dtype=bool)])
+    rejected = np.concatenate([rejected, none_scores_extra >= rule.threshold])
+    in_scope = ~is_none
+    right = np.concatenate([chosen == labels, np.zeros(len(none_scores_extra), dtype=bool)])
+    both = bool(in_scope.any() and is_none.any())
+    return {
+        "threshold": rule.threshold, "in_scope_rows": int(in_scope.sum()), "none_rows": int(is_none.sum()),
+        "in_scope_accuracy": float(right[in_scope].mean()) if in_scope.any() else None,
+        "in_scope_rejected": float(rejected[in_scope].mean()) if in_scope.any() else None,
+        "none_recall": float(rejected[is_none].mean()) if is_none.any() else None,
+        "none_precision": float(is_none[rejected].mean()) if rejected.any() else None,
+        "accuracy_none_as_class": float(np.where(is_none, rejected, right).mean()),
+        "auroc": float(roc_auc_score(is_none, none_scores)) if both else None,
+        "fpr_at_95_tpr": fpr_at_95_tpr(is_none, none_scores) if both else None,
+        "histogram": {"edges": HISTOGRAM_EDGES.round(3).tolist(),
+                      "in_scope": np.histogram(none_scores[in_scope], HISTOGRAM_EDGES)[0].tolist(),
+                      "none": np.histogram(none_scores[is_none], HISTOGRAM_EDGES)[0].tolist()},
+    }
