@@ -209,8 +209,9 @@ class TopK(BaseModel):
 
 NONE_OF_THESE = Field(None, description="Multi-class checkpoints with a 'none of these' rule: the text fits none "
                       "of the classes (labels is then empty, or the data's own none class).")
-NONE_SCORE = Field(None, description="With a 'none of these' rule: 1 minus the best in-scope class's score; "
-                   "'none of these' at or above the checkpoint's none_threshold (/metadata).")
+NONE_SCORE = Field(None, description="With a 'none of these' rule: 1 minus the best class's score, or where the "
+                   "data had a none class its share against the best other class; 'none of these' at or above the "
+                   "checkpoint's none_threshold (/metadata).")
 
 
 class Prediction(BaseModel):

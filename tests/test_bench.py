@@ -241,3 +241,16 @@ def test_explain_benchmark_over_long_texts(checkpoint_copy, tmp_path):
     (record,) = records(out / "explain_faithfulness.json")
     assert record["settings"]["bury_in"] == 300 and record["mean_words"] > 300
     assert (out / "explain_deletion_long.png").stat().st_size > 0 and "AOPC" in done.stdout
+
+
+def test_unknown_intents_are_held_out_of_training_and_labelled_oos_in_test(tmp_path):
+    out = tmp_path / "unknown"
+    run_bench("unknown_intents.py", ["--output-dir", str(out), "--held-out", "0.2", "--seed", "3"], tmp_path / "r")
+    import pandas as pd
+
+    train, val, test = (pd.read_csv(out / name) for name in ("train.csv", "val.csv", "test.csv"))
+    unknown = set(json.loads((out / "unknown_intents.json").read_text())["unknown_intents"])
+    assert len(unknown) == 30 and not unknown & set(train.intent) and not unknown & set(val.intent)
+    source = pd.read_csv(ROOT.parent / "shared" / "data" / "clinc150" / "test.csv")
+    assert len(test) == len(source) and (test.intent == "oos").sum() == source.intent.isin(unknown).sum() == 900
+    assert set(train.intent) == set(test.intent) - {"oos"} and len(train) == 120 * 100

@@ -33,15 +33,15 @@ NONE_VENUE = "WWW"  # the conference whose titles stand for requests of no class
 # --- the arithmetic ------------------------------------------------------------------------------------------
 
 
-def test_the_none_score_is_one_minus_the_best_in_scope_probability():
+def test_the_none_score_is_one_minus_the_best_probability_or_the_none_class_share():
     scores = np.array([[0.7, 0.2, 0.1], [0.2, 0.3, 0.5], [0.4, 0.45, 0.15]])
     without = NoneRule(0.5, None)
     assert without.scores(scores) == pytest.approx([0.3, 0.5, 0.55])
     assert without.answers(scores)[0].tolist() == [0, -1, -1]
-    with_class = NoneRule(0.5, 2)  # class 2 is the data's "none": never an in-scope answer
-    assert with_class.scores(scores) == pytest.approx([0.3, 0.7, 0.55])
+    with_class = NoneRule(0.5, 2)  # class 2 is the data's "none": its share against the best other class
+    assert with_class.scores(scores) == pytest.approx([0.1 / 0.8, 0.5 / 0.8, 0.15 / 0.6])
     answered, rejected = with_class.answers(scores)
-    assert answered.tolist() == [0, 2, 2] and rejected.tolist() == [False, True, True]
+    assert answered.tolist() == [0, 2, 1] and rejected.tolist() == [False, True, False]
 
 
 def test_a_label_named_none_by_convention_is_found_once():
@@ -86,11 +86,12 @@ def test_with_none_rows_the_paper_rule_maximises_accuracy_with_none_as_a_class()
     labels = np.array([0, 1, 2, 2, 1])  # class 2 is "none"; the last row is an in-scope row answered wrongly
     rule, summary = fit_none_rule(labels, scores, 2, 0.05)
     assert rule is not None
-    # none scores 0.1, 0.3, 0.55, 0.7, 0.4: rejecting from 0.35 or from 0.475 is right on 4 of 5 rows; the first
-    assert rule.threshold == pytest.approx(0.35)
+    # none scores 1/19, 1/8, 1/2, 2/3, 1/3: rejecting from the middle of 1/8 and 1/3, or of 1/3 and 1/2, is right
+    # on 4 of 5 rows; the first
+    assert rule.threshold == pytest.approx((1 / 8 + 1 / 3) / 2, abs=1e-6)
     assert summary["validation_none_recall"] == 1.0 and summary["validation_in_scope_accuracy"] == pytest.approx(2 / 3)
     rule, _ = fit_none_rule(np.array([0, 1, 2, 2, 0]), scores, 2, 0.05)  # the last row right: 0.475 is the best
-    assert rule is not None and rule.threshold == pytest.approx(0.475)
+    assert rule is not None and rule.threshold == pytest.approx((1 / 3 + 1 / 2) / 2, abs=1e-6)
 
 
 def test_eval_figures_of_a_hand_made_case():
@@ -143,7 +144,8 @@ def none_checkpoint(tmp_path_factory, tiny_bert, tiny_trainer, none_data):
 
 def test_training_names_the_none_class_and_tunes_its_threshold(none_checkpoint):
     info = read_info(none_checkpoint)
-    assert info.none_label == "oos" and "oos" in info.labels and 0 < info.none_threshold <= NO_REJECTION
+    assert info.none_label == "oos" and "oos" in info.labels and info.none_threshold is not None
+    assert 0 < info.none_threshold <= NO_REJECTION
     summary = json.loads((none_checkpoint / "metrics.json").read_text())["none_of_these"]
     assert summary["chosen_by"] == "validation accuracy" and summary["validation_none_rows"] in (9, 10)
 
@@ -219,3 +221,16 @@ def test_the_api_predict_files_and_onnx_answer_alike(none_checkpoint, none_data,
     assert scored.none_of_these.tolist() == [a["none_of_these"] for a in torch_answers]
     assert scored.none_score.to_numpy() == pytest.approx([a["none_score"] for a in torch_answers])
     assert scored["labels"].tolist() == ["|".join(a["labels"]) for a in torch_answers]
+
+
+def test_ray_shards_carry_the_none_columns_typed(none_checkpoint, none_data):
+    from predict_ray import arrow_table
+
+    inferer = ModelInferer(none_checkpoint)
+    texts = pd.read_csv(none_data).Title.tolist()[:20]
+    answers = inferer.predict_batch(texts)
+    table = arrow_table(predict.scored_frame(pd.DataFrame({"Title": texts}), answers, inferer), inferer.label_names,
+                        labels_as_text=True)
+    assert str(table.schema.field("none_of_these").type) == "bool"
+    assert str(table.schema.field("none_score").type) == "double"
+    assert table.column("none_score").to_pylist() == [a["none_score"] for a in answers]

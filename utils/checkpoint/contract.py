@@ -83,9 +83,9 @@ class ClassifierInfo(BaseModel):
     at_least_one_label: bool = False
     # the served scores' log-odds (log-probabilities) are divided by this, fitted on validation after blending
     temperature: float = 1.0
-    # multi-class: "none of these" where 1 - the best in-scope class's served probability reaches none_threshold
-    # (tuned on validation, models/none_of_these.py); none_label is the data's own "none" class among `labels`, the
-    # answer then; checkpoints written before read None: always the top class
+    # multi-class: "none of these" where a text's none score reaches none_threshold (tuned on validation,
+    # models/none_of_these.py); none_label is the data's own "none" class among `labels`, the answer then;
+    # checkpoints written before read None: always the top class
     none_threshold: float | None = None
     none_label: str | None = None
 

@@ -138,7 +138,7 @@ def none_scores_figure(none: dict[str, Any]) -> Figure:
             ax.stairs(counts / counts.sum(), edges, fill=True, alpha=0.45, color=colour,
                       label=f"{name} ({int(counts.sum())})")
     ax.axvline(none["threshold"], color="black", linestyle="--", label=f"threshold {none['threshold']:.3f}")
-    ax.set_xlabel("none score (1 - best in-scope class's probability)")
+    ax.set_xlabel("none score")
     ax.set_ylabel("share of the side's texts")
     ax.set_xlim(0, 1)
     ax.legend(loc="upper center")
