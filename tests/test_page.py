@@ -197,6 +197,29 @@ def test_page_of_a_blended_checkpoint_shows_its_members_and_explains_the_blend(b
         assert shown == pytest.approx(expected["attributions"][picked], abs=1e-5)
 
 
+def test_page_says_none_of_these_with_its_score(browser, multiclass_checkpoint, tmp_path):
+    """A multi-class checkpoint whose rule rejects every text (threshold 0) shows "none of these" and the score,
+    and no class tag."""
+    import json
+
+    checkpoint = tmp_path / "checkpoint"
+    shutil.copytree(multiclass_checkpoint, checkpoint)
+    info = json.loads((checkpoint / "classifier.json").read_text())
+    (checkpoint / "classifier.json").write_text(json.dumps(info | {"none_threshold": 0.0}))
+    rejecting = ModelInferer(checkpoint)
+    text = "a study of packet scheduling in wireless networks"
+    expected = rejecting.predict(text)
+    assert expected["none_of_these"] is True and expected["labels"] == []
+    with serving(rejecting) as base:
+        browser.get(base)
+        wait_for(browser, lambda d: elements(d, "#card dl"), "no model card")
+        explain_on_page(browser, text)
+        assert [tag.text for tag in elements(browser, "#predicted .tag")] == ["none of these"]
+        shown = elements(browser, "#predicted")[0].text
+        assert f"none score {expected['none_score']:.3f}, at or over 0.000" in shown
+        assert not [row for row in elements(browser, "#bars .bar-row") if "predicted" in row.get_attribute("class")]
+
+
 def test_html_report_opens_and_its_images_load(browser, multiclass_checkpoint, conference_csv, tmp_path):
     """The multi-class report: tables, curves, confusion matrix, reliability diagrams, every image decoded."""
     hostile = tmp_path / "<img src=x onerror=alert(1)>.csv"  # a file name is data too

@@ -11,7 +11,14 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 from models.none_of_these import NoneRule
 
-HISTOGRAM_EDGES = np.linspace(0.0, 1.0, 41)  # the none scores' histogram of each side, for the report's plot
+# the none scores' histogram of each side, for the report's plot: bins even in log-odds (1e-4 to 1 - 1e-4), as
+# the scores of a calibrated model crowd near 0 and 1; a score beyond counts in the outer bin
+HISTOGRAM_EDGES = 1.0 / (1.0 + np.exp(-np.linspace(-9.21, 9.21, 41)))
+
+
+def histogram(scores: np.ndarray) -> list[int]:
+    """Counts per bin of HISTOGRAM_EDGES, every score in one (the outer bins take what lies beyond)."""
+    return np.histogram(np.clip(scores, HISTOGRAM_EDGES[0], HISTOGRAM_EDGES[-1]), HISTOGRAM_EDGES)[0].tolist()
 
 
 def fpr_at_95_tpr(is_none: np.ndarray, none_scores: np.ndarray) -> float:
@@ -42,7 +49,6 @@ def none_metrics(rule: NoneRule, labels: np.ndarray, scores: np.ndarray,
         "accuracy_none_as_class": float(np.where(is_none, rejected, right).mean()),
         "auroc": float(roc_auc_score(is_none, none_scores)) if both else None,
         "fpr_at_95_tpr": fpr_at_95_tpr(is_none, none_scores) if both else None,
-        "histogram": {"edges": HISTOGRAM_EDGES.round(3).tolist(),
-                      "in_scope": np.histogram(none_scores[in_scope], HISTOGRAM_EDGES)[0].tolist(),
-                      "none": np.histogram(none_scores[is_none], HISTOGRAM_EDGES)[0].tolist()},
+        "histogram": {"edges": HISTOGRAM_EDGES.round(6).tolist(),
+                      "in_scope": histogram(none_scores[in_scope]), "none": histogram(none_scores[is_none])},
     }

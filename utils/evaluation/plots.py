@@ -138,10 +138,11 @@ def none_scores_figure(none: dict[str, Any]) -> Figure:
             ax.stairs(counts / counts.sum(), edges, fill=True, alpha=0.45, color=colour,
                       label=f"{name} ({int(counts.sum())})")
     ax.axvline(none["threshold"], color="black", linestyle="--", label=f"threshold {none['threshold']:.3f}")
-    ax.set_xlabel("none score")
+    ax.set_xscale("logit")
+    ax.set_xlabel("none score (log-odds scale)")
     ax.set_ylabel("share of the side's texts")
-    ax.set_xlim(0, 1)
-    ax.legend(loc="upper center")
+    ax.set_xlim(edges[0], edges[-1])
+    ax.legend(loc="best")
     fig.tight_layout()
     return fig
 
