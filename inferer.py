@@ -41,11 +41,12 @@ from utils.inference.tokens import pad_token_id
 class ModelInferer:
     """Predicts with a trained checkpoint: labels, a score per label and whether the text was cut.
 
-    `threshold` replaces the checkpoint's tuned multi-label thresholds: one number for every label, or one per
-    label. `backend` "auto" (the default, as the server, eval and predict) picks the fastest of the checkpoint's
-    exported graphs whose validation cost export measured within bounds (utils/inference/backends.py), else
-    PyTorch; "torch" is PyTorch whatever was exported (gradients for `explain`, a GPU); "onnx", "onnx-int8",
-    "onnx-fused", ... run one graph in ONNX Runtime on the CPU. `quantize`, a `precision` other than auto/fp32 or
+    `threshold` replaces the checkpoint's tuned multi-label thresholds (one number for every label, or one per
+    label), or a multi-class checkpoint's "none of these" threshold (one number; models/none_of_these.py).
+    `backend` "auto" (the default, as the server, eval and predict) picks the fastest of the checkpoint's exported
+    graphs whose validation cost export measured within bounds (utils/inference/backends.py), else PyTorch;
+    "torch" is PyTorch whatever was exported (gradients for `explain`, a GPU); "onnx", "onnx-int8", "onnx-fused",
+    ... run one graph in ONNX Runtime on the CPU. `quantize`, a `precision` other than auto/fp32 or
     a GPU `device` make "auto" PyTorch. `max_length`, `truncation`, `long_texts` ("truncate" or "windows"),
     `window_stride`, `max_windows` and `window_pooling` replace how the checkpoint reads long texts
     (utils/inference/reading.py). `config`, the original project's call, must agree with the checkpoint
@@ -127,9 +128,9 @@ class ModelInferer:
         check_top_k(top_k)
         if batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        thresholds = self.rules.parse(threshold) if threshold is not None else None
+        rules = self.rules.with_threshold(threshold) if threshold is not None else self.rules
         scores, truncated = self.score_batch(texts, batch_size)
-        return [self.rules.answer(s, t, top_k, thresholds) for s, t in zip(scores, truncated, strict=True)]
+        return [rules.answer(s, t, top_k) for s, t in zip(scores, truncated, strict=True)]
 
     def explain(self, text: str, labels: Sequence[str] | None = None,
                 method: str = DEFAULT_METHOD) -> dict[str, Any]:

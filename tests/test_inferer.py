@@ -114,11 +114,23 @@ def test_multiclass_softmax_top_class_and_top_k(multiclass, multiclass_checkpoin
     assert "top_k" not in multiclass.predict(text)
 
 
-def test_multiclass_refuses_a_threshold(multiclass, multiclass_checkpoint):
-    with pytest.raises(ValueError, match="multi-label"):
-        multiclass.predict("text", threshold=0.5)
-    with pytest.raises(ValueError, match="multi-label"):
-        ModelInferer(multiclass_checkpoint, threshold=0.5)
+def test_a_multiclass_threshold_is_the_none_of_these_threshold(multiclass, multiclass_checkpoint, titles):
+    """A checkpoint trained without a rule answers its top class; a threshold given to it, per call or at loading,
+    answers "none of these" at a none score (1 - the top class's score) at or over it, and refuses anything but
+    one number in [0, 1]."""
+    plain = multiclass.predict_batch(titles)
+    assert all("none_of_these" not in answer for answer in plain)
+    scores = np.array([[a["scores"][name] for name in multiclass.label_names] for a in plain])
+    cut = float(np.median(1 - scores.max(axis=1)))
+    for answers in (multiclass.predict_batch(titles, threshold=cut),
+                    ModelInferer(multiclass_checkpoint, threshold=cut).predict_batch(titles)):
+        rejected = [a["none_of_these"] for a in answers]
+        assert rejected == [1 - s.max() >= cut for s in scores] and 0 < sum(rejected) < len(titles)
+        assert [a["labels"] for a in answers] == [[] if r else p["labels"] for r, p in zip(rejected, plain,
+                                                                                           strict=True)]
+    for wrong in ([0.5, 0.5], 1.5, "0.5", True):
+        with pytest.raises(ValueError, match="'none of these' threshold: one number in"):
+            multiclass.predict("text", threshold=wrong)
 
 
 def test_predict_batch_equals_predict_on_each_text_in_input_order(multilabel, multiclass, toxic_texts, titles):

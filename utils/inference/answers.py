@@ -27,24 +27,31 @@ class LabelRules:
     thresholds: np.ndarray | None  # multi-label only
     at_least_one: bool = False
     none_rule: NoneRule | None = None  # multi-class only
+    none_class: int | None = None  # multi-class: the data's "none" class, where it had one
 
     @classmethod
     def of(cls, info: ClassifierInfo, threshold: Threshold = None) -> LabelRules:
-        """The checkpoint's rules; `threshold` replaces its tuned thresholds (0.5 where none were tuned)."""
-        none_rule = (NoneRule(info.none_threshold, info.labels.index(info.none_label) if info.none_label else None)
-                     if info.task == "multiclass" and info.none_threshold is not None else None)
-        rules = cls(info.task, list(info.labels), None, info.at_least_one_label, none_rule)
+        """The checkpoint's rules; `threshold` replaces its tuned thresholds (multi-label: 0.5 where none were tuned)
+        or its "none of these" threshold (multi-class: one number, which gives a checkpoint without one a rule)."""
+        none_index = info.labels.index(info.none_label) if info.none_label else None
+        none_rule = NoneRule(info.none_threshold, none_index) if info.none_threshold is not None else None
+        rules = cls(info.task, list(info.labels), None, info.at_least_one_label,
+                    none_rule if info.task == "multiclass" else None, none_index)
         if threshold is None and info.task == "multilabel":
             return replace(rules, thresholds=np.array(info.thresholds or [0.5] * len(info.labels), dtype=np.float64))
-        return replace(rules, thresholds=rules.parse(threshold))
+        return rules if threshold is None else rules.with_threshold(threshold)
 
-    def parse(self, threshold: Threshold) -> np.ndarray | None:
-        """`threshold` as one number per label (None for a multi-class checkpoint, which takes none)."""
-        if self.task != "multilabel":
-            if threshold is not None:
-                raise ValueError("threshold applies to multi-label checkpoints; a multi-class one predicts "
-                                 "its top class (ask for top_k to see the runners-up)")
-            return None
+    def with_threshold(self, threshold: Threshold) -> LabelRules:
+        """These rules with `threshold`: one number or one per label (multi-label), the none threshold (multi-class)."""
+        if self.task == "multilabel":
+            return replace(self, thresholds=self.parse(threshold))
+        if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0 <= threshold <= 1:
+            raise ValueError(f"threshold of a multi-class checkpoint is its 'none of these' threshold: one number in "
+                             f"[0, 1], got {threshold!r}")
+        return replace(self, none_rule=NoneRule(float(threshold), self.none_class))
+
+    def parse(self, threshold: Threshold) -> np.ndarray:
+        """A multi-label `threshold` as one number per label."""
         try:
             values = np.asarray(threshold, dtype=np.float64)
         except (TypeError, ValueError):
@@ -55,11 +62,10 @@ class LabelRules:
             raise ValueError(f"threshold must be one number or {len(self.label_names)} numbers in [0, 1]")
         return values
 
-    def answer(self, scores: np.ndarray, truncated: bool, top_k: int | None = None,
-               thresholds: np.ndarray | None = None) -> dict[str, Any]:
+    def answer(self, scores: np.ndarray, truncated: bool, top_k: int | None = None) -> dict[str, Any]:
         """One text's answer: predicted labels, every label's score (checkpoint order), truncation.
 
-        Multi-label: the labels whose score reaches their threshold (`thresholds`, else the rules'). Multi-class:
+        Multi-label: the labels whose score reaches their threshold. Multi-class:
         the top class; with a none rule, "none of these" (`none_of_these` true, no label or the data's none class)
         where the text's `none_score` reaches its threshold. `top_k` adds the k best labels with their scores, best
         first.
@@ -67,7 +73,7 @@ class LabelRules:
         names = self.label_names
         none: dict[str, Any] = {}
         if self.task == "multilabel":
-            chosen = chosen_labels(scores, self.thresholds if thresholds is None else thresholds, self.at_least_one)
+            chosen = chosen_labels(scores, self.thresholds, self.at_least_one)
             labels = [name for name, keep in zip(names, chosen[0], strict=True) if keep]
         elif self.none_rule is None:
             labels = [names[int(np.argmax(scores))]]
