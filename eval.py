@@ -36,8 +36,8 @@ REFERENCE_SEQUENCES = 2000  # float32 PyTorch re-scores at least this many seque
 def evaluate(inferer: ModelInferer, data: LabeledTexts, batch_size: int = 128) -> dict[str, Any]:
     """Metrics of the inferer's scores on `data`, with the checkpoint's thresholds."""
     started = time.time()
-    members, truncated = inferer.member_scores(data.texts, batch_size=batch_size)  # each member scores once
-    scores = inferer.blend.served(members)
+    scored = inferer.score_texts(data.texts, batch_size=batch_size)  # each member scores once
+    members, truncated, scores = scored.members, scored.truncated, scored.served
     metrics = compute_metrics(inferer.task, data.labels, scores, inferer.label_names, inferer.thresholds,
                               inferer.info.at_least_one_label)
     metrics["calibration"] = calibration_metrics(inferer.task, data.labels, scores, inferer.label_names)
@@ -46,10 +46,10 @@ def evaluate(inferer: ModelInferer, data: LabeledTexts, batch_size: int = 128) -
     if len(inferer.info.members) > 1:  # each member alone, on the same rows, beside the blend
         metrics["members"] = {name: compute_metrics(inferer.task, data.labels, member, inferer.label_names)
                               for name, member in members.items()}
-    return {"metrics": metrics, "scores": scores}
+    return {"metrics": metrics, "scores": scores, "evidence": scored.evidence}
 
 
-def none_of_these(inferer: ModelInferer, data: LabeledTexts, scores: np.ndarray,
+def none_of_these(inferer: ModelInferer, data: LabeledTexts, result: dict[str, Any],
                   batch_size: int) -> dict[str, Any] | None:
     """How well a checkpoint with a "none of these" rule says it: on the rows of its classes, and on the rows set
     aside with a "none" label it never learnt (such as `oos` for a checkpoint trained without it)."""
@@ -58,8 +58,9 @@ def none_of_these(inferer: ModelInferer, data: LabeledTexts, scores: np.ndarray,
         return None
     none_texts = [text for text, names in zip(data.unseen_texts, data.unseen_labels, strict=True)
                   if any(is_none_name(name) for name in names)]
-    extra = rule.scores(inferer.score_batch(none_texts, batch_size)[0]) if none_texts else np.zeros(0)
-    return none_metrics(rule, data.labels, scores, extra)
+    extra = inferer.score_texts(none_texts, batch_size)
+    return none_metrics(rule, data.labels, result["scores"], result["evidence"],
+                        rule.scores(extra.served, extra.evidence) if none_texts else np.zeros(0))
 
 
 def unseen_label_rows(inferer: ModelInferer, data: LabeledTexts, batch_size: int) -> dict[str, Any] | None:
@@ -165,7 +166,7 @@ def run(config: Config, checkpoint: str | Path) -> dict[str, Any]:
     data = read_test_set(config, inferer.label_names, task)
     result = evaluate(inferer, data, config.eval_batch_size)
     metrics = result["metrics"]
-    none = none_of_these(inferer, data, result["scores"], config.eval_batch_size)
+    none = none_of_these(inferer, data, result, config.eval_batch_size)
     if none is not None:
         metrics["none_of_these"] = none
     out_dir = output_folder(Path(config.output_dir))
@@ -222,7 +223,7 @@ def none_line(none: dict[str, Any]) -> str:
     def shown(key: str) -> str:
         return "-" if none[key] is None else f"{none[key]:.4f}"
 
-    return (f"'none of these' at a none score >= {none['threshold']:.4f}: in-scope accuracy "
+    return (f"'none of these' at a none score ({none['score']}) >= {none['threshold']:.4g}: in-scope accuracy "
             f"{shown('in_scope_accuracy')} ({shown('in_scope_rejected')} of {none['in_scope_rows']} in-scope texts "
             f"answered 'none'); on {none['none_rows']} texts of no class: recall {shown('none_recall')}, precision "
             f"{shown('none_precision')}, AUROC {shown('auroc')}, FPR at 95% TPR {shown('fpr_at_95_tpr')}")

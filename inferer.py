@@ -17,11 +17,11 @@ import numpy as np
 from transformers import AutoTokenizer
 
 from models.lexical import LexicalModel
-from models.scoring import scores_from_logits
+from models.scoring import logsumexp, scores_from_logits
 from utils.checkpoint.contract import LEXICAL, TRANSFORMER, CheckpointFolder
 from utils.inference.answers import LabelRules, Threshold, check_top_k
 from utils.inference.backends import BackendChoice, backend_for
-from utils.inference.blend import Blend
+from utils.inference.blend import Blend, Scored
 from utils.inference.explain import (
     DEFAULT_METHOD,
     TextToExplain,
@@ -101,22 +101,28 @@ class ModelInferer:
 
     def score_batch(self, texts: Sequence[str], batch_size: int = 64) -> tuple[np.ndarray, list[bool]]:
         """Scores (N, labels) in input order and truncation flags: the blend of the checkpoint's members."""
-        members, truncated = self.member_scores(texts, batch_size)
-        return self.blend.served(members), truncated
+        scored = self.score_texts(texts, batch_size)
+        return scored.served, scored.truncated
 
     def member_scores(self, texts: Sequence[str], batch_size: int = 64) -> tuple[dict[str, np.ndarray], list[bool]]:
-        """Each member's scores alone, in input order, and truncation flags (some of the text unread); sequences
-        (texts, or their windows) are batched by length."""
+        """Each member's scores alone, in input order, and truncation flags (some of the text unread)."""
+        scored = self.score_texts(texts, batch_size)
+        return scored.members, scored.truncated
+
+    def score_texts(self, texts: Sequence[str], batch_size: int = 64) -> Scored:
+        """Each member's scores, the served blend and the transformer's logit evidence; sequences (texts, or their
+        windows) are batched by length."""
         texts = validate_texts(texts)
         if not texts:
             empty = np.zeros((0, len(self.label_names)))
-            return {name: empty for name in self.info.members}, []
+            return Scored({name: empty for name in self.info.members}, empty, np.zeros(0), [])
         sequences = self.reading.encode(self.tokenizer, texts)
-        logits = score_sequences(self.runner.logits, sequences.input_ids, self.pad_id, batch_size)
-        members = {TRANSFORMER: scores_from_logits(self.task, self.reading.pool(logits, sequences.owner))}
+        logits = self.reading.pool(score_sequences(self.runner.logits, sequences.input_ids, self.pad_id, batch_size),
+                                   sequences.owner)
+        members = {TRANSFORMER: scores_from_logits(self.task, logits)}
         if self.lexical is not None:
             members[LEXICAL] = self.lexical.scores(texts)
-        return members, sequences.truncated
+        return Scored(members, self.blend.served(members), logsumexp(logits, axis=1), list(sequences.truncated))
 
     def predict(self, text: str, top_k: int | None = None, threshold: Threshold = None) -> dict[str, Any]:
         """Labels and scores for one text."""
@@ -129,8 +135,9 @@ class ModelInferer:
         if batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         rules = self.rules.with_threshold(threshold) if threshold is not None else self.rules
-        scores, truncated = self.score_batch(texts, batch_size)
-        return [rules.answer(s, t, top_k) for s, t in zip(scores, truncated, strict=True)]
+        scored = self.score_texts(texts, batch_size)
+        return [rules.answer(s, t, top_k, e) for s, t, e in zip(scored.served, scored.truncated, scored.evidence,
+                                                                  strict=True)]
 
     def explain(self, text: str, labels: Sequence[str] | None = None,
                 method: str = DEFAULT_METHOD) -> dict[str, Any]:
@@ -143,9 +150,9 @@ class ModelInferer:
         the best-scoring one when none is predicted.
         """
         text = validate_text(text)
-        batch_scores, truncated = self.score_batch([text])  # the very scores and labels predict gives
-        answer = self.rules.answer(batch_scores[0], truncated[0])
-        asked = self.rules.to_explain(labels, answer["labels"], batch_scores[0])
+        scored = self.score_texts([text])  # the very scores and labels predict gives
+        answer = self.rules.answer(scored.served[0], scored.truncated[0], None, scored.evidence[0])
+        asked = self.rules.to_explain(labels, answer["labels"], scored.served[0])
         item = prepare_text(self.tokenizer, text, self.reading)
         values = self._word_scores(method, item, [self.label_names.index(n) for n in asked])
         words = [{"word": text[start:end], "start": start, "end": end} for start, end in item.words]

@@ -427,7 +427,7 @@ def finish(state: Run) -> TrainResult:
     at_least_one = task == "multilabel" and state.choices.at_least_one_label == "yes"
     metrics = compute_metrics(task, splits.validation.labels, scores, splits.label_names, thresholds,
                               at_least_one)
-    none_rule, none_summary = none_of_these(state, scores)
+    none_rule, none_summary = none_of_these(state, scores, pooled.evidence)
     served = Served(blend=blend, calibration=calibration, thresholds=thresholds, at_least_one=at_least_one,
                     metrics=metrics, members_alone=members_alone(state, transformer, blend, metrics), reading=pooled,
                     none_rule=none_rule, none_summary=none_summary)
@@ -481,16 +481,18 @@ def calibrate(state: Run, scores: np.ndarray) -> tuple[np.ndarray, dict[str, Any
     return tempered, calibration
 
 
-def none_of_these(state: Run, scores: np.ndarray) -> tuple[NoneRule | None, dict[str, Any]]:
-    """Multi-class: when the served scores answer "none of these", tuned on validation, and what it does there."""
+def none_of_these(state: Run, scores: np.ndarray, evidence: np.ndarray) -> tuple[NoneRule | None, dict[str, Any]]:
+    """Multi-class: when the served scores (and the transformer's logit `evidence`) answer "none of these", tuned
+    on validation, and what it does there."""
     splits = state.splits
     if state.task != "multiclass":
         return None, {}
     none_index = splits.label_names.index(splits.none_label) if splits.none_label else None
-    rule, summary = fit_none_rule(splits.validation.labels, scores, none_index, state.config.reject_rate)
+    rule, summary = fit_none_rule(splits.validation.labels, scores, evidence, none_index, state.config.reject_rate)
     if rule is not None:
         recall = summary["validation_none_recall"]
-        state.say(f"'none of these' at a none score >= {rule.threshold:.4f} (chosen by {summary['chosen_by']}): "
+        state.say(f"'none of these' at a none score ({rule.score}) >= {rule.threshold:.4g} (chosen by "
+                  f"{summary['chosen_by']}): "
                   f"validation in-scope accuracy {summary['validation_in_scope_accuracy']:.4f}, "
                   f"{summary['validation_in_scope_rejected']:.1%} of in-scope rows answered 'none'"
                   + (f", none recall {recall:.4f}" if recall is not None else ""))
@@ -536,7 +538,8 @@ def save_checkpoint(state: Run, model: PreTrainedModel, served: Served, checkpoi
                           at_least_one_label=served.at_least_one,
                           temperature=served.calibration["temperature"] if served.calibration else 1.0,
                           none_threshold=served.none_rule.threshold if served.none_rule else None,
-                          none_label=splits.none_label if served.none_rule else None)
+                          none_label=splits.none_label if served.none_rule else None,
+                          none_score=served.none_rule.score if served.none_rule else None)
     recorded = resolved_settings(state).to_dict() | {"precision": state.precision, "backbone": state.backbone}
     write_checkpoint(checkpoint, model, state.tokenizer, info, recorded, summary,
                      write_members=blend.lexical.save if blend is not None else None)

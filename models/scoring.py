@@ -38,6 +38,13 @@ def with_temperature(task: str, scores: np.ndarray, temperature: float) -> np.nd
     return scores_from_logits(task, np.log(np.clip(np.asarray(scores, dtype=np.float64), EPS, 1 - EPS)) / temperature)
 
 
+def logsumexp(logits: np.ndarray, axis: int = -1) -> np.ndarray:
+    """log(sum(exp(logits))) along `axis`, without overflow."""
+    logits = np.asarray(logits, dtype=np.float64)
+    top = logits.max(axis=axis, keepdims=True)
+    return np.squeeze(top, axis=axis) + np.log(np.exp(logits - top).sum(axis=axis))
+
+
 def scores_from_logits(task: str, logits: np.ndarray) -> np.ndarray:
     logits = np.asarray(logits, dtype=np.float64)
     if task == "multilabel":

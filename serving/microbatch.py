@@ -115,11 +115,12 @@ class MicroBatcher:
     def _answer(self, jobs: list[Job]) -> None:
         texts = [text for job in jobs for text in job.texts]
         with self.lock:
-            scores, truncated = self.inferer.score_batch(texts, batch_size=self.batch_size)
+            scored = self.inferer.score_texts(texts, batch_size=self.batch_size)
         start = 0
         for job in jobs:
             rows = range(start, start + len(job.texts))
-            job.answers = [self.inferer.rules.answer(scores[i], truncated[i], job.top_k) for i in rows]
+            job.answers = [self.inferer.rules.answer(scored.served[i], scored.truncated[i], job.top_k,
+                                                     scored.evidence[i]) for i in rows]
             start += len(job.texts)
         if self.on_batch:
             self.on_batch(len(jobs), len(texts))

@@ -38,7 +38,7 @@ def test_the_none_score_is_one_minus_the_best_probability_or_the_none_class_shar
     without = NoneRule(0.5, None)
     assert without.scores(scores) == pytest.approx([0.3, 0.5, 0.55])
     assert without.answers(scores)[0].tolist() == [0, -1, -1]
-    with_class = NoneRule(0.5, 2)  # class 2 is the data's "none": its share against the best other class
+    with_class = NoneRule(0.5, 2, "none_share")  # class 2 is the data's "none": its share against the best other class
     assert with_class.scores(scores) == pytest.approx([0.1 / 0.8, 0.5 / 0.8, 0.15 / 0.6])
     answered, rejected = with_class.answers(scores)
     assert answered.tolist() == [0, 2, 1] and rejected.tolist() == [False, True, False]
@@ -75,22 +75,26 @@ def test_without_none_rows_the_threshold_rejects_the_asked_share_of_validation()
     rng = np.random.default_rng(1)
     scores = rng.dirichlet(np.ones(5) * 0.3, size=1000)
     labels = scores.argmax(axis=1)
-    rule, summary = fit_none_rule(labels, scores, None, 0.05)
-    assert rule is not None and summary["validation_in_scope_rejected"] == pytest.approx(0.05, abs=0.002)
+    evidence = rng.normal(3, 1, size=1000)
+    rule, summary = fit_none_rule(labels, scores, evidence, None, 0.05)
+    assert rule is not None and rule.score == "energy"
+    assert summary["validation_in_scope_rejected"] == pytest.approx(0.05, abs=0.002)
     assert summary["validation_none_recall"] is None and summary["chosen_by"] == "0.05 of the validation rows"
-    assert fit_none_rule(labels, scores, None, 0.0) == (None, {})
+    assert (1 / (1 + np.exp(evidence)) >= rule.threshold).mean() == pytest.approx(0.05, abs=0.002)
+    assert fit_none_rule(labels, scores, evidence, None, 0.0) == (None, {})
 
 
 def test_with_none_rows_the_paper_rule_maximises_accuracy_with_none_as_a_class():
     scores = np.array([[0.9, 0.05, 0.05], [0.2, 0.7, 0.1], [0.45, 0.1, 0.45], [0.3, 0.1, 0.6], [0.6, 0.1, 0.3]])
     labels = np.array([0, 1, 2, 2, 1])  # class 2 is "none"; the last row is an in-scope row answered wrongly
-    rule, summary = fit_none_rule(labels, scores, 2, 0.05)
+    rule, summary = fit_none_rule(labels, scores, np.zeros(5), 2, 0.05)
     assert rule is not None
     # none scores 1/19, 1/8, 1/2, 2/3, 1/3: rejecting from the middle of 1/8 and 1/3, or of 1/3 and 1/2, is right
     # on 4 of 5 rows; the first
     assert rule.threshold == pytest.approx((1 / 8 + 1 / 3) / 2, abs=1e-6)
     assert summary["validation_none_recall"] == 1.0 and summary["validation_in_scope_accuracy"] == pytest.approx(2 / 3)
-    rule, _ = fit_none_rule(np.array([0, 1, 2, 2, 0]), scores, 2, 0.05)  # the last row right: 0.475 is the best
+    # with the last row right, the middle of 1/3 and 1/2 is the best cut
+    rule, _ = fit_none_rule(np.array([0, 1, 2, 2, 0]), scores, np.zeros(5), 2, 0.05)
     assert rule is not None and rule.threshold == pytest.approx((1 / 3 + 1 / 2) / 2, abs=1e-6)
 
 
@@ -99,7 +103,7 @@ def test_eval_figures_of_a_hand_made_case():
     scores = np.array([[0.9, 0.1], [0.3, 0.7], [0.55, 0.45], [0.8, 0.2]])
     labels = np.array([0, 1, 1, 0])
     extra = np.array([0.6, 0.25, 0.5])  # none scores of rows of no class the checkpoint never learnt
-    figures = none_metrics(rule, labels, scores, extra)
+    figures = none_metrics(rule, labels, scores, None, extra)
     # in-scope none scores 0.1, 0.3, 0.45, 0.2: none rejected; the third is answered class 0, wrongly
     assert figures["in_scope_accuracy"] == pytest.approx(0.75) and figures["in_scope_rejected"] == 0.0
     assert figures["none_recall"] == pytest.approx(2 / 3) and figures["none_precision"] == 1.0
@@ -171,24 +175,36 @@ def test_eval_reports_what_predict_answers(none_checkpoint, none_data, tmp_path)
     assert "<h2>None of these</h2>" in page and "recall of &#x27;none&#x27;" in page
 
 
-def test_an_in_scope_checkpoint_is_measured_on_rows_of_a_label_it_never_learnt(tiny_bert, tiny_trainer, none_data,
-                                                                               tmp_path):
-    """Trained without the `oos` rows (--reject-rate 0.2, no none class): eval counts the test file's `oos` rows,
-    set aside from the class metrics, as the rows that should be answered "none of these"."""
+@pytest.fixture(scope="module")
+def in_scope_run(tiny_bert, tiny_trainer, none_data, tmp_path_factory):
+    """Trained without the `oos` rows (--reject-rate 0.2, no none class), exported; its files."""
+    tmp_path = tmp_path_factory.mktemp("in_scope")
     frame = pd.read_csv(none_data)
     train_file, test_file = tmp_path / "in_scope.csv", tmp_path / "test.csv"
     frame[frame.Conference != "oos"].to_csv(train_file, index=False)
     frame.groupby("Conference").tail(10).to_csv(test_file, index=False)
     checkpoint = tiny_trainer(tmp_path / "run", tiny_bert, "bert", "multiclass", train_file, reject_rate=0.2,
-                              test_split=0.0).checkpoint
+                              test_split=0.0, epochs=3.0).checkpoint
+    export.run(checkpoint)
+    return checkpoint, train_file, test_file
+
+
+def test_an_in_scope_checkpoint_is_measured_on_rows_of_a_label_it_never_learnt(in_scope_run, none_data, tmp_path):
+    """Eval counts the test file's `oos` rows, set aside from the class metrics, as the rows that should be
+    answered "none of these"."""
+    checkpoint, train_file, test_file = in_scope_run
+    frame = pd.read_csv(none_data)
     info = read_info(checkpoint)
     assert info.none_label is None and "oos" not in info.labels and info.none_threshold is not None
     config = make_config(mode="eval", task="auto", data=str(train_file), test_data=str(test_file),
                          text_column="Title", label_column="Conference", output_dir=str(tmp_path / "eval"))
     figures = evaluation.run(config, checkpoint)["metrics"]["none_of_these"]
     oos = frame[frame.Conference == "oos"].tail(10).Title.tolist()
-    rule = NoneRule(info.none_threshold, None)
-    expected = rule.scores(ModelInferer(checkpoint).score_batch(oos)[0]) >= info.none_threshold
+    assert info.none_score == "energy"
+    rule = LabelRules.of(info).none_rule
+    scored = ModelInferer(checkpoint).score_texts(oos)
+    assert rule is not None and rule.score == "energy"
+    expected = rule.scores(scored.served, scored.evidence) >= info.none_threshold
     assert figures["none_rows"] == 10 and figures["in_scope_rows"] == 40
     assert figures["none_recall"] == pytest.approx(expected.mean())
 
@@ -234,3 +250,26 @@ def test_ray_shards_carry_the_none_columns_typed(none_checkpoint, none_data):
     assert str(table.schema.field("none_of_these").type) == "bool"
     assert str(table.schema.field("none_score").type) == "double"
     assert table.column("none_score").to_pylist() == [a["none_score"] for a in answers]
+
+
+def test_the_energy_score_is_the_same_on_every_path(in_scope_run, none_data):
+    """The energy none score, 1 / (1 + sum(exp(logits))) of the transformer's logits: from the torch model itself,
+    ONNX, the API with concurrent requests sharing a forward pass, and predict files alike."""
+    import torch
+
+    checkpoint, _, _ = in_scope_run
+    texts = pd.read_csv(none_data).Title.tolist()[:30]
+    torch_inferer = ModelInferer(checkpoint, backend="torch")
+    answers = torch_inferer.predict_batch(texts)
+    encoded = torch_inferer.tokenizer(texts, truncation=True, max_length=64, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        logits = torch_inferer.model(**encoded).logits.double()
+    expected = (1 / (1 + logits.exp().sum(dim=1))).numpy()
+    assert [a["none_score"] for a in answers] == pytest.approx(expected, rel=1e-4)
+    threshold = read_info(checkpoint).none_threshold
+    assert [a["none_of_these"] for a in answers] == [bool(v >= threshold) for v in expected]
+    onnx = ModelInferer(checkpoint, backend="onnx").predict_batch(texts)
+    assert [a["labels"] for a in onnx] == [a["labels"] for a in answers]
+    assert [a["none_score"] for a in onnx] == pytest.approx([a["none_score"] for a in answers], rel=1e-4)
+    client = create_app(torch_inferer, ServingSettings(microbatch=True)).test_client()
+    assert client.post("/predict", json={"texts": texts}).get_json()["predictions"] == answers

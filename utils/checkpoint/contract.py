@@ -88,6 +88,7 @@ class ClassifierInfo(BaseModel):
     # checkpoints written before read None: always the top class
     none_threshold: float | None = None
     none_label: str | None = None
+    none_score: Literal["none_share", "energy", "top_probability"] | None = None  # None: none_share with a none_label
 
 
 def backbone_name(backbone: str) -> str:

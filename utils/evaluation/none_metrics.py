@@ -27,13 +27,14 @@ def fpr_at_95_tpr(is_none: np.ndarray, none_scores: np.ndarray) -> float:
     return float(fpr[np.searchsorted(tpr, 0.95, side="left")])
 
 
-def none_metrics(rule: NoneRule, labels: np.ndarray, scores: np.ndarray,
+def none_metrics(rule: NoneRule, labels: np.ndarray, scores: np.ndarray, evidence: np.ndarray | None,
                  none_scores_extra: np.ndarray) -> dict[str, Any]:
-    """Figures of `rule` on rows of known classes (`labels`, possibly the none class, with their served `scores`),
-    plus `none_scores_extra`: the none scores of rows of a "none" label the checkpoint never learnt."""
+    """Figures of `rule` on rows of known classes (`labels`, possibly the none class, with their served `scores`
+    and the transformer's logit `evidence`), plus `none_scores_extra`: the none scores of rows of a "none" label
+    the checkpoint never learnt."""
     labels = np.asarray(labels, dtype=int)
-    chosen, rejected = rule.answers(scores)
-    none_scores = np.concatenate([rule.scores(scores), none_scores_extra])
+    chosen, rejected = rule.answers(scores, evidence)
+    none_scores = np.concatenate([rule.scores(scores, evidence), none_scores_extra])
     is_none = np.concatenate([labels == (rule.none_index if rule.none_index is not None else -2),
                               np.ones(len(none_scores_extra), dtype=bool)])
     rejected = np.concatenate([rejected, none_scores_extra >= rule.threshold])
@@ -41,7 +42,8 @@ def none_metrics(rule: NoneRule, labels: np.ndarray, scores: np.ndarray,
     right = np.concatenate([chosen == labels, np.zeros(len(none_scores_extra), dtype=bool)])
     both = bool(in_scope.any() and is_none.any())
     return {
-        "threshold": rule.threshold, "in_scope_rows": int(in_scope.sum()), "none_rows": int(is_none.sum()),
+        "threshold": rule.threshold, "score": rule.score, "in_scope_rows": int(in_scope.sum()),
+        "none_rows": int(is_none.sum()),
         "in_scope_accuracy": float(right[in_scope].mean()) if in_scope.any() else None,
         "in_scope_rejected": float(rejected[in_scope].mean()) if in_scope.any() else None,
         "none_recall": float(rejected[is_none].mean()) if is_none.any() else None,

@@ -186,7 +186,8 @@ def read_run_log(folders: Sequence[Path]) -> list[dict[str, Any]]:
 def none_rows(none: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
     """The "none of these" figures as a table: what each rate means beside its value."""
     return ["figure", "value", "of"], [
-        ["threshold (none score at or over it: 'none of these')", number(none["threshold"]), ""],
+        [f"threshold (a {escape(none['score'])} none score at or over it: 'none of these')",
+         f"{none['threshold']:.4g}", ""],
         ["in-scope accuracy ('none' counts as wrong)", number(none["in_scope_accuracy"]), none["in_scope_rows"]],
         ["in-scope texts answered 'none'", number(none["in_scope_rejected"]), none["in_scope_rows"]],
         ["recall of 'none' on texts of no class", number(none["none_recall"]), none["none_rows"]],

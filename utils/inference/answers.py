@@ -34,7 +34,8 @@ class LabelRules:
         """The checkpoint's rules; `threshold` replaces its tuned thresholds (multi-label: 0.5 where none were tuned)
         or its "none of these" threshold (multi-class: one number, which gives a checkpoint without one a rule)."""
         none_index = info.labels.index(info.none_label) if info.none_label else None
-        none_rule = NoneRule(info.none_threshold, none_index) if info.none_threshold is not None else None
+        kind = info.none_score or ("none_share" if none_index is not None else "top_probability")
+        none_rule = NoneRule(info.none_threshold, none_index, kind) if info.none_threshold is not None else None
         rules = cls(info.task, list(info.labels), None, info.at_least_one_label,
                     none_rule if info.task == "multiclass" else None, none_index)
         if threshold is None and info.task == "multilabel":
@@ -48,7 +49,10 @@ class LabelRules:
         if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0 <= threshold <= 1:
             raise ValueError(f"threshold of a multi-class checkpoint is its 'none of these' threshold: one number in "
                              f"[0, 1], got {threshold!r}")
-        return replace(self, none_rule=NoneRule(float(threshold), self.none_class))
+        if self.none_rule is not None:
+            return replace(self, none_rule=replace(self.none_rule, threshold=float(threshold)))
+        kind = "none_share" if self.none_class is not None else "top_probability"
+        return replace(self, none_rule=NoneRule(float(threshold), self.none_class, kind))
 
     def parse(self, threshold: Threshold) -> np.ndarray:
         """A multi-label `threshold` as one number per label."""
@@ -62,12 +66,14 @@ class LabelRules:
             raise ValueError(f"threshold must be one number or {len(self.label_names)} numbers in [0, 1]")
         return values
 
-    def answer(self, scores: np.ndarray, truncated: bool, top_k: int | None = None) -> dict[str, Any]:
+    def answer(self, scores: np.ndarray, truncated: bool, top_k: int | None = None,
+               evidence: float | None = None) -> dict[str, Any]:
         """One text's answer: predicted labels, every label's score (checkpoint order), truncation.
 
         Multi-label: the labels whose score reaches their threshold. Multi-class:
         the top class; with a none rule, "none of these" (`none_of_these` true, no label or the data's none class)
-        where the text's `none_score` reaches its threshold. `top_k` adds the k best labels with their scores, best
+        where the text's `none_score` (of `scores`, and the transformer's logit `evidence` for the energy score)
+        reaches its threshold. `top_k` adds the k best labels with their scores, best
         first.
         """
         names = self.label_names
@@ -78,9 +84,10 @@ class LabelRules:
         elif self.none_rule is None:
             labels = [names[int(np.argmax(scores))]]
         else:
-            answered, rejected = self.none_rule.answers(scores)
+            given = None if evidence is None else np.array([evidence])
+            answered, rejected = self.none_rule.answers(scores, given)
             labels = [names[int(answered[0])]] if answered[0] >= 0 else []
-            none = {"none_of_these": bool(rejected[0]), "none_score": float(self.none_rule.scores(scores)[0])}
+            none = {"none_of_these": bool(rejected[0]), "none_score": float(self.none_rule.scores(scores, given)[0])}
         answer = {"labels": labels, "scores": {name: float(s) for name, s in zip(names, scores, strict=True)},
                   "truncated": bool(truncated)} | none
         if top_k:

@@ -14,6 +14,18 @@ from utils.checkpoint.contract import LEXICAL, TRANSFORMER, ClassifierInfo
 
 
 @dataclass(frozen=True)
+class Scored:
+    """Texts as a checkpoint scores them: each member's scores, the served ones, the transformer's logit evidence
+    (the log-sum-exp of its window-pooled logits: the energy none score's, models/none_of_these.py) and
+    truncation flags, all in input order."""
+
+    members: dict[str, np.ndarray]
+    served: np.ndarray
+    evidence: np.ndarray
+    truncated: list[bool]
+
+
+@dataclass(frozen=True)
 class Blend:
     """A checkpoint's blend: the transformer's share of it per label, its method, and the temperature after."""
 

@@ -30,15 +30,16 @@ def accuracy_threshold(none_scores: np.ndarray, correct_in_scope: np.ndarray, is
     return float(scores[0] / 2 if best == 0 else (scores[best - 1] + scores[best]) / 2)
 
 
-def fit_none_rule(labels: np.ndarray, scores: np.ndarray, none_index: int | None,
+def fit_none_rule(labels: np.ndarray, scores: np.ndarray, evidence: np.ndarray, none_index: int | None,
                   reject_rate: float) -> tuple[NoneRule | None, dict[str, Any]]:
-    """The rule tuned on validation (class ids `labels`, served probabilities `scores`) and what it does there; no
+    """The rule tuned on validation (class ids `labels`, served probabilities `scores`, the transformer's logit
+    `evidence`) and what it does there: the none class's share where the data has one, else the energy score; no
     rule without a none class when `reject_rate` is 0."""
     labels = np.asarray(labels, dtype=int)
     is_none = labels == none_index if none_index is not None else np.zeros(len(labels), dtype=bool)
-    probe = NoneRule(NO_REJECTION, none_index)
-    none_scores = probe.scores(scores)
-    answered, _ = probe.answers(scores)
+    probe = NoneRule(NO_REJECTION, none_index, "none_share" if none_index is not None else "energy")
+    none_scores = probe.scores(scores, evidence)
+    answered, _ = probe.answers(scores, evidence)
     if is_none.any():
         threshold, how = accuracy_threshold(none_scores, answered == labels, is_none), "validation accuracy"
     elif reject_rate > 0:
@@ -46,9 +47,9 @@ def fit_none_rule(labels: np.ndarray, scores: np.ndarray, none_index: int | None
         how = f"{reject_rate:g} of the validation rows"
     else:
         return None, {}
-    rule = NoneRule(round(threshold, 6), none_index)
-    chosen, rejected = rule.answers(scores)
-    summary = {"none_threshold": rule.threshold, "chosen_by": how,
+    rule = NoneRule(float(f"{threshold:.6g}"), none_index, probe.score)
+    chosen, rejected = rule.answers(scores, evidence)
+    summary = {"none_threshold": rule.threshold, "none_score": rule.score, "chosen_by": how,
                "validation_in_scope_rows": int((~is_none).sum()), "validation_none_rows": int(is_none.sum()),
                "validation_in_scope_rejected": round(float(rejected[~is_none].mean()), 6) if (~is_none).any() else None,
                "validation_in_scope_accuracy": round(float((chosen == labels)[~is_none].mean()), 6)

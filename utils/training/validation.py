@@ -3,7 +3,7 @@ the logits of long texts' windows the way that scores best there."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -11,7 +11,7 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 from transformers import PreTrainedModel
 
-from models.scoring import scores_from_logits
+from models.scoring import logsumexp, scores_from_logits
 from utils.data.readers import DataError, LabeledTexts
 from utils.evaluation.metrics import SELECTION_METRIC, compute_metrics
 from utils.inference.reading import WINDOW_POOLINGS, Reading
@@ -60,6 +60,7 @@ class PooledValidation:
     scores: np.ndarray
     value: float
     by_pooling: dict[str, float]
+    evidence: np.ndarray  # the log-sum-exp of each text's pooled logits (the energy none score's)
 
 
 def pooling_candidates(reading: Reading, given: str) -> list[Reading]:
@@ -78,13 +79,14 @@ def pooled_validation(task: str, validation: LabeledTexts, logits: np.ndarray, o
     best: PooledValidation | None = None
     by_pooling: dict[str, float] = {}
     for reading in candidates:
-        scores = scores_from_logits(task, reading.pool(logits, owner))
+        pooled = reading.pool(logits, owner)
+        scores = scores_from_logits(task, pooled)
         value = primary_metric(task, validation, scores)
         by_pooling[reading.window_pooling] = value
         if best is None or value > best.value:
-            best = PooledValidation(reading, scores, value, {})
+            best = PooledValidation(reading, scores, value, {}, logsumexp(pooled, axis=1))
     assert best is not None, "no candidate reading"
-    return PooledValidation(best.reading, best.scores, best.value, by_pooling)
+    return replace(best, by_pooling=by_pooling)
 
 
 def primary_metric(task: str, validation: LabeledTexts, scores: np.ndarray) -> float:
