@@ -489,6 +489,8 @@ def none_of_these(state: Run, scores: np.ndarray, evidence: np.ndarray) -> tuple
         return None, {}
     none_index = splits.label_names.index(splits.none_label) if splits.none_label else None
     rule, summary = fit_none_rule(splits.validation.labels, scores, evidence, none_index, state.config.reject_rate)
+    if "note" in summary:
+        state.say(summary["note"])
     if rule is not None:
         recall = summary["validation_none_recall"]
         state.say(f"'none of these' at a none score ({rule.score}) >= {rule.threshold:.4g} (chosen by "

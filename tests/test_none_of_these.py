@@ -82,6 +82,10 @@ def test_without_none_rows_the_threshold_rejects_the_asked_share_of_validation()
     assert summary["validation_none_recall"] is None and summary["chosen_by"] == "0.05 of the validation rows"
     assert (1 / (1 + np.exp(evidence)) >= rule.threshold).mean() == pytest.approx(0.05, abs=0.002)
     assert fit_none_rule(labels, scores, evidence, None, 0.0) == (None, {})
+    # 40 validation rows cannot place a cut at 2% (the top score alone would reject 1 in 41 of new texts): off
+    rule, summary = fit_none_rule(labels[:40], scores[:40], evidence[:40], None, 0.02)
+    assert rule is None and "40 validation rows are too few" in summary["note"] and "it takes 50" in summary["note"]
+    assert fit_none_rule(labels[:50], scores[:50], evidence[:50], None, 0.02)[0] is not None
 
 
 def test_with_none_rows_the_paper_rule_maximises_accuracy_with_none_as_a_class():

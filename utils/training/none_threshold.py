@@ -42,6 +42,9 @@ def fit_none_rule(labels: np.ndarray, scores: np.ndarray, evidence: np.ndarray, 
     answered, _ = probe.answers(scores, evidence)
     if is_none.any():
         threshold, how = accuracy_threshold(none_scores, answered == labels, is_none), "validation accuracy"
+    elif reject_rate > 0 and len(labels) * reject_rate < 1:  # even the top score would reject more than the rate
+        return None, {"none_threshold": None, "note": f"'none of these' is off: {len(labels)} validation rows are "
+                      f"too few to place a cut at {reject_rate:g} of them (it takes {int(np.ceil(1 / reject_rate))})"}
     elif reject_rate > 0:
         threshold = float(np.quantile(none_scores, 1 - reject_rate, method="higher"))
         how = f"{reject_rate:g} of the validation rows"
