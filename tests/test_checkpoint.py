@@ -142,7 +142,8 @@ def test_a_checkpoint_of_the_first_format_still_loads(tmp_path, model, tokenizer
     assert loaded.format_version == FORMAT_VERSION and loaded.text_column == "comment_text"
     assert loaded.model_dump(exclude={"format_version", "text_column", "members", "blend_weights", "temperature",
                                       "at_least_one_label", "blend_method", "long_texts", "window_stride",
-                                      "max_windows", "window_pooling", "none_threshold", "none_label"}) == FIRST_FORMAT
+                                      "max_windows", "window_pooling", "none_threshold", "none_label",
+                                      "none_score"}) == FIRST_FORMAT
     assert loaded.members == ["transformer"] and loaded.long_texts == "truncate"  # long texts cut, as then
     assert loaded.none_threshold is None and loaded.none_label is None  # always the top class, as then
 
