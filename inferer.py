@@ -104,11 +104,6 @@ class ModelInferer:
         scored = self.score_texts(texts, batch_size)
         return scored.served, scored.truncated
 
-    def member_scores(self, texts: Sequence[str], batch_size: int = 64) -> tuple[dict[str, np.ndarray], list[bool]]:
-        """Each member's scores alone, in input order, and truncation flags (some of the text unread)."""
-        scored = self.score_texts(texts, batch_size)
-        return scored.members, scored.truncated
-
     def score_texts(self, texts: Sequence[str], batch_size: int = 64) -> Scored:
         """Each member's scores, the served blend and the transformer's logit evidence; sequences (texts, or their
         windows) are batched by length."""

@@ -55,7 +55,7 @@ def test_the_checkpoint_serves_the_tempered_scores_its_thresholds_were_tuned_on(
     temperature = inferer.info.temperature
     assert temperature == summary["temperature"] != 1.0 and 0.1 <= temperature <= 10.0  # fitted in training
     texts = pd.read_csv(toxic_csv).comment_text.tolist()[:16]
-    members, _ = inferer.member_scores(texts)
+    members = inferer.score_texts(texts).members
     served, _ = inferer.score_batch(texts)
     np.testing.assert_allclose(served, with_temperature("multilabel", members["transformer"], temperature),
                                atol=1e-9)  # the same arithmetic on the same scores

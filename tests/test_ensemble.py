@@ -80,10 +80,10 @@ def test_ensemble_none_gives_the_transformer_alone(multilabel_checkpoint, blende
     assert not (multilabel_checkpoint / LEXICAL_WEIGHTS_FILE).exists()
     texts = pd.read_csv(toxic_csv).comment_text.head(20).tolist()
     plain = ModelInferer(multilabel_checkpoint)
-    members, _ = plain.member_scores(texts)
+    members = plain.score_texts(texts).members
     np.testing.assert_array_equal(plain.score_batch(texts)[0], members[TRANSFORMER])
     both = ModelInferer(blended)
-    members, _ = both.member_scores(texts)
+    members = both.score_texts(texts).members
     assert set(members) == {TRANSFORMER, LEXICAL}
     assert np.abs(both.score_batch(texts)[0] - members[TRANSFORMER]).max() > 1e-3  # the member does count
 

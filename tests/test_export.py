@@ -380,7 +380,7 @@ def test_a_blended_checkpoint_exports_its_transformer_and_measures_the_blend(exp
     reference = ModelInferer(exported_blend_checkpoint, precision="fp32", backend="torch")
     for backend in graphs.DEFAULT_VARIANTS:  # the graph replaces the transformer; the TF-IDF member stays
         graph = ModelInferer(exported_blend_checkpoint, backend=backend)
-        assert set(graph.member_scores(texts[:4])[0]) == {TRANSFORMER, LEXICAL}
+        assert set(graph.score_texts(texts[:4]).members) == {TRANSFORMER, LEXICAL}
         scores = graph.score_batch(texts)[0]
         within = tolerance(backend, recorded_int8(exported_blend_checkpoint))
         assert np.abs(scores - reference.score_batch(texts)[0]).max() <= within, backend
