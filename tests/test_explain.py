@@ -303,7 +303,7 @@ def test_a_blend_scores_the_words_truncation_hid_from_the_transformer(blended):
     assert hidden not in item.seen
     start, end = item.words[hidden]
     lexical = blended.lexical.scores([text, text[:start] + " " + text[end:]])
-    transformer = np.repeat(blended.member_scores([text])[0]["transformer"], 2, axis=0)
+    transformer = np.repeat(blended.score_texts([text]).members["transformer"], 2, axis=0)
     blend = blended.blend.combine(transformer, lexical)[:, TOXIC_LABELS.index("insult")]
     expected = np.log(blend[0] / (1 - blend[0])) - np.log(blend[1] / (1 - blend[1]))
     assert answer["attributions"]["insult"][hidden] == pytest.approx(expected, abs=1e-6)
