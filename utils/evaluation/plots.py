@@ -137,7 +137,7 @@ def none_scores_figure(none: dict[str, Any]) -> Figure:
         if counts.sum():
             ax.stairs(counts / counts.sum(), edges, fill=True, alpha=0.45, color=colour,
                       label=f"{name} ({int(counts.sum())})")
-    ax.axvline(none["threshold"], color="black", linestyle="--", label=f"threshold {none['threshold']:.3f}")
+    ax.axvline(none["threshold"], color="black", linestyle="--", label=f"threshold {none['threshold']:.3g}")
     ax.set_xscale("logit")
     ax.set_xlabel("none score (log-odds scale)")
     ax.set_ylabel("share of the side's texts")
