@@ -50,25 +50,23 @@ def evaluate(inferer: ModelInferer, data: LabeledTexts, batch_size: int = 128) -
 
 
 def none_of_these(inferer: ModelInferer, data: LabeledTexts, result: dict[str, Any],
-                  batch_size: int) -> dict[str, Any] | None:
+                  unseen_answers: list[dict[str, Any]]) -> dict[str, Any] | None:
     """How well a checkpoint with a "none of these" rule says it: on the rows of its classes, and on the rows set
-    aside with a "none" label it never learnt (such as `oos` for a checkpoint trained without it)."""
+    aside with a "none" label it never learnt (such as `oos` for a checkpoint trained without it), whose answers
+    are `unseen_answers`."""
     rule = inferer.rules.none_rule
     if rule is None:
         return None
-    none_texts = [text for text, names in zip(data.unseen_texts, data.unseen_labels, strict=True)
-                  if any(is_none_name(name) for name in names)]
-    extra = inferer.score_texts(none_texts, batch_size)
-    return none_metrics(rule, data.labels, result["scores"], result["evidence"],
-                        rule.scores(extra.served, extra.evidence) if none_texts else np.zeros(0))
+    extra = [answer["none_score"] for answer, names in zip(unseen_answers, data.unseen_labels, strict=True)
+             if any(is_none_name(name) for name in names)]
+    return none_metrics(rule, data.labels, result["scores"], result["evidence"], np.array(extra, dtype=np.float64))
 
 
-def unseen_label_rows(inferer: ModelInferer, data: LabeledTexts, batch_size: int) -> dict[str, Any] | None:
+def unseen_label_rows(data: LabeledTexts, predictions: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The test rows set aside for labels the checkpoint never learnt: how many, which labels, and what the model
-    predicted for them (they are in no metric)."""
+    predicted for them (`predictions`; they are in no metric)."""
     if not data.unseen_texts:
         return None
-    predictions = inferer.predict_batch(data.unseen_texts, batch_size=batch_size)
     said = Counter("|".join(p["labels"]) or "(none)" for p in predictions)
     return {"rows": len(data.unseen_texts), "labels": dict(Counter(n for row in data.unseen_labels for n in row)),
             "predicted": dict(said.most_common()), "note": "excluded from the metrics"}
@@ -166,7 +164,8 @@ def run(config: Config, checkpoint: str | Path) -> dict[str, Any]:
     data = read_test_set(config, inferer.label_names, task)
     result = evaluate(inferer, data, config.eval_batch_size)
     metrics = result["metrics"]
-    none = none_of_these(inferer, data, result, config.eval_batch_size)
+    unseen_answers = inferer.predict_batch(data.unseen_texts, batch_size=config.eval_batch_size)  # scored once
+    none = none_of_these(inferer, data, result, unseen_answers)
     if none is not None:
         metrics["none_of_these"] = none
     out_dir = output_folder(Path(config.output_dir))
@@ -184,7 +183,7 @@ def run(config: Config, checkpoint: str | Path) -> dict[str, Any]:
               "precision": inferer.precision, "metrics": metrics, "plots": [str(p) for p in plots]}
     if inferer.backend != "torch":
         report["torch"] = torch_reference(inferer, data, metrics, result["scores"], config.eval_batch_size)
-    unseen = unseen_label_rows(inferer, data, config.eval_batch_size)
+    unseen = unseen_label_rows(data, unseen_answers)
     if unseen:
         report["unseen_labels"] = unseen
     if (out_dir / DATA_REPORT_FILE).is_file():  # written by training into the same folder

@@ -1,6 +1,6 @@
 """"None of these": a multi-class checkpoint's answer when a text fits none of its classes.
 
-A text's none score, in [0, 1], is one of (`NONE_SCORES`, the checkpoint says which):
+A text's none score, in [0, 1], is one of (`NoneScore`, the checkpoint says which):
 - `none_share`, where the data had its own "none" class: that class's share of the contest with the best in-scope
   class, p(none) / (p(none) + p(best)), of the served probabilities;
 - `energy`, where it had none: the probability of an implicit class of logit 0 beside the transformer's logits,
@@ -17,13 +17,14 @@ label. Plain numpy, from what every backend computes, so that every backend answ
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
-from models.scoring import EPS
+from models.scoring import EPS, sigmoid
 
+NoneScore = Literal["none_share", "energy", "top_probability"]
 # Labels read as "none of these" without --none-label: CLINC150's `oos`, Rasa's `out_of_scope` and `nlu_fallback`
-NONE_SCORES = ("none_share", "energy", "top_probability")
 NONE_LABEL_NAMES = ("oos", "out_of_scope", "out-of-scope", "outofscope", "none", "none_of_these", "nlu_fallback")
 
 # Without "none" validation rows, the share of validation rows answered "none of these" (--reject-rate): small, as
@@ -49,7 +50,7 @@ class NoneRule:
 
     threshold: float
     none_index: int | None  # the data's "none" class among the labels, or None
-    score: str = "top_probability"  # one of NONE_SCORES
+    score: NoneScore = "top_probability"
 
     def in_scope(self, label_count: int) -> np.ndarray:
         """(labels,) booleans: the classes a text can be answered with."""
@@ -66,18 +67,24 @@ class NoneRule:
         if self.score == "energy":
             if evidence is None:
                 raise ValueError("the energy none score needs the transformer's logit evidence")
-            return np.exp(-np.logaddexp(0.0, np.asarray(evidence, dtype=np.float64)))
+            return sigmoid(-np.asarray(evidence, dtype=np.float64))
         if self.score == "none_share" and self.none_index is not None:
             none = probabilities[:, self.none_index]
             return none / np.maximum(none + best, EPS)
         return 1.0 - best
 
+    def is_none(self, labels: np.ndarray, label_count: int) -> np.ndarray:
+        """(N,) booleans: which class ids `labels` are the data's none class."""
+        return ~self.in_scope(label_count)[np.asarray(labels, dtype=int)]
+
     def answers(self, probabilities: np.ndarray,
-                evidence: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(N,) the class each text is answered with (-1: none of these, with no none class) and (N,) rejected."""
+                evidence: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(N,) the class each text is answered with (-1: none of these, with no none class), (N,) rejected and
+        (N,) the none scores that decided it."""
         probabilities = np.atleast_2d(probabilities)
         in_scope = np.flatnonzero(self.in_scope(probabilities.shape[1]))
         best = in_scope[probabilities[:, in_scope].argmax(axis=1)]
-        rejected = self.scores(probabilities, evidence) >= self.threshold
+        none_scores = self.scores(probabilities, evidence)
+        rejected = none_scores >= self.threshold
         none = -1 if self.none_index is None else self.none_index
-        return np.where(rejected, none, best), rejected
+        return np.where(rejected, none, best), rejected, none_scores

@@ -45,9 +45,14 @@ def logsumexp(logits: np.ndarray, axis: int = -1) -> np.ndarray:
     return np.squeeze(top, axis=axis) + np.log(np.exp(logits - top).sum(axis=axis))
 
 
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """1 / (1 + exp(-logits)), without overflow for large |logits|."""
+    return np.exp(-np.logaddexp(0.0, -np.asarray(logits, dtype=np.float64)))
+
+
 def scores_from_logits(task: str, logits: np.ndarray) -> np.ndarray:
     logits = np.asarray(logits, dtype=np.float64)
     if task == "multilabel":
-        return np.exp(-np.logaddexp(0.0, -logits))  # sigmoid without overflow for large |logits|
+        return sigmoid(logits)
     shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
     return shifted / shifted.sum(axis=-1, keepdims=True)

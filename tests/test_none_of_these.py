@@ -40,7 +40,7 @@ def test_the_none_score_is_one_minus_the_best_probability_or_the_none_class_shar
     assert without.answers(scores)[0].tolist() == [0, -1, -1]
     with_class = NoneRule(0.5, 2, "none_share")  # class 2 is the data's "none": its share against the best other class
     assert with_class.scores(scores) == pytest.approx([0.1 / 0.8, 0.5 / 0.8, 0.15 / 0.6])
-    answered, rejected = with_class.answers(scores)
+    answered, rejected, _ = with_class.answers(scores)
     assert answered.tolist() == [0, 2, 1] and rejected.tolist() == [False, True, False]
 
 

@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from models import WEIGHTS_FILE, lexical
+from models.none_of_these import NoneScore
 from utils.checkpoint.atomic import sha256_file, staged_file, staged_folder
 from utils.checkpoint.errors import UserError
 
@@ -88,7 +89,7 @@ class ClassifierInfo(BaseModel):
     # checkpoints written before read None: always the top class
     none_threshold: float | None = None
     none_label: str | None = None
-    none_score: Literal["none_share", "energy", "top_probability"] | None = None  # None: none_share with a none_label
+    none_score: NoneScore | None = None  # None: none_share with a none_label, else top_probability
 
 
 def backbone_name(backbone: str) -> str:

@@ -33,9 +33,9 @@ def none_metrics(rule: NoneRule, labels: np.ndarray, scores: np.ndarray, evidenc
     and the transformer's logit `evidence`), plus `none_scores_extra`: the none scores of rows of a "none" label
     the checkpoint never learnt."""
     labels = np.asarray(labels, dtype=int)
-    chosen, rejected = rule.answers(scores, evidence)
-    none_scores = np.concatenate([rule.scores(scores, evidence), none_scores_extra])
-    is_none = np.concatenate([labels == (rule.none_index if rule.none_index is not None else -2),
+    chosen, rejected, none_scores = rule.answers(scores, evidence)
+    none_scores = np.concatenate([none_scores, none_scores_extra])
+    is_none = np.concatenate([rule.is_none(labels, np.atleast_2d(scores).shape[1]),
                               np.ones(len(none_scores_extra), dtype=bool)])
     rejected = np.concatenate([rejected, none_scores_extra >= rule.threshold])
     in_scope = ~is_none

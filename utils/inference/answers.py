@@ -70,11 +70,10 @@ class LabelRules:
                evidence: float | None = None) -> dict[str, Any]:
         """One text's answer: predicted labels, every label's score (checkpoint order), truncation.
 
-        Multi-label: the labels whose score reaches their threshold. Multi-class:
-        the top class; with a none rule, "none of these" (`none_of_these` true, no label or the data's none class)
-        where the text's `none_score` (of `scores`, and the transformer's logit `evidence` for the energy score)
-        reaches its threshold. `top_k` adds the k best labels with their scores, best
-        first.
+        Multi-label: the labels whose score reaches their threshold. Multi-class: the top class; with a none rule,
+        "none of these" (`none_of_these` true, no label or the data's none class) where the text's `none_score` (of
+        `scores`, and the transformer's logit `evidence` for the energy score) reaches its threshold. `top_k` adds
+        the k best labels with their scores, best first.
         """
         names = self.label_names
         none: dict[str, Any] = {}
@@ -85,9 +84,9 @@ class LabelRules:
             labels = [names[int(np.argmax(scores))]]
         else:
             given = None if evidence is None else np.array([evidence])
-            answered, rejected = self.none_rule.answers(scores, given)
+            answered, rejected, none_scores = self.none_rule.answers(scores, given)
             labels = [names[int(answered[0])]] if answered[0] >= 0 else []
-            none = {"none_of_these": bool(rejected[0]), "none_score": float(self.none_rule.scores(scores, given)[0])}
+            none = {"none_of_these": bool(rejected[0]), "none_score": float(none_scores[0])}
         answer = {"labels": labels, "scores": {name: float(s) for name, s in zip(names, scores, strict=True)},
                   "truncated": bool(truncated)} | none
         if top_k:

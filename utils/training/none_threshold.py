@@ -36,10 +36,9 @@ def fit_none_rule(labels: np.ndarray, scores: np.ndarray, evidence: np.ndarray, 
     `evidence`) and what it does there: the none class's share where the data has one, else the energy score; no
     rule without a none class when `reject_rate` is 0."""
     labels = np.asarray(labels, dtype=int)
-    is_none = labels == none_index if none_index is not None else np.zeros(len(labels), dtype=bool)
     probe = NoneRule(NO_REJECTION, none_index, "none_share" if none_index is not None else "energy")
-    none_scores = probe.scores(scores, evidence)
-    answered, _ = probe.answers(scores, evidence)
+    is_none = probe.is_none(labels, scores.shape[1])
+    answered, _, none_scores = probe.answers(scores, evidence)
     if is_none.any():
         threshold, how = accuracy_threshold(none_scores, answered == labels, is_none), "validation accuracy"
     elif reject_rate > 0 and len(labels) * reject_rate < 1:  # even the top score would reject more than the rate
@@ -51,7 +50,7 @@ def fit_none_rule(labels: np.ndarray, scores: np.ndarray, evidence: np.ndarray, 
     else:
         return None, {}
     rule = NoneRule(float(f"{threshold:.6g}"), none_index, probe.score)
-    chosen, rejected = rule.answers(scores, evidence)
+    chosen, rejected, _ = rule.answers(scores, evidence)
     summary = {"none_threshold": rule.threshold, "none_score": rule.score, "chosen_by": how,
                "validation_in_scope_rows": int((~is_none).sum()), "validation_none_rows": int(is_none.sum()),
                "validation_in_scope_rejected": round(float(rejected[~is_none].mean()), 6) if (~is_none).any() else None,
