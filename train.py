@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -68,6 +68,11 @@ from utils.training.validation import (
 )
 
 
+# Called after each evaluation with the step and the validation metric; it may raise to end the run (a search's
+# pruning does), and run() lets that exception through after closing what it opened.
+EvaluationHook = Callable[[int, float], None]
+
+
 @dataclass
 class TrainResult:
     checkpoint: Path
@@ -104,6 +109,7 @@ class Run:
     best_state: dict[str, torch.Tensor] | None = None
     best_validation: PooledValidation | None = None  # the validation scores of `best_state`, when this run made them
     random_states_to_restore: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None
+    on_evaluation: EvaluationHook | None = None
     tracking: bool = False
     bar: Any = field(default=None, repr=False)
 
@@ -129,9 +135,10 @@ class Run:
         self.accelerator.print(message)
 
 
-def run(config: Config) -> TrainResult:
+def run(config: Config, on_evaluation: EvaluationHook | None = None) -> TrainResult:
     """Train, keep the best model by the validation metric, tune thresholds, write the checkpoint."""
     state = set_up(config)
+    state.on_evaluation = on_evaluation
     stop_request = StopRequest()
     try:
         train_loop(state, stop_request)
@@ -379,6 +386,8 @@ def evaluate(state: Run, loss: float) -> None:
         state.best_validation = pooled
     if progress.should_stop(config.early_stopping_patience):
         state.say(f"early stopping: no gain in {config.early_stopping_patience} evaluations")
+    if state.on_evaluation is not None:
+        state.on_evaluation(progress.step, value)
 
 
 def save_state(state: Run) -> Path:

@@ -21,7 +21,8 @@ from utils.inference.reading import DEFAULT_MAX_WINDOWS, LONG_TEXTS, WINDOW_POOL
 
 TASKS = ("multilabel", "multiclass")
 AUTO_TASK = "auto"  # the data's task: a built-in dataset's own; a file's from its label columns (utils/data/layout.py)
-MODES = ("train", "eval", "predict", "export")
+MODES = ("train", "eval", "predict", "export", "search")
+TRACKERS = ("none", "tensorboard", "mlflow")
 ENGINES = ("single", "ray")
 BLENDS = ("auto", "lexical", "none")
 # Earlier names, still read from command lines, config files and checkpoints' training_config.json
@@ -53,7 +54,8 @@ class TaskArguments:
     task: str = _opt(AUTO_TASK, "Multi-label (sigmoid per label) or multi-class (softmax); auto: the data's (a file "
                      "with 0/1 label columns or several labels in a row is multi-label, one class a row "
                      "multi-class; an evaluated checkpoint's own).", (*TASKS, AUTO_TASK))
-    mode: str = _opt("train", "train (then evaluate), eval, predict or export.", MODES)
+    mode: str = _opt("train", "train (then evaluate), eval, predict, export, or search (an Optuna study of "
+                     "trainings on the train and validation rows; the best written as a config file).", MODES)
     config: str | None = _opt(None, "JSON or YAML file with any of these fields; flags override it.")
     seed: int = _opt(42, "Seed for splits, initialisation and batch order.")
 
@@ -248,10 +250,38 @@ class ExportArguments:
         "without VNNI or AMX, whose int8 kernels can saturate 8-bit ones.", ("auto", "yes", "no"))
 
 
+@dataclass(frozen=True)
+class TrackingArguments:
+    """Where a training's settings, curves, metrics and reports are recorded, and where its checkpoint is shared."""
+
+    _argument_group_name: ClassVar[str] = "tracking and sharing"
+
+    report_to: list[str] = _opt([], f"Trackers that record each training ({', '.join(TRACKERS)}; several allowed): "
+                                "its settings and the recipe's choices, loss, learning rate, grad norm and validation "
+                                "curves, test metrics and reports; default: none.")
+    tracking_uri: str | None = _opt(None, "MLflow tracking URI (a server URL, or a database such as "
+                                    "sqlite:///mlflow.db); default: sqlite:///mlflow.db in the working folder.")
+    experiment_name: str = _opt("bert-classifier", "MLflow experiment (TensorBoard: the run's folder name).")
+    push_to_hub: str | None = _opt(None, "After training, upload the checkpoint (with its model card) to this "
+                                   "Hugging Face Hub repository (user/name; needs a network and a token).")
+
+
+@dataclass(frozen=True)
+class SearchArguments:
+    """--mode search: an Optuna study over the settings around the recipe's choice."""
+
+    _argument_group_name: ClassVar[str] = "search"
+
+    trials: int = _opt(20, "Trainings the search runs at most (with --time-budget the whole search's minutes).")
+    storage: str | None = _opt(None, "Optuna storage URL (any SQLAlchemy URL, e.g. postgresql://...; several "
+                               "processes may share one study); default: sqlite:///OUTPUT_DIR/study.db.")
+    study_name: str | None = _opt(None, "Study to create or resume in --storage; default: named after the data.")
+
+
 # The parts in the order --help lists them. build_parser reads them as one command line, and Config is their fields
 # as one object: the bases of a dataclass give their fields from the last one, hence Config's reversed list.
 @dataclass(frozen=True)
-class Config(ExportArguments, RayArguments, PredictionArguments, ScoringArguments, TrainingArguments,
+class Config(SearchArguments, TrackingArguments, ExportArguments, RayArguments, PredictionArguments, ScoringArguments, TrainingArguments,
              ModelArguments, DataArguments, TaskArguments):
     """Every setting as one frozen object; each field is a command-line flag (`max_length` -> `--max-length`),
     declared in the part of its job. A Config is an instance of every part, so that a function that needs one job's
@@ -262,7 +292,7 @@ class Config(ExportArguments, RayArguments, PredictionArguments, ScoringArgument
 
 
 PARTS = (TaskArguments, DataArguments, ModelArguments, TrainingArguments, ScoringArguments, PredictionArguments,
-         RayArguments, ExportArguments)
+         RayArguments, ExportArguments, TrackingArguments, SearchArguments)
 
 
 def field_types() -> dict[str, Any]:
@@ -365,8 +395,9 @@ def parse_config(argv: list[str] | None = None) -> Config:
     args = {k: v for k, v in vars(build_parser().parse_args(argv)).items() if v is not None}
     values: dict[str, Any] = read_config_file(args["config"]) if args.get("config") else {}
     values.update(args)
-    if "label_columns" in values:
-        values["label_columns"] = _split_commas(values["label_columns"])
+    for name in ("label_columns", "report_to"):  # --report-to mlflow,tensorboard as well as two values
+        if name in values:
+            values[name] = _split_commas(values[name])
     return make_config(**values)
 
 
@@ -438,3 +469,8 @@ def check_together(config: Config) -> None:
         raise SettingsError("--window-stride and --max-windows must be >= 1")
     if not 0.0 <= config.reject_rate < 1.0:
         raise SettingsError("--reject-rate must lie in [0, 1)")
+    unknown_trackers = sorted(set(config.report_to) - set(TRACKERS))
+    if unknown_trackers:
+        raise SettingsError(f"--report-to: {', '.join(unknown_trackers)} is not one of {', '.join(TRACKERS)}")
+    if config.trials < 1:
+        raise SettingsError("--trials must be >= 1")
