@@ -2,14 +2,11 @@
 
 The weights keep the stock names, so a checkpoint trained with `pooling="cls"` also loads with plain
 `AutoModelForSequenceClassification`; `pooling="mean"` (mean of the token vectors, what sentence-embedding
-backbones such as all-MiniLM-L6-v2 were trained for) needs these classes to predict the same.
+backbones such as all-MiniLM-L6-v2 were trained for) needs the forward pass of models/modeling_pooled.py, which
+these classes share and which training copies into the checkpoint for transformers' `trust_remote_code=True`.
 """
-# pyright: reportAttributeAccessIssue=false
-# (the mixins below use attributes of the transformers classes they are combined with)
 
 from __future__ import annotations
-
-from typing import Any
 
 import torch
 from torch import nn
@@ -18,23 +15,15 @@ from transformers import (
     DistilBertForSequenceClassification,
     RobertaForSequenceClassification,
 )
-from transformers.modeling_outputs import SequenceClassifierOutput
 
 from models.losses import WeightedBCELoss, WeightedCrossEntropyLoss
+from models.modeling_pooled import BertHead, DistilBertHead, PooledForward, RobertaHead
 
 
-def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
-
-
-class PooledClassifierMixin:
-    """Forward pass with `config.classifier_pooling` ("cls" stock head, or "mean") and a swappable loss."""
+class PooledClassifierMixin(PooledForward):
+    """The forward pass of models/modeling_pooled.py (`config.classifier_pooling`), with a swappable loss."""
 
     problem_type: str
-    # provided by the transformers class this mixin is combined with
-    config: Any
-    base_model: Any
 
     def __init__(self, config) -> None:
         super().__init__(config)
@@ -46,18 +35,8 @@ class PooledClassifierMixin:
     def default_loss(self) -> nn.Module:
         raise NotImplementedError
 
-    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None, **kwargs) -> SequenceClassifierOutput:
-        kwargs.pop("return_dict", None)
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        if self.config.classifier_pooling == "cls":
-            logits = super().forward(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits
-        else:
-            hidden = self.base_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)[0]
-            logits = self.classify_pooled(mean_pool(hidden, attention_mask))
-        loss = self.loss_fn(logits, labels) if labels is not None else None
-        return SequenceClassifierOutput(loss=loss, logits=logits)
+    def pooled_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.loss_fn(logits, labels)
 
 
 class MultiLabelMixin(PooledClassifierMixin):
@@ -72,23 +51,6 @@ class MultiClassMixin(PooledClassifierMixin):
 
     def default_loss(self) -> nn.Module:
         return WeightedCrossEntropyLoss()
-
-
-class BertHead:
-    """`classify_pooled`: the backbone's own head applied to a pooled sentence vector."""
-
-    def classify_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.dropout(pooled))
-
-
-class RobertaHead:
-    def classify_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
-        return self.classifier(pooled.unsqueeze(1))  # the stock head reads position 0
-
-
-class DistilBertHead:
-    def classify_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.dropout(torch.relu(self.pre_classifier(pooled))))
 
 
 class BertForMultiLabelSequenceClassification(MultiLabelMixin, BertHead, BertForSequenceClassification):
