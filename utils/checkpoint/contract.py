@@ -5,13 +5,17 @@ Training writes it with `write_checkpoint`; evaluation, inference, export and se
 versioned `ClassifierInfo`; a folder from a newer format is refused with a clear message, and folders of the
 first format (written before the version field existed) still load. Export adds the ONNX graphs and
 `variants.json` (`VariantsReport`: each graph's measured speed and validation cost, which BACKEND=auto reads,
-and how the int8 graphs were quantized); a checkpoint without them stays complete.
+and how the int8 graphs were quantized); a checkpoint without them stays complete. For plain transformers and the
+Hugging Face Hub, the folder also holds its model card (`README.md`, utils/checkpoint/model_card.py) and, where the
+head reads the mean of the tokens, the forward pass that computes it (`modeling_pooled.py`, named in config.json's
+`auto_map`).
 """
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +29,9 @@ from utils.checkpoint.errors import UserError
 
 FORMAT_VERSION = 2  # 1: the first format, without `format_version`, `text_column` and `members`
 CONFIG_FILE = "config.json"  # the transformers model config
+# a mean-pooled checkpoint's forward pass for transformers' trust_remote_code=True (models/modeling_pooled.py)
+MODELING_FILE = "modeling_pooled.py"
+MODEL_CARD_FILE = "README.md"  # the Hugging Face Hub's model card (utils/checkpoint/model_card.py)
 CLASSIFIER_FILE = "classifier.json"
 TOKENIZER_JSON_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")  # transformers' names
 TRAINING_CONFIG_FILE = "training_config.json"
@@ -273,7 +280,9 @@ def write_checkpoint(target: str | Path, model: Any, tokenizer: Any, info: Class
     """Write the whole folder into a temporary sibling, then swap it into place in one rename.
 
     The weights are stored as float32 whatever the training precision. `write_members` adds the files of
-    members other than the transformer. A crash at any point leaves the previous checkpoint or the new one.
+    members other than the transformer. A mean-pooled model gets its forward pass for transformers'
+    `trust_remote_code=True`; every folder gets a model card. A crash at any point leaves the previous checkpoint or
+    the new one.
     """
     target = Path(target)
     with staged_folder(target, "checkpoint") as staging:
@@ -282,7 +291,24 @@ def write_checkpoint(target: str | Path, model: Any, tokenizer: Any, info: Class
         tokenizer.save_pretrained(staging)
         if write_members is not None:
             write_members(staging)
+        if info.pooling == "mean":
+            write_remote_code(staging, info.model_type)
         _write_json(staging / CLASSIFIER_FILE, info.model_dump())
         _write_json(staging / TRAINING_CONFIG_FILE, training_config)
         _write_json(staging / METRICS_FILE, metrics)
+        from utils.checkpoint.model_card import write_model_card  # it reads the folder through this module
+
+        write_model_card(staging)  # with the validation metrics; main.py rewrites it with the test metrics
     return target
+
+
+def write_remote_code(folder: Path, model_type: str) -> None:
+    """Copy models/modeling_pooled.py into the folder and name its class for the backbone in config.json's
+    `auto_map`, so transformers' Auto classes with `trust_remote_code=True` pool as this toolkit does."""
+    from models import modeling_pooled  # torch: imported here, as only training (with torch) writes checkpoints
+
+    shutil.copyfile(modeling_pooled.__file__, folder / MODELING_FILE)
+    config = json.loads((folder / CONFIG_FILE).read_text())
+    name = modeling_pooled.POOLED_CLASSES[model_type].__name__
+    config["auto_map"] = {"AutoModelForSequenceClassification": f"{Path(MODELING_FILE).stem}.{name}"}
+    _write_json(folder / CONFIG_FILE, config)
