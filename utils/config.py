@@ -281,8 +281,8 @@ class SearchArguments:
 # The parts in the order --help lists them. build_parser reads them as one command line, and Config is their fields
 # as one object: the bases of a dataclass give their fields from the last one, hence Config's reversed list.
 @dataclass(frozen=True)
-class Config(SearchArguments, TrackingArguments, ExportArguments, RayArguments, PredictionArguments, ScoringArguments, TrainingArguments,
-             ModelArguments, DataArguments, TaskArguments):
+class Config(SearchArguments, TrackingArguments, ExportArguments, RayArguments, PredictionArguments,
+             ScoringArguments, TrainingArguments, ModelArguments, DataArguments, TaskArguments):
     """Every setting as one frozen object; each field is a command-line flag (`max_length` -> `--max-length`),
     declared in the part of its job. A Config is an instance of every part, so that a function that needs one job's
     settings takes that part (`freeze(model, settings: TrainingArguments, ...)`)."""
