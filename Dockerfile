@@ -31,7 +31,7 @@ COPY utils/__init__.py ./utils/
 COPY utils/checkpoint/ ./utils/checkpoint/
 COPY utils/inference/ ./utils/inference/
 
-# The checkpoint: a folder of the build context (default docker/model/, see its README), or a volume on /model.
+# The checkpoint: a folder of the build context (default docker/model/, see its BAKING.md), or a volume on /model.
 ARG CHECKPOINT_DIR=docker/model
 COPY ${CHECKPOINT_DIR}/ /model/
 
