@@ -21,6 +21,7 @@ from utils.data.prepare import read_test_set
 from utils.data.readers import LabeledTexts
 from utils.data.report import REPORT_FILE as DATA_REPORT_FILE
 from utils.data.report import report_lines
+from utils.evaluation.errors import error_summary
 from utils.evaluation.metrics import backend_cost, calibration_metrics, compute_metrics
 from utils.evaluation.none_metrics import none_metrics
 from utils.evaluation.plots import none_scores_figure, plot_confusion_matrix, plot_curves, save_png
@@ -180,7 +181,9 @@ def run(config: Config, checkpoint: str | Path) -> dict[str, Any]:
         plots.append(save_png(none_scores_figure(none), out_dir / f"none_scores{suffix}.png"))
     report = {"checkpoint": str(checkpoint), "data": data.source, "backend": inferer.backend,
               "backend_choice": inferer.backend_choice.describe(), "quantized": config.quantize,
-              "precision": inferer.precision, "metrics": metrics, "plots": [str(p) for p in plots]}
+              "precision": inferer.precision, "metrics": metrics, "plots": [str(p) for p in plots],
+              "errors": error_summary(inferer.task, data.labels, result["scores"], inferer.label_names, data.texts,
+                                      inferer.thresholds, inferer.info.at_least_one_label)}
     if inferer.backend != "torch":
         report["torch"] = torch_reference(inferer, data, metrics, result["scores"], config.eval_batch_size)
     unseen = unseen_label_rows(data, unseen_answers)

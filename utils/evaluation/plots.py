@@ -24,48 +24,101 @@ def one_vs_rest(y_true: np.ndarray, label_count: int) -> np.ndarray:
     return y_true if y_true.ndim == 2 else np.eye(label_count)[y_true.astype(int)]
 
 
+LEGEND_MOST = 10  # curves named in a legend: past this many labels, the worst and best halves; the rest grey
+CONFUSION_MOST = 20  # classes a confusion matrix shows whole; past it, the classes of the most confused pairs
+CONFUSED_CLASSES = 15  # classes kept from a larger matrix
+CALIBRATION_PANELS_MOST = 8  # labels drawn one diagram each; past it, one diagram of every label's scores pooled
+
+
+def named_curves(aucs: dict[int, float]) -> set[int]:
+    """The labels whose curves a legend names: all of them up to LEGEND_MOST, else the worst and best by AUC."""
+    if len(aucs) <= LEGEND_MOST:
+        return set(aucs)
+    ranked = sorted(aucs, key=lambda j: (aucs[j], j))
+    return set(ranked[:LEGEND_MOST // 2] + ranked[-(LEGEND_MOST - LEGEND_MOST // 2):])
+
+
 def curves_figure(y_true: np.ndarray, probs: np.ndarray, label_names: list[str],
                   thresholds: np.ndarray | None = None) -> Figure:
     """ROC (left) and precision-recall (right) curves, one line per label that has both classes, its AUC in the
-    legend and, where given, the operating point of its threshold marked."""
+    legend and, where given, the operating point of its threshold marked; past LEGEND_MOST labels only the worst
+    and best are named and coloured, the others drawn thin and grey."""
     outcomes = one_vs_rest(y_true, len(label_names))
+    drawn = [j for j in range(len(label_names)) if len(np.unique(outcomes[:, j])) == 2]
+    aucs = {j: float(auc(*roc_curve(outcomes[:, j], probs[:, j])[:2])) for j in drawn}
+    named = named_curves(aucs)
     fig, (roc_ax, pr_ax) = plt.subplots(1, 2, figsize=(12, 5))
-    for j, name in enumerate(label_names):
-        if len(np.unique(outcomes[:, j])) < 2:
-            continue
+    for j in sorted(drawn, key=lambda j: (j in named, aucs[j])):  # named curves on top, the worst first
         fpr, tpr, _ = roc_curve(outcomes[:, j], probs[:, j])
         precision, recall, _ = precision_recall_curve(outcomes[:, j], probs[:, j])
-        line, = roc_ax.plot(fpr, tpr, label=f"{name} (AUC {auc(fpr, tpr):.3f})", linewidth=1)
+        if j not in named:
+            for ax, xs, ys in ((roc_ax, fpr, tpr), (pr_ax, recall, precision)):
+                ax.plot(xs, ys, color="#c8ccd0", linewidth=0.5, zorder=1)
+            continue
+        line, = roc_ax.plot(fpr, tpr, label=f"{label_names[j]} (AUC {aucs[j]:.3f})", linewidth=1)
         pr_auc = average_precision_score(outcomes[:, j], probs[:, j])
-        pr_ax.plot(recall, precision, label=f"{name} (PR AUC {pr_auc:.3f})", linewidth=1, color=line.get_color())
+        pr_ax.plot(recall, precision, label=f"{label_names[j]} (PR AUC {pr_auc:.3f})", linewidth=1,
+                   color=line.get_color())
         if thresholds is not None:
-            chosen = probs[:, j] >= thresholds[j]
-            positives = outcomes[:, j] == 1
-            point_tpr, point_fpr = chosen[positives].mean(), chosen[~positives].mean()
-            point_precision = (chosen & positives).sum() / max(chosen.sum(), 1)
-            roc_ax.plot(point_fpr, point_tpr, "o", color=line.get_color(), markersize=6, markeredgecolor="black")
-            pr_ax.plot(point_tpr, point_precision, "o", color=line.get_color(), markersize=6, markeredgecolor="black")
+            mark_threshold(roc_ax, pr_ax, outcomes[:, j], probs[:, j] >= thresholds[j], line.get_color())
+    others = len(drawn) - len(named)
+    for ax in (roc_ax, pr_ax):
+        if others:  # one legend entry for every grey curve
+            ax.plot([], [], color="#c8ccd0", linewidth=0.5, label=f"the other {others} (middle AUCs)")
+        ax.legend(fontsize=8 if len(named) <= 6 else 7)
     roc_ax.plot([0, 1], [0, 1], "k--", linewidth=0.5)
     marked = " (dots: tuned thresholds)" if thresholds is not None else ""
-    roc_ax.set(xlabel="false positive rate", ylabel="true positive rate", title=f"ROC per label{marked}")
-    pr_ax.set(xlabel="recall", ylabel="precision", title=f"precision-recall per label{marked}")
-    legend_size = 6 if len(label_names) > 10 else 8
-    for ax in (roc_ax, pr_ax):
-        ax.legend(fontsize=legend_size, ncol=2 if len(label_names) > 10 else 1)
+    shown = f"worst and best {len(named)} of {len(drawn)}" if others else "per label"
+    roc_ax.set(xlabel="false positive rate", ylabel="true positive rate", title=f"ROC, {shown}{marked}")
+    pr_ax.set(xlabel="recall", ylabel="precision", title=f"precision-recall, {shown}{marked}")
     fig.tight_layout()
     return fig
 
 
+def mark_threshold(roc_ax: Any, pr_ax: Any, outcome: np.ndarray, chosen: np.ndarray, colour: str) -> None:
+    """The operating point of one label's threshold on its ROC and precision-recall curves."""
+    positives = outcome == 1
+    point_tpr, point_fpr = chosen[positives].mean(), chosen[~positives].mean()
+    point_precision = (chosen & positives).sum() / max(chosen.sum(), 1)
+    roc_ax.plot(point_fpr, point_tpr, "o", color=colour, markersize=6, markeredgecolor="black")
+    pr_ax.plot(point_tpr, point_precision, "o", color=colour, markersize=6, markeredgecolor="black")
+
+
+def most_confused_classes(matrix: np.ndarray, most: int = CONFUSED_CLASSES) -> list[int]:
+    """Up to `most` classes, taken pair by pair from the largest off-diagonal counts, in class order."""
+    errors = matrix.copy()
+    np.fill_diagonal(errors, 0)
+    kept: list[int] = []
+    for flat in np.argsort(-errors, axis=None, kind="stable"):
+        true, said = divmod(int(flat), len(matrix))
+        if errors[true, said] == 0 or len(kept) >= most:
+            break
+        kept += [c for c in (true, said) if c not in kept][:most - len(kept)]
+    return sorted(kept)
+
+
 def confusion_figure(matrix: list[list[int]], label_names: list[str]) -> Figure:
+    """The confusion matrix, whole up to CONFUSION_MOST classes; past it, the rows and columns of the classes of
+    the most confused pairs, so that its labels stay readable."""
     matrix_array = np.asarray(matrix)
-    fig, ax = plt.subplots(figsize=(1.2 * len(label_names) + 2, 1.2 * len(label_names) + 1))
+    title = "confusion matrix"
+    if len(label_names) > CONFUSION_MOST:
+        kept = most_confused_classes(matrix_array) or list(range(CONFUSED_CLASSES))
+        matrix_array = matrix_array[np.ix_(kept, kept)]
+        title = f"confusion matrix of the {len(kept)} most confused of {len(label_names)} classes"
+        label_names = [label_names[k] for k in kept]
+    size = min(1.2 * len(label_names) + 2, 9.0)  # 20 classes fit the page at 110 dpi
+    fig, ax = plt.subplots(figsize=(size, size - 1))
     ax.imshow(matrix_array, cmap="Blues")
-    ax.set_xticks(range(len(label_names)), label_names, rotation=45, ha="right")
-    ax.set_yticks(range(len(label_names)), label_names)
-    ax.set(xlabel="predicted", ylabel="true", title="confusion matrix")
+    small = {"fontsize": 8} if len(label_names) > 10 else {}
+    ax.set_xticks(range(len(label_names)), label_names, rotation=45, ha="right", **small)
+    ax.set_yticks(range(len(label_names)), label_names, **small)
+    ax.set(xlabel="predicted", ylabel="true", title=title)
     threshold = matrix_array.max() / 2 if matrix_array.size else 0
     for (i, j), count in np.ndenumerate(matrix_array):
-        ax.text(j, i, str(count), ha="center", va="center", color="white" if count > threshold else "black")
+        if count or len(label_names) <= 10:  # zeros left blank in a large matrix: the errors stand out
+            ax.text(j, i, str(count), ha="center", va="center", color="white" if count > threshold else "black",
+                    **small)
     fig.tight_layout()
     return fig
 
@@ -79,23 +132,44 @@ def reliability_figure(y_true: np.ndarray, probs: np.ndarray, label_names: list[
     fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.0 * rows), squeeze=False)
     for j, name in enumerate(label_names):
         ax = axes[j // columns][j % columns]
-        table = reliability_bins(outcomes[:, j], probs[:, j])
-        points = [(s, f, c) for s, f, c in zip(table["mean_score"], table["fraction_positive"], table["count"],
-                                               strict=True) if c]
-        ax.plot([0, 1], [0, 1], "k--", linewidth=0.5)
-        if points:
-            scores, fractions, counts = map(np.array, zip(*points, strict=True))
-            ax.plot(scores, fractions, "-", color="tab:blue", linewidth=1)
-            ax.scatter(scores, fractions, s=12 + 60 * counts / counts.max(), color="tab:blue", zorder=3)
-        ece = expected_calibration_error(outcomes[:, j], probs[:, j])
-        ax.set(xlim=(0, 1), ylim=(0, 1), title=f"{name}: ECE {ece:.3f}")
-        ax.title.set_fontsize(9)
+        reliability_panel(ax, outcomes[:, j], probs[:, j], name)
         if j % columns == 0:
             ax.set_ylabel("fraction positive")
         if j // columns == rows - 1:
             ax.set_xlabel("mean score in bin")
     for k in range(len(label_names), rows * columns):
         axes[k // columns][k % columns].axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def reliability_panel(ax: Any, outcome: np.ndarray, score: np.ndarray, name: str) -> None:
+    """One reliability diagram on `ax`: a dot per non-empty bin, sized by its texts, and the ECE in the title."""
+    table = reliability_bins(outcome, score)
+    points = [(s, f, c) for s, f, c in zip(table["mean_score"], table["fraction_positive"], table["count"],
+                                           strict=True) if c]
+    ax.plot([0, 1], [0, 1], "k--", linewidth=0.5)
+    if points:
+        scores, fractions, counts = map(np.array, zip(*points, strict=True))
+        ax.plot(scores, fractions, "-", color="tab:blue", linewidth=1)
+        ax.scatter(scores, fractions, s=12 + 60 * counts / counts.max(), color="tab:blue", zorder=3)
+    ece = expected_calibration_error(outcome, score)
+    ax.set(xlim=(0, 1), ylim=(0, 1), title=f"{name}: ECE {ece:.3f}")
+    ax.title.set_fontsize(9)
+
+
+def pooled_reliability_figure(task: str, y_true: np.ndarray, probs: np.ndarray) -> Figure:
+    """One reliability diagram for many labels: multi-class, the top class's score against being right (the
+    summary's top-class ECE); multi-label, every (text, label) score pooled against its outcome."""
+    if task == "multiclass":
+        outcome = (probs.argmax(axis=1) == np.asarray(y_true, dtype=int)).astype(float)
+        score, name, xlabel = probs.max(axis=1), "top class", "top class's score (mean in bin)"
+    else:
+        outcome, score = np.asarray(y_true, dtype=float).ravel(), probs.ravel()
+        name, xlabel = f"all {probs.shape[1]} labels pooled", "mean score in bin"
+    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    reliability_panel(ax, outcome, score, name)
+    ax.set(xlabel=xlabel, ylabel="fraction right" if task == "multiclass" else "fraction positive")
     fig.tight_layout()
     return fig
 
