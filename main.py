@@ -19,6 +19,7 @@ def main(argv: list[str] | None = None) -> int:
         if config.mode == "train":
             import eval as evaluation
             import train
+            from utils.training.tracking import record_evaluation
 
             try:
                 result = train.run(config)
@@ -28,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
             if is_main_process() and result.checkpoint.is_dir():
                 if config.export_onnx:  # first, so that the report measures the backend the server will choose
                     export_after_training(result.checkpoint, config)
-                evaluation.run(result.settings, result.checkpoint)  # the data read as training read it
+                report = evaluation.run(result.settings, result.checkpoint)  # the data read as training read it
+                record_evaluation(result.settings, Path(config.output_dir), report)  # into training's tracked run
         elif config.mode == "eval":
             import eval as evaluation
 

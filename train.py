@@ -5,8 +5,8 @@ Runs unchanged on one CPU, one GPU or many processes (`torchrun` / `accelerate l
 
 from __future__ import annotations
 
-import importlib.util
 import json
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
@@ -33,6 +33,7 @@ from utils.evaluation.metrics import SELECTION_METRIC, compute_metrics, tune_thr
 from utils.inference.precision import accelerate_mixed_precision, resolve_precision
 from utils.inference.reading import DEFAULT_MAX_WINDOWS, Reading
 from utils.inference.tokens import pad_token_id
+from utils.training import tracking
 from utils.training.batching import EncodedDataset, PaddingCollator, training_loader
 from utils.training.blend import Blend, FittedMember, fit_blend, fit_member, member_metrics
 from utils.training.calibration import calibration_summary, fit_temperature
@@ -66,7 +67,6 @@ from utils.training.validation import (
     pooling_candidates,
     predict_logits,
 )
-
 
 # Called after each evaluation with the step and the validation metric; it may raise to end the run (a search's
 # pruning does), and run() lets that exception through after closing what it opened.
@@ -110,7 +110,7 @@ class Run:
     best_validation: PooledValidation | None = None  # the validation scores of `best_state`, when this run made them
     random_states_to_restore: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None
     on_evaluation: EvaluationHook | None = None
-    tracking: bool = False
+    curves: tracking.Curves | None = None  # with --report-to
     bar: Any = field(default=None, repr=False)
 
     @property
@@ -139,13 +139,14 @@ def run(config: Config, on_evaluation: EvaluationHook | None = None) -> TrainRes
     """Train, keep the best model by the validation metric, tune thresholds, write the checkpoint."""
     state = set_up(config)
     state.on_evaluation = on_evaluation
-    stop_request = StopRequest()
-    try:
-        train_loop(state, stop_request)
-    finally:
-        stop_request.restore()
-        state.bar.close()
-    return finish(state)
+    with tracking.ended_on_error(state.accelerator):  # a failed or pruned run is marked so, not left running
+        stop_request = StopRequest()
+        try:
+            train_loop(state, stop_request)
+        finally:
+            stop_request.restore()
+            state.bar.close()
+        return finish(state)
 
 
 # --- set-up ----------------------------------------------------------------------------------------------
@@ -155,10 +156,9 @@ def set_up(config: Config) -> Run:
     """Accelerator, data, tokenizer, model, optimizer and schedule; the saved state when resuming."""
     started = time.time()
     precision = resolve_precision(config.precision)
-    tracking = importlib.util.find_spec("tensorboard") is not None
     accelerator = Accelerator(mixed_precision=accelerate_mixed_precision(precision),
                               gradient_accumulation_steps=config.gradient_accumulation_steps,
-                              cpu=not torch.cuda.is_available(), log_with="tensorboard" if tracking else None,
+                              cpu=not torch.cuda.is_available(), log_with=tracking.trackers(config) or None,
                               project_dir=config.output_dir)
     set_seed(config.seed)
     backbone = config.model_name_or_path or default_backbone_path()
@@ -170,6 +170,7 @@ def set_up(config: Config) -> Run:
     model = build_classifier(config.model_type, splits.layout.task, backbone, splits.label_names, config.pooling)
     if accelerator.is_main_process:  # before anything is written there
         check_writable(Path(config.output_dir), bytes_needed(model, config.keep_last))
+        tracking.check_destination(config)  # a tracking URI where MLflow cannot record fails now, not after training
         write_data_report(splits, Path(config.output_dir))
     freeze(model, config, config.freeze_layers)  # what the user fixed; the recipe may fix more layers
     member = fit_member(splits.layout.task, splits) if config.blend != "none" else None
@@ -189,17 +190,29 @@ def set_up(config: Config) -> Run:
                 optimizer=optimizer, scheduler=scheduler, loader=loader, generator=generator,
                 validation=validation, collate=PaddingCollator(pad_token_id(tokenizer)), backbone=backbone,
                 precision=precision, total_steps=total_steps, steps_per_epoch=steps_per_epoch, started=started,
-                progress=progress, recipe=recipe, member=member, tracking=tracking)
+                progress=progress, recipe=recipe, member=member)
     resume(state)
     state.model, state.optimizer, state.loader, state.scheduler = accelerator.prepare(model, optimizer, loader,
                                                                                       scheduler)
-    if tracking:
-        accelerator.init_trackers("tensorboard")
+    start_tracking(state)
     state.say(f"training {total_steps} steps ({choices.epochs} epochs of {steps_per_epoch}), evaluating every "
               f"{state.eval_every}")
     state.bar = tqdm(total=total_steps, initial=state.progress.step, desc="train",
                      disable=not accelerator.is_main_process)
     return state
+
+
+def start_tracking(state: Run) -> None:
+    """With --report-to: the trackers' run opened with the settings, the recipe's choices and facts of the run as
+    parameters, and the training curves to draw."""
+    if not state.accelerator.log_with:
+        return
+    facts = {"task": state.task, "backbone": state.backbone, "precision": state.precision,
+             "processes": state.accelerator.num_processes, "labels": len(state.splits.label_names),
+             "train_rows": len(state.splits.train), "validation_rows": len(state.splits.validation),
+             "total_steps": state.total_steps}
+    tracking.start(state.accelerator, state.config, state.recipe, facts)
+    state.curves = tracking.Curves(state.accelerator, state.total_steps, state.steps_per_epoch)
 
 
 def encode_splits(splits: DataSplits, tokenizer: PreTrainedTokenizerBase, config: Config, choices: Choices,
@@ -316,13 +329,17 @@ def train_loop(state: Run, stop_request: StopRequest) -> None:
     config, progress, accelerator = state.config, state.progress, state.accelerator
     state.model.train()
     for batch in batches(state):
-        loss = optimization_step(state, batch)
+        loss, grad_norm = optimization_step(state, batch)
         progress.batch_in_epoch += 1
+        if state.curves is not None:
+            state.curves.add(loss, grad_norm)
         if not accelerator.sync_gradients:  # accumulating: no optimizer step yet
             continue
         progress.step += 1
         state.bar.update(1)
         state.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{state.scheduler.get_last_lr()[-1]:.2e}")
+        if state.curves is not None:
+            state.curves.step(progress.step, max(state.scheduler.get_last_lr()))
         evaluation_due = progress.step % state.eval_every == 0 or progress.step == state.total_steps
         if evaluation_due:
             evaluate(state, loss)
@@ -350,19 +367,20 @@ def batches(state: Run) -> Iterator[Any]:
         progress.batch_in_epoch = 0
 
 
-def optimization_step(state: Run, batch: dict[str, torch.Tensor]) -> float:
-    """Forward, backward, clipping and (once enough batches are accumulated) the optimizer step; the loss."""
-    accelerator = state.accelerator
+def optimization_step(state: Run, batch: dict[str, torch.Tensor]) -> tuple[float, torch.Tensor | None]:
+    """Forward, backward, clipping and (once enough batches are accumulated) the optimizer step; the loss, and the
+    gradients' norm before clipping where it was measured (an optimizer step that clips, or tracks the norm)."""
+    accelerator, grad_norm = state.accelerator, None
     with accelerator.accumulate(state.model):
         outputs = state.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                               labels=batch["labels"])
         accelerator.backward(outputs.loss)
-        if accelerator.sync_gradients and state.config.max_grad_norm > 0:
-            accelerator.clip_grad_norm_(state.model.parameters(), state.config.max_grad_norm)
+        if accelerator.sync_gradients and (state.config.max_grad_norm > 0 or state.curves is not None):
+            grad_norm = accelerator.clip_grad_norm_(state.model.parameters(), state.config.max_grad_norm or math.inf)
         state.optimizer.step()
         state.scheduler.step()
         state.optimizer.zero_grad()
-    return outputs.loss.item()
+    return outputs.loss.item(), grad_norm
 
 
 def evaluate(state: Run, loss: float) -> None:
@@ -377,8 +395,9 @@ def evaluate(state: Run, loss: float) -> None:
     if accelerator.is_main_process:
         with (state.output_dir / "metrics.jsonl").open("a") as handle:
             handle.write(json.dumps(record) + "\n")
-    if state.tracking:
-        accelerator.log({k: v for k, v in record.items() if k != "best"}, step=progress.step)
+    if state.curves is not None and accelerator.is_main_process:  # every validation metric, while at hand
+        metrics = compute_metrics(state.task, state.splits.validation.labels, pooled.scores, state.splits.label_names)
+        tracking.log_metrics(accelerator, "val", metrics, progress.step, leave_out=tracking.UNTUNED)
     state.say(f"\nstep {progress.step}: validation {metric_name[4:]} {value:.4f}{' (best)' if improved else ''}")
     if improved:
         weights = accelerator.unwrap_model(state.model).state_dict()
@@ -444,6 +463,8 @@ def finish(state: Run) -> TrainResult:
     if accelerator.is_main_process:
         save_checkpoint(state, model, served, checkpoint)
         write_export_rows(checkpoint, splits.validation, splits.train)  # what export measures and calibrates on
+        tracking.log_metrics(accelerator, "served_val", metrics, state.progress.step)
+    tracking.finish(accelerator, state.output_dir, state.progress.step)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return TrainResult(checkpoint, metrics, state.progress.step, time.time() - state.started,
