@@ -66,6 +66,15 @@ def conference_csv(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def clinc_csv(tmp_path_factory) -> Path:
+    """750 real CLINC150 requests, 5 of each of its 150 intents: every intent in each split."""
+    frame = pd.read_csv(SHARED_DATA_DIR / "clinc150" / "train.csv").groupby("intent").head(5)
+    path = tmp_path_factory.mktemp("data") / "clinc150_small.csv"
+    frame.sample(frac=1.0, random_state=0).to_csv(path, index=False)
+    return path
+
+
 def set_environment(monkeypatch, environ: dict[str, str]) -> None:
     """Exactly `environ` as the serving variables of this process (ServingSettings reads the environment)."""
     from serving.settings import ServingSettings
@@ -152,6 +161,17 @@ def multiclass_checkpoint(tmp_path_factory, tiny_bert, conference_csv) -> Path:
     """A tiny BERT trained on real conference titles (stock [CLS] head)."""
     return train_tiny(tmp_path_factory.mktemp("mc_run"), tiny_bert, "bert", "multiclass",
                       conference_csv).checkpoint
+
+
+CLINC_LAYOUT = {"text_column": "text", "label_column": "intent"}
+
+
+@pytest.fixture(scope="session")
+def clinc_checkpoint(tmp_path_factory, tiny_bert, clinc_csv) -> Path:
+    """A tiny BERT blended with its TF-IDF member on 150 intents (the TF-IDF member carries it: a few steps teach
+    the transformer nothing), for what a report and the page look like at many classes."""
+    return train_tiny(tmp_path_factory.mktemp("clinc_run"), tiny_bert, "bert", "multiclass", clinc_csv,
+                      blend="lexical", **CLINC_LAYOUT).checkpoint
 
 
 @pytest.fixture(scope="session")

@@ -6,12 +6,14 @@ import dataclasses
 import json
 import re
 import shutil
+import time
+from html import escape as html_escape
 
 import matplotlib.image
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import CONFERENCES, TOXIC_LABELS, api_client, set_environment
+from conftest import CLINC_LAYOUT, CONFERENCES, TOXIC_LABELS, api_client, set_environment
 from sklearn.metrics import f1_score, roc_auc_score
 
 import eval as evaluation
@@ -22,6 +24,7 @@ from utils.config import make_config
 from utils.data.prepare import read_test_set
 from utils.data.readers import DataError
 from utils.evaluation.metrics import compute_metrics
+from utils.evaluation.plots import confusion_figure, curves_figure, pooled_reliability_figure
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -162,6 +165,99 @@ def test_html_report_beside_the_json_holds_every_part(multilabel_report, multila
     for name in TOXIC_LABELS:
         assert f"<td>{name}</td>" in html and f"{calibration[name]:.4f}" in html
     assert "No int8 or bf16 evaluation beside this report yet" in html
+
+
+def headings(html: str) -> list[str]:
+    return re.findall(r"<h2>(.*?)</h2>", html)
+
+
+def test_the_report_of_six_labels_lists_them_whole_in_their_order(multilabel_report, toxic_csv):
+    """At 6 labels nothing is folded: every label in its table, in label order, a reliability diagram each."""
+    report, output_dir = multilabel_report
+    html = (output_dir / "eval_report.html").read_text()
+    assert headings(html) == ["Summary", "Members alone and the blend", "Per label",
+                              "Labels most often missed or wrongly given", "Backend",
+                              "ROC and precision-recall curves", "Calibration", "Training", "Recipe",
+                              "Cost of int8 and bf16"]
+    assert "<details>" not in html
+    per_label = html.split("<h2>Per label</h2>")[1].split("<h2>")[0]
+    assert re.findall(r"<tr><td>([a-z_]+)</td>", per_label) == TOXIC_LABELS
+    mistakes = report["errors"]["label_errors"]
+    assert sorted(row["label"] for row in mistakes) == sorted(TOXIC_LABELS)
+    data = read_test_set(toxic_config(toxic_csv, output_dir), TOXIC_LABELS)
+    totals = [row["missed"] + row["wrongly_given"] for row in mistakes]
+    assert totals == sorted(totals, reverse=True)
+    for row in mistakes:
+        j = TOXIC_LABELS.index(row["label"])
+        assert row["positives"] == int(data.labels[:, j].sum()) and row["missed"] <= row["positives"]
+        assert len(row["missed_examples"]) == min(row["missed"], 2)
+
+
+def clinc_config(clinc_csv, output_dir):
+    return make_config(task="multiclass", data=str(clinc_csv), test_split=0.2, val_split=0.2,
+                       output_dir=str(output_dir), **CLINC_LAYOUT)
+
+
+def test_the_report_of_150_intents_puts_first_what_a_person_needs(clinc_checkpoint, clinc_csv, tmp_path):
+    """The summary, the members, the 10 worst classes (all 150 folded), the confused pairs with their test texts;
+    a confusion matrix of the most confused classes and one pooled calibration diagram."""
+    shutil.copy(clinc_checkpoint.parent / "data_report.json", tmp_path)  # as when eval writes beside training
+    started = time.monotonic()
+    report = evaluation.run(clinc_config(clinc_csv, tmp_path), clinc_checkpoint)
+    assert time.monotonic() - started < 60  # 150 x 150 cells and 150 diagrams took minutes
+    html = (tmp_path / "eval_report.html").read_text()
+    assert headings(html) == ["Summary", "Members alone and the blend", "Worst classes", "Most confused pairs",
+                              "Backend", "ROC and precision-recall curves", "Confusion matrix", "Calibration",
+                              "Training", "Recipe", "Cost of int8 and bf16", "Data"]
+    assert "<th>F1 transformer alone</th><th>F1 tfidf alone</th>" in html  # each member beside the blend
+    worst = html.split("<h2>Worst classes</h2>")[1].split("<h2>")[0]
+    shown, folded = worst.split("<details>")
+    assert shown.count("<tr>") == 1 + 10 and folded.count("<tr>") == 1 + 150
+    per_class = report["metrics"]["per_class"]
+    ranks = [(per_class[name]["support"] == 0, per_class[name]["f1-score"])
+             for name in re.findall(r"<tr><td>([a-z0-9_]+)</td>", folded)]
+    assert ranks == sorted(ranks) and len(ranks) == 150  # worst first, classes without a test row last
+    assert re.findall(r'alt="([^"]+)"', html) == [
+        "ROC and precision-recall curves per label", "confusion matrix of the most confused classes",
+        "reliability diagram, pooled", "validation metric over training steps"]
+    assert html.split("<h2>Data</h2>")[1].startswith("<details>")  # a line per intent, folded
+    assert len(html) < 1_500_000  # was 12.7 MB
+
+    names = read_info(clinc_checkpoint).labels
+    matrix = np.array(report["metrics"]["confusion_matrix"])
+    wrong = matrix - np.diag(np.diag(matrix))
+    errors = report["errors"]
+    assert errors["wrong_rows"] == wrong.sum() > 0 and errors["pairs"] == (wrong > 0).sum()
+    pairs = errors["confused_pairs"]
+    assert 0 < len(pairs) <= 15 and [p["count"] for p in pairs] == sorted(wrong[wrong > 0], reverse=True)[:15]
+    test = read_test_set(clinc_config(clinc_csv, tmp_path), names)
+    for pair in pairs:
+        true, said = names.index(pair["true"]), names.index(pair["predicted"])
+        assert wrong[true, said] == pair["count"] and pair["share"] == pytest.approx(pair["count"] / matrix[true].sum())
+        texts = {text for text, label in zip(test.texts, test.labels, strict=True) if label == true}
+        assert pair["examples"] and set(pair["examples"]) <= texts
+        assert f"&ldquo;{html_escape(pair['examples'][0])}&rdquo;" in html
+
+
+def test_figures_stay_readable_at_150_classes():
+    """A legend of the 5 worst and 5 best curves, the rest grey; the matrix of the most confused classes; one
+    calibration diagram."""
+    rng = np.random.default_rng(0)
+    names = [f"intent_{k:03d}" for k in range(150)]
+    y_true = np.repeat(np.arange(150), 2)
+    scores = rng.dirichlet(np.ones(150), size=300)
+    figure = curves_figure(y_true, scores, names)
+    legend_box = figure.axes[0].get_legend()
+    assert legend_box is not None
+    legend = [text.get_text() for text in legend_box.get_texts()]
+    assert len(legend) == 11 and legend[-1] == "the other 140 (middle AUCs)"
+    matrix = np.diag(np.full(150, 2))
+    matrix[7, 7], matrix[7, 90], matrix[3, 3], matrix[3, 90] = 0, 2, 1, 1
+    figure = confusion_figure(matrix.tolist(), names)
+    assert [t.get_text() for t in figure.axes[0].get_xticklabels()] == ["intent_003", "intent_007", "intent_090"]
+    assert figure.get_size_inches()[0] <= 9
+    assert len(confusion_figure(np.diag(np.full(20, 3)).tolist(), names[:20]).axes[0].get_xticklabels()) == 20
+    assert len(pooled_reliability_figure("multiclass", y_true, scores).axes) == 1
 
 
 def test_html_report_escapes_strings_and_compares_int8_when_measured(multilabel_checkpoint, toxic_csv, tmp_path):
