@@ -1,10 +1,11 @@
-"""Command line: `python main.py --task multilabel|multiclass --mode train|eval|predict|export`."""
+"""Command line: `python main.py --task multilabel|multiclass --mode train|eval|predict|export|search`."""
 
 from __future__ import annotations
 
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from transformers.utils import logging as hf_logging
 
@@ -21,6 +22,10 @@ def main(argv: list[str] | None = None) -> int:
             import train
             from utils.training.tracking import record_evaluation
 
+            if config.push_to_hub:  # a name, token or offline setting that cannot upload fails before training
+                from utils.checkpoint.hub import check_push_target
+
+                check_push_target(config.push_to_hub)
             try:
                 result = train.run(config)
             except train.TrainingInterrupted as interrupted:
@@ -31,6 +36,11 @@ def main(argv: list[str] | None = None) -> int:
                     export_after_training(result.checkpoint, config)
                 report = evaluation.run(result.settings, result.checkpoint)  # the data read as training read it
                 record_evaluation(result.settings, Path(config.output_dir), report)  # into training's tracked run
+                share(result.checkpoint, report, config.push_to_hub)
+        elif config.mode == "search":
+            import search
+
+            search.run(config)
         elif config.mode == "eval":
             import eval as evaluation
 
@@ -68,6 +78,17 @@ def export_after_training(checkpoint: Path, settings: ExportArguments) -> None:
               "--no-export-onnx silences this", file=sys.stderr)
         return
     export.run(checkpoint, static_int8=settings.onnx_static_int8, reduce_range=reduce_range(settings))
+
+
+def share(checkpoint: Path, report: dict[str, Any], repo: str | None) -> None:
+    """The model card again, with the test metrics; with --push-to-hub, the checkpoint uploaded."""
+    from utils.checkpoint.model_card import write_model_card
+
+    write_model_card(checkpoint, report, repo)
+    if repo:
+        from utils.checkpoint.hub import push_checkpoint
+
+        print(f"checkpoint uploaded: {push_checkpoint(checkpoint, repo)}")
 
 
 def is_main_process() -> bool:

@@ -39,7 +39,7 @@ from utils.training.blend import Blend, FittedMember, fit_blend, fit_member, mem
 from utils.training.calibration import calibration_summary, fit_temperature
 from utils.training.export_rows import write_export_rows
 from utils.training.none_threshold import fit_none_rule
-from utils.training.optim import bytes_needed, freeze, loss_weights, parameter_groups
+from utils.training.optim import bytes_needed, encoder_layers, freeze, loss_weights, parameter_groups
 from utils.training.recipe import (
     RECIPE_FIELDS,
     SPEED_FIELDS,
@@ -268,6 +268,31 @@ def plan_recipe(config: Config, splits: DataSplits, tokenizer: PreTrainedTokeniz
         accelerator.print(f"{LEXICAL} member fitted in {member.seconds:.0f} s")
     accelerator.print(recipe.describe())
     return recipe
+
+
+@dataclass(frozen=True)
+class Planned:
+    """What `plan` finds: the recipe's choice, the data's task, and the backbone's depth and positions."""
+
+    recipe: Recipe
+    task: str
+    layers: int
+    position_limit: int
+
+
+def plan(config: Config) -> Planned:
+    """The recipe's choices for this data and budget, made as training makes them but without training: what a
+    search centres its space on. Writes recipe.json and the data report into --output-dir."""
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    backbone = config.model_name_or_path or default_backbone_path()
+    splits = prepare_splits(config)
+    tokenizer = AutoTokenizer.from_pretrained(backbone)
+    model = build_classifier(config.model_type, splits.layout.task, backbone, splits.label_names, config.pooling)
+    write_data_report(splits, Path(config.output_dir))
+    freeze(model, config, config.freeze_layers)
+    member = fit_member(splits.layout.task, splits) if config.blend != "none" else None
+    recipe = plan_recipe(config, splits, tokenizer, model, member, accelerator)
+    return Planned(recipe, splits.layout.task, encoder_layers(model), position_limit(model, tokenizer))
 
 
 def data_shape(task: str, splits: DataSplits, tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel,
