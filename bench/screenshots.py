@@ -1,9 +1,12 @@
-"""The screenshots in docs/: the page at / explaining a comment, and an evaluation's eval_report.html.
+"""The screenshots in docs/: the page at / explaining a text, and an evaluation's eval_report.html.
 
     python bench/screenshots.py --checkpoint outputs/run/checkpoint --report outputs/run/eval_report.html
+    python bench/screenshots.py --checkpoint outputs/clinc/checkpoint --report outputs/clinc/eval_report.html \
+        --text "what is my credit score" --name clinc150
 
 Serves the checkpoint on 127.0.0.1 (a free port) as the API does, drives headless Chromium with Selenium (Debian's
-chromium and chromium-driver) and writes docs/page.png and docs/eval_report.png.
+chromium and chromium-driver) and writes docs/page.png and docs/eval_report.png (with --name N, page_N.png and
+eval_report_N.png), each reduced to 256 colours so that the committed pictures stay small.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # so that `python bench/screenshots.py` finds the project's modules
     sys.path.insert(0, str(ROOT))
 
+from PIL import Image  # noqa: E402
 from selenium import webdriver  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -39,7 +43,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--checkpoint", default="outputs/run/checkpoint")
     parser.add_argument("--report", default="outputs/run/eval_report.html")
     parser.add_argument("--text", default=COMMENT)
-    parser.add_argument("--label", default="insult", help="The label whose words the page shows.")
+    parser.add_argument("--label", default="insult",
+                        help="The label whose words the page shows, where the model has it (else the page's pick).")
+    parser.add_argument("--name", default="", help="Written as page_NAME.png and eval_report_NAME.png.")
+    parser.add_argument("--report-height", type=int, default=6000, help="The report's pixels kept from its top.")
     return parser.parse_args()
 
 
@@ -59,10 +66,12 @@ def full_page(driver: webdriver.Chrome, width: int, path: Path, most: int = 6000
     height = driver.execute_script("return document.documentElement.scrollHeight")
     driver.set_window_size(width, min(height, most) + chrome)
     driver.save_screenshot(str(path))
+    # 256 colours without dithering: text and flat figures lose nothing visible and the file a half or more
+    Image.open(path).convert("RGB").quantize(256, dither=Image.Dither.NONE).save(path, optimize=True)
     print(path)
 
 
-def page_screenshot(driver: webdriver.Chrome, checkpoint: str, text: str, label: str) -> None:
+def page_screenshot(driver: webdriver.Chrome, checkpoint: str, text: str, label: str, path: Path) -> None:
     server = make_server("127.0.0.1", 0, create_app(ModelInferer(checkpoint), ServingSettings()), threaded=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
@@ -73,8 +82,10 @@ def page_screenshot(driver: webdriver.Chrome, checkpoint: str, text: str, label:
         driver.find_element(By.ID, "text").send_keys(text)
         driver.find_element(By.ID, "explain").click()
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#words .word"))
-        Select(driver.find_element(By.ID, "label")).select_by_visible_text(label)
-        full_page(driver, 1100, figure_path("page.png"), most=1700)
+        picked = Select(driver.find_element(By.ID, "label"))
+        if label in [option.text for option in picked.options]:
+            picked.select_by_visible_text(label)
+        full_page(driver, 1100, path, most=2300)
     finally:
         server.shutdown()
 
@@ -84,9 +95,10 @@ def main() -> None:
     hf_logging.set_verbosity_error()
     driver = chromium()
     try:
-        page_screenshot(driver, args.checkpoint, args.text, args.label)
+        suffix = f"_{args.name}" if args.name else ""
+        page_screenshot(driver, args.checkpoint, args.text, args.label, figure_path(f"page{suffix}.png"))
         driver.get(Path(args.report).resolve().as_uri())
-        full_page(driver, 1200, figure_path("eval_report.png"))
+        full_page(driver, 1200, figure_path(f"eval_report{suffix}.png"), most=args.report_height)
     finally:
         driver.quit()
 

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import CONFERENCES, TOXIC_LABELS
+from conftest import CLINC_LAYOUT, CONFERENCES, TOXIC_LABELS
 
 import eval as evaluation
 from app import create_app
@@ -123,11 +123,17 @@ def test_page_shows_scores_thresholds_predicted_labels_and_highlighted_words(bro
                          f"{inferer.thresholds[0]:.4f}", "mean roc auc"):
             assert expected in card, expected
         assert elements(browser, "#key-panel")[0].get_attribute("hidden") is not None  # no key asked for
+        placeholder = elements(browser, "#text")[0].get_attribute("placeholder")
+        assert placeholder == "Paste a text to score it against each label"
+        assert [th.text for th in elements(browser, "#labels th")] == ["label", "threshold", "ROC AUC", "F1"]
+        assert len(elements(browser, "#labels tr")) == 1 + len(TOXIC_LABELS) and not elements(browser, "#card details")
         explain_on_page(browser, TEXT)
 
         expected = inferer.explain(TEXT, labels=TOXIC_LABELS)
         rows = elements(browser, "#bars .bar-row")
-        assert [row.get_attribute("data-label") for row in rows] == TOXIC_LABELS
+        assert [row.get_attribute("data-label") for row in rows] == TOXIC_LABELS  # every label, in its order
+        assert not elements(browser, "#more-bars")[0].is_displayed()
+        assert elements(browser, "#bars-note")[0].text.startswith("The tick on each bar is the label's threshold")
         assert len(elements(browser, "#bars .threshold")) == len(TOXIC_LABELS)
         predicted = [row.get_attribute("data-label") for row in rows if "predicted" in row.get_attribute("class")]
         assert predicted == expected["labels"]
@@ -220,6 +226,78 @@ def test_page_says_none_of_these_with_its_score(browser, multiclass_checkpoint, 
         assert not [row for row in elements(browser, "#bars .bar-row") if "predicted" in row.get_attribute("class")]
 
 
+INTENT_TEXT = "what is my credit score right now"
+
+
+def shown_rows(driver, selector: str) -> list:
+    return [row for row in elements(driver, selector) if row.is_displayed()]
+
+
+def test_page_of_150_intents_says_classify_and_bounds_its_lists(browser, clinc_checkpoint):
+    """An intent model: 'classify' wording; a class table without the columns it has no figures for, its 10
+    lowest-F1 classes open and all 150 folded; the 10 best-scoring bars open and the other 140 folded."""
+    intents = ModelInferer(clinc_checkpoint)
+    browser.get_log("browser")  # what earlier tests left there (the key test's 401s)
+    with serving(intents) as base:
+        browser.get(base)
+        wait_for(browser, lambda d: elements(d, "#card dl"), "no model card")
+        assert elements(browser, "#text")[0].get_attribute("placeholder") == "Type a text to classify"
+        assert "150 classes" in elements(browser, "#subtitle")[0].text
+        assert "comment" not in elements(browser, "body")[0].text.lower()
+        assert [th.text for th in shown_rows(browser, "#labels th")] == ["class", "F1", "transformer share"]
+        cells = [td.get_attribute("textContent") for td in elements(browser, "#labels td")]  # folded ones too
+        assert cells and "\u2013" not in cells and "" not in cells  # no empty column, no empty cell
+        rows = shown_rows(browser, "#labels tr")
+        assert len(rows) == 1 + 10 and len(elements(browser, "#labels details tr")) == 1 + 150
+        validation = intents.training_metrics["validation"]["per_class"]
+        f1 = [validation[row.find_elements("css selector", "td")[0].text]["f1-score"] for row in rows[1:]]
+        assert f1 == sorted(f1)
+
+        explain_on_page(browser, INTENT_TEXT)
+        expected = intents.predict(INTENT_TEXT)
+        bars = elements(browser, "#bars .bar-row")
+        scores = [expected["scores"][row.get_attribute("data-label")] for row in bars]
+        assert len(bars) == 10 and scores == sorted(expected["scores"].values(), reverse=True)[:10]
+        assert [tag.text for tag in elements(browser, "#predicted .tag")] == expected["labels"]
+        assert len(elements(browser, "#bars-rest .bar-row")) == 140 and not shown_rows(browser, "#bars-rest .bar-row")
+        assert elements(browser, "#more-bars summary")[0].text == "the other 140 classes, by score"
+        assert elements(browser, "#bars-note")[0].text.startswith("The top class is predicted")
+        assert not [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+
+
+@pytest.fixture(scope="module")
+def clinc_report(clinc_checkpoint, clinc_csv, tmp_path_factory) -> Path:
+    """eval_report.html of the 150-intent checkpoint on its test rows."""
+    folder = tmp_path_factory.mktemp("clinc_eval")
+    shutil.copy(clinc_checkpoint.parent / "data_report.json", folder)  # its line per intent folds
+    config = make_config(task="multiclass", data=str(clinc_csv), test_split=0.2, val_split=0.2,
+                         output_dir=str(folder), **CLINC_LAYOUT)
+    evaluation.run(config, clinc_checkpoint)
+    return folder / "eval_report.html"
+
+
+def test_report_of_150_intents_opens_folded_and_bounded(browser, clinc_report):
+    """The report of 150 intents in Chromium: its sections in order, every long table folded until opened, its
+    figures no wider than the page, and the page a few screens tall (the report before was 20,800 pixels)."""
+    browser.get(clinc_report.as_uri())
+    wait_for(browser, lambda d: d.execute_script("return document.readyState") == "complete", "report not loaded")
+    sections = [h.text for h in elements(browser, "h2")]
+    assert sections[:5] == ["Summary", "Members alone and the blend", "Worst classes", "Most confused pairs",
+                            "Backend"]
+    assert sections.index("Confusion matrix") < sections.index("Calibration")
+    folded = elements(browser, "details")
+    assert len(folded) == 2 and not any(d.get_attribute("open") for d in folded)  # worst classes, data report
+    height = browser.execute_script("return document.documentElement.scrollHeight")
+    assert height < 6000, height
+    shown = len(shown_rows(browser, "tr"))
+    elements(browser, "details summary")[0].click()
+    assert len(shown_rows(browser, "tr")) == shown + 1 + 150
+    images = browser.execute_script(
+        "return Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth, i.width, i.height])")
+    assert len(images) == 4 and all(done and natural > 100 and 0 < wide <= 1100 and tall <= 1100
+                                    for _, done, natural, wide, tall in images), images
+
+
 def test_html_report_opens_and_its_images_load(browser, multiclass_checkpoint, conference_csv, tmp_path):
     """The multi-class report: tables, curves, confusion matrix, reliability diagrams, every image decoded."""
     hostile = tmp_path / "<img src=x onerror=alert(1)>.csv"  # a file name is data too
@@ -240,16 +318,24 @@ def test_html_report_opens_and_its_images_load(browser, multiclass_checkpoint, c
         assert conference in text
 
 
-def test_screenshot_script_writes_both_pictures(browser, multilabel_checkpoint, toxic_csv, tmp_path):
-    """bench/screenshots.py, which made docs/page.png and docs/eval_report.png, into a temporary folder."""
-    config = make_config(task="multilabel", data=str(toxic_csv), text_column="comment_text",
-                         label_columns=TOXIC_LABELS, test_split=0.2, val_split=0.2, output_dir=str(tmp_path))
-    evaluation.run(config, multilabel_checkpoint)
+def screenshots(checkpoint: Path, report: Path, out: Path, *extra: str) -> None:
+    """bench/screenshots.py on a checkpoint and its report, writing into `out`."""
+    done = subprocess.run([sys.executable, "bench/screenshots.py", "--checkpoint", str(checkpoint), "--report",
+                           str(report), *extra], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env=os.environ | {"BENCH_OUTPUT_DIR": str(out)}, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_screenshot_script_writes_the_pictures_at_6_labels_and_at_150(browser, multilabel_checkpoint, toxic_csv,
+                                                                      clinc_checkpoint, clinc_report, tmp_path):
+    """bench/screenshots.py, which made docs/page.png, docs/eval_report.png and their _clinc150 pair, into a
+    temporary folder: PNGs of 256 colours, small enough to commit."""
+    toxic = make_config(task="multilabel", data=str(toxic_csv), text_column="comment_text",
+                        label_columns=TOXIC_LABELS, test_split=0.2, val_split=0.2, output_dir=str(tmp_path / "toxic"))
+    evaluation.run(toxic, multilabel_checkpoint)
     out = tmp_path / "out"
     out.mkdir()
-    done = subprocess.run([sys.executable, "bench/screenshots.py", "--checkpoint", str(multilabel_checkpoint),
-                           "--report", str(tmp_path / "eval_report.html")], cwd=ROOT, capture_output=True,
-                          text=True, timeout=600, env=os.environ | {"BENCH_OUTPUT_DIR": str(out)}, check=False)
-    assert done.returncode == 0, done.stderr[-3000:]
-    for name in ("page.png", "eval_report.png"):
-        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (out / name).stat().st_size > 10_000
+    screenshots(multilabel_checkpoint, tmp_path / "toxic" / "eval_report.html", out)
+    screenshots(clinc_checkpoint, clinc_report, out, "--name", "clinc150", "--text", INTENT_TEXT)
+    for name in ("page.png", "eval_report.png", "page_clinc150.png", "eval_report_clinc150.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and 10_000 < (out / name).stat().st_size < 400_000

@@ -70,28 +70,88 @@ function headlineMetrics(validation) {
   return pairs;
 }
 
-function labelTable(metadata) {
-  const table = element("table");
+// How the page speaks of the model: a multi-label checkpoint scores labels, a multi-class one picks a class.
+function wording(metadata) {
+  const multi = metadata.task === "multilabel";
+  const count = metadata.labels.length;
+  const noneRule = typeof metadata.none_threshold === "number"
+    ? ` unless the none score reaches ${metadata.none_threshold.toFixed(3)}: then "none of these"` : "";
+  return multi ? {
+    one: "label", many: "labels", heading: "Labels",
+    placeholder: "Paste a text to score it against each label",
+    subtitle: `Multi-label classifier over ${count} labels. Paste a text, see each label's score and which words drove it.`,
+    note: "The tick on each bar is the label's threshold; a label is predicted at or over it. Click a label to see its words.",
+  } : {
+    one: "class", many: "classes", heading: "Classes",
+    placeholder: "Type a text to classify",
+    subtitle: `Multi-class classifier over ${count} classes. Type a text, see the classes it scores highest and which words drove them.`,
+    note: `The top class is predicted${noneRule}. Click a class to see its words.`,
+  };
+}
+
+const FEW_LABELS = 12; // up to this many, every label is listed in the checkpoint's order
+const SHOWN_ROWS = 10; // past it, this many rows open (worst or highest first) and the rest folded
+
+function folded(summary, body) {
+  const details = element("details");
+  details.append(element("summary", "", summary), body);
+  return details;
+}
+
+// One row per label with its figures; a column no label has a figure for (a multi-class checkpoint has no
+// thresholds nor ROC AUC) is left out rather than shown empty.
+function labelRows(metadata) {
   const validation = (metadata.training_metrics || {}).validation || {};
   const perLabel = validation.per_label || validation.per_class || {};
-  const head = element("tr");
   const weights = metadata.blend_weights || null; // a blend: the transformer's share of each label's score
-  const columns = ["label", "threshold", "ROC AUC", "F1", ...(weights ? ["transformer share"] : [])];
-  for (const name of columns) head.append(element("th", "", name));
-  table.append(head);
-  metadata.labels.forEach((label, index) => {
-    const row = element("tr");
+  const columns = ["threshold", "ROC AUC", "F1", "transformer share"];
+  const rows = metadata.labels.map((label, index) => {
     const figures = perLabel[label] || {};
-    const threshold = metadata.thresholds ? metadata.thresholds[index] : null;
     const f1 = figures.f1_at_tuned !== undefined ? figures.f1_at_tuned : figures["f1-score"];
-    const share = weights ? [weights.length === 1 ? weights[0] : weights[index]] : [];
-    row.append(element("td", "", label));
-    for (const value of [threshold, figures.roc_auc, f1, ...share]) {
-      row.append(element("td", "num", value === null || value === undefined ? "\u2013" : formatNumber(value)));
-    }
-    table.append(row);
+    const share = weights ? (weights.length === 1 ? weights[0] : weights[index]) : null;
+    return { label, values: [metadata.thresholds ? metadata.thresholds[index] : null, figures.roc_auc, f1, share] };
   });
+  const kept = columns.map((_, k) => rows.some((row) => typeof row.values[k] === "number"));
+  return {
+    columns: columns.filter((_, k) => kept[k]),
+    rows: rows.map((row) => ({ label: row.label, f1: row.values[2], values: row.values.filter((_, k) => kept[k]) })),
+  };
+}
+
+function tableOf(header, rows) {
+  const table = element("table");
+  const head = element("tr");
+  for (const name of header) head.append(element("th", "", name));
+  table.append(head);
+  for (const row of rows) {
+    const line = element("tr");
+    line.append(element("td", "", row.label));
+    for (const value of row.values) {
+      line.append(element("td", "num", typeof value === "number" ? formatNumber(value) : "\u2013"));
+    }
+    table.append(line);
+  }
   return table;
+}
+
+// The label table: whole for a few labels; for many, lowest validation F1 first, the worst open, all folded.
+function labelTable(metadata, words) {
+  const { columns, rows } = labelRows(metadata);
+  const header = [words.one, ...columns];
+  const box = element("div");
+  box.id = "labels";
+  if (rows.length <= FEW_LABELS) {
+    box.append(tableOf(header, rows));
+    return box;
+  }
+  const f1 = (row) => (typeof row.f1 === "number" ? row.f1 : Infinity);
+  const ranked = rows.slice().sort((a, b) => f1(a) - f1(b) || a.label.localeCompare(b.label));
+  const ordered = columns.includes("F1") ? ranked : rows;
+  const lowest = columns.includes("F1") ? `, lowest validation F1 first` : "";
+  box.append(element("p", "muted", `${rows.length} ${words.many}${lowest}:`),
+    tableOf(header, ordered.slice(0, SHOWN_ROWS)),
+    folded(`All ${rows.length} ${words.many}`, tableOf(header, ordered)));
+  return box;
 }
 
 function renderCard(metadata) {
@@ -108,15 +168,17 @@ function renderCard(metadata) {
     ["runs as", `${metadata.backend}, ${metadata.quantized ? "int8" : metadata.precision}, ${metadata.device}`],
     ["checkpoint", metadata.checkpoint_id],
   ]));
-  card.append(element("h2", "", "Labels"), labelTable(metadata));
+  const words = wording(metadata);
+  card.append(element("h2", "", words.heading), labelTable(metadata, words));
   const validation = (metadata.training_metrics || {}).validation;
   if (validation) {
     const rows = (metadata.training_metrics || {}).validation_rows;
     card.append(element("h2", "", rows ? `Validation metrics (${rows} held-out texts)` : "Validation metrics"));
     card.append(definitionList(headlineMetrics(validation)));
   }
-  $("subtitle").textContent = `${multi ? "Multi-label" : "Multi-class"} classifier over ${metadata.labels.length} ` +
-    "labels. Paste a text, see its scores and which words drove them.";
+  $("subtitle").textContent = words.subtitle;
+  $("text").placeholder = words.placeholder;
+  $("bars-note").textContent = words.note;
 }
 
 async function loadMetadata() {
@@ -139,30 +201,46 @@ async function loadMetadata() {
 
 // ---- scores and words ----------------------------------------------------------------------------------------
 
+function barRow(answer, label, index) {
+  const { thresholds } = state.metadata;
+  const score = answer.scores[label];
+  const row = element("div", "bar-row");
+  row.dataset.label = label;
+  row.classList.toggle("predicted", answer.labels.includes(label));
+  row.title = `${label}: ${score.toFixed(4)}`;
+  const track = element("div", "track");
+  const fill = element("div", "fill");
+  fill.style.width = `${(100 * score).toFixed(2)}%`;
+  track.append(fill);
+  if (thresholds) {
+    const tick = element("div", "threshold");
+    tick.style.left = `${(100 * thresholds[index]).toFixed(2)}%`;
+    tick.title = `threshold ${thresholds[index].toFixed(3)}`;
+    track.append(tick);
+  }
+  row.append(element("span", "name", label), track, element("span", "score", score.toFixed(3)));
+  row.addEventListener("click", () => pickLabel(label));
+  return row;
+}
+
+// The labels in the order the bars show them: the checkpoint's for a few, highest score first for many.
+function barOrder(answer) {
+  const labels = state.metadata.labels;
+  if (labels.length <= FEW_LABELS) return labels.slice();
+  return labels.slice().sort((a, b) => answer.scores[b] - answer.scores[a]);
+}
+
 function renderBars(answer) {
-  const bars = $("bars");
-  bars.replaceChildren();
-  const { labels, thresholds } = state.metadata;
-  labels.forEach((label, index) => {
-    const score = answer.scores[label];
-    const row = element("div", "bar-row");
-    row.dataset.label = label;
-    row.classList.toggle("predicted", answer.labels.includes(label));
-    row.title = `${label}: ${score.toFixed(4)}`;
-    const track = element("div", "track");
-    const fill = element("div", "fill");
-    fill.style.width = `${(100 * score).toFixed(2)}%`;
-    track.append(fill);
-    if (thresholds) {
-      const tick = element("div", "threshold");
-      tick.style.left = `${(100 * thresholds[index]).toFixed(2)}%`;
-      tick.title = `threshold ${thresholds[index].toFixed(3)}`;
-      track.append(tick);
-    }
-    row.append(element("span", "name", label), track, element("span", "score", score.toFixed(3)));
-    row.addEventListener("click", () => pickLabel(label));
-    bars.append(row);
-  });
+  const index = new Map(state.metadata.labels.map((label, k) => [label, k]));
+  const rows = barOrder(answer).map((label) => barRow(answer, label, index.get(label)));
+  const many = rows.length > FEW_LABELS;
+  $("bars").replaceChildren(...(many ? rows.slice(0, SHOWN_ROWS) : rows));
+  $("bars-rest").replaceChildren(...(many ? rows.slice(SHOWN_ROWS) : []));
+  $("more-bars").hidden = !many;
+  if (many) {
+    $("more-bars").querySelector("summary").textContent =
+      `the other ${rows.length - SHOWN_ROWS} ${wording(state.metadata).many}, by score`;
+  }
   const predicted = $("predicted");
   predicted.replaceChildren();
   if (answer.none_of_these) {
@@ -207,7 +285,7 @@ function renderWords(label) {
     position = word.end;
   });
   if (position < characters.length) box.append(document.createTextNode(characters.slice(position).join("")));
-  for (const row of $("bars").children) row.classList.toggle("picked", row.dataset.label === label);
+  for (const row of document.querySelectorAll(".bar-row")) row.classList.toggle("picked", row.dataset.label === label);
 }
 
 function pickLabel(label) {
@@ -220,7 +298,9 @@ function renderAnswer(answer) {
   renderBars(answer);
   const select = $("label");
   select.replaceChildren();
-  for (const label of Object.keys(answer.attributions)) select.append(element("option", "", label));
+  for (const label of barOrder(answer)) {
+    if (label in answer.attributions) select.append(element("option", "", label));
+  }
   const best = state.metadata.labels.reduce((a, b) => (answer.scores[b] > answer.scores[a] ? b : a));
   $("method").textContent = `method: ${answer.method}, in the label's log-odds`;
   $("results").hidden = false;
