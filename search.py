@@ -102,7 +102,8 @@ def study_centre(study: optuna.Study, config: Config, folder: Path) -> tuple[Sea
     stored = study.user_attrs.get(CENTRE_ATTRIBUTE)
     if stored is not None:
         return SearchCentre(**stored["centre"]), stored["trial_seconds"]
-    planned = train.plan(settings_with(config, output_dir=str(folder)))
+    # the recipe as one plain training would choose it: --time-budget is the whole search's here
+    planned = train.plan(settings_with(config, output_dir=str(folder), time_budget=None))
     planned_seconds = TRIAL_OVERHEAD_SECONDS + sum(
         seconds for part, seconds in planned.recipe.planned_seconds.items() if part != "export")
     share = 1.0 if config.time_budget is None else min(1.0, 60 * config.time_budget / config.trials / planned_seconds)
