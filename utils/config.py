@@ -21,7 +21,7 @@ from utils.inference.reading import DEFAULT_MAX_WINDOWS, LONG_TEXTS, WINDOW_POOL
 
 TASKS = ("multilabel", "multiclass")
 AUTO_TASK = "auto"  # the data's task: a built-in dataset's own; a file's from its label columns (utils/data/layout.py)
-MODES = ("train", "eval", "predict", "export", "search")
+MODES = ("train", "eval", "predict", "export", "search", "audit", "suggest")
 TRACKERS = ("none", "tensorboard", "mlflow")
 ENGINES = ("single", "ray")
 BLENDS = ("auto", "lexical", "none")
@@ -54,8 +54,10 @@ class TaskArguments:
     task: str = _opt(AUTO_TASK, "Multi-label (sigmoid per label) or multi-class (softmax); auto: the data's (a file "
                      "with 0/1 label columns or several labels in a row is multi-label, one class a row "
                      "multi-class; an evaluated checkpoint's own).", (*TASKS, AUTO_TASK))
-    mode: str = _opt("train", "train (then evaluate), eval, predict, export, or search (an Optuna study of "
-                     "trainings on the train and validation rows; the best written as a config file).", MODES)
+    mode: str = _opt("train", "train (then evaluate), eval, predict, export, search (an Optuna study of "
+                     "trainings on the train and validation rows; the best written as a config file), audit (the rows "
+                     "whose given labels the models most doubt) or suggest (the rows of --pool to label next).",
+                     MODES)
     config: str | None = _opt(None, "JSON or YAML file with any of these fields; flags override it.")
     seed: int = _opt(42, "Seed for splits, initialisation and batch order.")
 
@@ -86,6 +88,9 @@ class DataArguments:
     max_train_samples: int | None = _opt(None, "Use at most this many training rows (stratified sample).")
     validation_data: str | None = _opt(
         None, "File of validation rows (thresholds, early stopping); no validation split is then taken from --data.")
+    extra_data: list[str] = _opt([], "Files of more labelled training rows (e.g. labelled suggestions or corrections "
+                                 "from the page), in --data's layout; a row whose text is already in the data "
+                                 "replaces its labels, so that each text counts once.")
     encoding: str | None = _opt(None, "Text encoding of every file read (default: detected, e.g. utf-8, cp1252).")
     delimiter: str | None = _opt(None, "Column separator of CSV/TXT files (default: sniffed among , ; tab |).")
     sheet: str | None = _opt(None, "Sheet of .xlsx files to read (default: the first).")
@@ -267,6 +272,17 @@ class TrackingArguments:
 
 
 @dataclass(frozen=True)
+class DataImprovementArguments:
+    """--mode audit and --mode suggest: which labels to check, and which unlabelled rows to label next."""
+
+    _argument_group_name: ClassVar[str] = "audit and suggest"
+
+    pool: str | None = _opt(None, "suggest: file of unlabelled texts (CSV/TSV/TXT/JSONL/XLSX/Parquet, --text-column) "
+                            "to choose from.")
+    k: int = _opt(200, "suggest: how many rows to pick; audit: how many suspect rows to list first.")
+
+
+@dataclass(frozen=True)
 class SearchArguments:
     """--mode search: an Optuna study over the settings around the recipe's choice."""
 
@@ -281,8 +297,8 @@ class SearchArguments:
 # The parts in the order --help lists them. build_parser reads them as one command line, and Config is their fields
 # as one object: the bases of a dataclass give their fields from the last one, hence Config's reversed list.
 @dataclass(frozen=True)
-class Config(SearchArguments, TrackingArguments, ExportArguments, RayArguments, PredictionArguments,
-             ScoringArguments, TrainingArguments, ModelArguments, DataArguments, TaskArguments):
+class Config(DataImprovementArguments, SearchArguments, TrackingArguments, ExportArguments, RayArguments,
+             PredictionArguments, ScoringArguments, TrainingArguments, ModelArguments, DataArguments, TaskArguments):
     """Every setting as one frozen object; each field is a command-line flag (`max_length` -> `--max-length`),
     declared in the part of its job. A Config is an instance of every part, so that a function that needs one job's
     settings takes that part (`freeze(model, settings: TrainingArguments, ...)`)."""
@@ -292,7 +308,7 @@ class Config(SearchArguments, TrackingArguments, ExportArguments, RayArguments, 
 
 
 PARTS = (TaskArguments, DataArguments, ModelArguments, TrainingArguments, ScoringArguments, PredictionArguments,
-         RayArguments, ExportArguments, TrackingArguments, SearchArguments)
+         RayArguments, ExportArguments, TrackingArguments, SearchArguments, DataImprovementArguments)
 
 
 def field_types() -> dict[str, Any]:
@@ -472,5 +488,5 @@ def check_together(config: Config) -> None:
     unknown_trackers = sorted(set(config.report_to) - set(TRACKERS))
     if unknown_trackers:
         raise SettingsError(f"--report-to: {', '.join(unknown_trackers)} is not one of {', '.join(TRACKERS)}")
-    if config.trials < 1:
-        raise SettingsError("--trials must be >= 1")
+    if config.trials < 1 or config.k < 1:
+        raise SettingsError("--trials and --k must be >= 1")
