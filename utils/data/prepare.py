@@ -11,7 +11,8 @@ from typing import Any
 from models.none_of_these import conventional_none_label
 from utils.config import AUTO_TASK, Config, DataArguments, SettingsError
 from utils.data.datasets import BUILTIN_DATASETS, DEFAULT_TEST_SPLIT, locate_file
-from utils.data.files import FileReading, open_file
+from utils.data.extra import PLAIN_LABELS_COLUMN, PLAIN_TEXT_COLUMN, ExtraRows, merge_extra, newest_rows
+from utils.data.files import FileReading, canonical, iter_frames, open_file
 from utils.data.layout import infer_layout, infer_task
 from utils.data.readers import ColumnLayout, DataError, LabeledTexts, read_label_names, read_labeled_texts
 from utils.data.splits import stratified_split
@@ -50,6 +51,7 @@ class DataSplits:
     text_column: str | None = None  # where the texts came from, for scoring files of the same layout later
     files: list[dict[str, Any]] = field(default_factory=list)  # each file as read, for the data report
     none_label: str | None = None  # multi-class: the class that means "none of these" (--none-label)
+    extra: ExtraRows | None = None  # what --extra-data added and replaced
 
     @property
     def label_names(self) -> list[str]:
@@ -132,7 +134,7 @@ def read_file(path: Path, role: str, settings: DataArguments, source: DataSource
     """One file read with the source's layout and task; what was read is appended to `files` for the report."""
     reading = open_data_file(path, settings)
     data = read_labeled_texts(reading, source.decided.task, source.layout, label_names, source.labels_by_id,
-                              drop_invalid=settings.drop_invalid, keep_unseen=role != "train")
+                              drop_invalid=settings.drop_invalid, keep_unseen=role in ("validation", "test"))
     layout = {"text_column": source.layout.text_column, "label_columns": list(source.layout.label_columns),
               "label_column": source.layout.label_column, "label_delimiter": source.layout.label_delimiter,
               "id_column": source.layout.id_column}
@@ -175,7 +177,38 @@ def prepare_splits(config: Config, task: str | None = None) -> DataSplits:
     if len(train) == 0 or len(validation) == 0:
         raise DataError(f"{source.train_path}: too few rows for a training and a validation set")
     splits = DataSplits(train, validation, test, notes, source.decided, source.layout.text_column, files)
-    return with_none_label(splits, config.none_label)
+    return with_none_label(with_extra_data(splits, config, source), config.none_label)
+
+
+def with_extra_data(splits: DataSplits, settings: DataArguments, source: DataSource) -> DataSplits:
+    """The splits with the --extra-data rows added to training (never to validation or test), each text once: a
+    text already in a split keeps its place and takes the extra file's labels."""
+    if not settings.extra_data:
+        return splits
+    extras = [read_extra(Path(path), settings, source, splits.label_names, splits.files)
+              for path in settings.extra_data]
+    report = ExtraRows([str(path) for path in settings.extra_data], sum(len(extra) for extra in extras))
+    held = {"validation": splits.validation} | ({"test": splits.test} if splits.test is not None else {})
+    newest = newest_rows(extras)
+    report.texts = len(newest)
+    train, held = merge_extra(splits.train, held, newest, report)
+    return dataclasses.replace(splits, train=train, validation=held["validation"], test=held.get("test"),
+                               notes=[*splits.notes, report.note()], extra=report)
+
+
+def read_extra(path: Path, settings: DataArguments, source: DataSource, label_names: list[str],
+               files: list[dict[str, Any]]) -> LabeledTexts:
+    """One --extra-data file, in the data's layout or in the plain form the page writes (a `text` and a `labels`
+    field: a list of label names, or one class)."""
+    reading = open_data_file(path, settings)
+    first = next(iter_frames(reading, 1), None) if reading.header else None  # the page's form has a header
+    columns = {canonical(c) for c in first.columns} if first is not None else set()
+    theirs = source.layout.column_names is None and canonical(source.layout.text_column) in columns
+    if not theirs and {PLAIN_TEXT_COLUMN, PLAIN_LABELS_COLUMN} <= columns:
+        delimiter = (source.layout.label_delimiter or "|") if source.decided.task == "multilabel" else None
+        plain = ColumnLayout(PLAIN_TEXT_COLUMN, label_column=PLAIN_LABELS_COLUMN, label_delimiter=delimiter)
+        source = dataclasses.replace(source, layout=plain, labels_by_id=False)
+    return read_file(path, "extra", settings, source, label_names, files)
 
 
 def none_label_of(setting: str, task: str, label_names: list[str]) -> str | None:

@@ -53,6 +53,7 @@ def data_report(splits: DataSplits) -> dict[str, Any]:
         parts["test"] = splits.test
     unseen = [(name, labels) for name, data in parts.items() for labels in data.unseen_labels]
     return {"files": splits.files, "notes": splits.notes, "rows": {name: len(data) for name, data in parts.items()},
+            "extra_data": splits.extra.describe() if splits.extra is not None else None,
             "labels": label_counts(parts, splits.label_names), "duplicates": duplicates(parts),
             "unseen_labels": {"rows": len(unseen), "labels": dict(Counter(n for _, labels in unseen for n in labels)),
                               "note": "set aside: evaluation reports what the model predicts for them, apart from "
