@@ -1,4 +1,4 @@
-"""Command line: `python main.py --task multilabel|multiclass --mode train|eval|predict|export|search`."""
+"""Command line: `python main.py --task multilabel|multiclass --mode train|eval|predict|export|search|suggest`."""
 
 from __future__ import annotations
 
@@ -18,29 +18,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = parse_config(argv)
         if config.mode == "train":
-            import eval as evaluation
-            import train
-            from utils.training.tracking import record_evaluation
-
-            if config.push_to_hub:  # a name, token or offline setting that cannot upload fails before training
-                from utils.checkpoint.hub import check_push_target
-
-                check_push_target(config.push_to_hub)
-            try:
-                result = train.run(config)
-            except train.TrainingInterrupted as interrupted:
-                print(interrupted, file=sys.stderr)
-                return interrupted.exit_code
-            if is_main_process() and result.checkpoint.is_dir():
-                if config.export_onnx:  # first, so that the report measures the backend the server will choose
-                    export_after_training(result.checkpoint, config)
-                report = evaluation.run(result.settings, result.checkpoint)  # the data read as training read it
-                record_evaluation(result.settings, Path(config.output_dir), report)  # into training's tracked run
-                share(result.checkpoint, report, config.push_to_hub)
+            return train_then_evaluate(config)
         elif config.mode == "search":
             import search
 
             search.run(config)
+        elif config.mode == "suggest":
+            import suggest
+
+            suggest.run(config, require_checkpoint(config))
         elif config.mode == "eval":
             import eval as evaluation
 
@@ -60,6 +46,30 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:  # the user's to fix: one line; anything else is a bug and keeps its traceback
         print(f"error: {error}", file=sys.stderr)
         return 2
+    return 0
+
+
+def train_then_evaluate(config: Config) -> int:
+    """--mode train: train, then (on the main process) export, evaluate on the test data and share."""
+    import eval as evaluation
+    import train
+    from utils.training.tracking import record_evaluation
+
+    if config.push_to_hub:  # a name, token or offline setting that cannot upload fails before training
+        from utils.checkpoint.hub import check_push_target
+
+        check_push_target(config.push_to_hub)
+    try:
+        result = train.run(config)
+    except train.TrainingInterrupted as interrupted:
+        print(interrupted, file=sys.stderr)
+        return interrupted.exit_code
+    if is_main_process() and result.checkpoint.is_dir():
+        if config.export_onnx:  # first, so that the report measures the backend the server will choose
+            export_after_training(result.checkpoint, config)
+        report = evaluation.run(result.settings, result.checkpoint)  # the data read as training read it
+        record_evaluation(result.settings, Path(config.output_dir), report)  # into training's tracked run
+        share(result.checkpoint, report, config.push_to_hub)
     return 0
 
 
