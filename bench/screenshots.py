@@ -1,12 +1,25 @@
 """The screenshots in docs/: the page at / explaining a text, and an evaluation's eval_report.html.
 
     python bench/screenshots.py --checkpoint outputs/run/checkpoint --report outputs/run/eval_report.html
-    python bench/screenshots.py --checkpoint outputs/clinc/checkpoint --report outputs/clinc/eval_report.html \
-        --text "what is my credit score" --name clinc150
 
 Serves the checkpoint on 127.0.0.1 (a free port) as the API does, drives headless Chromium with Selenium (Debian's
 chromium and chromium-driver) and writes docs/page.png and docs/eval_report.png (with --name N, page_N.png and
 eval_report_N.png), each reduced to 256 colours so that the committed pictures stay small.
+
+The pictures in docs/ come from blends of all-MiniLM-L6-v2 and TF-IDF trained a few minutes on 2 CPU cores:
+toxic from 12,000 rows of toxic/train.csv (a seed-0 sample, `toxic_12k.csv`), test mean ROC AUC 0.971, and CLINC150
+on its 150 intents, tested on test.csv with oos_test.csv appended (`clinc_test_oos.csv`), test accuracy 0.917:
+
+    python main.py --task multilabel --data toxic_12k.csv --text-column comment_text --label-columns toxic \
+        severe_toxic obscene threat insult identity_hate --max-train-samples 4000 --epochs 1 --max-length 64 \
+        --freeze-layers 3 --learning-rate 5e-4 --output-dir outputs/toxic
+    python main.py --task multiclass --data ../shared/data/clinc150/train.csv --text-column text \
+        --label-column intent --test-data clinc_test_oos.csv --max-train-samples 4500 --epochs 1 --max-length 32 \
+        --freeze-layers 3 --learning-rate 5e-4 --output-dir outputs/clinc
+    python bench/screenshots.py --checkpoint outputs/toxic/checkpoint --report outputs/toxic/eval_report.html \
+        --report-height 3050
+    python bench/screenshots.py --checkpoint outputs/clinc/checkpoint --report outputs/clinc/eval_report.html \
+        --name clinc150 --text "can you help me raise my credit score before i apply for a loan" --report-height 3600
 """
 
 from __future__ import annotations

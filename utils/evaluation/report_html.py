@@ -53,7 +53,8 @@ th { border-bottom: 1px solid #8c959f; } td { border-bottom: 1px solid #eaeef2; 
 td.num { text-align: right; font-variant-numeric: tabular-nums; } .muted { color: #656d76; }
 img { max-width: 100%; height: auto; display: block; margin: 8px 0; } .worse { color: #cf222e; }
 details { margin: 6px 0 12px; } summary { cursor: pointer; color: #0969da; }
-.example { display: block; max-width: 32em; margin-bottom: 4px; color: #424a53; font-size: 13px; }
+.example { display: block; max-width: 32em; margin-bottom: 4px; color: #424a53; font-size: 13px;
+           overflow-wrap: anywhere; }
 """
 
 
