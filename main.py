@@ -20,9 +20,7 @@ def main(argv: list[str] | None = None) -> int:
         if config.mode == "train":
             return train_then_evaluate(config)
         elif config.mode == "search":
-            import search
-
-            search.run(config)
+            return search_study(config)
         elif config.mode == "suggest":
             import suggest
 
@@ -46,6 +44,20 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:  # the user's to fix: one line; anything else is a bug and keeps its traceback
         print(f"error: {error}", file=sys.stderr)
         return 2
+    return 0
+
+
+def search_study(config: Config) -> int:
+    """--mode search; stopped by a signal, the trial under way fails and the same command goes on with the study."""
+    import search
+    import train
+
+    try:
+        search.run(config)
+    except train.TrainingInterrupted as interrupted:
+        print(f"search stopped by a signal: run the same command again to go on with the study in "
+              f"{config.output_dir}", file=sys.stderr)
+        return interrupted.exit_code
     return 0
 
 
