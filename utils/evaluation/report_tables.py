@@ -155,6 +155,8 @@ def errors_section(task: str, errors: dict[str, Any], examples: int) -> str:
     """The most confused class pairs (multi-class) or the labels most often missed or wrongly given, with texts."""
     if task == "multiclass":
         pairs = errors["confused_pairs"]
+        if not pairs:
+            return f'<p class="muted">None of the {examples} test texts was given another class.</p>'
         intro = (f"{errors['wrong_rows']} of {examples} test texts were given another class, in {errors['pairs']} "
                  f"(true, predicted) pairs; the {len(pairs)} most frequent, with the texts the model was surest of.")
         rows = [[p["true"], p["predicted"], p["count"], f"{p['share']:.0%}", texts_cell(p["examples"])]
