@@ -41,7 +41,7 @@ class SearchCentre:
     def epoch_range(self) -> tuple[float, float]:
         epochs = float(self.recipe["epochs"])
         scaled = epochs * self.epoch_share
-        return round(max(0.5, scaled / 2), 2), round(max(epochs, 1.5 * scaled), 2)
+        return round(min(max(0.5, scaled / 2), epochs), 2), round(max(epochs, 1.5 * scaled), 2)
 
     def lengths(self) -> list[int]:
         length = int(self.recipe["max_length"])
