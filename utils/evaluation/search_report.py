@@ -53,5 +53,7 @@ def draw(plot: Any, study: optuna.Study, path: Path) -> str:
     figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
     if not isinstance(figure, Figure):
         return "not drawn: no figure"
+    figure.set_size_inches(9, 5)
+    figure.tight_layout()  # Optuna's plots leave long setting names cut at the left edge
     save_png(figure, path)
     return "written"
