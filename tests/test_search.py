@@ -19,7 +19,6 @@ import main
 from utils.config import parse_config
 
 ROOT = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.xdist_group("search")
 
 
 def search_args(data: Path, backbone: Path, output: Path, trials: int, *extra: str) -> list[str]:
