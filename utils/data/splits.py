@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
-from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
-from sklearn.model_selection import StratifiedShuffleSplit
+from iterstrat.ml_stratifiers import MultilabelStratifiedKFold, MultilabelStratifiedShuffleSplit
+from sklearn.model_selection import StratifiedKFold, StratifiedShuffleSplit
 
 
 def stratified_split(labels: np.ndarray, held_out: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -50,3 +52,16 @@ def _spare_row(candidates: list[int], onehot: np.ndarray, side: list[int]) -> in
     """A candidate whose every label has another row on its side (so moving it empties no label), else the first."""
     counts = onehot[side].sum(axis=0)
     return next((i for i in candidates if (counts[onehot[i]] >= 2).all()), candidates[0])
+
+
+def stratified_folds(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """Each row's fold (0 to folds - 1), seeded, with label proportions kept in every fold."""
+    target = labels[:, 0] if labels.ndim == 2 and labels.shape[1] == 1 else labels  # one 0/1 label: two classes
+    splitter = (MultilabelStratifiedKFold(n_splits=folds, shuffle=True, random_state=seed) if target.ndim == 2
+                else StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed))
+    fold_of = np.zeros(len(labels), dtype=np.int64)
+    with warnings.catch_warnings():  # a class with fewer rows than folds is missing from some: said by the caller
+        warnings.simplefilter("ignore", UserWarning)
+        for fold, (_, held) in enumerate(splitter.split(np.zeros((len(labels), 1)), target)):
+            fold_of[held] = fold
+    return fold_of
