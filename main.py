@@ -1,4 +1,4 @@
-"""Command line: `python main.py --task multilabel|multiclass --mode train|eval|predict|export|search|suggest`."""
+"""Command line: `python main.py --task multilabel|multiclass --mode train|eval|predict|export|search|audit|suggest`."""
 
 from __future__ import annotations
 
@@ -21,6 +21,10 @@ def main(argv: list[str] | None = None) -> int:
             return train_then_evaluate(config)
         elif config.mode == "search":
             return search_study(config)
+        elif config.mode == "audit":
+            import audit
+
+            audit.run(config)
         elif config.mode == "suggest":
             import suggest
 

@@ -16,14 +16,15 @@ LAYERS = [
     ("settings", ["utils/config.py"]),
     ("data", ["utils/data"]),
     ("metrics", ["utils/evaluation"]),
-    ("training", ["utils/training", "train.py", "search.py"]),
+    ("training", ["utils/training", "train.py", "search.py", "audit.py"]),
     ("inference", ["inferer.py"]),
     ("uses of inference", ["eval.py", "predict.py", "predict_ray.py", "suggest.py", "export.py", "utils/export",
                            "serving", "app.py", "gunicorn.conf.py"]),
     ("command line", ["main.py"]),
 ]
 PROJECT_PACKAGES = ("models", "utils", "serving")
-TOP_MODULES = ("train", "search", "inferer", "eval", "predict", "predict_ray", "suggest", "export", "app", "main")
+TOP_MODULES = ("train", "search", "audit", "inferer", "eval", "predict", "predict_ray", "suggest", "export", "app",
+               "main")
 
 
 def layer_of(relative: str) -> int | None:
