@@ -94,9 +94,10 @@ def labelled_sources(config: Config, saved: Config) -> list[DataArguments]:
 
 
 def rank(inferer: ModelInferer, texts: list[str], k: int, seed: int, batch_size: int = 128,
-         strategy: str = DEFAULT_STRATEGY) -> Ranked:
-    """The `k` texts to label first by `strategy` (utils/evaluation/acquisition.py), deterministic for `seed`."""
-    scored = score_pool(inferer, texts, batch_size)
+         strategy: str = DEFAULT_STRATEGY, scored: Scored | None = None) -> Ranked:
+    """The `k` texts to label first by `strategy` (utils/evaluation/acquisition.py), deterministic for `seed`;
+    `scored`: the texts' scores by this inferer where they are known already."""
+    scored = scored if scored is not None else score_pool(inferer, texts, batch_size)
     uncertain = uncertainty(inferer.task, scored.served, inferer.thresholds)
     apart = disagreement(inferer.task, scored.members)
     chosen = STRATEGIES[strategy]

@@ -254,3 +254,25 @@ def test_unknown_intents_are_held_out_of_training_and_labelled_oos_in_test(tmp_p
     source = pd.read_csv(ROOT.parent / "shared" / "data" / "clinc150" / "test.csv")
     assert len(test) == len(source) and (test.intent == "oos").sum() == source.intent.isin(unknown).sum() == 900
     assert set(train.intent) == set(test.intent) - {"oos"} and len(train) == 120 * 100
+
+
+def test_active_learning_benchmark(toxic_csv, tiny_bert, tmp_path):
+    """The simulation at its smallest: a shared first round, then one round of suggested and of random rows, each
+    trained through main.py with the picks as --extra-data and evaluated on the same test rows."""
+    out, work = tmp_path / "out", tmp_path / "work"
+    done = run_bench("active_learning.py", ["--data", str(toxic_csv), "--start", "0.3", "--rounds", "1",
+                                            "--per-round", "20", "--test-split", "0.3", "--work-dir", str(work),
+                                            "--train-args", "--model-name-or-path", str(tiny_bert),
+                                            "--freeze-layers", "0", "--batch-size", "16"], out)
+    (record,) = records(out / "active_learning.json")
+    arms = record["arms"]
+    assert list(arms) == ["random", "uncertainty+disagreement+diversity"]
+    for rounds in arms.values():
+        assert [r["round"] for r in rounds] == [0, 1] and rounds[1]["picked"] == 20
+        assert rounds[1]["training_rows"] == rounds[0]["training_rows"] + 20  # each picked text counted once
+        assert 0 < rounds[1]["mean_roc_auc"] <= 1
+    picks = [set(json.loads((work / name / "picks_1.json").read_text())) for name in ("random",
+                                                                                      "uncertainty_disagreement_diversity")]
+    assert picks[0] != picks[1] and all(len(p) == 20 for p in picks)
+    assert record["labels_saved"]["uncertainty+disagreement+diversity"]["mean_roc_auc"][0]["round"] == 1
+    assert (out / "active_learning.png").stat().st_size > 0 and "rows saved against random" in done.stdout
