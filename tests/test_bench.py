@@ -276,3 +276,23 @@ def test_active_learning_benchmark(toxic_csv, tiny_bert, tmp_path):
     assert picks[0] != picks[1] and all(len(p) == 20 for p in picks)
     assert record["labels_saved"]["uncertainty+disagreement+diversity"]["mean_roc_auc"][0]["round"] == 1
     assert (out / "active_learning.png").stat().st_size > 0 and "rows saved against random" in done.stdout
+
+
+def test_label_audit_benchmark(conference_csv, tiny_bert, tmp_path):
+    """Planted flips at the smallest size: one seed on 300 titles (15 flipped), the audit and the tiny transformer
+    fine-tuned on each fold through train.run, every ranking's recall and precision at the four cut-offs."""
+    out = tmp_path / "out"
+    done = run_bench("label_audit.py", ["--data", str(conference_csv), "--model-name-or-path", str(tiny_bert),
+                                        "--finetune-epochs", "0.25", "--finetune-max-length", "16",
+                                        "--work-dir", str(tmp_path / "work")], out)
+    (record,) = records(out / "label_audit.json")
+    means, run = record["means"], record["runs"][0]
+    names = list(means)
+    assert names[0].startswith("audit (cleanlab, TF-IDF member") and names[-1] == "chance"
+    assert "transformer fine-tuned per fold: its loss alone" in names and (run["rows"], run["flipped"]) == (300, 15)
+    for figures in means.values():
+        assert list(figures) == ["1.0%", "2.5%", "5.0%", "10.0%"]
+        assert all(0 <= f["recall"] <= 1 and 0 <= f["precision"] <= 1 for f in figures.values())
+    assert means[names[0]]["10.0%"]["recall"] > 0.2  # the member carries it past chance (0.1) beside random vectors
+    assert run["finetune_seconds"] > 0 and isinstance(record["goal"]["met"], bool)
+    assert (out / "label_audit_conference_small.png").stat().st_size > 0 and "| ranking |" in done.stdout
