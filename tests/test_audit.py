@@ -72,7 +72,7 @@ def test_multilabel_rows_are_judged_label_by_label(toxic_csv, tmp_path, capsys):
         given, suspected, doubted = set(record["given"]), set(record["suspected"]), set(record["doubted"])
         assert suspected == given ^ doubted and record["flagged"] == bool(doubted)
     page = (tmp_path / "audit" / "label_audit.html").read_text()
-    assert "Each label's 5 most doubtful rows" in page and "<h3>insult</h3>" in page
+    assert "Each label's 10 most doubtful rows" in page and "<h3>insult</h3>" in page
 
 
 def test_the_files_hold_every_row_most_doubtful_first(conference_csv, tmp_path):

@@ -19,7 +19,7 @@ from utils.evaluation.report_tables import FEW_LABELS, Html, bounded_table, fold
 
 CSV_FILE, JSONL_FILE, HTML_FILE = "label_audit.csv", "label_audit.jsonl", "label_audit.html"
 LABEL_SEPARATOR = "|"  # between label names in a CSV cell (the JSONL file holds lists)
-PER_LABEL_SUSPECTS = 5  # a multi-label page's most doubtful rows of each label
+PER_LABEL_SUSPECTS = 10  # at most, a multi-label page's most doubtful rows of each label (--k if fewer)
 PAGE_TEXT_CHARS = 400  # a text on the page is cut past this
 
 
@@ -99,11 +99,13 @@ def label_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
              for name, c in labels])
 
 
-def per_label_suspects(records: list[dict[str, Any]], label_names: list[str], ids: bool) -> list[str]:
-    """A multi-label page's most doubtful rows of each label (by that label's quality), folded past a few labels."""
+def per_label_suspects(records: list[dict[str, Any]], label_names: list[str], ids: bool, count: int) -> list[str]:
+    """A multi-label page's `count` most doubtful rows of each label (by that label's own quality: each label's
+    ranking, which finds a label's flips where the rows' overall score mixes in every label's doubts), folded past
+    a few labels."""
     parts = []
     for name in label_names:
-        worst = sorted(records, key=lambda r: (r["label_scores"][name], r["rank"]))[:PER_LABEL_SUSPECTS]
+        worst = sorted(records, key=lambda r: (r["label_scores"][name], r["rank"]))[:count]
         body = suspects_table(worst, ids, name)
         parts.append(f"<h3>{escape(name)}</h3>{body}" if len(label_names) <= FEW_LABELS
                      else folded(f"{name}: its {len(worst)} most doubtful rows", body))
@@ -130,8 +132,11 @@ def render_audit(summary: dict[str, Any], records: list[dict[str, Any]], k: int)
              "label(s); the lower, the more the models doubt it. Every row is in label_audit.csv and .jsonl, in this "
              "order.</p>", suspects_table(records[:k], ids)]
     if summary["task"] == "multilabel":
-        parts += [f"<h2>Each label's {PER_LABEL_SUSPECTS} most doubtful rows</h2>",
-                  *per_label_suspects(records, list(summary["labels"]), ids)]
+        count = min(k, PER_LABEL_SUSPECTS)
+        parts += [f"<h2>Each label's {count} most doubtful rows</h2>",
+                  '<p class="muted">Ranked by the label\'s own score (score_LABEL in label_audit.csv): the order '
+                  "that finds one label's wrong values; the rows' order above weighs all their labels.</p>",
+                  *per_label_suspects(records, list(summary["labels"]), ids, count)]
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Label audit: '
             f"{escape(summary['data'])}</title><style>{STYLE}</style></head><body>{''.join(parts)}</body></html>\n")
 
