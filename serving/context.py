@@ -1,15 +1,17 @@
 """What one app serves: the loaded inferer, its settings, request limits, metrics, who runs on the model when, and
-how often each client may ask (RATE_LIMIT)."""
+how often each client may ask (RATE_LIMIT), and where corrections go (CORRECTIONS_FILE)."""
 
 from __future__ import annotations
 
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from flask import current_app
 
 from inferer import ModelInferer
+from serving.corrections import CorrectionsFile
 from serving.microbatch import MicroBatcher
 from serving.ratelimit import RateLimiter
 from serving.scheduling import ExplainQueue, ModelTurns
@@ -34,6 +36,7 @@ class ServingContext:
     turns: ModelTurns = field(default_factory=ModelTurns)
     batcher: MicroBatcher | None = None
     rate_limiter: RateLimiter | None = None  # RATE_LIMIT's buckets, this worker's own
+    corrections: CorrectionsFile | None = None  # CORRECTIONS_FILE, where the page's corrections go
 
     @classmethod
     def build(cls, inferer: ModelInferer, settings: ServingSettings) -> ServingContext:
@@ -48,6 +51,9 @@ class ServingContext:
                                          on_batch=lambda requests, texts: context.metrics.batch_texts.observe(texts))
         if settings.rate_limit is not None:
             context.rate_limiter = RateLimiter(settings.rate_limit)
+        if settings.corrections_file:
+            context.corrections = CorrectionsFile(Path(settings.corrections_file), settings.corrections_max_bytes)
+            context.corrections.check()
         context.metrics.model.labels(inferer.checkpoint_id, inferer.task, str(inferer.quantized).lower()).set(1)
         return context
 

@@ -13,6 +13,8 @@ from pydantic.json_schema import models_json_schema
 
 from serving.schemas import (
     FILL,
+    CorrectionAnswer,
+    CorrectionRequest,
     ErrorAnswer,
     ExplainAnswer,
     ExplainRequest,
@@ -40,13 +42,15 @@ SECURITY_SCHEMES = {"bearer": {"type": "http", "scheme": "bearer"},
 @dataclass(frozen=True)
 class Refusal:
     """An error answer: its status, when it is given (a template of the settings), the headers it carries, the
-    setting without which it is never given, and its code when not the name it has in ERRORS."""
+    setting without which it is never given, its code when not the name it has in ERRORS, and the setting with
+    which it is never given."""
 
     status: int
     when: str
     headers: tuple[str, ...] = ()
     only_with: str | None = None
     code: str | None = None
+    only_without: str | None = None
 
 
 ERRORS = {
@@ -69,6 +73,12 @@ ERRORS = {
     "empty_texts": Refusal(422, "an empty list of texts"),
     "missing_text": Refusal(422, f"a form without the `{FORM_FIELD}` field"),
     "invalid_labels": Refusal(422, "an unknown label, or an empty or too long list of labels"),
+    "corrections_off": Refusal(404, "the server keeps no corrections (CORRECTIONS_FILE unset)",
+                               only_without="corrections_file"),
+    "corrections_full": Refusal(507, "the corrections file is at {corrections_max_bytes} bytes "
+                                     "(CORRECTIONS_MAX_BYTES)", only_with="corrections_file"),
+    "corrections_unwritable": Refusal(500, "the corrections file cannot be written (the correction is not saved)",
+                                      only_with="corrections_file"),
     "overloaded": Refusal(503, "{microbatch_queue_size} requests already wait for a micro-batch "
                                "(MICROBATCH_QUEUE_SIZE)", ("Retry-After",), only_with="microbatch"),
     "deadline_exceeded": Refusal(503, "not done within {request_timeout:g} s (REQUEST_TIMEOUT)", ("Retry-After",)),
@@ -91,6 +101,8 @@ class Route:
     request: type[BaseModel] | None = None
     errors: tuple[str, ...] = ()
     public: bool = False
+    status: int = 200  # of the answer that is not an error
+    form: bool = True  # the request may also come as a form (the field `data`)
 
 
 ROUTES = {
@@ -101,6 +113,12 @@ ROUTES = {
         "Why: per text, a score per word for each asked label (default: the predicted ones).",
         "One explanation per text.", ExplainAnswer, ExplainRequest,
         TEXT_ROUTE_ERRORS + ("too_many_explain_texts", "invalid_labels", "explain_busy")),
+    ("/corrections", "post"): Route(
+        "A person's labels for one text, appended to CORRECTIONS_FILE as one JSON line that --extra-data reads.",
+        "Saved: the line appended.", CorrectionAnswer, CorrectionRequest,
+        ("corrections_off", "invalid_json", "body_too_large", "text_too_long", "unsupported_media_type",
+         "invalid_request", "invalid_text", "invalid_labels", "corrections_full", "corrections_unwritable"),
+        status=201, form=False),
     ("/", "get"): Route("A page to try the model in a browser (never needs the API key).", "The page.",
                         {"text/html": TEXT}, public=True),
     ("/static/{filename}", "get"): Route("The page's script and style sheet (never need the API key).", "The file.",
@@ -147,9 +165,10 @@ def operation(path: str, route: Route, settings: ServingSettings, values: dict[s
     by_status: dict[int, dict[str, Refusal]] = {}
     for name in route.errors + (() if route.public else ("unauthorized",)):
         refusal = ERRORS[name]
-        if not refusal.only_with or getattr(settings, refusal.only_with):
+        if ((not refusal.only_with or getattr(settings, refusal.only_with))
+                and not (refusal.only_without and getattr(settings, refusal.only_without))):
             by_status.setdefault(refusal.status, {})[refusal.code or name] = refusal
-    responses = {"200": {"description": route.ok, "content": content(route.answer)}}
+    responses = {str(route.status): {"description": route.ok, "content": content(route.answer)}}
     for status, refusals in sorted(by_status.items()):
         responses[str(status)] = error_answer(refusals, values)
     responses["default"] = {"description": ANY_OTHER, "content": content(ErrorAnswer)}
@@ -157,8 +176,8 @@ def operation(path: str, route: Route, settings: ServingSettings, values: dict[s
     if route.request is not None:
         form = {"schema": {"type": "object", "required": [FORM_FIELD],
                            "properties": {FORM_FIELD: {"type": "string", **fill(maxLength="max_chars")}}}}
-        found["requestBody"] = {"required": True, "content": content(route.request) | {
-            "application/x-www-form-urlencoded": form, "multipart/form-data": form}}
+        forms = {"application/x-www-form-urlencoded": form, "multipart/form-data": form} if route.form else {}
+        found["requestBody"] = {"required": True, "content": content(route.request) | forms}
     if parameters := re.findall(r"{(\w+)}", path):
         found["parameters"] = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
                                for name in parameters]

@@ -1,5 +1,5 @@
-"""The routes: /predict, /explain, /health, /ready, /metadata, /metrics, /openapi.json, and the page at / with its
-static files (serving/static: plain HTML, CSS and JS, nothing fetched from elsewhere)."""
+"""The routes: /predict, /explain, /corrections, /health, /ready, /metadata, /metrics, /openapi.json, and the page
+at / with its static files (serving/static: plain HTML, CSS and JS, nothing fetched from elsewhere)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,14 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request, send_from_directory
 
 from inferer import ModelInferer
-from serving.context import PREDICT_BATCH_SIZE, ServingContext, serving
+from serving.context import PREDICT_BATCH_SIZE, ServingContext, log, serving
+from serving.corrections import CorrectionsFull, correction_record
 from serving.costs import check_explain_cost, check_predict_cost
 from serving.errors import ApiError
 from serving.microbatch import QueueFull
 from serving.openapi import FORM_FIELD, openapi_document
 from serving.scheduling import DeadlineExceeded, ExplainQueueFull
-from serving.schemas import AnyRequest, ExplainRequest, PredictRequest, parse_request
+from serving.schemas import AnyRequest, ExplainRequest, PredictRequest, parse_correction, parse_request
 from serving.settings import RECEIVED_AT
 from utils.checkpoint.contract import backbone_name
 from utils.inference.inputs import validate_texts
@@ -81,6 +82,44 @@ def explain() -> Response:
     return jsonify(explanations=explanations, model=model_summary(state.inferer))
 
 
+@routes.post("/corrections", provide_automatic_options=False)
+def corrections() -> tuple[Response, int]:
+    """A person's labels for one text (the page's labelling), appended to CORRECTIONS_FILE as one line."""
+    state = serving()
+    if state.corrections is None:
+        raise ApiError(404, "corrections_off", "this server keeps no corrections: start it with CORRECTIONS_FILE "
+                                               "set to a JSONL file")
+    if not request.is_json:
+        raise ApiError(415, "unsupported_media_type", 'send JSON: {"text": "...", "labels": ["..."]}')
+    correction = parse_correction(parse_json(request.get_data(cache=False)), state.limits)
+    if not correction.text.strip():
+        raise ApiError(422, "invalid_text", "text: an empty text cannot be a training row")
+    record = correction_record(correction.text, rightful_labels(state.inferer, correction.labels),
+                               correction.model_labels, state.inferer.checkpoint_id)
+    file = state.corrections.path
+    try:
+        size = state.corrections.append(record)
+    except CorrectionsFull:
+        raise ApiError(507, "corrections_full", f"{file.name} has reached {state.corrections.max_bytes} bytes "
+                                                "(CORRECTIONS_MAX_BYTES); the correction was not saved") from None
+    except OSError as error:
+        log.error("cannot append a correction to %s: %s", file, error)
+        raise ApiError(500, "corrections_unwritable", f"the correction was not saved: {file.name} cannot be "
+                                                      f"written ({error.strerror or error})") from None
+    state.metrics.corrections.inc()
+    return jsonify(saved=record, file=file.name, file_bytes=size), 201
+
+
+def rightful_labels(inferer: ModelInferer, labels: list[str]) -> list[str]:
+    """The labels of a correction once, in the checkpoint's order: any number of a multi-label model's, and
+    exactly one class of a multi-class model's (422 otherwise)."""
+    chosen = [label for label in inferer.label_names if label in labels]
+    if inferer.task == "multiclass" and len(chosen) != 1:
+        raise ApiError(422, "invalid_labels", f"labels: a multi-class model takes exactly one class per text, got "
+                                              f"{len(chosen)}")
+    return chosen
+
+
 def deadline_exceeded(state: ServingContext) -> ApiError:
     return ApiError(503, "deadline_exceeded", f"not done within {state.settings.request_timeout:g} s "
                                               "(REQUEST_TIMEOUT): the server is busy and the work was abandoned; "
@@ -121,7 +160,8 @@ def metadata() -> Response:
               "request_timeout": settings.request_timeout, "explain_queue_size": settings.explain_places()}
     microbatch = ({"wait_ms": settings.microbatch_wait_ms, "max_size": settings.microbatch_max_size,
                    "queue_size": settings.microbatch_queue_size} if state.batcher is not None else None)
-    return jsonify(public_metadata(state.inferer) | {"limits": limits, "microbatch": microbatch})
+    return jsonify(public_metadata(state.inferer) | {"limits": limits, "microbatch": microbatch,
+                                                    "corrections": state.corrections is not None})
 
 
 @routes.get("/metrics", provide_automatic_options=False)

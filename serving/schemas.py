@@ -153,6 +153,28 @@ class ExplainRequest(TextsRequest):
                           "is predicted (multi-class: the top class).")
 
 
+GivenLabels = Annotated[list[Annotated[str, PlainValidator(known_label, json_schema_input_type=Label)]],
+                       Field(json_schema_extra=fill(maxItems="label_count")), BeforeValidator(labels_within)]
+
+
+class CorrectionRequest(BaseModel):
+    """A person's labels for one text, appended to CORRECTIONS_FILE for `--extra-data` to train on."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    text: Text
+    labels: GivenLabels = Field(description="The text's right labels: any number for a multi-label model ([] for "
+                                            "none), exactly one class for a multi-class model.")
+    model_labels: GivenLabels | None = Field(None, description="What the model predicted, kept beside them.")
+
+
+class CorrectionAnswer(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    saved: dict[str, Any] = Field(description="The line appended: text, labels, model_labels, checkpoint_id, "
+                                              "saved_at.")
+    file: str = Field(description="The corrections file's name (CORRECTIONS_FILE).")
+    file_bytes: int = Field(description="Its size with this line.")
+
+
 class ErrorDetail(BaseModel):
     code: str = Field(description="Stable, machine-readable error code.")
     message: str = Field(description="What went wrong, for people.")
@@ -269,6 +291,17 @@ def parse_request(model: type[AnyRequest], body: Any, limits: Limits) -> tuple[l
     return [request.text] if request.text is not None else list(request.texts or ()), request
 
 
+def parse_correction(body: Any, limits: Limits) -> CorrectionRequest:
+    """A validated correction; an ApiError for the most basic problem found."""
+    try:
+        return CorrectionRequest.model_validate(body, context=limits)
+    except ValidationError as error:
+        if any(e["type"] == "model_type" for e in error.errors(include_url=False)):
+            raise ApiError(422, "invalid_request", 'the body must be a JSON object: {"text": "...", "labels": '
+                                                   '["..."]}') from None
+        raise error_for(error, CorrectionRequest) from None
+
+
 def error_for(error: ValidationError, model: type[BaseModel] | None = None) -> ApiError:
     """The ApiError of the highest-priority problem among pydantic's errors."""
     found = [(code_of(e), e) for e in error.errors(include_url=False)]
@@ -296,7 +329,7 @@ def code_of(detail: Any) -> str:
     kind, loc = detail["type"], detail["loc"]
     if kind in CODE_PRIORITY:
         return kind
-    if loc[:1] == ("labels",):
+    if loc[:1] in (("labels",), ("model_labels",)):
         return "invalid_labels"
     if loc == ("texts",) and kind == "too_short":
         return "empty_texts"

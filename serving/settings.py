@@ -93,6 +93,13 @@ class ServingSettings(BaseSettings):
     api_key: SecretStr | None = Field(None, validation_alias=AliasChoices("app_apikey", "api_key"),
                                       description="When set, every route but /health needs it.")
 
+    corrections_file: str | None = Field(
+        None, description="JSONL file the page's label corrections are appended to (one JSON object a line, the "
+        "form --extra-data reads), created if missing. Unset: the page offers no corrections and POST /corrections "
+        "answers 404.")
+    corrections_max_bytes: PositiveInt = Field(
+        64 << 20, description="Largest CORRECTIONS_FILE; a correction that would take it past is refused with 507.")
+
     @field_validator("api_key")
     @classmethod
     def _printable_ascii(cls, value: SecretStr | None) -> SecretStr | None:

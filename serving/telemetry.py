@@ -18,7 +18,8 @@ KNOWN_METHODS = ("GET", "POST", "HEAD", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
 class ServingMetrics:
-    """Request counts, latency, texts per request, truncations, explanations, error codes and the model."""
+    """Request counts, latency, texts per request, truncations, explanations, corrections, error codes and the
+    model."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -40,6 +41,8 @@ class ServingMetrics:
         self.errors = Counter("http_errors_total", "Error answers by error code.", ["code"], registry=self.registry)
         self.batch_texts = Histogram("microbatch_texts", "Texts in one shared forward pass (MICROBATCH=1).",
                                      buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=self.registry)
+        self.corrections = Counter("corrections_saved_total", "Corrections appended to CORRECTIONS_FILE.",
+                                   registry=self.registry)
         self.model = Gauge("model_info", "The served checkpoint (always 1).", ["checkpoint_id", "task", "quantized"],
                            registry=self.registry, multiprocess_mode="max")
 

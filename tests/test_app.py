@@ -694,12 +694,19 @@ EXCHANGES = [  # (method, path, request kwargs): together they produce every doc
     ("GET", "/metadata", {}),
     ("GET", "/metrics", {}),
     ("GET", "/openapi.json", {}),
+    ("POST", "/corrections", {"json": {"text": "hello", "labels": ["toxic"], "model_labels": []}}),
+    ("POST", "/corrections", {"data": "{", "content_type": "application/json"}),
+    ("POST", "/corrections", {"json": {"text": "a" * 101, "labels": []}}),
+    ("POST", "/corrections", {"data": "x", "content_type": "text/plain"}),
+    ("POST", "/corrections", {"json": {"text": "a", "labels": ["rude"]}}),
 ]
 
 
 @pytest.mark.parametrize("api_key", [None, KEY])
-def test_openapi_document_matches_what_the_server_does(inferer, api_key, monkeypatch):
-    app = create_app(inferer, ServingSettings(api_key=api_key, **LIMITS))
+def test_openapi_document_matches_what_the_server_does(inferer, api_key, monkeypatch, tmp_path):
+    corrections = tmp_path / "corrections.jsonl"
+    app = create_app(inferer, ServingSettings(api_key=api_key, corrections_file=str(corrections),
+                                              corrections_max_bytes=1000, **LIMITS))
     client = app.test_client()
     auth = {"X-API-Key": KEY}
     document = client.get("/openapi.json", headers=auth).get_json()
@@ -725,8 +732,9 @@ def test_openapi_document_matches_what_the_server_does(inferer, api_key, monkeyp
             assert error_of(response) in documented[status]["content"][media]["examples"], f"{method} {path}"
         for header in ("Retry-After", "WWW-Authenticate"):
             assert (header in response.headers) == (header in documented[status].get("headers", {})), header
-        if "json" in kwargs and status == "200":
-            request_schema = "ExplainRequest" if path == "/explain" else "PredictRequest"
+        if "json" in kwargs and status in ("200", "201"):
+            request_schema = {"/explain": "ExplainRequest", "/corrections": "CorrectionRequest"}.get(path,
+                                                                                                    "PredictRequest")
             check_schema(kwargs["json"], {"$ref": f"#/components/schemas/{request_schema}"}, document)
         seen.add((route, method.lower(), status))
 
@@ -735,6 +743,11 @@ def test_openapi_document_matches_what_the_server_does(inferer, api_key, monkeyp
     monkeypatch.setattr(app.extensions["classifier"], "deadline", lambda received_at=None: 0.0)  # all too late
     for path in ("/predict", "/explain"):
         exchange("POST", path, {"json": {"text": "hello"}})
+    corrections.write_text(json.dumps({"text": "x" * 900, "labels": []}) + "\n")
+    exchange("POST", "/corrections", {"json": {"text": "hello", "labels": []}})  # full: 507
+    corrections.unlink()
+    corrections.mkdir()
+    exchange("POST", "/corrections", {"json": {"text": "hello", "labels": []}})  # unwritable: 500
     if api_key:
         for path, item in document["paths"].items():
             exchange(next(iter(item)).upper(), path.replace("{filename}", "app.js"), {}, headers={})

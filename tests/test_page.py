@@ -8,6 +8,7 @@ CI=true, where a missing browser fails them.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -26,6 +27,7 @@ from inferer import ModelInferer
 from serving.settings import ServingSettings
 from utils.checkpoint.contract import backbone_name
 from utils.config import make_config
+from utils.data.prepare import prepare_splits
 from utils.inference.explain import split_words
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,11 +78,12 @@ def inferer(multilabel_checkpoint) -> ModelInferer:
 
 
 @contextmanager
-def serving(inferer: ModelInferer, api_key: str | None = None) -> Iterator[str]:
+def serving(inferer: ModelInferer, api_key: str | None = None, **settings) -> Iterator[str]:
     """The app on a free port of 127.0.0.1, in a thread; yields its base URL."""
     from werkzeug.serving import make_server
 
-    server = make_server("127.0.0.1", 0, create_app(inferer, ServingSettings(api_key=api_key)), threaded=True)
+    app = create_app(inferer, ServingSettings(api_key=api_key, **settings))
+    server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -186,6 +189,46 @@ def test_page_with_an_api_key_asks_for_it_and_uses_it(browser, inferer):
         assert [w.text for w in elements(browser, "#words .word")] == [TEXT[s:e] for s, e in split_words(TEXT)]
 
 
+def test_a_correction_made_on_the_page_lands_once_and_trains(browser, inferer, toxic_csv, tmp_path):
+    """Behind the key: the model's labels ticked, a person changes them and saves; one line per save (the button
+    stays off until the labels change), read back by --extra-data with the text once and its last labels."""
+    corrections = tmp_path / "corrections.jsonl"
+    with serving(inferer, api_key=KEY, corrections_file=str(corrections)) as base:
+        browser.get(base)
+        key = elements(browser, "#api-key")[0]
+        wait_for(browser, lambda d: key.is_displayed(), "the key field was not shown")
+        key.send_keys(KEY)
+        elements(browser, "#use-key")[0].click()
+        wait_for(browser, lambda d: elements(d, "#card dl"), "no model card with the key")
+        explain_on_page(browser, TEXT)
+        predicted = inferer.predict(TEXT)["labels"]
+        ticks = elements(browser, "#choices input[type=checkbox]")
+        assert [t.get_attribute("value") for t in ticks] == TOXIC_LABELS
+        assert [t.get_attribute("value") for t in ticks if t.is_selected()] == predicted
+        wanted = ["threat"] if predicted != ["threat"] else ["insult"]
+        for tick in ticks:
+            if tick.is_selected() != (tick.get_attribute("value") in wanted):
+                tick.click()
+        save = elements(browser, "#save-correction")[0]
+        save.click()
+        wait_for(browser, lambda d: "Saved" in elements(d, "#correct-status")[0].text, "not saved")
+        assert elements(browser, "#correct-status")[0].text == f"Saved ({wanted[0]}) to corrections.jsonl."
+        assert not save.is_enabled()  # a second click cannot save the same labels twice
+        rows = [json.loads(line) for line in corrections.read_text().splitlines()]
+        assert [(r["text"], r["labels"], r["model_labels"]) for r in rows] == [(TEXT, wanted, predicted)]
+        ticks[TOXIC_LABELS.index(wanted[0])].click()  # none after all
+        wait_for(browser, lambda d: save.is_enabled(), "a change did not turn saving back on")
+        save.click()
+        wait_for(browser, lambda d: "no label" in elements(d, "#correct-status")[0].text, "not saved again")
+    assert len(corrections.read_text().splitlines()) == 2
+    layout = {"task": "multilabel", "test_split": 0.2, "val_split": 0.2, "text_column": "comment_text",
+              "label_columns": TOXIC_LABELS}
+    plain = prepare_splits(make_config(data=str(toxic_csv), **layout))
+    merged = prepare_splits(make_config(data=str(toxic_csv), extra_data=[str(corrections)], **layout))
+    assert len(merged.train) == len(plain.train) + 1 and merged.train.texts.count(TEXT) == 1
+    assert not merged.train.labels[merged.train.texts.index(TEXT)].any()
+
+
 def test_page_of_a_blended_checkpoint_shows_its_members_and_explains_the_blend(browser, tmp_path, tiny_trainer,
                                                                                tiny_bert, toxic_csv):
     checkpoint = tiny_trainer(tmp_path / "blend", tiny_bert, "bert", "multilabel", toxic_csv,
@@ -233,12 +276,14 @@ def shown_rows(driver, selector: str) -> list:
     return [row for row in elements(driver, selector) if row.is_displayed()]
 
 
-def test_page_of_150_intents_says_classify_and_bounds_its_lists(browser, clinc_checkpoint):
+def test_page_of_150_intents_says_classify_and_bounds_its_lists(browser, clinc_checkpoint, tmp_path):
     """An intent model: 'classify' wording; a class table without the columns it has no figures for, its 10
-    lowest-F1 classes open and all 150 folded; the 10 best-scoring bars open and the other 140 folded."""
+    lowest-F1 classes open and all 150 folded; the 10 best-scoring bars open and the other 140 folded; a
+    correction picks one class from a list, highest score first."""
     intents = ModelInferer(clinc_checkpoint)
     browser.get_log("browser")  # what earlier tests left there (the key test's 401s)
-    with serving(intents) as base:
+    corrections = tmp_path / "intents.jsonl"
+    with serving(intents, corrections_file=str(corrections)) as base:
         browser.get(base)
         wait_for(browser, lambda d: elements(d, "#card dl"), "no model card")
         assert elements(browser, "#text")[0].get_attribute("placeholder") == "Type a text to classify"
@@ -262,6 +307,16 @@ def test_page_of_150_intents_says_classify_and_bounds_its_lists(browser, clinc_c
         assert len(elements(browser, "#bars-rest .bar-row")) == 140 and not shown_rows(browser, "#bars-rest .bar-row")
         assert elements(browser, "#more-bars summary")[0].text == "the other 140 classes, by score"
         assert elements(browser, "#bars-note")[0].text.startswith("The top class is predicted")
+        from selenium.webdriver.support.ui import Select
+
+        choice = Select(elements(browser, "#choice-class")[0])
+        assert [o.text for o in choice.options][:10] == [row.get_attribute("data-label") for row in bars]
+        assert len(choice.options) == 150 and choice.first_selected_option.text == expected["labels"][0]
+        choice.select_by_visible_text(bars[1].get_attribute("data-label"))
+        elements(browser, "#save-correction")[0].click()
+        wait_for(browser, lambda d: "Saved" in elements(d, "#correct-status")[0].text, "not saved")
+        saved = json.loads(corrections.read_text())
+        assert (saved["text"], saved["labels"]) == (INTENT_TEXT, [bars[1].get_attribute("data-label")])
         assert not [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
 
 

@@ -1,4 +1,5 @@
-// The page at /: scores, thresholds and word attributions from POST /explain, the model card from GET /metadata.
+// The page at /: scores, thresholds and word attributions from POST /explain, the model card from GET /metadata,
+// and, where the server keeps them (CORRECTIONS_FILE), a person's labels for the text sent to POST /corrections.
 // Everything the server or the user supplies goes into the page as text (textContent), never as HTML.
 "use strict";
 
@@ -305,6 +306,69 @@ function renderAnswer(answer) {
   $("method").textContent = `method: ${answer.method}, in the label's log-odds`;
   $("results").hidden = false;
   pickLabel(answer.labels.length ? answer.labels[0] : best);
+  renderChoices(answer);
+}
+
+// ---- corrections ---------------------------------------------------------------------------------------------
+
+// The model's labels as the starting point: ticked boxes for a multi-label model, the chosen class of a multi-class
+// one (a list of every class, highest score first).
+function renderChoices(answer) {
+  const panel = $("correct");
+  panel.hidden = !state.metadata.corrections;
+  if (panel.hidden) return;
+  const multi = state.metadata.task === "multilabel";
+  const box = $("choices");
+  box.replaceChildren();
+  if (multi) {
+    for (const label of barOrder(answer)) {
+      const choice = element("label");
+      const tick = element("input");
+      tick.type = "checkbox";
+      tick.value = label;
+      tick.checked = answer.labels.includes(label);
+      choice.append(tick, document.createTextNode(label));
+      box.append(choice);
+    }
+  } else {
+    const select = element("select");
+    select.id = "choice-class";
+    for (const label of barOrder(answer)) select.append(element("option", "", label));
+    if (answer.labels.length) select.value = answer.labels[0];
+    box.append(select);
+  }
+  $("correct-note").textContent = multi
+    ? "Tick every label this text should have (none ticked: it has none), then save. Saved labels are kept on the server for training (--extra-data)."
+    : "Pick the class this text belongs to, then save. Saved labels are kept on the server for training (--extra-data).";
+  $("save-correction").disabled = false;
+  setCorrectStatus("");
+}
+
+function setCorrectStatus(message, isError) {
+  $("correct-status").textContent = message || "";
+  $("correct-status").classList.toggle("error", Boolean(isError));
+}
+
+function chosenLabels() {
+  if (state.metadata.task !== "multilabel") return [$("choice-class").value];
+  return Array.from($("choices").querySelectorAll("input:checked"), (tick) => tick.value);
+}
+
+// One click, one line on the server: the button stays off until the labels change.
+async function saveCorrection() {
+  const button = $("save-correction");
+  button.disabled = true;
+  setCorrectStatus("Saving\u2026");
+  try {
+    const body = JSON.stringify({ text: state.text, labels: chosenLabels(), model_labels: state.answer.labels });
+    const answer = await call("corrections", { method: "POST", headers: { "Content-Type": "application/json" }, body });
+    const labels = answer.saved.labels.length ? answer.saved.labels.join(", ") : "no label";
+    setCorrectStatus(`Saved (${labels}) to ${answer.file}.`);
+  } catch (error) {
+    button.disabled = false;
+    if (error.status === 401) $("key-panel").hidden = false;
+    setCorrectStatus(`Not saved: ${error.message}`, true);
+  }
 }
 
 async function explain() {
@@ -343,5 +407,10 @@ document.addEventListener("DOMContentLoaded", () => {
     if (event.key === "Enter") useKey();
   });
   $("label").addEventListener("change", () => renderWords($("label").value));
+  $("save-correction").addEventListener("click", saveCorrection);
+  $("choices").addEventListener("change", () => {
+    $("save-correction").disabled = false;
+    setCorrectStatus("");
+  });
   loadMetadata();
 });
