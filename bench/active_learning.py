@@ -241,7 +241,8 @@ def main(argv: list[str] | None = None) -> None:
                         wall_seconds=round(time.perf_counter() - started))
     append_record(results_path("active_learning.json"), record)
     for name, by_key in saved.items():
-        mean, rare = ([s["saved"] for s in by_key[key]] for key in ("mean_roc_auc", "rare_mean_roc_auc"))
+        mean, rare = ([f"{'>=' if s['at_least'] else ''}{s['saved']}" for s in by_key[key]]
+                      for key in ("mean_roc_auc", "rare_mean_roc_auc"))
         print(f"{name}: rows saved against random at equal mean ROC AUC {mean}, at equal rare-label AUC {rare}")
 
 

@@ -141,7 +141,7 @@ def append_many(path: str, worker: int, count: int) -> None:
 
 def test_concurrent_workers_append_whole_lines_each_once(tmp_path):
     path = tmp_path / "c.jsonl"
-    context = multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("fork")  # the workers only write files
     workers = [context.Process(target=append_many, args=(str(path), worker, 40)) for worker in range(4)]
     for process in workers:
         process.start()
