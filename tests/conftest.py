@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+from filelock import FileLock
 from tokenizers import ByteLevelBPETokenizer
 from tokenizers.processors import RobertaProcessing
 from transformers import (
@@ -45,34 +47,56 @@ def pytest_configure(config: pytest.Config) -> None:
         torch.set_num_threads(threads)
 
 
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], Path]) -> Path:
+    """What `build(folder)` returns, built once for the whole run: under pytest-xdist the first worker to ask builds
+    it in the run's shared temporary folder under a file lock and the others wait and read it (pytest-xdist's
+    documented pattern), so that no checkpoint is trained once per worker. Nothing may write into it afterwards."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):  # one process: its own temporary folder
+        return build(tmp_path_factory.mktemp(name))
+    root = tmp_path_factory.getbasetemp().parent
+    folder, done = root / name, root / f"{name}.done"
+    with FileLock(str(root / f"{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # what a worker that failed half way left
+            folder.mkdir()
+            done.write_text(str(build(folder).relative_to(folder)))
+    return folder / done.read_text()
+
+
 @pytest.fixture(scope="session")
 def toxic_csv(tmp_path_factory) -> Path:
     """400 real Jigsaw rows, enough of every label for a stratified split."""
-    frame = pd.read_csv(SHARED_DATA_DIR / "toxic" / "train.csv")
-    rare = frame[(frame.threat == 1) | (frame.identity_hate == 1) | (frame.severe_toxic == 1)].head(60)
-    rows = pd.concat([rare, frame.drop(rare.index).head(340)]).sample(frac=1.0, random_state=0)
-    path = tmp_path_factory.mktemp("data") / "toxic_small.csv"
-    rows.to_csv(path, index=False)
-    return path
+    def build(folder: Path) -> Path:
+        frame = pd.read_csv(SHARED_DATA_DIR / "toxic" / "train.csv")
+        rare = frame[(frame.threat == 1) | (frame.identity_hate == 1) | (frame.severe_toxic == 1)].head(60)
+        rows = pd.concat([rare, frame.drop(rare.index).head(340)]).sample(frac=1.0, random_state=0)
+        rows.to_csv(folder / "toxic_small.csv", index=False)
+        return folder / "toxic_small.csv"
+
+    return built_once(tmp_path_factory, "toxic_data", build)
 
 
 @pytest.fixture(scope="session")
 def conference_csv(tmp_path_factory) -> Path:
     """300 real paper titles, stratified by conference."""
-    frame = pd.read_csv(SHARED_DATA_DIR / "conference" / "title_conference.csv")
-    rows = frame.groupby("Conference").head(60)
-    path = tmp_path_factory.mktemp("data") / "conference_small.csv"
-    rows.sample(frac=1.0, random_state=0).to_csv(path, index=False)
-    return path
+    def build(folder: Path) -> Path:
+        frame = pd.read_csv(SHARED_DATA_DIR / "conference" / "title_conference.csv")
+        rows = frame.groupby("Conference").head(60)
+        rows.sample(frac=1.0, random_state=0).to_csv(folder / "conference_small.csv", index=False)
+        return folder / "conference_small.csv"
+
+    return built_once(tmp_path_factory, "conference_data", build)
 
 
 @pytest.fixture(scope="session")
 def clinc_csv(tmp_path_factory) -> Path:
     """750 real CLINC150 requests, 5 of each of its 150 intents: every intent in each split."""
-    frame = pd.read_csv(SHARED_DATA_DIR / "clinc150" / "train.csv").groupby("intent").head(5)
-    path = tmp_path_factory.mktemp("data") / "clinc150_small.csv"
-    frame.sample(frac=1.0, random_state=0).to_csv(path, index=False)
-    return path
+    def build(folder: Path) -> Path:
+        frame = pd.read_csv(SHARED_DATA_DIR / "clinc150" / "train.csv").groupby("intent").head(5)
+        frame.sample(frac=1.0, random_state=0).to_csv(folder / "clinc150_small.csv", index=False)
+        return folder / "clinc150_small.csv"
+
+    return built_once(tmp_path_factory, "clinc_data", build)
 
 
 def set_environment(monkeypatch, environ: dict[str, str]) -> None:
@@ -101,40 +125,46 @@ def _tiny_sizes() -> dict:
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> Path:
     """A 2-layer BERT with random weights and the real MiniLM WordPiece tokenizer."""
-    folder = tmp_path_factory.mktemp("tiny_bert")
-    tokenizer = AutoTokenizer.from_pretrained(default_backbone_path())
-    BertModel(BertConfig(vocab_size=tokenizer.vocab_size, max_position_embeddings=128, **_tiny_sizes())
-              ).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    def build(folder: Path) -> Path:
+        tokenizer = AutoTokenizer.from_pretrained(default_backbone_path())
+        BertModel(BertConfig(vocab_size=tokenizer.vocab_size, max_position_embeddings=128, **_tiny_sizes())
+                  ).save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        return folder
+
+    return built_once(tmp_path_factory, "tiny_bert", build)
 
 
 @pytest.fixture(scope="session")
 def tiny_distilbert(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("tiny_distilbert")
-    tokenizer = AutoTokenizer.from_pretrained(default_backbone_path())
-    DistilBertModel(DistilBertConfig(vocab_size=tokenizer.vocab_size, dim=32, n_layers=2, n_heads=2,
-                                     hidden_dim=64, max_position_embeddings=128)).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    def build(folder: Path) -> Path:
+        tokenizer = AutoTokenizer.from_pretrained(default_backbone_path())
+        DistilBertModel(DistilBertConfig(vocab_size=tokenizer.vocab_size, dim=32, n_layers=2, n_heads=2,
+                                         hidden_dim=64, max_position_embeddings=128)).save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        return folder
+
+    return built_once(tmp_path_factory, "tiny_distilbert", build)
 
 
 @pytest.fixture(scope="session")
 def tiny_roberta(tmp_path_factory, toxic_csv, conference_csv) -> Path:
     """A 2-layer RoBERTa with a byte-level BPE tokenizer trained here on the test rows."""
-    folder = tmp_path_factory.mktemp("tiny_roberta")
-    texts = (pd.read_csv(toxic_csv).comment_text.tolist() + pd.read_csv(conference_csv).Title.tolist())
-    bpe = ByteLevelBPETokenizer()
-    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
-    bpe.train_from_iterator(texts, vocab_size=1000, min_frequency=2, special_tokens=specials)
-    bpe.post_processor = RobertaProcessing(("</s>", bpe.token_to_id("</s>")), ("<s>", bpe.token_to_id("<s>")))
-    tokenizer = RobertaTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", sep_token="</s>",
-                                     cls_token="<s>", unk_token="<unk>", pad_token="<pad>", mask_token="<mask>")
-    tokenizer.save_pretrained(folder)
-    config = RobertaConfig(vocab_size=tokenizer.vocab_size, max_position_embeddings=130, pad_token_id=1,
-                           bos_token_id=0, eos_token_id=2, **_tiny_sizes())
-    RobertaModel(config).save_pretrained(folder)
-    return folder
+    def build(folder: Path) -> Path:
+        texts = (pd.read_csv(toxic_csv).comment_text.tolist() + pd.read_csv(conference_csv).Title.tolist())
+        bpe = ByteLevelBPETokenizer()
+        specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+        bpe.train_from_iterator(texts, vocab_size=1000, min_frequency=2, special_tokens=specials)
+        bpe.post_processor = RobertaProcessing(("</s>", bpe.token_to_id("</s>")), ("<s>", bpe.token_to_id("<s>")))
+        tokenizer = RobertaTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", sep_token="</s>",
+                                         cls_token="<s>", unk_token="<unk>", pad_token="<pad>", mask_token="<mask>")
+        tokenizer.save_pretrained(folder)
+        config = RobertaConfig(vocab_size=tokenizer.vocab_size, max_position_embeddings=130, pad_token_id=1,
+                               bos_token_id=0, eos_token_id=2, **_tiny_sizes())
+        RobertaModel(config).save_pretrained(folder)
+        return folder
+
+    return built_once(tmp_path_factory, "tiny_roberta", build)
 
 
 def train_tiny(output_dir: Path, backbone: Path, model_type: str, task: str, data: Path, **overrides):
@@ -153,14 +183,15 @@ def train_tiny(output_dir: Path, backbone: Path, model_type: str, task: str, dat
 @pytest.fixture(scope="session")
 def multilabel_checkpoint(tmp_path_factory, tiny_bert, toxic_csv) -> Path:
     """A tiny BERT trained on real toxic rows (stock [CLS] head)."""
-    return train_tiny(tmp_path_factory.mktemp("ml_run"), tiny_bert, "bert", "multilabel", toxic_csv).checkpoint
+    return built_once(tmp_path_factory, "ml_run",
+                      lambda folder: train_tiny(folder, tiny_bert, "bert", "multilabel", toxic_csv).checkpoint)
 
 
 @pytest.fixture(scope="session")
 def multiclass_checkpoint(tmp_path_factory, tiny_bert, conference_csv) -> Path:
     """A tiny BERT trained on real conference titles (stock [CLS] head)."""
-    return train_tiny(tmp_path_factory.mktemp("mc_run"), tiny_bert, "bert", "multiclass",
-                      conference_csv).checkpoint
+    return built_once(tmp_path_factory, "mc_run",
+                      lambda folder: train_tiny(folder, tiny_bert, "bert", "multiclass", conference_csv).checkpoint)
 
 
 CLINC_LAYOUT = {"text_column": "text", "label_column": "intent"}
@@ -170,8 +201,8 @@ CLINC_LAYOUT = {"text_column": "text", "label_column": "intent"}
 def clinc_checkpoint(tmp_path_factory, tiny_bert, clinc_csv) -> Path:
     """A tiny BERT blended with its TF-IDF member on 150 intents (the TF-IDF member carries it: a few steps teach
     the transformer nothing), for what a report and the page look like at many classes."""
-    return train_tiny(tmp_path_factory.mktemp("clinc_run"), tiny_bert, "bert", "multiclass", clinc_csv,
-                      blend="lexical", **CLINC_LAYOUT).checkpoint
+    return built_once(tmp_path_factory, "clinc_run", lambda folder: train_tiny(
+        folder, tiny_bert, "bert", "multiclass", clinc_csv, blend="lexical", **CLINC_LAYOUT).checkpoint)
 
 
 @pytest.fixture(scope="session")
@@ -180,21 +211,49 @@ def exported_checkpoint(tmp_path_factory, multilabel_checkpoint) -> Path:
     validation rows (variants.json), as `main.py --mode export --onnx-static-int8` leaves it."""
     import export
 
-    folder = tmp_path_factory.mktemp("exported") / "checkpoint"
-    shutil.copytree(multilabel_checkpoint, folder)
-    export.run(folder, static_int8=True)
-    return folder
+    def build(folder: Path) -> Path:
+        shutil.copytree(multilabel_checkpoint, folder / "checkpoint")
+        export.run(folder / "checkpoint", static_int8=True)
+        return folder / "checkpoint"
+
+    return built_once(tmp_path_factory, "exported", build)
 
 
 @pytest.fixture(scope="session")
-def exported_blend_checkpoint(tmp_path_factory, tiny_bert, toxic_csv) -> Path:
-    """A tiny BERT blended with its TF-IDF member (`--blend lexical`), exported and measured like the above."""
+def blend_checkpoint(tmp_path_factory, tiny_bert, toxic_csv) -> Path:
+    """A tiny BERT trained on real toxic rows with its TF-IDF member beside it (`--blend lexical`: a logit blend, a
+    weight per label); no ONNX graph."""
+    return built_once(tmp_path_factory, "blend_run", lambda folder: train_tiny(
+        folder, tiny_bert, "bert", "multilabel", toxic_csv, blend="lexical").checkpoint)
+
+
+@pytest.fixture(scope="session")
+def blend_multiclass_checkpoint(tmp_path_factory, tiny_bert, conference_csv) -> Path:
+    """The same on conference titles (a probability blend)."""
+    return built_once(tmp_path_factory, "blend_mc_run", lambda folder: train_tiny(
+        folder, tiny_bert, "bert", "multiclass", conference_csv, blend="lexical").checkpoint)
+
+
+@pytest.fixture(scope="session")
+def exported_blend_checkpoint(tmp_path_factory, blend_checkpoint) -> Path:
+    """A copy of the blended checkpoint, exported and measured like the above."""
     import export
 
-    checkpoint = train_tiny(tmp_path_factory.mktemp("blend_run"), tiny_bert, "bert", "multilabel", toxic_csv,
-                            blend="lexical").checkpoint
-    export.run(checkpoint)
-    return checkpoint
+    def build(folder: Path) -> Path:
+        shutil.copytree(blend_checkpoint, folder / "checkpoint")
+        export.run(folder / "checkpoint")
+        return folder / "checkpoint"
+
+    return built_once(tmp_path_factory, "exported_blend", build)
+
+
+@pytest.fixture(scope="session")
+def minilm_head(tmp_path_factory, toxic_csv) -> Path:
+    """The shipped MiniLM, its encoder frozen and a head trained on the 400 real rows: a model whose words matter
+    and that tells insults (validation ROC AUC about 0.9) in a few minutes of CPU. Read in torch: no graph."""
+    return built_once(tmp_path_factory, "minilm_head", lambda folder: train_tiny(
+        folder, default_backbone_path(), "bert", "multilabel", toxic_csv, pooling="mean", freeze_encoder=True,
+        learning_rate=0.01, epochs=3.0, batch_size=32, export_onnx=False).checkpoint)
 
 
 @pytest.fixture(scope="session")

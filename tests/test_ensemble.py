@@ -27,18 +27,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def blended(tmp_path_factory, tiny_trainer, tiny_bert, toxic_csv):
-    """A tiny BERT trained on real toxic rows with the TF-IDF member beside it."""
-    result = tiny_trainer(tmp_path_factory.mktemp("blend"), tiny_bert, "bert", "multilabel", toxic_csv,
-                          blend="lexical")
-    return result.checkpoint
+def blended(blend_checkpoint):
+    """A tiny BERT trained on real toxic rows with the TF-IDF member beside it (conftest.py)."""
+    return blend_checkpoint
 
 
 @pytest.fixture(scope="module")
-def blended_multiclass(tmp_path_factory, tiny_trainer, tiny_bert, conference_csv):
-    result = tiny_trainer(tmp_path_factory.mktemp("blend_mc"), tiny_bert, "bert", "multiclass", conference_csv,
-                          blend="lexical")
-    return result.checkpoint
+def blended_multiclass(blend_multiclass_checkpoint):
+    return blend_multiclass_checkpoint
 
 
 def training_config(checkpoint: Path, **overrides):

@@ -17,7 +17,6 @@ from conftest import TOXIC_LABELS
 
 import export
 from inferer import ModelInferer
-from models import default_backbone_path
 from models.scoring import scores_from_logits
 from utils.data.datasets import SHARED_DATA_DIR
 from utils.inference.explain import (
@@ -232,19 +231,15 @@ def test_blend_hook_combines_member_word_scores_by_their_weights():
 
 
 @pytest.fixture(scope="module")
-def blended(tmp_path_factory, tiny_trainer, tiny_bert, toxic_csv) -> ModelInferer:
+def blended(blend_checkpoint) -> ModelInferer:
     """The tiny BERT with the TF-IDF member beside it (logit blend, a weight per label)."""
-    result = tiny_trainer(tmp_path_factory.mktemp("explain_blend"), tiny_bert, "bert", "multilabel", toxic_csv,
-                          blend="lexical")
-    return ModelInferer(result.checkpoint, precision="fp32")
+    return ModelInferer(blend_checkpoint, precision="fp32")
 
 
 @pytest.fixture(scope="module")
-def blended_multiclass(tmp_path_factory, tiny_trainer, tiny_bert, conference_csv) -> ModelInferer:
+def blended_multiclass(blend_multiclass_checkpoint) -> ModelInferer:
     """The same on conference titles (probability blend)."""
-    result = tiny_trainer(tmp_path_factory.mktemp("explain_blend_mc"), tiny_bert, "bert", "multiclass",
-                          conference_csv, blend="lexical")
-    return ModelInferer(result.checkpoint, precision="fp32")
+    return ModelInferer(blend_multiclass_checkpoint, precision="fp32")
 
 
 def test_the_servers_member_gives_way_and_stops_at_the_deadline(blended):
@@ -326,13 +321,9 @@ def test_gradient_methods_on_a_blend_weight_each_members_word_scores(blended):
 
 
 @pytest.fixture(scope="module")
-def minilm_toxic(tmp_path_factory, toxic_csv, tiny_trainer) -> ModelInferer:
-    """The shipped MiniLM, its encoder frozen and a head trained on the 400 real rows: a model whose words matter
-    (validation ROC AUC about 0.9) in a few minutes of CPU."""
-    result = tiny_trainer(tmp_path_factory.mktemp("minilm_head"), default_backbone_path(), "bert", "multilabel",
-                          toxic_csv, pooling="mean", freeze_encoder=True, learning_rate=0.01, epochs=3.0,
-                          batch_size=32, export_onnx=False)  # explained in torch: no graph needed
-    return ModelInferer(result.checkpoint, precision="fp32")
+def minilm_toxic(minilm_head) -> ModelInferer:
+    """The shipped MiniLM with a head trained on the 400 real rows (conftest.py): a model whose words matter."""
+    return ModelInferer(minilm_head, precision="fp32")
 
 
 def held_out_flagged_comments(inferer: ModelInferer, toxic_csv, count: int) -> list[str]:

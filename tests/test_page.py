@@ -229,11 +229,8 @@ def test_a_correction_made_on_the_page_lands_once_and_trains(browser, inferer, t
     assert not merged.train.labels[merged.train.texts.index(TEXT)].any()
 
 
-def test_page_of_a_blended_checkpoint_shows_its_members_and_explains_the_blend(browser, tmp_path, tiny_trainer,
-                                                                               tiny_bert, toxic_csv):
-    checkpoint = tiny_trainer(tmp_path / "blend", tiny_bert, "bert", "multilabel", toxic_csv,
-                              blend="lexical").checkpoint
-    blended = ModelInferer(checkpoint)
+def test_page_of_a_blended_checkpoint_shows_its_members_and_explains_the_blend(browser, blend_checkpoint):
+    blended = ModelInferer(blend_checkpoint)
     with serving(blended) as base:
         browser.get(base)
         wait_for(browser, lambda d: elements(d, "#card dl"), "no model card")

@@ -222,16 +222,6 @@ def test_a_checkpoint_written_before_windows_reads_as_it_did(multilabel_checkpoi
 # --- a toxic sentence past the first window ------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def minilm_head(tmp_path_factory, tiny_trainer, toxic_csv):
-    """The shipped MiniLM, its encoder frozen and a head trained on the 400 real rows (as tests/test_explain.py):
-    a model that tells insults in a few minutes of CPU."""
-    result = tiny_trainer(tmp_path_factory.mktemp("minilm_windows"), default_backbone_path(), "bert", "multilabel",
-                          toxic_csv, pooling="mean", freeze_encoder=True, learning_rate=0.01, epochs=3.0,
-                          batch_size=32, export_onnx=False)
-    return result.checkpoint
-
-
 def test_an_insult_buried_mid_text_is_found_in_windows_and_missed_cut(minilm_head):
     """Documents of about 400 words of polite talk-page notes, half with one insult between 30% and 70% of the way
     in: read in windows (max pooling), the insulting documents rank above the clean ones; cut to head and tail,
