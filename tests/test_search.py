@@ -13,6 +13,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy.exc
 import yaml
 
 import main
@@ -21,9 +22,11 @@ from utils.config import parse_config
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def search_args(data: Path, backbone: Path, output: Path, trials: int, *extra: str) -> list[str]:
+def search_args(data: Path, backbone: Path, output: Path, trials: int, *extra: str, epochs: int = 3) -> list[str]:
+    """A search of tiny trainings: --epochs given (the recipe's 30 for these titles take ten times longer), the
+    trials' epochs drawn around it."""
     return ["--mode", "search", "--data", str(data), "--text-column", "Title", "--label-column", "Conference",
-            "--model-name-or-path", str(backbone), "--max-length", "32", "--batch-size", "16",
+            "--model-name-or-path", str(backbone), "--max-length", "32", "--batch-size", "16", "--epochs", str(epochs),
             "--trials", str(trials), "--output-dir", str(output), *extra]
 
 
@@ -46,6 +49,7 @@ def test_search_starts_from_the_recipe_and_writes_a_config_that_trains_the_best_
     recipe = json.loads((output / "recipe.json").read_text())["values"]
     assert baseline.user_attrs["baseline"] and baseline.user_attrs["settings"]["epochs"] == recipe["epochs"]
     assert baseline.user_attrs["settings"]["max_length"] == 32  # given, so the recipe's choice is the flag's
+    assert all(1.5 <= t.user_attrs["settings"]["epochs"] <= 4.5 for t in trials)  # half to 1.5 times the given 3
     best = max((t for t in trials if t.state == optuna.trial.TrialState.COMPLETE), key=lambda t: t.value or 0)
     assert best.value is not None and baseline.value is not None and best.value >= baseline.value
     report = json.loads((output / "search_report.json").read_text())
@@ -67,10 +71,14 @@ def test_search_starts_from_the_recipe_and_writes_a_config_that_trains_the_best_
     assert metrics["macro_f1"] == pytest.approx(best.value, abs=1e-6)
 
 
-def run_search(args: list[str], log: Path) -> subprocess.Popen:
-    """main.py in its own process, its output in `log` (a pipe left unread would fill and stop it)."""
+def run_search(args: list[str], log: Path, heartbeat: float | None = None) -> subprocess.Popen:
+    """main.py in its own process, its output in `log` (a pipe left unread would fill and stop it); `heartbeat`:
+    seconds between its trials' heartbeats instead of search.HEARTBEAT_SECONDS."""
+    command = ["main.py", *args] if heartbeat is None else [
+        "-c", f"import sys, main, search; search.HEARTBEAT_SECONDS = {heartbeat}; sys.exit(main.main(sys.argv[1:]))",
+        *args]
     with log.open("w") as handle:
-        return subprocess.Popen([sys.executable, "main.py", *args], cwd=ROOT, stdout=handle,
+        return subprocess.Popen([sys.executable, *command], cwd=ROOT, stdout=handle,
                                 stderr=subprocess.STDOUT, env=os.environ | {"TQDM_DISABLE": "1"})
 
 
@@ -86,15 +94,17 @@ def states(output: Path) -> list[str]:
         return []
     try:
         return [t.state.name for t in load(output).get_trials()]
-    except KeyError:  # the study is not created yet
+    except (KeyError, sqlalchemy.exc.OperationalError):  # the study is not created yet, or its tables half made
         return []
 
 
 @pytest.mark.slow
 def test_a_search_killed_mid_trial_resumes_without_repeating_finished_trials(tmp_path, tiny_bert, conference_csv):
     output = tmp_path / "search"
-    args = search_args(conference_csv, tiny_bert, output, 3)
-    first = run_search(args, tmp_path / "first.log")
+    # --freeze-layers given too (the recipe's 0): no speed to measure before the first trial; trials long enough to
+    # be seen running
+    args = search_args(conference_csv, tiny_bert, output, 2, "--freeze-layers", "0", epochs=5)
+    first = run_search(args, tmp_path / "first.log", heartbeat=1)  # a grace of 2 s, not 10, to wait out below
     wait_for(lambda: states(output)[:1] == ["COMPLETE"] and "RUNNING" in states(output), 120,
              "the first trial to finish and the second to start")
     first.send_signal(signal.SIGKILL)
@@ -102,11 +112,11 @@ def test_a_search_killed_mid_trial_resumes_without_repeating_finished_trials(tmp
     before = {t.number: t for t in load(output).get_trials()}
     killed = [n for n, t in before.items() if t.state.name == "RUNNING"]
     assert len(killed) == 1
-    time.sleep(11)  # past the heartbeat's grace: the killed trial is failed and enqueued again on resume
-    second = run_search(args, tmp_path / "second.log")
+    time.sleep(2.5)  # past the heartbeat's grace: the killed trial is failed and enqueued again on resume
+    second = run_search(args, tmp_path / "second.log", heartbeat=1)
     assert second.wait(timeout=180) == 0, (tmp_path / "second.log").read_text()[-3000:]
     after = load(output).get_trials()
-    assert len(finished(load(output))) == 3
+    assert len(finished(load(output))) == 2
     for number, trial in before.items():  # the finished trials are kept as they were, not run again
         if trial.state.name == "COMPLETE":
             assert after[number].state.name == "COMPLETE" and after[number].value == trial.value
@@ -121,12 +131,15 @@ def test_two_processes_on_one_study_run_disjoint_trials(tmp_path, tiny_bert, con
     output = tmp_path / "search"
     storage = f"sqlite:///{tmp_path / 'shared.db'}"
     shared = ["--storage", storage, "--study-name", "shared"]
-    first = run_search([*search_args(conference_csv, tiny_bert, output, 4), *shared], tmp_path / "first.log")
+    # no speed measured (as above); trials of 10 epochs: the first process is still at its first ones when the
+    # second has imported torch
+    first = run_search([*search_args(conference_csv, tiny_bert, output, 4, "--freeze-layers", "0", epochs=10),
+                        *shared], tmp_path / "first.log")
     wait_for(lambda: (tmp_path / "shared.db").exists() and "shared" in optuna.get_all_study_names(storage)
              and "centre" in optuna.load_study(study_name="shared", storage=storage).user_attrs, 120,
              "the first process's plan")
-    second = run_search([*search_args(conference_csv, tiny_bert, tmp_path / "other", 4), *shared],
-                        tmp_path / "second.log")
+    second = run_search([*search_args(conference_csv, tiny_bert, tmp_path / "other", 4, "--freeze-layers", "0",
+                                      epochs=10), *shared], tmp_path / "second.log")
     for process, log in ((first, "first.log"), (second, "second.log")):
         assert process.wait(timeout=240) == 0, (tmp_path / log).read_text()[-3000:]
     trials = optuna.load_study(study_name="shared", storage=storage).get_trials()
