@@ -5,6 +5,7 @@ Runs unchanged on one CPU, one GPU or many processes (`torchrun` / `accelerate l
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -38,6 +39,7 @@ from utils.training.batching import EncodedDataset, PaddingCollator, training_lo
 from utils.training.blend import Blend, FittedMember, fit_blend, fit_member, member_metrics
 from utils.training.calibration import calibration_summary, fit_temperature
 from utils.training.export_rows import write_export_rows
+from utils.training.head_fit import HEAD_DECAYS, fit_linear, head_inputs, head_layer, set_head
 from utils.training.none_threshold import fit_none_rule
 from utils.training.optim import bytes_needed, encoder_layers, freeze, loss_weights, parameter_groups
 from utils.training.recipe import (
@@ -142,7 +144,10 @@ def run(config: Config, on_evaluation: EvaluationHook | None = None) -> TrainRes
     with tracking.ended_on_error(state.accelerator):  # a failed or pruned run is marked so, not left running
         stop_request = StopRequest()
         try:
-            train_loop(state, stop_request)
+            if state.choices.transformer_fit == "head":
+                fit_head(state)
+            else:
+                train_loop(state, stop_request)
         finally:
             stop_request.restore()
             state.bar.close()
@@ -195,8 +200,11 @@ def set_up(config: Config) -> Run:
     state.model, state.optimizer, state.loader, state.scheduler = accelerator.prepare(model, optimizer, loader,
                                                                                       scheduler)
     start_tracking(state)
-    state.say(f"training {total_steps} steps ({choices.epochs} epochs of {steps_per_epoch}), evaluating every "
-              f"{state.eval_every}")
+    if choices.transformer_fit == "head":
+        state.say("the encoder stays as pretrained: its head is fitted on every training text read once")
+    else:
+        state.say(f"training {total_steps} steps ({choices.epochs} epochs of {steps_per_epoch}), evaluating every "
+                  f"{state.eval_every}")
     state.bar = tqdm(total=total_steps, initial=state.progress.step, desc="train",
                      disable=not accelerator.is_main_process)
     return state
@@ -374,6 +382,41 @@ def train_loop(state: Run, stop_request: StopRequest) -> None:
             break
         if (progress.step % config.save_every == 0) if config.save_every else evaluation_due:
             save_state(state)
+
+
+def fit_head(state: Run) -> None:
+    """transformer_fit = head: the encoder as pretrained; every training text's windows (up to the recipe's
+    head_windows) read once, each an example with its text's labels, and the last layer fitted on them at the
+    weight decay validation scores best (utils/training/head_fit.py)."""
+    config, splits, choices, validation = state.config, state.splits, state.choices, state.validation
+    model = state.accelerator.unwrap_model(state.model)
+    layer = head_layer(model, len(splits.label_names))
+    windows = state.recipe.head_windows or config.max_windows or DEFAULT_MAX_WINDOWS
+    reading = Reading(choices.max_length, config.truncation, choices.long_texts, config.window_stride, windows)
+    train = reading.encode(state.tokenizer, splits.train.texts)
+    pad, device = pad_token_id(state.tokenizer), state.accelerator.device
+    state.bar.reset(total=len(train.input_ids) + len(validation.dataset))
+    state.bar.set_description("encoder, forward passes (windows)")
+    train_vectors = head_inputs(model, layer, train.input_ids, pad, device, state.bar.update)
+    validation_vectors = head_inputs(model, layer, validation.dataset.input_ids, pad, device, state.bar.update)
+    targets = splits.train.labels[train.owner]
+    loss_fn = copy.deepcopy(model.loss_fn).cpu()
+    best: tuple[PooledValidation, np.ndarray, np.ndarray] | None = None
+    for decay in HEAD_DECAYS:
+        weight, bias = fit_linear(train_vectors, targets, loss_fn, decay, len(splits.label_names))
+        logits = validation_vectors @ weight.T + bias
+        pooled = pooled_validation(state.task, splits.validation, logits, validation.owner, validation.readings)
+        state.say(f"\nhead fitted on {len(train.input_ids)} windows of {len(splits.train)} texts, weight decay "
+                  f"{decay:g}: validation {SELECTION_METRIC[state.task]} {pooled.value:.4f}")
+        if best is None or pooled.value > best[0].value:
+            best = (pooled, weight, bias)
+    assert best is not None  # noqa: S101 (HEAD_DECAYS is not empty)
+    set_head(layer, best[1], best[2])
+    state.progress.record_evaluation(best[0].value)
+    state.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    state.best_validation = best[0]
+    if state.on_evaluation is not None:
+        state.on_evaluation(state.progress.step, best[0].value)
 
 
 def batches(state: Run) -> Iterator[Any]:

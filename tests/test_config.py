@@ -170,8 +170,9 @@ def test_what_reading_and_the_recipe_decide_are_frozen(conference_csv):
     layout = prepare_splits(config).layout
     assert layout == DataLayout("multiclass", "Title", (), "Conference", None) and config.task == "auto"
     recipe = Recipe(60.0, {"max_length": 64, "epochs": 2.0, "freeze_layers": 0, "blend": "none",
-                           "label_smoothing": 0.1, "at_least_one_label": "no", "long_texts": "truncate"})
-    assert recipe.choices == Choices(64, 2.0, 0, "none", 0.1, "no", "truncate")
+                           "label_smoothing": 0.1, "at_least_one_label": "no", "long_texts": "truncate",
+                           "transformer_fit": "fine-tune"})
+    assert recipe.choices == Choices(64, 2.0, 0, "none", 0.1, "no", "truncate", "fine-tune")
     for decided in (layout, recipe, recipe.choices):
         for f in dataclasses.fields(decided):
             with pytest.raises(dataclasses.FrozenInstanceError):

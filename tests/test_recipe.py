@@ -32,7 +32,7 @@ from utils.training.recipe import (
 # a step of 32 texts: 0.15 s plus 25 us per padded token
 COST = StepCost(32, (16, 64, 128), tuple(0.15 + 25e-6 * 32 * length for length in (16, 64, 128)), 0.7, 3)
 AUTO = {"max_length": None, "epochs": None, "freeze_layers": None, "blend": "auto", "label_smoothing": None,
-        "at_least_one_label": "auto"}
+        "at_least_one_label": "auto", "transformer_fit": "auto"}
 
 
 def shape(lengths, rows: int, task: str = "multiclass", unlabelled: int = 0) -> DataShape:
@@ -57,12 +57,22 @@ def test_long_texts_on_a_small_budget_are_cut_and_half_the_encoder_is_fixed():
     assert values["max_length"] == 64  # halved from 512 towards two epochs, no lower than 64
     assert values["freeze_layers"] == 3 and values["label_smoothing"] == 0.0
     assert "cut from 512" in recipe.reasons["max_length"]
+    # under one epoch of fine-tuning: the encoder kept, its head fitted on the texts read once, in as many
+    # windows a text as the budget affords, within it
+    assert values["epochs"] < 1 and values["transformer_fit"] == "head" and values["long_texts"] == "windows"
+    assert recipe.head_windows is not None and 1 <= recipe.head_windows < 30
+    assert "windows each at most" in recipe.reasons["transformer_fit"] or recipe.head_windows == 1
     assert sum(recipe.planned_seconds.values()) <= 120.0
+    tuned = choose_recipe(shape(lengths, 8000, "multilabel"), COST, AUTO | {"epochs": 0.5}, 32, 120.0, 20.0)
+    assert tuned.values["transformer_fit"] == "fine-tune" and tuned.head_windows is None  # epochs given: fine-tune
+    asked = choose_recipe(shape(lengths, 8000, "multilabel"), COST, AUTO | {"transformer_fit": "head"}, 32, 1e4, 20.0)
+    assert asked.values["transformer_fit"] == "head" and asked.reasons["transformer_fit"].startswith("given")
+    assert asked.head_windows is not None and asked.head_windows > recipe.head_windows  # more budget, more read
 
 
 def test_given_settings_are_kept_and_nothing_is_measured_when_nothing_depends_on_speed():
     given = {"max_length": 48, "epochs": 1.5, "freeze_layers": 2, "blend": "none", "label_smoothing": 0.0,
-             "at_least_one_label": "no", "long_texts": "windows"}
+             "at_least_one_label": "no", "long_texts": "windows", "transformer_fit": "fine-tune"}
     recipe = choose_recipe(shape([10] * 100, 1000), None, given, 32, 180.0, 0.0)
     assert recipe.values == given and set(recipe.reasons.values()) == {"given"}
 

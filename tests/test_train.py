@@ -166,6 +166,34 @@ def test_freeze_encoder_trains_only_the_head(tmp_path, tiny_trainer, tiny_bert, 
     assert not torch.equal(unfrozen[key], backbone[key.removeprefix("bert.")])
 
 
+@pytest.mark.parametrize(("model_type", "task", "prefix"), [("bert", "multilabel", "bert."),
+                                                            ("distilbert", "multiclass", "distilbert.")])
+def test_a_head_fit_changes_only_the_last_layer_and_serves_what_validation_measured(
+        tmp_path, tiny_trainer, request, toxic_csv, conference_csv, model_type, task, prefix):
+    """transformer_fit = head: the encoder stays the pretrained one, the last layer is fitted on the texts'
+    windows, and the served model scores the validation rows as the fit measured them (windows pooled)."""
+    backbone = request.getfixturevalue(f"tiny_{model_type}")
+    data = toxic_csv if task == "multilabel" else conference_csv
+    layout = ({"text_column": "comment_text", "label_columns": TOXIC_LABELS} if task == "multilabel"
+              else {"text_column": "Title", "label_column": "Conference"})
+    result = tiny_trainer(tmp_path, backbone, model_type, task, data, transformer_fit="head", max_length=16,
+                          long_texts="windows", seed=5)
+    assert result.steps == 0 and result.settings.transformer_fit == "head"
+    pretrained = load_file(str(backbone / "model.safetensors"))
+    trained = load_file(str(result.checkpoint / "model.safetensors"))
+    encoder = {key: value for key, value in trained.items() if key.startswith(prefix)}
+    assert encoder and all(torch.equal(value, pretrained.get(key, pretrained.get(key.removeprefix(prefix))))
+                           for key, value in encoder.items())
+    assert {"classifier.weight", "classifier.bias"} <= trained.keys()
+    validation = prepare_splits(make_config(task=task, data=str(data), test_split=0.2, val_split=0.2, seed=5,
+                                            **layout)).validation
+    scores, _ = ModelInferer(result.checkpoint).score_batch(validation.texts)
+    metric = SELECTION_METRIC[task]
+    names = TOXIC_LABELS if task == "multilabel" else CONFERENCES
+    assert compute_metrics(task, validation.labels, scores, names)[metric] == pytest.approx(
+        CheckpointFolder(result.checkpoint).metrics()["validation"][metric], abs=1e-4)
+
+
 def test_freeze_layers_trains_the_upper_layers_only(tmp_path, tiny_trainer, tiny_bert, conference_csv):
     result = tiny_trainer(tmp_path, tiny_bert, "bert", "multiclass", conference_csv, freeze_layers=1, **SHORT)
     backbone = load_file(str(tiny_bert / "model.safetensors"))

@@ -150,6 +150,11 @@ class TrainingArguments:
         "the recipe's choice (half the layers when the budget affords fewer than two epochs, else none).")
     epochs: float | None = _opt(
         None, "Passes over the training rows (fractions allowed); default: as many as the time budget affords.")
+    transformer_fit: str = _opt(
+        "auto", "How the transformer learns: fine-tune (the encoder and its head, pass after pass) or head (the "
+        "encoder kept as pretrained, every training text read once and the head's last layer fitted on what it "
+        "makes of them); auto: head where the budget affords under one epoch of fine-tuning, else fine-tune.",
+        ("auto", "fine-tune", "head"))
     time_budget: float | None = _opt(
         None, "Minutes for training, the lexical member and the export's measurement together, which the recipe "
         "plans epochs and text length for; default: 40 s per 1,000 training rows, between 3 and 20 minutes.")

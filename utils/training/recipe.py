@@ -12,7 +12,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from utils.config import RENAMED_SETTINGS, current_names
-from utils.inference.reading import Reading
+from utils.inference.reading import DEFAULT_MAX_WINDOWS, Reading
 from utils.training.export_rows import measured_rows
 from utils.training.optim import encoder_layers, layer_depth
 
@@ -91,6 +91,7 @@ class Choices:
     label_smoothing: float
     at_least_one_label: str  # yes or no
     long_texts: str  # truncate or windows: how a text longer than max_length is read
+    transformer_fit: str  # fine-tune (the encoder and its head) or head (the encoder fixed, its head fitted)
 
 
 RECIPE_FIELDS = tuple(f.name for f in fields(Choices))
@@ -106,6 +107,7 @@ class Recipe:
     reasons: dict[str, str] = field(default_factory=dict)
     planned_seconds: dict[str, float] = field(default_factory=dict)
     cost: dict[str, float] | None = None
+    head_windows: int | None = None  # transformer_fit = head: windows a training text is read in, at most
 
     @property
     def choices(self) -> Choices:
@@ -127,7 +129,8 @@ class Recipe:
         if not path.is_file():
             return None
         saved = json.loads(path.read_text())
-        saved["values"] = {"long_texts": "truncate"} | current_names(saved["values"])  # before windows: cut
+        earlier = {"long_texts": "truncate", "transformer_fit": "fine-tune"}  # before windows and head fits
+        saved["values"] = earlier | current_names(saved["values"])
         saved["reasons"] = {RENAMED_SETTINGS.get(name, name): why for name, why in saved["reasons"].items()}
         return cls(**saved)
 
@@ -215,6 +218,7 @@ def choose_recipe(shape: DataShape, cost: StepCost | None, given: dict[str, Any]
             values[name], reasons[name] = given[name], "given"
     if cost is None:  # nothing left that depends on speed
         choose_long_texts(shape, given, values, reasons)
+        choose_transformer_fit(shape, None, batch_size, 0.0, given, values, reasons, planned)
         return recipe
 
     def training_budget(length: int) -> float:
@@ -234,7 +238,9 @@ def choose_recipe(shape: DataShape, cost: StepCost | None, given: dict[str, Any]
                               f"and export's graphs and measurement are planned at {planned['export']:.0f} s")
     planned["training"] = round(values["epochs"] * epoch_seconds(
         shape, cost, length, batch_size, bool(values["freeze_layers"]), windows), 1)
-    return recipe
+    head_windows = choose_transformer_fit(shape, cost, batch_size, training_budget(length), given, values, reasons,
+                                          planned)
+    return replace(recipe, head_windows=head_windows)
 
 
 def export_seconds(shape: DataShape, cost: StepCost | None, max_length: int, windows: bool = False) -> float:
@@ -360,6 +366,39 @@ def choose_epochs(shape: DataShape, cost: StepCost, batch_size: int, budget: flo
     reasons["epochs"] = (f"an epoch takes about {seconds:.0f} s here; the budget affords {affordable:.1f}"
                          + (f", capped at {cap:g} for a file of this size" if affordable > cap else "")
                          + (" (less than one: --time-budget raises it)" if affordable < 1 else ""))
+
+
+def choose_transformer_fit(shape: DataShape, cost: StepCost | None, batch_size: int, budget: float,
+                           given: dict[str, Any], values: dict[str, Any], reasons: dict[str, str],
+                           planned: dict[str, float]) -> int | None:
+    """Fine-tuning where the budget affords an epoch; under one, the encoder is kept as pretrained and only its head
+    is fitted: every training text read once (forward passes only, a third of a step), in as many windows a text as
+    the budget affords. Under one epoch, fine-tuning would see a fraction of the rows at a learning rate still
+    warming up."""
+    if given.get("transformer_fit", "auto") != "auto":
+        values["transformer_fit"], reasons["transformer_fit"] = given["transformer_fit"], "given"
+    elif cost is None or given.get("epochs") is not None or values["epochs"] >= 1:
+        values["transformer_fit"] = "fine-tune"
+        reasons["transformer_fit"] = "epochs given" if given.get("epochs") is not None else (
+            "the budget affords at least one epoch of fine-tuning" if cost is not None else "nothing was measured")
+    else:
+        values["transformer_fit"] = "head"
+        reasons["transformer_fit"] = (f"the budget affords {values['epochs']:g} epochs of fine-tuning: the encoder is "
+                                      "kept as pretrained and its head fitted on every training text read once")
+    if values["transformer_fit"] != "head" or cost is None:
+        return None
+    length, windows = values["max_length"], values["long_texts"] == "windows"
+    per_window = cost.seconds_per_text(length) / 3
+    left = budget - forward_seconds(shape, cost, length, windows)
+    counts = window_counts(np.asarray(shape.token_lengths), length) if windows else np.ones(1)
+    affordable = max(1, int(left / max(per_window * shape.train_rows, 1e-9)))
+    head_windows = int(min(affordable, counts.max(), DEFAULT_MAX_WINDOWS))
+    planned["training"] = round(forward_seconds(shape, cost, length, windows) + per_window * float(
+        np.minimum(counts, head_windows).mean()) * shape.train_rows, 1)
+    if windows:
+        reasons["transformer_fit"] += (f", in {head_windows} windows each at most" if head_windows > 1
+                                       else ", in one window each")
+    return head_windows
 
 
 def measure_step_cost(model: Any, input_ids: list[list[int]], pad_token_id: int, batch_size: int,
