@@ -63,6 +63,9 @@ def test_long_texts_on_a_small_budget_are_cut_and_half_the_encoder_is_fixed():
     assert recipe.head_windows is not None and 1 <= recipe.head_windows < 30
     assert "windows each at most" in recipe.reasons["transformer_fit"] or recipe.head_windows == 1
     assert sum(recipe.planned_seconds.values()) <= 120.0
+    larger = choose_recipe(shape(lengths, 80000, "multilabel"), COST, AUTO, 32, 300.0, 20.0)
+    assert larger.values["epochs"] < 1 and larger.values["transformer_fit"] == "fine-tune"  # 625 steps: enough
+    assert "625 steps of fine-tuning" in larger.reasons["transformer_fit"]
     tuned = choose_recipe(shape(lengths, 8000, "multilabel"), COST, AUTO | {"epochs": 0.5}, 32, 120.0, 20.0)
     assert tuned.values["transformer_fit"] == "fine-tune" and tuned.head_windows is None  # epochs given: fine-tune
     asked = choose_recipe(shape(lengths, 8000, "multilabel"), COST, AUTO | {"transformer_fit": "head"}, 32, 1e4, 20.0)

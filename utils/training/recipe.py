@@ -41,6 +41,7 @@ SPECIAL_TOKENS = 2  # [CLS] and [SEP] (<s> and </s>) around every sequence
 MEGABATCH = 50  # batches that training's length-grouped sampler sorts together
 SPEED_FIELDS = ("max_length", "freeze_layers", "epochs")  # the choices that depend on the measured speed
 LONG_SHARE = 0.01  # texts are read whole in windows where more than this share of the training texts is longer
+MIN_FINE_TUNE_STEPS = 250  # under one epoch, fine-tuning still wins the head fit's place with this many steps
 
 
 @dataclass(frozen=True)
@@ -368,22 +369,30 @@ def choose_epochs(shape: DataShape, cost: StepCost, batch_size: int, budget: flo
                          + (" (less than one: --time-budget raises it)" if affordable < 1 else ""))
 
 
+def fine_tune_steps(shape: DataShape, epochs: float, batch_size: int) -> int:
+    return int(epochs * math.ceil(shape.train_rows / batch_size))
+
+
 def choose_transformer_fit(shape: DataShape, cost: StepCost | None, batch_size: int, budget: float,
                            given: dict[str, Any], values: dict[str, Any], reasons: dict[str, str],
                            planned: dict[str, float]) -> int | None:
-    """Fine-tuning where the budget affords an epoch; under one, the encoder is kept as pretrained and only its head
-    is fitted: every training text read once (forward passes only, a third of a step), in as many windows a text as
-    the budget affords. Under one epoch, fine-tuning would see a fraction of the rows at a learning rate still
-    warming up."""
+    """Fine-tuning where the budget affords an epoch or MIN_FINE_TUNE_STEPS steps; under both (long texts, a short
+    budget), the encoder is kept as pretrained and only its head is fitted: every training text read once (forward
+    passes only, a third of a step), in as many windows a text as the budget affords. A few dozen steps of
+    fine-tuning see a fraction of the rows at a learning rate still warming up."""
     if given.get("transformer_fit", "auto") != "auto":
         values["transformer_fit"], reasons["transformer_fit"] = given["transformer_fit"], "given"
-    elif cost is None or given.get("epochs") is not None or values["epochs"] >= 1:
+    elif (cost is None or given.get("epochs") is not None or values["epochs"] >= 1
+          or fine_tune_steps(shape, values["epochs"], batch_size) >= MIN_FINE_TUNE_STEPS):
         values["transformer_fit"] = "fine-tune"
         reasons["transformer_fit"] = "epochs given" if given.get("epochs") is not None else (
-            "the budget affords at least one epoch of fine-tuning" if cost is not None else "nothing was measured")
+            "nothing was measured" if cost is None else "the budget affords at least one epoch of fine-tuning"
+            if values["epochs"] >= 1 else f"the budget affords {fine_tune_steps(shape, values['epochs'], batch_size)} "
+            f"steps of fine-tuning (at least {MIN_FINE_TUNE_STEPS})")
     else:
         values["transformer_fit"] = "head"
-        reasons["transformer_fit"] = (f"the budget affords {values['epochs']:g} epochs of fine-tuning: the encoder is "
+        reasons["transformer_fit"] = (f"the budget affords {values['epochs']:g} epochs of fine-tuning "
+                                      f"({fine_tune_steps(shape, values['epochs'], batch_size)} steps): the encoder is "
                                       "kept as pretrained and its head fitted on every training text read once")
     if values["transformer_fit"] != "head" or cost is None:
         return None
