@@ -200,14 +200,17 @@ def set_up(config: Config) -> Run:
     state.model, state.optimizer, state.loader, state.scheduler = accelerator.prepare(model, optimizer, loader,
                                                                                       scheduler)
     start_tracking(state)
-    if choices.transformer_fit == "head":
-        state.say("the encoder stays as pretrained: its head is fitted on every training text read once")
-    else:
-        state.say(f"training {total_steps} steps ({choices.epochs} epochs of {steps_per_epoch}), evaluating every "
-                  f"{state.eval_every}")
+    state.say(training_plan(state))
     state.bar = tqdm(total=total_steps, initial=state.progress.step, desc="train",
                      disable=not accelerator.is_main_process)
     return state
+
+
+def training_plan(state: Run) -> str:
+    if state.choices.transformer_fit == "head":
+        return "the encoder stays as pretrained: its head is fitted on every training text read once"
+    return (f"training {state.total_steps} steps ({state.choices.epochs} epochs of {state.steps_per_epoch}), "
+            f"evaluating every {state.eval_every}")
 
 
 def start_tracking(state: Run) -> None:
