@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import built_once
 from safetensors.torch import load_file
 
+import main
 from models import load_classifier
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,10 +56,13 @@ def final_weights(output_dir: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def uninterrupted(run_config, tmp_path_factory) -> Path:
-    output_dir = tmp_path_factory.mktemp("uninterrupted")
-    process = start(run_config, output_dir)
-    assert process.wait(timeout=300) == 0, process.stdout.read()
-    return output_dir
+    """The run never stopped, once for the test run (the module's tests may run in either xdist worker)."""
+    def build(output_dir: Path) -> Path:
+        process = start(run_config, output_dir)
+        assert process.wait(timeout=300) == 0, process.stdout.read()
+        return output_dir
+
+    return built_once(tmp_path_factory, "uninterrupted", build)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
@@ -92,29 +97,30 @@ def test_training_keeps_only_the_last_states(uninterrupted):
     assert states == ["step-0000025", "step-0000030"]
 
 
-def test_resume_refuses_a_state_from_another_run(run_config, uninterrupted, tmp_path):
+def test_resume_refuses_a_state_from_another_run(run_config, uninterrupted, tmp_path, capsys):
     state = uninterrupted / "states" / "step-0000030"
-    result = subprocess.run([sys.executable, "main.py", "--config", str(run_config), "--output-dir",
-                             str(tmp_path), "--max-length", "32", "--resume-from-checkpoint", str(state)],
-                            cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2
-    assert "incompatible run" in result.stderr and "max_length: saved 64, now 32" in result.stderr
+    code = main.main(["--config", str(run_config), "--output-dir", str(tmp_path), "--max-length", "32",
+                      "--resume-from-checkpoint", str(state)])  # in this process: no training starts to wait for
+    stderr = capsys.readouterr().err
+    assert code == 2
+    assert "incompatible run" in stderr and "max_length: saved 64, now 32" in stderr
 
 
-def test_unwritable_output_folder_fails_before_training(run_config, tmp_path):
+def test_unwritable_output_folder_fails_before_training(run_config, tmp_path, capsys):
     locked = tmp_path / "locked"
     locked.mkdir()
     blocker = locked / "out"
     blocker.write_text("a file where the output folder should be")
-    result = subprocess.run([sys.executable, "main.py", "--config", str(run_config), "--output-dir", str(blocker)],
-                            cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2
-    assert f"output folder {blocker} cannot be written" in result.stderr
-    assert "train:" not in result.stderr
+    code = main.main(["--config", str(run_config), "--output-dir", str(blocker)])
+    stderr = capsys.readouterr().err
+    assert code == 2
+    assert f"output folder {blocker} cannot be written" in stderr
+    assert "train:" not in stderr
 
 
 WRITER = """
 import sys
+import main
 from models import load_classifier
 from transformers import AutoTokenizer
 from utils.checkpoint.contract import CheckpointFolder, write_checkpoint

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import TOXIC_LABELS, api_client
+from conftest import TOXIC_LABELS, api_client, built_once
 from transformers import AutoTokenizer
 
 import export
@@ -122,10 +123,13 @@ def test_long_texts_get_a_longer_default_budget_and_export_measures_fewer_of_the
 @pytest.fixture(scope="module")
 def windows_checkpoint(tmp_path_factory, tiny_trainer, tiny_bert, toxic_csv):
     """The tiny BERT trained with long texts in windows of 32 tokens (most toxic comments are longer), exported."""
-    result = tiny_trainer(tmp_path_factory.mktemp("windows_run"), tiny_bert, "bert", "multilabel", toxic_csv,
-                          max_length=32, long_texts="auto", blend="lexical")
-    export.run(result.checkpoint)
-    return result.checkpoint
+    def build(folder: Path) -> Path:
+        checkpoint = tiny_trainer(folder, tiny_bert, "bert", "multilabel", toxic_csv, max_length=32,
+                                  long_texts="auto", blend="lexical").checkpoint
+        export.run(checkpoint)
+        return checkpoint
+
+    return built_once(tmp_path_factory, "windows_run", build)  # once for the run, whichever worker asks first
 
 
 def test_training_chose_windows_and_their_pooling_on_validation(windows_checkpoint):
