@@ -206,45 +206,46 @@ def keep_predicting(base: str, stop: threading.Event, outcomes: list[str]) -> No
             outcomes.append(type(error).__name__)
 
 
-def test_a_worker_killed_mid_request(multilabel_checkpoint, tmp_path):
-    with running_server(multilabel_checkpoint, tmp_path) as server:
-        head = (b"POST /predict HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
-                b"Content-Length: %d\r\n\r\n" % len(PREDICT))
-        victim = socket.create_connection(("127.0.0.1", server.port), timeout=30)
-        victim.sendall(head + PREDICT[:10])
-        time.sleep(0.3)
-        worker = holder_of(server, victim)
-        os.kill(worker, signal.SIGSTOP)  # it cannot answer (nor accept) from here on
-        victim.sendall(PREDICT[10:])  # the whole request is sent, and waits on a stopped worker
-        stop, outcomes = threading.Event(), []
-        others = [threading.Thread(target=keep_predicting, args=(server.base, stop, outcomes)) for _ in range(2)]
-        for thread in others:
-            thread.start()
+def kill_a_worker_mid_request(server: Server) -> None:
+    """A worker stopped, then killed, while it holds a whole request; two other clients predict meanwhile."""
+    head = (b"POST /predict HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(PREDICT))
+    victim = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    victim.sendall(head + PREDICT[:10])
+    time.sleep(0.3)
+    worker = holder_of(server, victim)
+    os.kill(worker, signal.SIGSTOP)  # it cannot answer (nor accept) from here on
+    victim.sendall(PREDICT[10:])  # the whole request is sent, and waits on a stopped worker
+    stop, outcomes = threading.Event(), []
+    others = [threading.Thread(target=keep_predicting, args=(server.base, stop, outcomes)) for _ in range(2)]
+    for thread in others:
+        thread.start()
+    try:
+        time.sleep(1)
+        os.kill(worker, signal.SIGKILL)
         try:
-            time.sleep(1)
-            os.kill(worker, signal.SIGKILL)
-            try:
-                answer = victim.recv(4096)
-            except ConnectionResetError:
-                answer = b""
-            assert answer == b""  # a clean connection error: not one byte of an answer
-            server.wait_ready(server.workers + 1)  # gunicorn started a new worker, which loaded the model
-            assert worker not in server.worker_pids() and len(server.worker_pids()) == 2
-            time.sleep(2)  # the new worker takes its share of new connections
-        finally:
-            stop.set()
-            for thread in others:
-                thread.join()
-            victim.close()
-        assert len(outcomes) > 20 and set(outcomes) == {"200"}, outcomes  # no other request was lost
-        assert call(f"{server.base}/predict", PREDICT, {"Content-Type": "application/json"})[0] == 200  # retry
-        assert f"Worker (pid:{worker}) was sent SIGKILL!" in server.output()
+            answer = victim.recv(4096)
+        except ConnectionResetError:
+            answer = b""
+        assert answer == b""  # a clean connection error: not one byte of an answer
+        server.wait_ready(server.workers + 1)  # gunicorn started a new worker, which loaded the model
+        assert worker not in server.worker_pids() and len(server.worker_pids()) == 2
+        time.sleep(2)  # the new worker takes its share of new connections
+    finally:
+        stop.set()
+        for thread in others:
+            thread.join()
+        victim.close()
+    assert len(outcomes) > 20 and set(outcomes) == {"200"}, outcomes  # no other request was lost
+    assert call(f"{server.base}/predict", PREDICT, {"Content-Type": "application/json"})[0] == 200  # retry
+    assert f"Worker (pid:{worker}) was sent SIGKILL!" in server.output()
 
 
 # --- SIGTERM under load ----------------------------------------------------------------------------------------
 
 
-def test_sigterm_under_load_finishes_what_arrived_and_refuses_the_rest(multilabel_checkpoint, tmp_path):
+def sigterm_under_load(server: Server) -> None:
+    """8 clients sending long /predict requests; SIGTERM to the master 2 s in; every outcome recorded."""
     texts = json.dumps({"texts": ["word " * 200] * 32}).encode()  # long enough for requests to be in flight
     events: list[tuple[float, float, str]] = []  # (sent, answered, outcome), monotonic seconds
     lock = threading.Lock()
@@ -265,16 +266,15 @@ def test_sigterm_under_load_finishes_what_arrived_and_refuses_the_rest(multilabe
             with lock:
                 events.append((sent, time.monotonic(), outcome))
 
-    with running_server(multilabel_checkpoint, tmp_path) as server:
-        clients = [threading.Thread(target=client, args=(server.base, time.monotonic() + 6)) for _ in range(8)]
-        for thread in clients:
-            thread.start()
-        time.sleep(2)
-        term = time.monotonic()
-        server.process.send_signal(signal.SIGTERM)
-        for thread in clients:
-            thread.join()
-        returncode = server.process.wait(timeout=60)
+    clients = [threading.Thread(target=client, args=(server.base, time.monotonic() + 6)) for _ in range(8)]
+    for thread in clients:
+        thread.start()
+    time.sleep(2)
+    term = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    for thread in clients:
+        thread.join()
+    returncode = server.process.wait(timeout=60)
     before = [outcome for sent, _, outcome in events if sent < term]
     after = [outcome for sent, _, outcome in events if sent >= term]
     in_flight = [outcome for sent, answered, outcome in events if sent < term < answered]
@@ -285,6 +285,14 @@ def test_sigterm_under_load_finishes_what_arrived_and_refuses_the_rest(multilabe
     refused = {"ConnectionRefusedError", "ConnectionResetError", "RemoteDisconnected"}
     assert set(after) <= {"200"} | refused and "ConnectionRefusedError" in after, after
     assert returncode == 0 and "Shutting down: Master" in server.output()
+
+
+def test_a_worker_killed_mid_request_then_sigterm_under_load(multilabel_checkpoint, tmp_path):
+    """One server's life, so that two workers load torch once: a worker killed with SIGKILL mid-request, then the
+    master sent SIGTERM under load (with the worker gunicorn started in its place)."""
+    with running_server(multilabel_checkpoint, tmp_path) as server:
+        kill_a_worker_mid_request(server)
+        sigterm_under_load(server)
 
 
 # --- a damaged checkpoint --------------------------------------------------------------------------------------
