@@ -90,7 +90,7 @@ def test_api_benchmark(exported_checkpoint, tmp_path):
 def test_training_benchmark(tmp_path):
     out = tmp_path / "out"
     run_bench("training.py", ["--steps", "3", "--batch-size", "2", "--max-length", "16", "--val-split", "0.005",
-                              "--precisions", "fp32"], out)
+                              "--precisions", "fp32", "--threads", "1"], out)  # one thread: the worker's share
     (record,) = records(out / "bench_training.json")
     assert [(row["side"], row["precision"]) for row in record["rows"]] == [("train.py", "fp32"), ("hf Trainer", "fp32")]
     assert all(row["samples_per_s"] > 0 for row in record["rows"])
@@ -133,14 +133,14 @@ def test_lexical_rare_benchmark(tmp_path):
 def test_explain_benchmark(checkpoint_copy, tmp_path):
     out = tmp_path / "out"
     done = run_bench("explain.py", ["--checkpoint", str(checkpoint_copy), "--texts", "2", "--max-k", "2",
-                                    "--min-words", "3", "--random-orders", "1"], out)
+                                    "--min-words", "3", "--random-orders", "1", "--threads", "1"], out)
     (record,) = records(out / "explain_faithfulness.json")
     assert record["texts"] == 2 and set(record["delete"]) == {"random", "occlusion", "gradient_x_input",
                                                               "integrated_gradients"}
     assert all(len(entry["mean_drop"]) == 2 for entry in record["mask"].values())
     assert (out / "explain_deletion.png").stat().st_size > 0 and "AOPC" in done.stdout
     run_bench("explain.py", ["--checkpoint", str(checkpoint_copy), "--texts", "2", "--min-words", "3",
-                             "--cost-only"], out)
+                             "--cost-only", "--threads", "1"], out)
     cost = json.loads((out / "explain_faithfulness.json").read_text())[-1]["cost"]
     assert all(figures["wall_seconds_per_text"] > 0 for figures in cost.values())
 
@@ -237,7 +237,7 @@ def test_explain_benchmark_over_long_texts(checkpoint_copy, tmp_path):
     out = tmp_path / "out"
     done = run_bench("explain.py", ["--checkpoint", str(checkpoint_copy), "--texts", "2", "--max-k", "2",
                                     "--min-words", "3", "--random-orders", "1", "--bury-in", "300",
-                                    "--long-texts", "windows"], out)
+                                    "--long-texts", "windows", "--threads", "1"], out)
     (record,) = records(out / "explain_faithfulness.json")
     assert record["settings"]["bury_in"] == 300 and record["mean_words"] > 300
     assert (out / "explain_deletion_long.png").stat().st_size > 0 and "AOPC" in done.stdout
