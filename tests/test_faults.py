@@ -149,36 +149,43 @@ def test_200_slow_connections_do_not_starve_the_api(multilabel_checkpoint, tmp_p
         assert timed("GET", f"{server.base}/health")[0] == 200
 
 
-def test_a_worker_holds_at_most_max_connections(multilabel_checkpoint, tmp_path):
-    with running_server(multilabel_checkpoint, tmp_path, WORKERS="1", MAX_CONNECTIONS="20",
-                        HEADER_TIMEOUT="2") as server:
-        (worker,) = server.worker_pids()
-        opened = time.monotonic()
-        silent = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(30)]
-        try:
-            time.sleep(0.5)
-            assert established_connections(worker, server.port) == 20  # the other 10 wait in the listen queue
-            status, _ = timed("GET", f"{server.base}/health")  # queued until silent ones time out, 2 s after accept
-            assert status == 200 and 1.9 < time.monotonic() - opened < 8
-        finally:
-            for connection in silent:
-                connection.close()
+def a_worker_holds_at_most_max_connections(server: Server) -> None:
+    """30 silent connections to a worker allowed 20 (MAX_CONNECTIONS) and HEADER_TIMEOUT=2."""
+    (worker,) = server.worker_pids()
+    opened = time.monotonic()
+    silent = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(30)]
+    try:
+        time.sleep(0.5)
+        assert established_connections(worker, server.port) == 20  # the other 10 wait in the listen queue
+        status, _ = timed("GET", f"{server.base}/health")  # queued until silent ones time out, 2 s after accept
+        assert status == 200 and 1.9 < time.monotonic() - opened < 8
+    finally:
+        for connection in silent:
+            connection.close()
 
 
-def test_metrics_port_serves_metrics_without_the_key_and_nothing_else(multilabel_checkpoint, tmp_path):
+def metrics_port_serves_metrics_without_the_key_and_nothing_else(server: Server, metrics_port: int) -> None:
+    scraper = f"http://127.0.0.1:{metrics_port}"
+    status, text, headers = call(f"{scraper}/metrics")
+    assert status == 200 and headers.get_content_type() == "text/plain" and "http_requests_total" in text
+    assert call(f"{scraper}/health")[0] == 200
+    for method, path in (("POST", "/predict"), ("GET", "/metadata"), ("GET", "/openapi.json")):
+        status, body, _ = call(f"{scraper}{path}", PREDICT if method == "POST" else None,
+                               {"Content-Type": "application/json"}, method)
+        assert status == 404 and body["error"]["code"] == "not_found", (path, body)
+    assert call(f"{server.base}/metrics")[0] == 401  # the API's port still wants the key
+    assert call(f"{server.base}/metrics", headers={"X-API-Key": "the-key"})[0] == 200
+
+
+def test_a_worker_holds_at_most_max_connections_and_the_metrics_port_serves_only_metrics(multilabel_checkpoint,
+                                                                                       tmp_path):
+    """One single-worker server with both settings (a torch worker started once, not twice): its connection cap
+    first, then what its METRICS_PORT listener serves."""
     metrics_port = free_port()
-    with running_server(multilabel_checkpoint, tmp_path, WORKERS="1", APP_APIKEY="the-key",
-                        METRICS_PORT=str(metrics_port)) as server:
-        scraper = f"http://127.0.0.1:{metrics_port}"
-        status, text, headers = call(f"{scraper}/metrics")
-        assert status == 200 and headers.get_content_type() == "text/plain" and "http_requests_total" in text
-        assert call(f"{scraper}/health")[0] == 200
-        for method, path in (("POST", "/predict"), ("GET", "/metadata"), ("GET", "/openapi.json")):
-            status, body, _ = call(f"{scraper}{path}", PREDICT if method == "POST" else None,
-                                   {"Content-Type": "application/json"}, method)
-            assert status == 404 and body["error"]["code"] == "not_found", (path, body)
-        assert call(f"{server.base}/metrics")[0] == 401  # the API's port still wants the key
-        assert call(f"{server.base}/metrics", headers={"X-API-Key": "the-key"})[0] == 200
+    with running_server(multilabel_checkpoint, tmp_path, WORKERS="1", MAX_CONNECTIONS="20", HEADER_TIMEOUT="2",
+                        APP_APIKEY="the-key", METRICS_PORT=str(metrics_port)) as server:
+        a_worker_holds_at_most_max_connections(server)
+        metrics_port_serves_metrics_without_the_key_and_nothing_else(server, metrics_port)
 
 
 # --- a worker killed mid-request -------------------------------------------------------------------------------
