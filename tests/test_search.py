@@ -3,9 +3,11 @@ killed mid-trial resumes without repeating finished trials; two processes share 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -13,7 +15,6 @@ from pathlib import Path
 
 import optuna
 import pytest
-import sqlalchemy.exc
 import yaml
 
 import main
@@ -89,13 +90,20 @@ def wait_for(condition, seconds: float, what: str) -> None:
         time.sleep(0.5)
 
 
-def states(output: Path) -> list[str]:
-    if not (output / "study.db").exists():
+def read_only(database: Path, query: str) -> list[tuple]:
+    """Rows of a study's SQLite file while a search writes it, read without Optuna: its storage would create the
+    tables the search may be creating at that moment, and one of the two would fail."""
+    if not database.exists():
         return []
     try:
-        return [t.state.name for t in load(output).get_trials()]
-    except (KeyError, sqlalchemy.exc.OperationalError):  # the study is not created yet, or its tables half made
+        with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as connection:
+            return connection.execute(query).fetchall()
+    except sqlite3.OperationalError:  # no tables yet, or locked by the writer
         return []
+
+
+def states(output: Path) -> list[str]:
+    return [state for (state,) in read_only(output / "study.db", "SELECT state FROM trials ORDER BY number")]
 
 
 @pytest.mark.slow
@@ -105,7 +113,10 @@ def test_a_search_killed_mid_trial_resumes_without_repeating_finished_trials(tmp
     # be seen running
     args = search_args(conference_csv, tiny_bert, output, 2, "--freeze-layers", "0", epochs=5)
     first = run_search(args, tmp_path / "first.log", heartbeat=1)  # a grace of 2 s, not 10, to wait out below
-    wait_for(lambda: states(output)[:1] == ["COMPLETE"] and "RUNNING" in states(output), 120,
+    # running, and past drawing its settings (it records its pid after them): killed with every parameter drawn
+    drawn = ("SELECT 1 FROM trials JOIN trial_user_attributes USING (trial_id) WHERE state = 'RUNNING' "
+             "AND key = 'pid'")
+    wait_for(lambda: states(output)[:1] == ["COMPLETE"] and read_only(output / "study.db", drawn), 120,
              "the first trial to finish and the second to start")
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=30)
@@ -135,9 +146,9 @@ def test_two_processes_on_one_study_run_disjoint_trials(tmp_path, tiny_bert, con
     # second has imported torch
     first = run_search([*search_args(conference_csv, tiny_bert, output, 4, "--freeze-layers", "0", epochs=10),
                         *shared], tmp_path / "first.log")
-    wait_for(lambda: (tmp_path / "shared.db").exists() and "shared" in optuna.get_all_study_names(storage)
-             and "centre" in optuna.load_study(study_name="shared", storage=storage).user_attrs, 120,
-             "the first process's plan")
+    plan = ("SELECT 1 FROM studies JOIN study_user_attributes USING (study_id) WHERE study_name = 'shared' "
+            "AND key = 'centre'")
+    wait_for(lambda: read_only(tmp_path / "shared.db", plan), 120, "the first process's plan")
     second = run_search([*search_args(conference_csv, tiny_bert, tmp_path / "other", 4, "--freeze-layers", "0",
                                       epochs=10), *shared], tmp_path / "second.log")
     for process, log in ((first, "first.log"), (second, "second.log")):
