@@ -380,30 +380,31 @@ def choose_transformer_fit(shape: DataShape, cost: StepCost | None, batch_size: 
     budget), the encoder is kept as pretrained and only its head is fitted: every training text read once (forward
     passes only, a third of a step), in as many windows a text as the budget affords. A few dozen steps of
     fine-tuning see a fraction of the rows at a learning rate still warming up."""
+    steps = fine_tune_steps(shape, values["epochs"], batch_size) if "epochs" in values else 0
     if given.get("transformer_fit", "auto") != "auto":
-        values["transformer_fit"], reasons["transformer_fit"] = given["transformer_fit"], "given"
-    elif (cost is None or given.get("epochs") is not None or values["epochs"] >= 1
-          or fine_tune_steps(shape, values["epochs"], batch_size) >= MIN_FINE_TUNE_STEPS):
-        values["transformer_fit"] = "fine-tune"
-        reasons["transformer_fit"] = "epochs given" if given.get("epochs") is not None else (
-            "nothing was measured" if cost is None else "the budget affords at least one epoch of fine-tuning"
-            if values["epochs"] >= 1 else f"the budget affords {fine_tune_steps(shape, values['epochs'], batch_size)} "
-            f"steps of fine-tuning (at least {MIN_FINE_TUNE_STEPS})")
+        fit, why = given["transformer_fit"], "given"
+    elif given.get("epochs") is not None:
+        fit, why = "fine-tune", "epochs given"
+    elif cost is None:
+        fit, why = "fine-tune", "nothing was measured"
+    elif values["epochs"] >= 1:
+        fit, why = "fine-tune", "the budget affords at least one epoch of fine-tuning"
+    elif steps >= MIN_FINE_TUNE_STEPS:
+        fit, why = "fine-tune", f"the budget affords {steps} steps of fine-tuning (at least {MIN_FINE_TUNE_STEPS})"
     else:
-        values["transformer_fit"] = "head"
-        reasons["transformer_fit"] = (f"the budget affords {values['epochs']:g} epochs of fine-tuning "
-                                      f"({fine_tune_steps(shape, values['epochs'], batch_size)} steps): the encoder is "
-                                      "kept as pretrained and its head fitted on every training text read once")
+        fit, why = "head", (f"the budget affords {values['epochs']:g} epochs of fine-tuning ({steps} steps): the "
+                            "encoder is kept as pretrained and its head fitted on every training text read once")
+    values["transformer_fit"], reasons["transformer_fit"] = fit, why
     if values["transformer_fit"] != "head" or cost is None:
         return None
     length, windows = values["max_length"], values["long_texts"] == "windows"
     per_window = cost.seconds_per_text(length) / 3
-    left = budget - forward_seconds(shape, cost, length, windows)
+    validation = forward_seconds(shape, cost, length, windows)
     counts = window_counts(np.asarray(shape.token_lengths), length) if windows else np.ones(1)
-    affordable = max(1, int(left / max(per_window * shape.train_rows, 1e-9)))
+    affordable = max(1, int((budget - validation) / max(per_window * shape.train_rows, 1e-9)))
     head_windows = int(min(affordable, counts.max(), DEFAULT_MAX_WINDOWS))
-    planned["training"] = round(forward_seconds(shape, cost, length, windows) + per_window * float(
-        np.minimum(counts, head_windows).mean()) * shape.train_rows, 1)
+    planned["training"] = round(validation + per_window * float(np.minimum(counts, head_windows).mean())
+                                * shape.train_rows, 1)
     if windows:
         reasons["transformer_fit"] += (f", in {head_windows} windows each at most" if head_windows > 1
                                        else ", in one window each")
