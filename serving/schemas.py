@@ -115,9 +115,9 @@ PredictTexts = Annotated[list[Text], Field(min_length=1, json_schema_extra=fill(
 ExplainTexts = Annotated[list[Text], Field(min_length=1, json_schema_extra=fill(maxItems="max_explain_texts")),
                          texts_within("max_explain_texts")]
 Label = Annotated[str, Field(json_schema_extra=fill(enum="labels"))]  # one of the checkpoint's labels
-AskedLabels = Annotated[list[Annotated[str, PlainValidator(known_label, json_schema_input_type=Label)]],
-                        Field(min_length=1, json_schema_extra=fill(maxItems="label_count")),
-                        BeforeValidator(labels_within)]
+KnownLabels = Annotated[list[Annotated[str, PlainValidator(known_label, json_schema_input_type=Label)]],
+                        Field(json_schema_extra=fill(maxItems="label_count")), BeforeValidator(labels_within)]
+AskedLabels = Annotated[KnownLabels, Field(min_length=1)]
 TopKCount = Annotated[int, Field(ge=1, json_schema_extra=fill(maximum="label_count")), AfterValidator(top_k_within)]
 
 
@@ -153,18 +153,14 @@ class ExplainRequest(TextsRequest):
                           "is predicted (multi-class: the top class).")
 
 
-GivenLabels = Annotated[list[Annotated[str, PlainValidator(known_label, json_schema_input_type=Label)]],
-                       Field(json_schema_extra=fill(maxItems="label_count")), BeforeValidator(labels_within)]
-
-
 class CorrectionRequest(BaseModel):
     """A person's labels for one text, appended to CORRECTIONS_FILE for `--extra-data` to train on."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
     text: Text
-    labels: GivenLabels = Field(description="The text's right labels: any number for a multi-label model ([] for "
+    labels: KnownLabels = Field(description="The text's right labels: any number for a multi-label model ([] for "
                                             "none), exactly one class for a multi-class model.")
-    model_labels: GivenLabels | None = Field(None, description="What the model predicted, kept beside them.")
+    model_labels: KnownLabels | None = Field(None, description="What the model predicted, kept beside them.")
 
 
 class CorrectionAnswer(BaseModel):
