@@ -23,7 +23,8 @@ from sklearn.linear_model import LogisticRegression
 from models.lexical import CONFIG_FILE, WEIGHTS_FILE, LexicalModel, LexicalSettings
 from utils.data.datasets import SHARED_DATA_DIR
 from utils.inference.explain import split_words
-from utils.training.lexical_fit import build_vectorizers, fit_lexical
+from utils.training import lexical_fit
+from utils.training.lexical_fit import IN_PROCESS_ROWS, build_vectorizers, fit_label, fit_lexical
 
 ROOT = Path(__file__).resolve().parents[1]
 # measured on these rows: at most 2.5e-16 between the numpy transform and TfidfVectorizer, and 1.3e-15
@@ -206,6 +207,21 @@ def test_over_the_budget_each_label_stops_at_the_first_c_below_its_best(toxic):
             assert fitted[j] == min(9, int(np.nanargmax(curves[:, j])) + 1 + report["c_patience"])
         assert report["fits"] == fitted.sum() + 1
     assert reports[10_000]["fits"] < reports[10**9]["fits"]
+
+
+def test_labels_fitted_in_groups_across_processes_equal_each_fitted_alone(toxic):
+    """Past IN_PROCESS_ROWS the labels go to one process per core in groups (the features copied once a group):
+    each label's model is the one fitted alone in this process, to the bit."""
+    texts, labels = toxic[0] + toxic[2], np.vstack([toxic[1], toxic[3]])
+    labels = np.hstack([labels, labels[:, ::-1]])  # 12 labels: more than one a group
+    settings = LexicalSettings()
+    x = hstack([v.fit_transform(texts) for v in build_vectorizers(settings)], format="csr")
+    assert x.shape[0] >= IN_PROCESS_ROWS
+    grouped = lexical_fit.fit_labels(x, labels, None, None, None, list(range(12)), [1.0], settings)
+    assert len(grouped) == 12
+    for j, fitted in enumerate(grouped):
+        alone = fit_label(x, labels[:, j], None, None, None, [1.0], settings)
+        assert np.array_equal(fitted[0][0][0], alone[0][0][0]) and fitted[0][0][1] == alone[0][0][1]
 
 
 def test_settings_saved_before_the_rare_labels_rule_still_load():

@@ -3,9 +3,9 @@ then logistic regression per label (multi-label) or over the classes, C chosen o
 
 from __future__ import annotations
 
-import os
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any, cast
 
@@ -14,8 +14,10 @@ import numpy as np
 from models.lexical import LexicalModel
 from models.lexical_features import Block, LexicalSettings
 from utils.data.files import DataError
+from utils.machine import available_cores
 
 IN_PROCESS_ROWS = 1000  # training rows below which the member is fitted in this process
+TASKS_PER_PROCESS = 4  # groups of labels each process fits: few copies of the features, the work still shared
 # one label's fits: (coef, intercept) and validation ROC AUC at each C, unconverged fits, fits made
 LabelFits = tuple[list[tuple[np.ndarray, float]], list[float], int, int]
 
@@ -90,7 +92,7 @@ def binary_logistic(x: Any, y: np.ndarray, c: float, settings: LexicalSettings) 
 def fit_processes(rows: int, tasks: int) -> int:
     """One process per core for the fits, except on a small file, whose fits take less than starting the
     processes (each imports scikit-learn: about a second)."""
-    return 1 if rows < IN_PROCESS_ROWS else max(1, min(tasks, len(os.sched_getaffinity(0))))
+    return 1 if rows < IN_PROCESS_ROWS else max(1, min(tasks, available_cores()))
 
 
 def candidate_cs(settings: LexicalSettings, has_validation: bool) -> list[float]:
@@ -176,18 +178,34 @@ def fit_labels(x: Any, y: np.ndarray, x_val: Any, y_val: np.ndarray | None, rati
                labels: list[int], cs: list[float],
                settings: LexicalSettings) -> list[LabelFits]:
     """`fit_label` for each of `labels`, one process per core (not threads: liblinear shuffles with one global
-    generator); each gets writable copies of the features (liblinear refuses joblib's read-only memory maps)."""
+    generator). The labels go in TASKS_PER_PROCESS groups per process, so that the features travel to a process
+    once per group, not once per label (on long documents, copying them cost more than a fit); each group gets
+    writable copies (liblinear refuses joblib's read-only memory maps)."""
     from joblib import Parallel, delayed
     from tqdm.auto import tqdm
 
     if not labels:
         return []
-    in_order = Parallel(n_jobs=fit_processes(x.shape[0], len(labels)), max_nbytes=None, return_as="generator")(
-        delayed(fit_label)(x, y[:, j], x_val, None if y_val is None else y_val[:, j],
-                           None if ratios is None else ratios[j], cs, settings)
-        for j in labels)
-    return list(tqdm(in_order, total=len(labels), desc=f"lexical member ({len(cs)} C each)",  # pyright: ignore
-                     unit="label"))
+    processes = fit_processes(x.shape[0], len(labels))
+    groups = [list(g) for g in np.array_split(labels, len(labels) if processes == 1
+                                               else min(len(labels), processes * TASKS_PER_PROCESS))]
+    in_order = Parallel(n_jobs=processes, max_nbytes=None, return_as="generator")(
+        delayed(fit_group)(x, y[:, group], x_val, None if y_val is None else y_val[:, group],
+                           None if ratios is None else ratios[group], cs, settings)
+        for group in groups)
+    results: list[LabelFits] = []
+    with tqdm(total=len(labels), desc=f"lexical member ({len(cs)} C each)", unit="label") as bar:
+        for fitted in cast(Iterator[list[LabelFits]], in_order):  # joblib's generator, typed loosely
+            results += fitted
+            bar.update(len(fitted))
+    return results
+
+
+def fit_group(x: Any, y: np.ndarray, x_val: Any, y_val: np.ndarray | None, ratios: np.ndarray | None,
+              cs: list[float], settings: LexicalSettings) -> list[LabelFits]:
+    """`fit_label` for each column of `y` (with the matching columns of `y_val` and rows of `ratios`)."""
+    return [fit_label(x, y[:, j], x_val, None if y_val is None else y_val[:, j],
+                      None if ratios is None else ratios[j], cs, settings) for j in range(y.shape[1])]
 
 
 def fit_rare(x: Any, y: np.ndarray, ratios: np.ndarray | None, rare: np.ndarray, settings: LexicalSettings,
