@@ -27,7 +27,7 @@ COPY serving/ ./serving/
 # the page at / (HTML, CSS, JS): served from the image itself, nothing fetched from elsewhere
 COPY serving/static/ ./serving/static/
 COPY models/ ./models/
-COPY utils/__init__.py ./utils/
+COPY utils/__init__.py utils/machine.py ./utils/
 COPY utils/checkpoint/ ./utils/checkpoint/
 COPY utils/inference/ ./utils/inference/
 

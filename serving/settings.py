@@ -5,8 +5,6 @@ No torch import here: gunicorn.conf.py reads these before any worker starts.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Literal
 
 from pydantic import (
@@ -23,6 +21,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from utils.inference.backends import AUTO, BACKENDS
+from utils.machine import available_cores
 
 # The WSGI environ key the worker (serving/worker.py) sets on requests that came in on METRICS_PORT.
 METRICS_LISTENER = "classifier.metrics_listener"
@@ -173,18 +172,6 @@ class ServingSettings(BaseSettings):
 def default_threads(microbatch: bool) -> int:
     """gunicorn threads per worker unless THREADS says: 4, or 32 with micro-batching."""
     return 32 if microbatch else 4
-
-
-def available_cores(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
-    """Cores this process may use: its CPU affinity, capped by a container's cgroup v2 CPU quota."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    try:
-        quota, period = cpu_max.read_text().split()[:2]
-        if quota != "max":
-            cores = min(cores, max(1, int(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass
-    return cores
 
 
 def env_name(field_name: str) -> str:

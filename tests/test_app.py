@@ -25,9 +25,10 @@ from inferer import ModelInferer
 from serving import scheduling
 from serving.costs import explain_cost, token_counts
 from serving.scheduling import EXPLAIN_BATCH_TOKENS, DeadlineExceeded, ModelTurns
-from serving.settings import RECEIVED_AT, ServingSettings, available_cores
+from serving.settings import RECEIVED_AT, ServingSettings
 from utils.inference.explain import prepare_text
 from utils.inference.precision import resolve_precision
+from utils.machine import available_cores
 
 LIMITS = {"max_texts": 3, "max_chars": 100, "max_body_bytes": 4096, "max_explain_texts": 2, "max_tokens": 1000,
           "max_request_cost": 30_000, "request_timeout": 30.0, "explain_queue_size": 2}

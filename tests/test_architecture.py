@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # Lowest first. A module may import from its own layer and the layers below it.
 LAYERS = [
     ("models", ["models"]),
-    ("checkpoint", ["utils/__init__.py", "utils/checkpoint"]),
+    ("checkpoint", ["utils/__init__.py", "utils/machine.py", "utils/checkpoint"]),
     ("inference pieces", ["utils/inference"]),
     ("settings", ["utils/config.py"]),
     ("data", ["utils/data"]),

@@ -31,7 +31,7 @@ from packaging.utils import canonicalize_name
 from prometheus_client.parser import text_string_to_metric_families
 
 from inferer import ModelInferer
-from serving.settings import available_cores
+from utils.machine import available_cores
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "server-test-key"
@@ -53,7 +53,7 @@ class Image:
 # Both images copy the same folders: the torch modules (models/classifiers.py, utils/inference/precision.py) are
 # imported only when the torch backend is built, which the ONNX image never does.
 COPIED = ("app.py", "gunicorn.conf.py", "inferer.py", "models", "serving", "serving/static", "utils/__init__.py",
-          "utils/checkpoint", "utils/inference")
+          "utils/machine.py", "utils/checkpoint", "utils/inference")
 IMAGES = {
     "torch": Image(ROOT / "Dockerfile", ROOT / "requirements_inference.txt", ROOT / ".venv-inference", COPIED),
     "onnx": Image(ROOT / "Dockerfile.onnx", ROOT / "requirements_serving_onnx.txt", ROOT / ".venv-serving-onnx",
