@@ -533,7 +533,8 @@ def finish(state: Run) -> TrainResult:
     checkpoint = state.output_dir / "checkpoint"
     if accelerator.is_main_process:
         save_checkpoint(state, model, served, checkpoint)
-        write_export_rows(checkpoint, splits.validation, splits.train)  # what export measures and calibrates on
+        write_export_rows(checkpoint, splits.validation, splits.train,  # what export measures and calibrates on
+                          state.recipe.export_sequences)
         tracking.log_metrics(accelerator, "served_val", metrics, state.progress.step)
     tracking.finish(accelerator, state.output_dir, state.progress.step)
     accelerator.wait_for_everyone()

@@ -4,6 +4,8 @@ saved, and a file unlike the shared ones trained end to end with no setting but 
 from __future__ import annotations
 
 import json
+import math
+from dataclasses import asdict
 
 import numpy as np
 import pandas as pd
@@ -15,6 +17,7 @@ from models.scoring import chosen_labels
 from utils.checkpoint.contract import LEXICAL, CheckpointFolder
 from utils.config import make_config
 from utils.data.datasets import SHARED_DATA_DIR
+from utils.training.export_rows import MEASURED_SEQUENCES, MIN_MEASURED_ROWS
 from utils.training.recipe import (
     MAX_BUDGET_MINUTES,
     MIN_BUDGET_MINUTES,
@@ -27,6 +30,7 @@ from utils.training.recipe import (
     measure_step_cost,
     padded_length,
     round_epochs,
+    window_counts,
 )
 
 # a step of 32 texts: 0.15 s plus 25 us per padded token
@@ -71,6 +75,23 @@ def test_long_texts_on_a_small_budget_are_cut_and_half_the_encoder_is_fixed():
     asked = choose_recipe(shape(lengths, 8000, "multilabel"), COST, AUTO | {"transformer_fit": "head"}, 32, 1e4, 20.0)
     assert asked.values["transformer_fit"] == "head" and asked.reasons["transformer_fit"].startswith("given")
     assert asked.head_windows is not None and asked.head_windows > recipe.head_windows  # more budget, more read
+
+
+def test_export_measures_fewer_rows_where_training_floor_passes_the_budget():
+    """The head fit reads every training text once whatever the budget: where that and the member leave export
+    too little, export measures its graphs on fewer validation rows (those of MIN_MEASURED_ROWS at least), and
+    the recipe says so."""
+    lengths = np.random.default_rng(1).integers(200, 900, 5000)
+    roomy = choose_recipe(shape(lengths, 8000, "multilabel"), COST, AUTO, 32, 120.0, 20.0)
+    assert roomy.export_sequences == MEASURED_SEQUENCES and "export measures" not in roomy.describe()
+    tight = choose_recipe(shape(lengths, 8000, "multilabel"), COST, AUTO, 32, 120.0, 30.0)
+    assert tight.values["transformer_fit"] == "head" and tight.export_sequences < MEASURED_SEQUENCES
+    assert sum(tight.planned_seconds.values()) <= 120.0 + 0.5  # within the budget, rounding aside
+    assert f"export measures its graphs on {tight.export_sequences} validation sequences" in tight.describe()
+    squeezed = choose_recipe(shape(lengths, 8000, "multilabel"), COST, AUTO, 32, 120.0, 100.0)
+    windows = window_counts(lengths, squeezed.values["max_length"]).mean()
+    assert squeezed.export_sequences == math.ceil(MIN_MEASURED_ROWS * windows)  # the floor: the plan passes
+    assert Recipe(**{**json.loads(json.dumps(asdict(tight)))}).export_sequences == tight.export_sequences
 
 
 def test_given_settings_are_kept_and_nothing_is_measured_when_nothing_depends_on_speed():

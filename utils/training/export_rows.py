@@ -21,21 +21,23 @@ MIN_MEASURED_ROWS = 100  # text's windows cost it in four passes of each graph),
 CALIBRATION_ROWS = 256  # training rows static quantization sees: more moved its ranges by under 1%
 
 
-def measured_rows(sequences_per_text: float) -> int:
-    """Validation rows export measures when each makes this many sequences (windows) on average."""
-    return max(MIN_MEASURED_ROWS, min(MEASURED_ROWS, int(MEASURED_SEQUENCES / max(1.0, sequences_per_text))))
+def measured_rows(sequences_per_text: float, sequences: int = MEASURED_SEQUENCES) -> int:
+    """Validation rows export measures when each makes this many sequences (windows) on average and the
+    measurement may score `sequences` of them."""
+    return max(MIN_MEASURED_ROWS, min(MEASURED_ROWS, int(sequences / max(1.0, sequences_per_text))))
 
 
-def write_export_rows(checkpoint: str | Path, validation: LabeledTexts, train: LabeledTexts) -> Path:
+def write_export_rows(checkpoint: str | Path, validation: LabeledTexts, train: LabeledTexts,
+                      most_sequences: int = MEASURED_SEQUENCES) -> Path:
     """Store in the written checkpoint the token ids of its validation rows (a seeded sample of at most
-    `measured_rows`) with their labels, and of CALIBRATION_ROWS training rows; read as serving reads them (cut,
-    or in windows), with the checkpoint's own tokenizer and reading."""
+    `measured_rows`, within `most_sequences` sequences) with their labels, and of CALIBRATION_ROWS training rows; read
+    as serving reads them (cut, or in windows), with the checkpoint's own tokenizer and reading."""
     folder = CheckpointFolder(checkpoint)
     info = folder.info
     tokenizer = AutoTokenizer.from_pretrained(folder.path)
     reading = Reading.of(info)
     windows = reading.encode(tokenizer, validation.texts).windows_per_text
-    most = measured_rows(float(windows.mean()) if len(windows) else 1.0)
+    most = measured_rows(float(windows.mean()) if len(windows) else 1.0, most_sequences)
     if len(validation) > most:
         validation = validation.subset(np.sort(np.random.default_rng(0).permutation(len(validation))[:most]))
     sequences = reading.encode(tokenizer, validation.texts)

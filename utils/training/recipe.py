@@ -21,7 +21,7 @@ import torch
 
 from utils.config import RENAMED_SETTINGS, current_names
 from utils.inference.reading import DEFAULT_MAX_WINDOWS, Reading
-from utils.training.export_rows import measured_rows
+from utils.training.export_rows import MEASURED_SEQUENCES, MIN_MEASURED_ROWS, measured_rows
 from utils.training.optim import encoder_layers, layer_depth
 
 RECIPE_FILE = "recipe.json"
@@ -109,6 +109,7 @@ class Recipe:
     planned_seconds: dict[str, float] = field(default_factory=dict)
     cost: dict[str, float] | None = None
     head_windows: int | None = None  # transformer_fit = head: windows a training text is read in, at most
+    export_sequences: int = MEASURED_SEQUENCES  # sequences (texts or windows) export's measurement scores, at most
 
     @property
     def choices(self) -> Choices:
@@ -118,7 +119,16 @@ class Recipe:
         lines = [f"recipe (time budget {self.budget_seconds / 60:.1f} min; --time-budget MINUTES to change; any "
                  "flag overrides a choice):"]
         lines += [f"  {name} = {self.values[name]}: {self.reasons.get(name, '')}" for name in self.values]
+        if self.planned_seconds:
+            lines.append("  planned: " + ", ".join(f"{part} {seconds:.0f} s" for part, seconds in
+                                                  self.planned_seconds.items()) + self.export_note())
         return "\n".join(lines)
+
+    def export_note(self) -> str:
+        if self.export_sequences >= MEASURED_SEQUENCES:
+            return ""
+        return (f"; export measures its graphs on {self.export_sequences} validation sequences (texts or windows), "
+                f"not {MEASURED_SEQUENCES}, to stay within the budget")
 
     def save(self, folder: Path) -> None:
         (folder / RECIPE_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")
@@ -236,22 +246,38 @@ def choose_recipe(shape: DataShape, cost: StepCost | None, given: dict[str, Any]
     planned["export"] = round(export_seconds(shape, cost, length, windows) if export else 0, 1)
     if values["epochs"] < 1 and reasons["epochs"] != "given":  # say where the time went
         reasons["epochs"] += (f"; of the {budget_seconds:.0f}-s budget the TF-IDF member took {member_seconds:.0f} s "
-                              f"and export's graphs and measurement are planned at {planned['export']:.0f} s")
+                              f"and export's graphs and full measurement need {planned['export']:.0f} s")
     planned["training"] = round(values["epochs"] * epoch_seconds(
         shape, cost, length, batch_size, bool(values["freeze_layers"]), windows), 1)
     head_windows = choose_transformer_fit(shape, cost, batch_size, training_budget(length), given, values, reasons,
                                           planned)
-    return replace(recipe, head_windows=head_windows)
+    sequences = MEASURED_SEQUENCES
+    if export:  # training's floor (a quarter epoch, or every text read once) may pass the budget: export gives way
+        sequences = export_within_budget(shape, cost, length, windows, budget_seconds - sum(planned.values())
+                                         + planned["export"])
+        planned["export"] = round(export_seconds(shape, cost, length, windows, sequences), 1)
+    return replace(recipe, head_windows=head_windows, export_sequences=sequences)
 
 
-def export_seconds(shape: DataShape, cost: StepCost | None, max_length: int, windows: bool = False) -> float:
+def export_seconds(shape: DataShape, cost: StepCost | None, max_length: int, windows: bool = False,
+                   sequences: int = MEASURED_SEQUENCES) -> float:
     """The export's graphs and its measurement: each graph scores the rows export measures once (the validation
-    rows, as many as their sequences stay within MEASURED_SEQUENCES)."""
+    rows, as many as their sequences stay within `sequences`)."""
     if cost is None:
         return EXPORT_SECONDS
     per_text = float(window_counts(np.asarray(shape.token_lengths), max_length).mean()) if windows else 1.0
-    rows = min(shape.validation_rows, measured_rows(per_text))
+    rows = min(shape.validation_rows, measured_rows(per_text, sequences))
     return EXPORT_SECONDS + EXPORT_PASSES * forward_seconds(shape, cost, max_length, windows, rows)
+
+
+def export_within_budget(shape: DataShape, cost: StepCost, max_length: int, windows: bool, seconds: float) -> int:
+    """The sequences export measures: MEASURED_SEQUENCES, or as many as `seconds` (what the budget leaves after
+    the member and training) afford where that is less, but those of MIN_MEASURED_ROWS rows at least."""
+    lengths = np.asarray(shape.token_lengths)
+    per_sequence = EXPORT_PASSES * cost.seconds_per_text(float(np.minimum(lengths, max_length).mean())) / 3
+    per_text = float(window_counts(lengths, max_length).mean()) if windows else 1.0
+    affordable = int(max(0.0, seconds - EXPORT_SECONDS) / per_sequence)
+    return min(MEASURED_SEQUENCES, max(math.ceil(MIN_MEASURED_ROWS * per_text), affordable))
 
 
 def reads_windows(shape: DataShape, given: dict[str, Any], max_length: int) -> bool:
@@ -347,11 +373,12 @@ def choose_freezing(shape: DataShape, cost: StepCost, batch_size: int, budget: f
                                   values["long_texts"] == "windows")
     if full < EPOCHS_BEFORE_SHORTENING and cost.frozen_share < 0.95:
         values["freeze_layers"] = cost.frozen_layers
-        reasons["freeze_layers"] = (f"the budget affords {full:.1f} epochs of the whole encoder; fixing the lowest "
-                                    f"{cost.frozen_layers} layers makes a step {1 - cost.frozen_share:.0%} cheaper")
+        reasons["freeze_layers"] = (f"the budget affords {max(0.0, full):.1f} epochs of the whole encoder; fixing "
+                                    f"the lowest {cost.frozen_layers} layers makes a step {1 - cost.frozen_share:.0%} "
+                                    "cheaper")
     else:
         values["freeze_layers"] = 0
-        reasons["freeze_layers"] = f"the budget affords {full:.1f} epochs of the whole encoder"
+        reasons["freeze_layers"] = f"the budget affords {max(0.0, full):.1f} epochs of the whole encoder"
 
 
 def choose_epochs(shape: DataShape, cost: StepCost, batch_size: int, budget: float, values: dict[str, Any],
@@ -364,7 +391,7 @@ def choose_epochs(shape: DataShape, cost: StepCost, batch_size: int, budget: flo
     affordable = budget / seconds
     cap = epoch_cap(math.ceil(shape.train_rows / batch_size))
     values["epochs"] = min(cap, round_epochs(affordable))
-    reasons["epochs"] = (f"an epoch takes about {seconds:.0f} s here; the budget affords {affordable:.1f}"
+    reasons["epochs"] = (f"an epoch takes about {seconds:.0f} s here; the budget affords {max(0.0, affordable):.1f}"
                          + (f", capped at {cap:g} for a file of this size" if affordable > cap else "")
                          + (" (less than one: --time-budget raises it)" if affordable < 1 else ""))
 
