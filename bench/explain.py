@@ -12,7 +12,9 @@ random. Prints a table, appends to docs/results/explain_faithfulness.json and dr
 (docs/explain_deletion_long.png with --bury-in).
 
 With --bury-in WORDS, each such text is placed at a random word of WORDS words of held-out texts that carry no
-label, and read as --long-texts says (windows: the whole text): the same curves, over every word of a long text.
+label, and read as --long-texts says (windows: the whole text): the same curves, over every word of a long text,
+for the labels predicted on the text alone (a buried text's score starts lower, often under its threshold). Each
+drop is also given as a share of the label's score before any removal, which compares long texts with short.
 """
 
 from __future__ import annotations
@@ -120,12 +122,10 @@ def pooled_scores(inferer: ModelInferer, variants: list[list[np.ndarray]]) -> np
     return scores_from_logits(inferer.task, inferer.reading.pool(logits, owner))
 
 
-def curves_of_text(inferer: ModelInferer, text: str, max_k: int, orders: int, rng: np.random.Generator,
-                   mask_id: int) -> dict[str, Any]:
-    """Score drops of the predicted labels after removing top-k (per method) and random words; and timings."""
+def curves_of_text(inferer: ModelInferer, text: str, labels: list[int], max_k: int, orders: int,
+                   rng: np.random.Generator, mask_id: int) -> dict[str, Any]:
+    """Score drops of `labels` after removing top-k (per method) and random words; and timings."""
     item = prepare_text(inferer.tokenizer, text, inferer.reading)
-    prediction = inferer.predict(text)
-    labels = [inferer.label_names.index(n) for n in prediction["labels"]]
     seen = np.array(item.seen)
     rankings, seconds = {}, {}
     for method in METHODS:
@@ -146,7 +146,7 @@ def curves_of_text(inferer: ModelInferer, text: str, max_k: int, orders: int, rn
         per_method = rest[:len(METHODS) * len(labels) * max_k].reshape(len(METHODS), len(labels), max_k, len(labels))
         chosen = np.stack([per_method[:, j, :, j] for j in range(len(labels))], axis=1)  # (methods, labels, k)
         random = rest[len(METHODS) * len(labels) * max_k:].reshape(orders, max_k, len(labels)).mean(axis=0).T
-        drops[how] = {"methods": base[None, :, None] - chosen, "random": base[:, None] - random}
+        drops[how] = {"methods": base[None, :, None] - chosen, "random": base[:, None] - random, "base": base}
     return {"drops": drops, "seconds": seconds, "labels": len(labels), "words": len(seen)}
 
 
@@ -156,13 +156,19 @@ def summarize(results: list[dict[str, Any]], max_k: int, rng: np.random.Generato
     for how in PERTURBATIONS:
         methods = np.concatenate([r["drops"][how]["methods"] for r in results], axis=1)  # (methods, pairs, k)
         random = np.concatenate([r["drops"][how]["random"] for r in results], axis=0)  # (pairs, k)
+        base = np.concatenate([r["drops"][how]["base"] for r in results])  # (pairs,): each label's starting score
+        share = np.maximum(base, 1e-12)[:, None]
         block: dict[str, Any] = {"random": {"mean_drop": random.mean(axis=0).round(4).tolist(),
-                                            "aopc": round(float(random.mean()), 4)}}
+                                            "aopc": round(float(random.mean()), 4),
+                                            "relative_aopc": round(float((random / share).mean()), 4)}}
+        summary["mean_base_score"] = round(float(base.mean()), 4)  # the same text before removal, either way
         for m, method in enumerate(METHODS):
             margin = methods[m].mean(axis=1) - random.mean(axis=1)  # per (text, label) pair
             boot = [margin[rng.integers(0, len(margin), len(margin))].mean() for _ in range(2000)]
             block[method] = {"mean_drop": methods[m].mean(axis=0).round(4).tolist(),
                              "aopc": round(float(methods[m].mean()), 4),
+                             "relative_mean_drop": (methods[m] / share).mean(axis=0).round(4).tolist(),
+                             "relative_aopc": round(float((methods[m] / share).mean()), 4),
                              "margin_over_random": round(float(margin.mean()), 4),
                              "margin_95ci": [round(float(q), 4) for q in np.percentile(boot, [2.5, 97.5])],
                              "pairs_above_random": round(float((margin > 0).mean()), 4)}
@@ -188,7 +194,8 @@ def plot(summary: dict[str, Any], max_k: int, title: str, path: Path) -> None:
         for name in (*METHODS, "random"):
             entry = summary[how][name]
             ax.plot(ks, entry["mean_drop"], marker="o", linestyle="--" if name == "random" else "-",
-                    color="grey" if name == "random" else None, label=f"{name} (AOPC {entry['aopc']:.3f})")
+                    color="grey" if name == "random" else None,
+                    label=f"{name} (AOPC {entry['aopc']:.3f}, {entry['relative_aopc']:.0%} of the score)")
         ax.set(xlabel="words removed (k)", xticks=ks,
                title="top-k words' pieces deleted" if how == "delete" else "top-k words' pieces -> [MASK]")
         ax.grid(alpha=0.3)
@@ -223,10 +230,10 @@ def main() -> None:
     inferer = ModelInferer(args.checkpoint, precision="fp32", backend="torch",  # gradient methods need PyTorch
                            long_texts=args.long_texts)
     texts = held_out_texts(inferer, args.texts, args.min_words, args.seed)
-    if args.bury_in:  # the buried texts on which the model still predicts a label
-        long_texts = buried(inferer, texts, args.bury_in, args.seed)
-        texts = [text for text, prediction in zip(long_texts, inferer.predict_batch(long_texts), strict=True)
-                 if prediction["labels"]]
+    labels = [[inferer.label_names.index(name) for name in prediction["labels"]]
+              for prediction in inferer.predict_batch(texts)]  # predicted on the text alone
+    if args.bury_in:
+        texts = buried(inferer, texts, args.bury_in, args.seed)
     if args.cost_only:
         measured = cost_of_explaining(inferer, texts)
         for method, figures in measured["cost"].items():
@@ -239,19 +246,22 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     mask_id = inferer.tokenizer.mask_token_id
     results = []
-    for number, text in enumerate(texts, 1):
-        results.append(curves_of_text(inferer, text, args.max_k, args.random_orders, rng, mask_id))
+    for number, (text, asked) in enumerate(zip(texts, labels, strict=True), 1):
+        results.append(curves_of_text(inferer, text, asked, args.max_k, args.random_orders, rng, mask_id))
         if number % 20 == 0:
             print(f"{number}/{len(texts)} texts", flush=True)
     summary = summarize(results, args.max_k, rng)
     print(f"{len(texts)} held-out texts, {summary['pairs']} (text, predicted label) pairs, "
           f"{summary['mean_words']} words per text on average")
+    print(f"the labels' scores before any removal: {summary['mean_base_score']:.3f} on average")
     for how in PERTURBATIONS:
         print(f"\n{how}: mean drop of the label's score after removing k = 1..{args.max_k} words")
-        for name, entry in summary[how].items():
+        for name in (*METHODS, "random"):
+            entry = summary[how][name]
             extra = (f"  margin {entry['margin_over_random']:+.4f} {entry['margin_95ci']}  "
                      f"above random {entry['pairs_above_random']:.0%}" if name != "random" else "")
-            print(f"  {name:<22} {' '.join(f'{d:.3f}' for d in entry['mean_drop'])}  AOPC {entry['aopc']:.4f}{extra}")
+            print(f"  {name:<22} {' '.join(f'{d:.3f}' for d in entry['mean_drop'])}  AOPC {entry['aopc']:.4f}  "
+                  f"relative AOPC {entry['relative_aopc']:.3f}{extra}")
     print("\nseconds per text (median):", summary["seconds_per_text"])
     print("seconds per text and label (median):", summary["seconds_per_text_and_label"])
     record = new_record(machine=machine(torch=torch.__version__, threads=args.threads),

@@ -138,6 +138,8 @@ def test_explain_benchmark(checkpoint_copy, tmp_path):
     assert record["texts"] == 2 and set(record["delete"]) == {"random", "occlusion", "gradient_x_input",
                                                               "integrated_gradients"}
     assert all(len(entry["mean_drop"]) == 2 for entry in record["mask"].values())
+    assert 0 < record["mean_base_score"] <= 1  # each drop is also given as a share of the score before removal
+    assert all("relative_aopc" in entry for entry in record["delete"].values())
     assert (out / "explain_deletion.png").stat().st_size > 0 and "AOPC" in done.stdout
     run_bench("explain.py", ["--checkpoint", str(checkpoint_copy), "--texts", "2", "--min-words", "3",
                              "--cost-only", "--threads", "1"], out)
@@ -240,6 +242,7 @@ def test_explain_benchmark_over_long_texts(checkpoint_copy, tmp_path):
                                     "--long-texts", "windows", "--threads", "1"], out)
     (record,) = records(out / "explain_faithfulness.json")
     assert record["settings"]["bury_in"] == 300 and record["mean_words"] > 300
+    assert record["texts"] == 2 and record["pairs"] >= 2  # the labels predicted on each text alone, once buried
     assert (out / "explain_deletion_long.png").stat().st_size > 0 and "AOPC" in done.stdout
 
 
