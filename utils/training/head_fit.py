@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from utils.inference.tokens import pad_batch, sorted_batches
+from utils.inference.runners import score_sequences
 
 HEAD_DECAYS = (1e-4, 1e-3, 1e-2, 1e-1)  # L2 penalties tried on standardized vectors; validation keeps the best
 LBFGS_ITERATIONS = 200
@@ -33,23 +33,25 @@ def head_layer(model: nn.Module, num_labels: int) -> nn.Linear:
 @torch.inference_mode()
 def head_inputs(model: nn.Module, layer: nn.Linear, sequences: list[list[int]], pad_id: int,
                 device: torch.device | str, progress: Callable[[int], object] | None = None) -> np.ndarray:
-    """The vector `layer` receives for each token sequence (the model in eval mode: no dropout)."""
+    """The vector `layer` receives for each token sequence (the model in eval mode: no dropout), batched by
+    length as inference batches them."""
     captured: list[torch.Tensor] = []
+
+    def vectors(input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        captured.clear()
+        model(input_ids=torch.from_numpy(input_ids).to(device),
+              attention_mask=torch.from_numpy(attention_mask).to(device))
+        if progress is not None:
+            progress(len(input_ids))
+        return captured[-1].reshape(len(input_ids), -1).float().cpu().numpy()
+
     hook = layer.register_forward_hook(lambda _module, inputs, _output: captured.append(inputs[0]))
     model.eval()
-    vectors = np.zeros((len(sequences), layer.in_features), dtype=np.float32)
     try:
-        for rows in sorted_batches([len(ids) for ids in sequences], FEATURE_BATCH):
-            ids, mask = pad_batch([sequences[r] for r in rows], pad_id)
-            captured.clear()
-            model(input_ids=torch.from_numpy(ids).to(device), attention_mask=torch.from_numpy(mask).to(device))
-            vectors[rows] = captured[-1].reshape(len(rows), -1).float().cpu().numpy()
-            if progress is not None:
-                progress(len(rows))
+        return score_sequences(vectors, sequences, pad_id, FEATURE_BATCH)
     finally:
         hook.remove()
         model.train()
-    return vectors
 
 
 def fit_linear(features: np.ndarray, targets: np.ndarray, loss_fn: nn.Module, decay: float,
@@ -59,7 +61,6 @@ def fit_linear(features: np.ndarray, targets: np.ndarray, loss_fn: nn.Module, de
     mean, scale = features.mean(axis=0), features.std(axis=0) + 1e-6
     x = torch.from_numpy((features - mean) / scale)
     y = torch.from_numpy(targets.astype(np.float32 if targets.ndim == 2 else np.int64))  # multi-label: 0/1 rows
-    torch.manual_seed(0)
     linear = nn.Linear(features.shape[1], num_labels)
     nn.init.zeros_(linear.weight)
     nn.init.zeros_(linear.bias)
